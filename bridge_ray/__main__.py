@@ -1,0 +1,3 @@
+from bridge_ray.cli import main
+
+main()

@@ -1,0 +1,104 @@
+"""verl SFT checkpoints: find the latest, merge it into a Hugging Face model, check it loads.
+
+verl 0.9.1's SFT trainer writes, under ``trainer.default_local_dir``::
+
+    latest_checkpointed_iteration.txt        # "N"
+    global_step_N/
+        model_world_size_W_rank_R.pt         # FSDP shards, one per rank
+        optim_world_size_W_rank_R.pt, extra_state_world_size_W_rank_R.pt, data_R.pt
+        fsdp_config.json
+        huggingface/                         # config, tokenizer, chat template (no weights)
+
+(no ``actor/`` level, unlike the PPO trainer). ``verl.model_merger`` turns a
+``global_step_N`` folder into a ``save_pretrained`` folder.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from bridge_ray.errors import BridgeRayError
+
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+_STEP_DIR = re.compile(r"^global_step_(\d+)$")
+
+
+class CheckpointError(BridgeRayError):
+    """A checkpoint is missing, cannot be merged, or the merged model does not load."""
+
+    exit_code = 1
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The newest complete ``global_step_N`` folder under ``checkpoint_dir``, or None.
+
+    verl's tracker file names the last checkpoint it finished; without it, the highest
+    step folder that holds model shards counts.
+    """
+    root = Path(checkpoint_dir)
+    tracker = root / TRACKER_FILE
+    if tracker.is_file():
+        step_dir = root / f"global_step_{tracker.read_text().strip()}"
+        if step_dir.is_dir():
+            return step_dir
+    steps = sorted(
+        (int(m.group(1)), p) for p in root.glob("global_step_*")
+        if (m := _STEP_DIR.match(p.name)) and any(p.glob("model_world_size_*_rank_*.pt"))
+    ) if root.is_dir() else []
+    return steps[-1][1] if steps else None
+
+
+def merge_to_hf(checkpoint: str | Path, target_dir: str | Path, env: dict[str, str] | None = None) -> Path:
+    """Merge verl FSDP shards in ``checkpoint`` (a ``global_step_N`` folder) into an HF model.
+
+    Runs ``python -m verl.model_merger merge --backend fsdp`` in a subprocess.
+
+    Args:
+        checkpoint: A ``global_step_N`` folder written by verl's SFT trainer.
+        target_dir: Folder for the merged ``save_pretrained`` output.
+        env: Extra environment for the merger (e.g. ``cpu_env()`` on CPU-only hosts).
+
+    Returns:
+        ``target_dir``.
+
+    Raises:
+        CheckpointError: with the merger's last output lines when it fails.
+    """
+    checkpoint, target_dir = Path(checkpoint), Path(target_dir)
+    if not any(checkpoint.glob("model_world_size_*_rank_*.pt")):
+        raise CheckpointError(f"no FSDP model shards in {checkpoint}: expected model_world_size_*_rank_*.pt")
+    cmd = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
+           "--local_dir", str(checkpoint), "--target_dir", str(target_dir)]
+    proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise CheckpointError(f"merging {checkpoint} into {target_dir} failed (exit {proc.returncode}):\n{tail}")
+    return target_dir
+
+
+def check_hf_model(path: str | Path, prompt: str = "What is 2 + 3?", max_new_tokens: int = 8) -> str:
+    """Load a merged model with transformers and generate a few tokens.
+
+    Returns:
+        The generated text (after the prompt).
+
+    Raises:
+        CheckpointError: when the model or tokenizer does not load or generates nothing.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"merged model at {path} does not load with transformers: {err}") from err
+    inputs = tokenizer(prompt, return_tensors="pt")
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=1, do_sample=False,
+                            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    new_tokens = output[0, inputs["input_ids"].shape[1]:]
+    if len(new_tokens) == 0:
+        raise CheckpointError(f"merged model at {path} generated no tokens")
+    return tokenizer.decode(new_tokens, skip_special_tokens=True)

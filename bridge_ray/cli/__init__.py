@@ -1,0 +1,57 @@
+"""The ``bridge-ray`` command line: parse, make one library call, print.
+
+Exit codes: 0 success, 1 the job failed or was stopped, 2 a user error
+(printed as one line, with the fix, and nothing submitted).
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from bridge_ray.errors import BridgeRayError
+
+
+class _Group(click.Group):
+    """Prints a BridgeRayError as one line and exits with its code, instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BridgeRayError as err:
+            click.echo(f"error: {err}", err=True)
+            tail = getattr(err, "log_tail", "")
+            if tail:
+                click.echo(f"--- last log lines of {err.submission_id} ---\n{tail}", err=True)
+            sys.exit(err.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bridge-ray")
+def cli():
+    """bridge-ray: start a Ray cluster once, then submit verl SFT/PPO recipes to it."""
+
+
+def _register() -> None:
+    from bridge_ray.cli import cluster, jobs
+
+    for module in (cluster, jobs):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+    for optional in ("bridge_ray.cli.doctor", "bridge_ray.cli.data", "bridge_ray.cli.runs"):
+        try:
+            module = __import__(optional, fromlist=["COMMANDS"])
+        except ModuleNotFoundError as err:
+            if err.name != optional:
+                raise
+            continue
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="bridge-ray")

@@ -1,0 +1,79 @@
+"""``bridge-ray up | down | status``: the cluster's lifecycle."""
+from __future__ import annotations
+
+import datetime
+
+import click
+
+from bridge_ray import cluster as lib
+from bridge_ray.records import DEFAULT_CLUSTER
+
+name_option = click.option("--name", default=DEFAULT_CLUSTER, show_default=True, help="Which cluster.")
+
+
+@click.command("up")
+@name_option
+@click.option("--num-cpus", type=int, help="CPUs the local head offers (default: all).")
+@click.option("--num-gpus", type=int, help="GPUs the local head offers (default: all).")
+@click.option("--port", type=int, help="GCS port (default: a free port).")
+@click.option("--dashboard-port", type=int, help="Jobs API port on 127.0.0.1 (default: a free port).")
+@click.option("--address", help="Register an existing cluster's Jobs API URL instead of starting one.")
+@click.option("--token-file", type=click.Path(), help="With --address: that cluster's Ray auth token file.")
+@click.option("--python", default="python", show_default=True, help="With --address: the interpreter job drivers use there.")
+def up_command(name, num_cpus, num_gpus, port, dashboard_port, address, token_file, python):
+    """Start a Ray cluster on this machine (or register one) and record where it is."""
+    record = lib.up(name, address=address, token_file=token_file, python=python, num_cpus=num_cpus, num_gpus=num_gpus,
+                    ports={"port": port, "dashboard-port": dashboard_port})
+    flag = "" if name == DEFAULT_CLUSTER else f" --name {name}"
+    click.echo(f"cluster {record.name!r} is up ({record.backend}): Jobs API {record.dashboard_url}")
+    click.echo(f"Next: bridge-ray submit recipes/hello_cluster.py{flag} --follow | bridge-ray status{flag} "
+               f"| bridge-ray down{flag}")
+
+
+@click.command("down")
+@name_option
+def down_command(name):
+    """Stop exactly this cluster's processes and remove its record (safe to repeat)."""
+    record = lib.down(name)
+    click.echo(f"cluster {name!r} is down" if record else f"cluster {name!r} is not recorded; nothing to do")
+
+
+@click.command("status")
+@click.argument("submission_id", required=False)
+@name_option
+def status_command(submission_id, name):
+    """Show the cluster's nodes, resources and jobs; with an ID, that job's status."""
+    if submission_id:
+        from bridge_ray.jobs import Job
+
+        click.echo(Job(submission_id, name).status())
+        return
+    click.echo(format_status(lib.status(name)))
+
+
+def format_status(st: lib.ClusterStatus) -> str:
+    """The text ``bridge-ray status`` prints."""
+    r = st.record
+    created = datetime.datetime.fromtimestamp(r.created_at).strftime("%Y-%m-%d %H:%M:%S")
+    lines = [f"cluster {r.name!r} ({r.backend}) created {created}", f"  Jobs API: {r.dashboard_url}"]
+    if st.slurm_state is not None:
+        lines.append(f"  SLURM job {r.slurm.get('job_id')}: {st.slurm_state}")
+    if not st.alive:
+        flag = "" if r.name == DEFAULT_CLUSTER else f" --name {r.name}"
+        lines.append(f"  STALE: the head does not answer; fix: `bridge-ray down{flag}` then `bridge-ray up{flag}`")
+        return "\n".join(lines)
+    alive = [n for n in st.nodes if n["state"] == "ALIVE"]
+    lines.append(f"  nodes: {len(alive)} alive" + (f", {len(st.nodes) - len(alive)} dead" if len(alive) < len(st.nodes) else ""))
+    for node in st.nodes:
+        res = node["resources_total"]
+        role = "head" if node.get("is_head_node") else "worker"
+        lines.append(f"    {node['node_ip']:<16} {role:<6} {node['state']:<6} CPU {res.get('CPU', 0):g}  GPU {res.get('GPU', 0):g}")
+    for key, (used, total) in sorted(st.usage.items()):
+        lines.append(f"  {key}: {used:g}/{total:g} used")
+    lines.append(f"  jobs: {len(st.jobs)}")
+    for job in st.jobs[-10:]:
+        lines.append(f"    {job.get('submission_id') or job.get('job_id')}  {job.get('status')}")
+    return "\n".join(lines)
+
+
+COMMANDS = (up_command, down_command, status_command)

@@ -1,0 +1,73 @@
+"""``bridge-ray submit | logs | stop | list``: jobs through one Ray Job client."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from bridge_ray import jobs as lib
+from bridge_ray.cli.cluster import name_option
+from bridge_ray.records import DEFAULT_CLUSTER
+from bridge_ray.runtime_env import parse_env
+
+
+@click.command("submit", context_settings={"ignore_unknown_options": True})
+@click.argument("recipe")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@name_option
+@click.option("--env", "env_items", multiple=True, metavar="KEY=VALUE", help="Extra env var for the job (repeatable).")
+@click.option("--exclude", "excludes", multiple=True, metavar="PATTERN", help="More working_dir excludes (repeatable).")
+@click.option("--submission-id", help="Job id to use (default: <recipe>-<time>-<hex>).")
+@click.option("--follow", is_flag=True, help="Stream the log and exit with the job's outcome.")
+@click.option("--dry-run", is_flag=True, help="Print the entrypoint and runtime_env (secrets redacted); submit nothing.")
+def submit_command(recipe, args, name, env_items, excludes, submission_id, follow, dry_run):
+    """Submit RECIPE.py [-- ARGS...] as a Ray job on the recorded cluster."""
+    env = parse_env(env_items)
+    if dry_run:
+        plan = lib.plan(recipe, args, cluster=name, env=env, excludes=excludes, submission_id=submission_id)
+        click.echo(json.dumps(plan.shown(), indent=2))
+        return
+    job = lib.submit(recipe, args, cluster=name, env=env, excludes=excludes, submission_id=submission_id)
+    flag = "" if name == DEFAULT_CLUSTER else f" --name {name}"
+    click.echo(f"submitted {job.submission_id} to cluster {name!r}")
+    if follow:
+        click.echo(f"{job.submission_id} {job.follow()}")
+        return
+    click.echo("Next steps:\n"
+               f"  bridge-ray logs {job.submission_id}{flag} --follow\n"
+               f"  bridge-ray status {job.submission_id}{flag}\n"
+               f"  bridge-ray stop {job.submission_id}{flag}")
+
+
+@click.command("logs")
+@click.argument("submission_id")
+@name_option
+@click.option("--follow", is_flag=True, help="Stream until the job ends; exit with its outcome.")
+def logs_command(submission_id, name, follow):
+    """Print a job's log."""
+    job = lib.Job(submission_id, name)
+    if follow:
+        job.follow()
+        return
+    sys.stdout.write(job.logs())
+
+
+@click.command("stop")
+@click.argument("submission_id")
+@name_option
+def stop_command(submission_id, name):
+    """Stop a running job."""
+    stopped = lib.Job(submission_id, name).stop()
+    click.echo(f"{submission_id}: {'stop requested' if stopped else 'already finished'}")
+
+
+@click.command("list")
+@name_option
+def list_command(name):
+    """List the cluster's jobs."""
+    for job in lib.list_jobs(name):
+        click.echo(f"{job.submission_id or job.job_id}  {job.status.value:<9}  {job.entrypoint}")
+
+
+COMMANDS = (submit_command, logs_command, stop_command, list_command)

@@ -1,0 +1,157 @@
+"""Cluster lifecycle: ``up``, ``down``, ``status`` over swappable backends.
+
+Backends: ``local`` (a Ray head on this machine, the default), ``slurm`` (one
+bootstrap allocation) and ``address`` (an existing cluster registered by URL).
+Everything above this layer only sees a :class:`~bridge_ray.records.ClusterRecord`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from bridge_ray import records
+from bridge_ray.cluster import health, local
+from bridge_ray.errors import AuthError, ClusterExists, ConfigError
+from bridge_ray.records import DEFAULT_CLUSTER, ClusterRecord
+
+
+@dataclasses.dataclass
+class ClusterStatus:
+    """What ``bridge-ray status`` shows.
+
+    Attributes:
+        record: the cluster's record.
+        alive: whether the head answered.
+        nodes: one dict per node (``node_ip``, ``state``, ``is_head_node``, ``resources_total``).
+        usage: resource name -> (used, total), e.g. ``{"CPU": (1.0, 2.0)}``.
+        jobs: one dict per job (``submission_id``, ``status``, ``entrypoint``).
+        slurm_state: the allocation's SLURM state (slurm backend only).
+    """
+
+    record: ClusterRecord
+    alive: bool
+    nodes: list[dict] = dataclasses.field(default_factory=list)
+    usage: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    jobs: list[dict] = dataclasses.field(default_factory=list)
+    slurm_state: str | None = None
+
+
+def up(name: str = DEFAULT_CLUSTER, *, address: str | None = None, token_file: str | None = None,
+       python: str = "python", num_cpus: int | None = None, num_gpus: int | None = None,
+       ports: dict[str, int | None] | None = None, slurm: dict | None = None) -> ClusterRecord:
+    """Start (or register) a cluster and record it under ``name``.
+
+    Args:
+        name: the cluster's name; several clusters may live side by side.
+        address: register an existing cluster's Jobs API URL instead of starting one.
+        token_file: that existing cluster's Ray auth token file (with ``address``).
+        python: the interpreter job drivers run with on that existing cluster (with ``address``).
+        num_cpus: CPUs the local head offers (default: all).
+        num_gpus: GPUs the local head offers (default: all).
+        ports: Ray port flags to pin, e.g. ``{"dashboard-port": 8265}``; others are free ports.
+        slurm: SLURM options (``nodes``, ``partition``, ...) to start the cluster in one allocation.
+
+    Returns:
+        The saved cluster record.
+
+    Raises:
+        ClusterExists: a live cluster already has this name.
+        PortInUse: a requested port is taken.
+
+    Example:
+        >>> record = bridge_ray.up()            # local Ray head, token auth, loopback only
+        >>> bridge_ray.down()
+    """
+    records.check_name(name)
+    _clear_stale(name)
+    if address:
+        record = _register(name, address, token_file, python)
+    elif slurm is not None:
+        from bridge_ray.cluster import slurm as slurm_backend
+
+        record = slurm_backend.start(name, **slurm)
+    else:
+        record = local.start(name, num_cpus=num_cpus, num_gpus=num_gpus, ports=ports)
+    records.save(record)
+    return record
+
+
+def _clear_stale(name: str) -> None:
+    if not records.record_path(name).exists():
+        return
+    record = records.load(name)
+    if _alive_or_auth_error(record):
+        raise ClusterExists(
+            f"cluster {name!r} is already up at {record.dashboard_url}: use it, pick another --name, "
+            f"or stop it with `bridge-ray down{'' if name == DEFAULT_CLUSTER else ' --name ' + name}`"
+        )
+    _stop(record)
+    records.delete(name)
+
+
+def _alive_or_auth_error(record: ClusterRecord) -> bool:
+    try:
+        return health.is_alive(record)
+    except AuthError:
+        return True
+
+
+def _register(name: str, address: str, token_file: str | None, python: str) -> ClusterRecord:
+    url = address if "://" in address else f"http://{address}"
+    if token_file and not Path(token_file).is_file():
+        raise ConfigError(f"--token-file {token_file} does not exist: pass the cluster's Ray auth token file")
+    record = ClusterRecord(name=name, backend="address", gcs_address="", dashboard_url=url.rstrip("/"),
+                           token_path=str(Path(token_file).resolve()) if token_file else None, python=python)
+    health.check_alive(record)
+    return record
+
+
+def _stop(record: ClusterRecord) -> None:
+    if record.backend == "local":
+        local.stop(record)
+    elif record.backend == "slurm":
+        from bridge_ray.cluster import slurm as slurm_backend
+
+        slurm_backend.stop(record)
+
+
+def down(name: str = DEFAULT_CLUSTER) -> ClusterRecord | None:
+    """Stop the named cluster's processes (or cancel its allocation) and remove its record.
+
+    Registered (``address``) clusters are only forgotten, never stopped. Running it
+    twice is fine: the second call finds no record and returns None.
+    """
+    if not records.record_path(name).exists():
+        return None
+    record = records.load(name)
+    _stop(record)
+    records.delete(name)
+    return record
+
+
+def status(name: str = DEFAULT_CLUSTER) -> ClusterStatus:
+    """The named cluster's nodes, resource usage and jobs.
+
+    Raises:
+        ClusterNotFound: no such record.
+        AuthError: the head refused the recorded token.
+    """
+    record = records.load(name)
+    result = ClusterStatus(record=record, alive=health.is_alive(record))
+    if record.backend == "slurm":
+        from bridge_ray.cluster import slurm as slurm_backend
+
+        result.slurm_state = slurm_backend.job_state(record)
+    if not result.alive:
+        return result
+    nodes = health.get_json(record, "/api/v0/nodes?detail=1&limit=10000")
+    result.nodes = nodes["data"]["result"]["result"]
+    report = health.get_json(record, "/api/cluster_status")["data"]["clusterStatus"]
+    usage = (report.get("loadMetricsReport") or {}).get("usage") or {}
+    result.usage = {key: (float(v[0]), float(v[1])) for key, v in usage.items() if key in ("CPU", "GPU")}
+    for key in ("CPU", "GPU"):
+        total = sum(n["resources_total"].get(key, 0.0) for n in result.nodes if n["state"] == "ALIVE")
+        if key not in result.usage and total:
+            result.usage[key] = (0.0, total)
+    result.jobs = health.get_json(record, "/api/jobs/") or []
+    return result

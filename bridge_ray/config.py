@@ -1,0 +1,135 @@
+"""Typed, frozen configs and dotted command-line overrides.
+
+Configs are frozen dataclasses; presets are plain functions returning one;
+``apply_overrides(cfg, ["sft.lr=1e-5", "sft.workers.num_workers=2"], prefix="sft")``
+returns a new config. Every bad override is reported together in one ConfigError.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bridge_ray.errors import ConfigError
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain dict of a (nested) config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def write_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as JSON (used for the run directory)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True, default=str))
+    return path
+
+
+def from_dict(cls: type, data: dict) -> Any:
+    """Rebuild a nested config dataclass from ``to_dict`` output."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            value = from_dict(kind, value)
+        elif typing.get_origin(kind) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (tuple, list):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        inner = args[0] if args else str
+        return tuple(_coerce(v, inner, key) for v in items)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r} is not a boolean: use true or false")
+    if kind in (int, float) and not isinstance(value, bool):
+        try:
+            number = kind(value)  # YAML 1.1 reads 2e-4 as a string; int("3.5") still fails below
+        except (TypeError, ValueError):
+            number = None
+        if number is not None and (kind is float or float(value) == number):
+            return number
+        raise ConfigError(f"{key}={value!r} is not {'an integer' if kind is int else 'a number'}")
+    if kind is str:
+        return value if isinstance(value, str) else str(value)
+    return value
+
+
+def _set(cfg: Any, path: list[str], raw: str, key: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cfg)}
+    head = path[0]
+    if head not in names:
+        close = ", ".join(sorted(names))
+        raise ConfigError(f"unknown key {key!r}: {type(cfg).__name__} has {close}")
+    kind = typing.get_type_hints(type(cfg))[head]
+    current = getattr(cfg, head)
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"unknown key {key!r}: {head} has no sub-keys")
+        return dataclasses.replace(cfg, **{head: _set(current, path[1:], raw, key)})
+    if dataclasses.is_dataclass(current):
+        raise ConfigError(f"{key} is a group: set one of its keys, e.g. {key}.{dataclasses.fields(current)[0].name}=...")
+    value = yaml.safe_load(raw) if raw != "" else ""
+    return dataclasses.replace(cfg, **{head: _coerce(value, kind, key)})
+
+
+def apply_overrides(cfg: Any, overrides: list[str] | tuple[str, ...], prefix: str | None = None) -> Any:
+    """Return ``cfg`` with dotted ``key=value`` overrides applied.
+
+    Args:
+        cfg: a frozen config dataclass.
+        overrides: strings like ``lr=1e-5`` or, with ``prefix="sft"``, ``sft.lr=1e-5``
+            (the prefix is optional on each override).
+        prefix: the config's own name on the command line.
+
+    Raises:
+        ConfigError: listing every override that was malformed, unknown or mistyped.
+    """
+    problems = []
+    for item in overrides:
+        if "=" not in item:
+            problems.append(f"override {item!r} has no '=': write key=value, e.g. {prefix or 'cfg'}.lr=1e-5")
+            continue
+        key, raw = item.split("=", 1)
+        path = key.strip().split(".")
+        if prefix and path[0] == prefix and len(path) > 1:
+            path = path[1:]
+        try:
+            cfg = _set(cfg, path, raw.strip(), key.strip())
+        except ConfigError as err:
+            problems.extend(err.problems)
+    if problems:
+        raise ConfigError(problems)
+    return cfg

@@ -1,0 +1,235 @@
+"""Reading, checking and writing the row files verl trains on.
+
+verl 0.9.1's SFT dataset (``MultiTurnSFTDataset``) reads only a ``messages`` column (a list of
+``{role, content}``); it has no prompt/response keys. ``check_sft_file`` accepts either shape so a
+preflight can tell the user early, and ``convert_to_messages`` turns a prompt/response file into
+the ``messages`` parquet verl reads. Column names may be dotted (``extra_info.question``) to reach
+nested fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from bridge_ray.errors import ConfigError
+
+SUFFIXES = (".parquet", ".jsonl", ".json")
+ROLES = ("system", "user", "assistant", "tool")
+MAX_LISTED = 3
+_MISSING = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class SftFileCheck:
+    """What ``check_sft_file`` found.
+
+    Attributes:
+        path: The file checked.
+        num_rows: How many rows it holds (all were checked).
+        needs_conversion: True when rows are prompt/response pairs: verl 0.9.1 reads only
+            ``messages``, so run ``convert_to_messages`` first.
+    """
+
+    path: Path
+    num_rows: int
+    needs_conversion: bool
+
+
+def read_rows(path: str | Path, columns: list[str] | None = None) -> list[dict]:
+    """Read a ``.parquet`` or ``.jsonl``/``.json`` file into plain Python dicts.
+
+    Args:
+        path: The file.
+        columns: Top-level columns to read from a parquet file (all when None).
+
+    Returns:
+        One dict per row, nested values as plain lists and dicts.
+
+    Raises:
+        ConfigError: The file is missing, of another type, or not valid JSON lines.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file; pass an existing .parquet, .jsonl or .json file")
+    if path.suffix not in SUFFIXES:
+        raise ConfigError(f"{path}: unsupported file type {path.suffix!r}; convert it to .parquet or .jsonl")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        present = pq.read_schema(path).names
+        wanted = [c for c in columns or [] if c in present] or None
+        return pq.read_table(path, columns=wanted).to_pylist()
+    return _read_json_rows(path)
+
+
+def _read_json_rows(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        return json.loads(text)
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: line {number} is not valid JSON ({err.msg}); fix or remove it") from None
+    return rows
+
+
+def write_parquet(rows: list[dict], path: str | Path) -> Path:
+    """Write rows to a parquet file atomically (a temporary file, then a rename).
+
+    Args:
+        rows: Plain dicts with the same keys.
+        path: Where to write.
+
+    Returns:
+        The path written.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    pq.write_table(pa.Table.from_pylist(rows), partial)
+    os.replace(partial, path)
+    return path
+
+
+def lookup(row: dict, key: str) -> Any:
+    """The value of a possibly dotted key (``extra_info.question``), or ``_MISSING``."""
+    if key in row:
+        return row[key]
+    value: Any = row
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def raise_row_problems(path: Path, problems: list[tuple[int, str]]) -> None:
+    """Raise one ConfigError naming the file and the first bad rows, if there are any."""
+    if not problems:
+        return
+    listed = [f"{path} row {index}: {what}" for index, what in problems[:MAX_LISTED]]
+    if len(problems) > MAX_LISTED:
+        listed.append(f"and {len(problems) - MAX_LISTED} more bad rows")
+    raise ConfigError(listed)
+
+
+def _messages_problem(messages: Any, key: str) -> str | None:
+    if messages is _MISSING:
+        return f'no "{key}" field'
+    if not isinstance(messages, list) or not messages:
+        return f'"{key}" must be a non-empty list of {{role, content}} dicts, got {type(messages).__name__}'
+    for turn, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            return f'"{key}"[{turn}] needs a string "content"'
+        if message.get("role") not in ROLES:
+            return f'"{key}"[{turn}] has role {message.get("role")!r}; use one of {", ".join(ROLES)}'
+    if not any(message["role"] == "assistant" for message in messages):
+        return f'"{key}" has no assistant turn, so there is nothing to train on'
+    return None
+
+
+def _pair_problem(row: dict, prompt_key: str, response_key: str) -> str | None:
+    for key in (prompt_key, response_key):
+        value = lookup(row, key)
+        if not isinstance(value, str) or not value.strip():
+            return f'"{key}" must be a non-empty string, but it is {_describe(value)}'
+    return None
+
+
+def _describe(value: Any) -> str:
+    if value is _MISSING:
+        return "missing"
+    if value is None:
+        return "null"
+    return "an empty string" if isinstance(value, str) else f"a {type(value).__name__}"
+
+
+def check_sft_file(
+    path: str | Path,
+    prompt_key: str | None = None,
+    response_key: str | None = None,
+    messages_key: str = "messages",
+) -> SftFileCheck:
+    """Check that a file can feed SFT, before any job starts.
+
+    Either every row has ``messages_key`` (a list of ``{role, content}`` with an assistant turn),
+    or, when ``prompt_key`` and ``response_key`` are given, both are non-empty strings.
+
+    Args:
+        path: A ``.parquet`` or ``.jsonl`` file.
+        prompt_key: Column (dotted for nested fields, e.g. ``extra_info.question``) of the prompt.
+        response_key: Column of the response, e.g. ``extra_info.answer``.
+        messages_key: Column of the conversations when no prompt/response keys are given.
+
+    Returns:
+        An ``SftFileCheck``; ``needs_conversion`` says whether ``convert_to_messages`` must run.
+
+    Raises:
+        ConfigError: Naming the file, the first bad rows, what is wrong and how to fix it.
+
+    Example:
+        >>> check_sft_file("gsm8k/rl_train.parquet", "extra_info.question", "extra_info.answer")
+    """
+    path = Path(path)
+    if (prompt_key is None) != (response_key is None):
+        raise ConfigError(f"{path}: give both prompt_key and response_key, or neither (to use {messages_key!r})")
+    pair = prompt_key is not None
+    keys = [prompt_key, response_key] if pair else [messages_key]
+    rows = read_rows(path, columns=list(dict.fromkeys([k.split(".")[0] for k in keys] + keys)))
+    if not rows:
+        raise ConfigError(f"{path}: the file has no rows")
+    if not pair and all(lookup(row, messages_key) is _MISSING for row in rows):
+        raise ConfigError(
+            f'{path}: no "{messages_key}" column (columns: {", ".join(rows[0]) or "none"}); '
+            f"pass messages_key=..., or prompt_key=... and response_key=... (dotted names reach nested fields)"
+        )
+    if pair:
+        found = [(index, _pair_problem(row, prompt_key, response_key)) for index, row in enumerate(rows)]
+    else:
+        found = [(index, _messages_problem(lookup(row, messages_key), messages_key)) for index, row in enumerate(rows)]
+    raise_row_problems(path, [(index, problem) for index, problem in found if problem])
+    return SftFileCheck(path=path, num_rows=len(rows), needs_conversion=pair)
+
+
+def convert_to_messages(
+    source: str | Path,
+    out_path: str | Path,
+    prompt_key: str,
+    response_key: str,
+    system_prompt: str | None = None,
+) -> Path:
+    """Turn a prompt/response file into the ``messages`` parquet verl's SFT dataset reads.
+
+    Args:
+        source: A ``.parquet`` or ``.jsonl`` file with prompt and response columns.
+        out_path: The parquet to write (one ``messages`` column).
+        prompt_key: Prompt column, dotted for nested fields (``extra_info.question``).
+        response_key: Response column (``extra_info.answer``).
+        system_prompt: If given, a system turn opens every conversation.
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        ConfigError: From ``check_sft_file``; nothing is written then.
+    """
+    check_sft_file(source, prompt_key=prompt_key, response_key=response_key)
+    opening = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    rows = [
+        {"messages": opening + [
+            {"role": "user", "content": lookup(row, prompt_key)},
+            {"role": "assistant", "content": lookup(row, response_key)},
+        ]}
+        for row in read_rows(source)
+    ]
+    return write_parquet(rows, out_path)

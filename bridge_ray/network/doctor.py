@@ -1,0 +1,294 @@
+"""``bridge-ray doctor``: probe every node, derive the profile, prove it with an all-reduce.
+
+Example:
+    >>> report = run_doctor("default", timeout_s=60)
+    >>> print(render_table(report))
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import uuid
+from pathlib import Path
+
+import ray
+import ray.cloudpickle
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from bridge_ray import records
+from bridge_ray.cluster.auth import auth_env
+from bridge_ray.network import collective, probe
+from bridge_ray.network.checks import FAIL, PASS, Check, static_checks
+from bridge_ray.network.probe import NodeProbe
+from bridge_ray.network.profile import (
+    SOCKET_KEYS, VERL_PPO_RESERVED_KEYS, ClusterProfile, derive_profile, load_overrides,
+    save_profile, shared_subnets,
+)
+
+# Nodes need only ray and torch to run these two modules, not bridge_ray itself.
+ray.cloudpickle.register_pickle_by_value(probe)
+ray.cloudpickle.register_pickle_by_value(collective)
+
+
+@dataclasses.dataclass
+class DoctorReport:
+    """What ``doctor`` found.
+
+    Attributes:
+        checks: the table's rows, in order; the all-reduce is last.
+        probes: one per node that answered.
+        profile: the profile derived from the probes (plus overrides once saved).
+        backend: ``gloo`` (CPU) or ``nccl`` (GPU).
+        world_size: ranks in the all-reduce.
+        nbytes: bytes all-reduced per iteration.
+        busbw_gbps: bus bandwidth in GB/s (nccl-tests' definition), None if it failed.
+        transport: what carried the traffic (gloo interface, or NCCL's network and channels).
+        profile_path: where ``run_doctor`` saved the profile.
+    """
+
+    checks: list[Check]
+    probes: list[NodeProbe]
+    profile: ClusterProfile
+    backend: str = ""
+    world_size: int = 0
+    nbytes: int = 0
+    busbw_gbps: float | None = None
+    transport: str = ""
+    profile_path: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status == PASS for c in self.checks)
+
+
+@dataclasses.dataclass
+class _Node:
+    node_id: str
+    ip: str
+    gpus: int
+
+
+def _alive_nodes() -> list[_Node]:
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    nodes.sort(key=lambda n: "node:__internal_head__" not in n["Resources"])
+    return [_Node(n["NodeID"], n["NodeManagerAddress"], int(n["Resources"].get("GPU", 0))) for n in nodes]
+
+
+def _on(node: _Node) -> NodeAffinitySchedulingStrategy:
+    return NodeAffinitySchedulingStrategy(node.node_id, soft=False)
+
+
+def _probe_all(nodes: list[_Node], dirs: list[str], timeout_s: float) -> tuple[list[NodeProbe], list[Check]]:
+    """Run ``probe_node`` pinned to each node; nodes that do not answer in time become FAILs."""
+    token = uuid.uuid4().hex
+    markers = {}
+    for directory in dirs:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        probe.marker_path(directory, token).write_text(token)
+        markers[str(directory)] = token
+    task = ray.remote(num_cpus=0, max_retries=0)(probe.probe_node)
+    refs = {task.options(scheduling_strategy=_on(n)).remote(markers=markers): n for n in nodes}
+    try:
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        probes, checks = [], []
+        for ref, node in refs.items():
+            error = "" if ref in ready else f"no answer within {timeout_s:g} s"
+            if not error:
+                try:
+                    found = NodeProbe.from_dict(ray.get(ref))
+                except ray.exceptions.RayError as err:
+                    error = _last_line(str(err))
+            if error:
+                ray.cancel(ref, force=True)
+                checks.append(Check(f"probe {node.ip}", FAIL, error,
+                                    "look at that node's raylet log, or raise --timeout"))
+                continue
+            found.node_ip = node.ip
+            probes.append(found)
+        return probes, checks
+    finally:
+        for directory in dirs:
+            probe.marker_path(directory, token).unlink(missing_ok=True)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else text
+
+
+def _rank_env(profile: ClusterProfile, hostname: str, forced: dict[str, str], backend: str,
+              rank: int, token: str) -> dict[str, str]:
+    env = {**profile.env, **profile.node_env.get(hostname, {}), **forced}
+    if backend == "nccl":  # read back by the rank to report the transport NCCL chose
+        env.update(NCCL_DEBUG="INFO", NCCL_DEBUG_SUBSYS="INIT,NET",
+                   NCCL_DEBUG_FILE=f"/tmp/bridge-ray-doctor-{token}-{rank}/nccl.%h.%p.log")
+    return env
+
+
+def _allreduce_fix(forced: dict[str, str], profile: ClusterProfile, backend: str) -> str:
+    used = {k: forced[k] for k in (*SOCKET_KEYS, "NCCL_IB_HCA", "NCCL_IB_GID_INDEX") if k in forced}
+    if used:
+        forced_text = " ".join(f"--env {k}={v}" for k, v in used.items())
+        detected = ", ".join(f"{k}={v}" for k, v in profile.env.items()) or "nothing"
+        return (f"the ranks could not connect with {forced_text}: drop it (and its line in "
+                f"overrides.env) to use the detected profile ({detected})")
+    fix = "check that TCP is open between the nodes on all ports (firewall) and that the profile's interface routes between them"
+    if backend == "nccl":
+        fix += "; rerun with --env NCCL_DEBUG=INFO to see NCCL's choice"
+    return fix
+
+
+def _allreduce(nodes: list[_Node], probes: list[NodeProbe], profile: ClusterProfile,
+               forced: dict[str, str], timeout_s: float, nbytes: int | None) -> tuple[Check, dict]:
+    """All-reduce across one rank per node (gloo) or per GPU (nccl), never longer than the timeout."""
+    hosts = {p.node_ip: p.hostname for p in probes}
+    gpu_nodes = [n for n in nodes if n.gpus and n.ip in hosts]
+    backend = "nccl" if gpu_nodes else "gloo"
+    ranks = [(n, i) for n in gpu_nodes for i in range(n.gpus)] if gpu_nodes else [(n, 0) for n in nodes if n.ip in hosts]
+    nbytes = nbytes or (1 << 30 if gpu_nodes else 16 << 20)
+    name = f"all-reduce ({backend})"
+    info = {"backend": backend, "world_size": len(ranks), "nbytes": nbytes}
+    token = uuid.uuid4().hex[:12]
+    worker = ray.remote(collective.AllReduceRank)
+    actors = [
+        worker.options(
+            num_cpus=0, num_gpus=1 if gpu_nodes else 0, max_restarts=0, scheduling_strategy=_on(node),
+            runtime_env={"env_vars": _rank_env(profile, hosts[node.ip], forced, backend, r, token)},
+        ).remote()
+        for r, (node, _) in enumerate(ranks)
+    ]
+    try:
+        try:
+            endpoints = ray.get([a.endpoint.remote() for a in actors], timeout=timeout_s)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as err:
+            return Check(name, FAIL, f"could not start {len(ranks)} ranks: {_last_line(str(err))}",
+                         "free the GPUs (`bridge-ray list`, `bridge-ray stop`) or raise --timeout"), info
+        master = "%s:%d" % endpoints[0]
+        iters = 20 if gpu_nodes else 5
+        refs = [a.run.remote(r, len(ranks), master, backend, nbytes, iters, timeout_s) for r, a in enumerate(actors)]
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s + 5)
+        where = {ref: f"rank {r} on {hosts[ranks[r][0].ip]}" for r, ref in enumerate(refs)}
+        if pending:
+            errors = [f"{where[ref]}: {_last_line(res['error'])}" for ref, res in zip(ready, ray.get(ready))
+                      if not res["ok"]]
+            detail = "; ".join([f"timed out after {timeout_s:g} s ({', '.join(where[r] for r in pending)} "
+                                "never finished)", *errors[:1]])
+            return Check(name, FAIL, detail, _allreduce_fix(forced, profile, backend)), info
+        results = ray.get(refs)
+    finally:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+    failed = [f"{where[ref]}: {_last_line(res['error'])}" for ref, res in zip(refs, results) if not res["ok"]]
+    if failed:
+        return Check(name, FAIL, failed[0], _allreduce_fix(forced, profile, backend)), info
+    seconds = max(res["seconds"] for res in results)
+    world = len(ranks)
+    busbw = nbytes / seconds / 1e9 * 2 * (world - 1) / world
+    info.update(busbw_gbps=busbw, transport=results[0]["transport"])
+    detail = (f"{world} ranks, {nbytes >> 20} MiB in {seconds * 1e3:.1f} ms: "
+              f"bus bandwidth {busbw:.2f} GB/s; {info['transport']}")
+    return Check(name, PASS, detail), info
+
+
+def doctor(address: str | None = None, timeout_s: float = 60.0, force_env: dict[str, str] | None = None,
+           shared_dirs: list[str] | tuple[str, ...] = (), nbytes: int | None = None) -> DoctorReport:
+    """Probe every alive node, derive the profile and prove it with an all-reduce.
+
+    Args:
+        address: Ray address to connect to when Ray is not initialised in this process.
+        timeout_s: limit for each stage (probe, rank start, collective); nothing hangs past it.
+        force_env: variables that win over the derived profile in the all-reduce (``--env``).
+        shared_dirs: directories every node must see (BRIDGE_RAY_HOME, output dirs).
+        nbytes: bytes per all-reduce (default 16 MiB on CPU, 1 GiB on GPU).
+
+    Returns:
+        A DoctorReport; ``report.ok`` is False when any check failed. Nothing is saved.
+    """
+    forced = dict(force_env or {})
+    owned = not ray.is_initialized()
+    if owned:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    try:
+        nodes = _alive_nodes()
+        probes, checks = _probe_all(nodes, [str(d) for d in shared_dirs], timeout_s)
+        profile = derive_profile(probes)
+        checks += static_checks(probes, forced, str(records.home_dir()))
+        check, info = _allreduce(nodes, probes, profile, forced, timeout_s, nbytes)
+        return DoctorReport(checks=[*checks, check], probes=probes, profile=profile, **info)
+    finally:
+        if owned:
+            ray.shutdown()
+
+
+def _use_auth(record: records.ClusterRecord) -> None:
+    """Point this process's Ray at the cluster's token (or auth off, as the record says)."""
+    os.environ.update(auth_env(record))
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    # Ray caches RAY_AUTH_MODE and the token when it is imported; refresh both, as
+    # ray._private.authentication does when it turns token auth on.
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def run_doctor(name: str = records.DEFAULT_CLUSTER, timeout_s: float = 60.0,
+               env: dict[str, str] | None = None, shared_dirs: list[str] | tuple[str, ...] = ()) -> DoctorReport:
+    """Run the doctor on a recorded cluster and save its profile for later nodes and jobs.
+
+    The user's ``env`` joins ``overrides.env`` only if the all-reduce passed with it; keys
+    that verl's PPO driver sets itself are never saved.
+
+    Args:
+        name: the cluster record to use.
+        timeout_s: per-stage limit (see ``doctor``).
+        env: ``--env`` overrides, tried on top of the saved ones.
+        shared_dirs: directories beyond BRIDGE_RAY_HOME that every node must see.
+
+    Raises:
+        ClusterNotFound: no record called ``name``.
+
+    Example:
+        >>> report = run_doctor("default", env={"NCCL_IB_GID_INDEX": "3"})
+        >>> report.ok, report.profile_path
+    """
+    record = records.load(name)
+    env = dict(env or {})
+    _use_auth(record)
+    overrides = {**load_overrides(name), **env}
+    report = doctor(record.gcs_address, timeout_s, overrides, [str(records.home_dir()), *shared_dirs])
+    collective_passed = report.checks[-1].status == PASS
+    kept = overrides if collective_passed else load_overrides(name)
+    dropped = sorted(k for k in kept if k in VERL_PPO_RESERVED_KEYS)
+    report.profile.overrides = {k: v for k, v in kept.items() if k not in VERL_PPO_RESERVED_KEYS}
+    if dropped:
+        report.profile.notes.append(f"not saved: {', '.join(dropped)} (set by verl's PPO driver; pass to the job's --env)")
+    if env and not collective_passed:
+        report.profile.notes.append("--env not saved: the all-reduce failed with it")
+    report.profile_path = str(save_profile(name, report.profile))
+    return report
+
+
+def to_json(report: DoctorReport) -> str:
+    """The report as JSON for scripts (``bridge-ray doctor --json``)."""
+    return json.dumps({"ok": report.ok, **dataclasses.asdict(report)}, indent=2, sort_keys=True)
+
+
+def render_table(report: DoctorReport) -> str:
+    """The report as a plain-text PASS/FAIL table, each FAIL followed by its fix, then the profile."""
+    width = max([len(c.name) for c in report.checks] + [5])
+    lines = [f"{'CHECK':<{width}}  RESULT  DETAIL"]
+    for c in report.checks:
+        lines.append(f"{c.name:<{width}}  {c.status:<6}  {c.detail}")
+        if c.status == FAIL:
+            lines.append(f"{'':<{width}}  {'fix:':<6}  {c.fix}")
+    env = report.profile.job_env()
+    where = f" (saved to {report.profile_path})" if report.profile_path else ""
+    lines += ["", f"profile{where}:"]
+    lines += [f"  {k}={v}" for k, v in env.items()] or ["  (nothing to set)"]
+    for host, node in sorted(report.profile.node_env.items()):
+        lines.append(f"  on {host}: " + " ".join(f"{k}={v}" for k, v in node.items()))
+    lines += [f"  note: {n}" for n in report.profile.notes]
+    lines += ["", "PASS" if report.ok else "FAIL: fix the rows above and rerun `bridge-ray doctor`"]
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""What a job carries: its working_dir (checked for size) and an allow-listed env.
+
+Only variables on the allow-list (plus the cluster's network profile and the
+user's ``--env``) travel; never all of ``os.environ``. Secrets travel (a job needs
+``HF_TOKEN``) but are redacted wherever a runtime_env is shown or recorded.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from pathlib import Path
+
+from bridge_ray.errors import ConfigError, WorkingDirTooLarge
+
+ENV_PREFIXES = ("NCCL_", "GLOO_", "UCX_", "NVTE_", "TORCH_NCCL_", "HF_", "WANDB_", "VERL_")
+ENV_NAMES = ("CUDA_DEVICE_MAX_CONNECTIONS",)
+DEFAULT_EXCLUDES = (
+    ".git", ".venv", "venv", "__pycache__", "*.egg-info", ".pytest_cache", "checkpoints",
+    "*.safetensors", "*.pt", "*.pth", "*.bin", "wandb", "outputs",
+)
+RAY_PACKAGE_LIMIT = 100 * 1024 * 1024
+_SECRET_RE = re.compile(r"TOKEN|SECRET|PASSWORD|API_KEY|_KEY$|CREDENTIAL", re.IGNORECASE)
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PROJECT_MARKERS = ("setup.cfg", "pyproject.toml", "setup.py", ".git")
+
+
+def parse_env(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Parse ``KEY=VALUE`` strings (from ``--env``).
+
+    Raises:
+        ConfigError: listing each malformed item and the form to use.
+    """
+    env, problems = {}, []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _ENV_KEY_RE.match(key):
+            problems.append(f"--env {item!r} is not KEY=VALUE: write e.g. --env NCCL_DEBUG=INFO")
+            continue
+        env[key] = value
+    if problems:
+        raise ConfigError(problems)
+    return env
+
+
+def allowed_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The allow-listed part of ``environ`` (default ``os.environ``)."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k.startswith(ENV_PREFIXES) or k in ENV_NAMES}
+
+
+def is_secret(key: str) -> bool:
+    """Whether an env var name looks like a credential (``HF_TOKEN``, ``WANDB_API_KEY``, ...)."""
+    return bool(_SECRET_RE.search(key))
+
+
+def redact(runtime_env: dict) -> dict:
+    """A copy of ``runtime_env`` safe to print or record: secret values become ``***``."""
+    shown = dict(runtime_env)
+    if "env_vars" in shown:
+        shown["env_vars"] = {k: ("***" if is_secret(k) else v) for k, v in shown["env_vars"].items()}
+    return shown
+
+
+def project_dir(recipe: Path) -> Path:
+    """The recipe's project: the nearest parent holding setup.cfg/pyproject.toml/.git, else its folder."""
+    for folder in [recipe.parent, *recipe.parent.parents]:
+        if any((folder / marker).exists() for marker in PROJECT_MARKERS):
+            return folder
+    return recipe.parent
+
+
+def _excluded(rel: str, name: str, excludes: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(name, pat) or fnmatch.fnmatch(rel, pat) for pat in excludes)
+
+
+def package_size(root: Path, excludes: tuple[str, ...] = DEFAULT_EXCLUDES) -> tuple[int, list[tuple[int, str]]]:
+    """Bytes Ray would upload from ``root``, and the biggest top-level entries as (bytes, path)."""
+    per_entry: dict[str, int] = {}
+    for folder, dirs, files in os.walk(root):
+        rel_folder = os.path.relpath(folder, root)
+        dirs[:] = [d for d in dirs if not _excluded(os.path.normpath(os.path.join(rel_folder, d)), d, excludes)]
+        for name in files:
+            rel = os.path.normpath(os.path.join(rel_folder, name))
+            if _excluded(rel, name, excludes):
+                continue
+            try:
+                size = os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                continue
+            top = rel.split(os.sep, 1)[0]
+            per_entry[top] = per_entry.get(top, 0) + size
+    biggest = sorted(((size, top) for top, size in per_entry.items()), reverse=True)
+    return sum(per_entry.values()), biggest
+
+
+def check_package_size(root: Path, excludes: tuple[str, ...] = DEFAULT_EXCLUDES,
+                       limit: int = RAY_PACKAGE_LIMIT) -> int:
+    """Return the upload size, or raise WorkingDirTooLarge naming the biggest offenders."""
+    total, biggest = package_size(root, excludes)
+    if total > limit:
+        top = ", ".join(f"{name} ({size / 2**20:.0f} MiB)" for size, name in biggest[:3])
+        raise WorkingDirTooLarge(
+            f"working_dir {root} would upload {total / 2**20:.0f} MiB, over Ray's {limit / 2**20:.0f} MiB limit; "
+            f"biggest: {top}: move data and checkpoints out of the project or add --exclude PATTERN"
+        )
+    return total
+
+
+def build(recipe: Path, env: dict[str, str], profile_env: dict[str, str] | None = None,
+          excludes: tuple[str, ...] = ()) -> dict:
+    """The job's runtime_env: working_dir + excludes + env_vars (profile < allow-listed env < --env)."""
+    root = project_dir(recipe)
+    all_excludes = DEFAULT_EXCLUDES + tuple(excludes)
+    check_package_size(root, all_excludes)
+    env_vars = {**(profile_env or {}), **allowed_env(), "PYTHONUNBUFFERED": "1", **env}
+    return {"working_dir": str(root), "excludes": list(all_excludes), "env_vars": env_vars}

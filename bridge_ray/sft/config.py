@@ -1,0 +1,300 @@
+"""``SFTConfig``: a typed SFT run, its presets, its checks, and its verl overrides.
+
+``to_verl_overrides`` is the only place that knows verl's Hydra key names; a unit
+test composes its output against verl's own ``sft_trainer_engine`` config.
+
+Example:
+    >>> cfg = apply_overrides(sft_gsm8k_llama1b(), ["sft.optim.lr=1e-5"], prefix="sft")
+    >>> validate(cfg)
+    >>> to_verl_overrides(cfg)[:2]
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from bridge_ray.errors import ConfigError
+
+LOGGERS = ("console", "wandb", "file", "tensorboard")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model to fine-tune and how its layers run."""
+
+    path: str = ""
+    tokenizer_path: Optional[str] = None
+    dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    attn_implementation: str = "sdpa"
+    use_remove_padding: bool = False
+    gradient_checkpointing: bool = True
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """SFT files and batching. Rows hold ``messages``, or prompt/response columns to convert."""
+
+    train_files: tuple[str, ...] = ()
+    val_files: tuple[str, ...] = ()
+    messages_key: str = "messages"
+    prompt_key: Optional[str] = None
+    response_key: Optional[str] = None
+    global_batch_size: int = 64
+    micro_batch_size_per_worker: int = 8
+    max_length: int = 1024
+    pad_mode: Literal["no_padding", "right"] = "no_padding"
+    truncation: Literal["error", "left", "right"] = "error"
+    num_loader_workers: int = 0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW settings."""
+
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    clip_grad: float = 1.0
+    warmup_ratio: float = 0.0
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    """Ray Train workers: one rank each."""
+
+    num_workers: int = 1
+    cpus_per_worker: int = 1
+    gpus_per_worker: int = 0
+    strategy: Literal["fsdp", "fsdp2"] = "fsdp2"
+    use_torch_compile: bool = False
+
+    @property
+    def use_gpu(self) -> bool:
+        """Whether each worker holds a GPU (``gpus_per_worker > 0``)."""
+        return self.gpus_per_worker > 0
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Run length, checkpoints, resume, failures and logging."""
+
+    output_dir: str = ""
+    total_epochs: int = 1
+    total_steps: Optional[int] = None
+    save_freq: int = -1
+    test_freq: int = -1
+    resume_mode: Literal["auto", "disable"] = "auto"
+    max_failures: int = 0
+    loggers: tuple[str, ...] = ("console",)
+    project_name: str = "bridge-ray-sft"
+    experiment_name: str = "sft"
+    seed: int = 1
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """One supervised fine-tuning run. Override on the command line as ``sft.<group>.<key>=...``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def home_dir() -> Path:
+    """``$BRIDGE_RAY_HOME`` or ``~/.bridge-ray``, absolute."""
+    return Path(os.environ.get("BRIDGE_RAY_HOME") or Path.home() / ".bridge-ray").expanduser().absolute()
+
+
+def sft_tiny_cpu(model_dir: str, train_file: str, val_file: str | None, output_dir: str) -> SFTConfig:
+    """A few steps of a tiny Llama on 2 CPU workers: the demo and the tests.
+
+    Args:
+        model_dir: A local HF model folder with a chat-template tokenizer.
+        train_file: SFT parquet with a ``messages`` column.
+        val_file: Validation parquet, or None.
+        output_dir: Absolute run folder (checkpoints, config.json, metrics.json, hf/).
+    """
+    return SFTConfig(
+        model=ModelConfig(path=model_dir, gradient_checkpointing=False),
+        data=DataConfig(
+            train_files=(train_file,), val_files=(val_file,) if val_file else (),
+            global_batch_size=8, micro_batch_size_per_worker=2, max_length=512,
+        ),
+        optim=OptimConfig(lr=1e-3),
+        workers=WorkersConfig(num_workers=2, cpus_per_worker=1),
+        trainer=TrainerConfig(output_dir=output_dir, total_steps=6, save_freq=3, test_freq=3,
+                              experiment_name="tiny-cpu"),
+    )
+
+
+def sft_gsm8k_llama1b(
+    model_dir: str | None = None, data_dir: str | None = None, output_dir: str | None = None
+) -> SFTConfig:
+    """Llama-3.2-1B-Instruct on GSM8K: micro batch 8 per GPU, global batch 64, 2 epochs, bf16.
+
+    Args:
+        model_dir: Local model folder (default ``$BRIDGE_RAY_HOME/models/Llama-3.2-1B-Instruct``).
+        data_dir: Folder with ``train.parquet`` and ``val.parquet`` (default ``$BRIDGE_RAY_HOME/data/gsm8k``).
+        output_dir: Run folder (default ``$BRIDGE_RAY_HOME/runs/sft-gsm8k-llama1b``).
+    """
+    home = home_dir()
+    data = Path(data_dir or home / "data" / "gsm8k")
+    return SFTConfig(
+        model=ModelConfig(path=str(model_dir or home / "models" / "Llama-3.2-1B-Instruct")),
+        data=DataConfig(
+            train_files=(str(data / "train.parquet"),), val_files=(str(data / "val.parquet"),),
+            global_batch_size=64, micro_batch_size_per_worker=8, max_length=1024,
+        ),
+        optim=OptimConfig(lr=1e-5),
+        workers=WorkersConfig(num_workers=1, cpus_per_worker=8, gpus_per_worker=1),
+        trainer=TrainerConfig(output_dir=str(output_dir or home / "runs" / "sft-gsm8k-llama1b"), total_epochs=2,
+                              save_freq=500, test_freq=100, experiment_name="gsm8k-llama1b"),
+    )
+
+
+PRESETS = {"sft_tiny_cpu": sft_tiny_cpu, "sft_gsm8k_llama1b": sft_gsm8k_llama1b}
+
+
+def _batch_problems(data: DataConfig, workers: WorkersConfig) -> list[str]:
+    if data.global_batch_size < 1 or data.micro_batch_size_per_worker < 1:
+        return ["data.global_batch_size and data.micro_batch_size_per_worker must be >= 1"]
+    if data.global_batch_size % workers.num_workers:
+        return [f"data.global_batch_size={data.global_batch_size} must be divisible by "
+                f"workers.num_workers={workers.num_workers} (each worker takes an equal share)"]
+    per_worker = data.global_batch_size // workers.num_workers
+    if data.micro_batch_size_per_worker > per_worker:
+        return [f"data.micro_batch_size_per_worker={data.micro_batch_size_per_worker} is larger than the "
+                f"per-worker batch {per_worker} (global_batch_size / num_workers): lower it or raise the batch"]
+    if per_worker % data.micro_batch_size_per_worker:
+        return [f"per-worker batch {per_worker} must be divisible by "
+                f"data.micro_batch_size_per_worker={data.micro_batch_size_per_worker}"]
+    return []
+
+
+def _model_problems(model: ModelConfig) -> list[str]:
+    problems = [] if model.path else ["model.path is empty: set sft.model.path=/abs/path/to/hf-model"]
+    if model.use_remove_padding and model.attn_implementation != "flash_attention_2":
+        problems.append("model.use_remove_padding=true needs model.attn_implementation=flash_attention_2 "
+                        "(flash-attn varlen); set sft.model.use_remove_padding=false for sdpa")
+    return problems
+
+
+def _data_problems(data: DataConfig) -> list[str]:
+    problems = [] if data.train_files else ["data.train_files is empty: set sft.data.train_files=[/abs/train.parquet]"]
+    if (data.prompt_key is None) != (data.response_key is None):
+        problems.append("data.prompt_key and data.response_key go together: set both or neither")
+    if data.pad_mode != "no_padding":
+        problems.append(f"data.pad_mode={data.pad_mode!r}: verl 0.9.1's FSDP engine trains only with no_padding")
+    if data.max_length < 1:
+        problems.append(f"data.max_length={data.max_length} must be >= 1")
+    return problems
+
+
+def _workers_problems(workers: WorkersConfig) -> list[str]:
+    problems = []
+    if workers.num_workers < 1:
+        problems.append(f"workers.num_workers={workers.num_workers} must be >= 1")
+    if workers.cpus_per_worker < 1 or workers.gpus_per_worker < 0:
+        problems.append("workers.cpus_per_worker must be >= 1 and workers.gpus_per_worker >= 0")
+    return problems
+
+
+def _trainer_problems(trainer: TrainerConfig) -> list[str]:
+    problems = []
+    if not trainer.output_dir or not os.path.isabs(trainer.output_dir):
+        problems.append(f"trainer.output_dir={trainer.output_dir!r} must be an absolute path "
+                        "(relative paths land in Ray's unpacked working_dir)")
+    if trainer.total_epochs < 1 or (trainer.total_steps is not None and trainer.total_steps < 1):
+        problems.append("trainer.total_epochs must be >= 1 and trainer.total_steps null or >= 1")
+    for name in ("save_freq", "test_freq"):
+        value = getattr(trainer, name)
+        if value == 0 or value < -1:
+            problems.append(f"trainer.{name}={value}: use -1 (off) or a step count >= 1")
+    unknown = sorted(set(trainer.loggers) - set(LOGGERS))
+    if unknown:
+        problems.append(f"trainer.loggers has {unknown}: choose from {', '.join(LOGGERS)}")
+    if trainer.max_failures < -1:
+        problems.append(f"trainer.max_failures={trainer.max_failures}: use -1 (retry forever), 0 or more")
+    return problems
+
+
+def validate(cfg: SFTConfig) -> SFTConfig:
+    """Check a config before anything starts.
+
+    Returns:
+        ``cfg`` unchanged.
+
+    Raises:
+        ConfigError: listing every problem found, each with its fix.
+    """
+    problems = (_model_problems(cfg.model) + _data_problems(cfg.data)
+                + (_workers_problems(cfg.workers) or _batch_problems(cfg.data, cfg.workers))
+                + _trainer_problems(cfg.trainer))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def checkpoint_dir(cfg: SFTConfig) -> Path:
+    """Where verl writes ``global_step_N/`` folders for this run."""
+    return Path(cfg.trainer.output_dir) / "checkpoints"
+
+
+def _hydra_list(items: tuple[str, ...]) -> str:
+    return "[" + ",".join(f"'{item}'" for item in items) + "]"
+
+
+def _null(value) -> str:
+    return "null" if value is None else str(value)
+
+
+def to_verl_overrides(cfg: SFTConfig) -> list[str]:
+    """verl Hydra overrides for ``sft_trainer_engine`` (verl 0.9.1). The only place with verl key names.
+
+    Args:
+        cfg: A validated config whose data files already hold ``messages`` rows.
+
+    Returns:
+        ``key=value`` strings for ``hydra.compose(config_name="sft_trainer_engine", overrides=...)``
+        or ``torchrun -m verl.trainer.sft_trainer``.
+    """
+    model, data, optim, workers, trainer = cfg.model, cfg.data, cfg.optim, cfg.workers, cfg.trainer
+    return [
+        f"model.path={model.path}",
+        f"model.tokenizer_path={_null(model.tokenizer_path)}",
+        f"model.use_remove_padding={model.use_remove_padding}",
+        f"model.enable_gradient_checkpointing={model.gradient_checkpointing}",
+        f"+model.override_config.attn_implementation={model.attn_implementation}",
+        f"data.train_files={_hydra_list(data.train_files)}",
+        f"data.val_files={_hydra_list(data.val_files) if data.val_files else 'null'}",
+        f"data.messages_key={data.messages_key}",
+        f"data.train_batch_size={data.global_batch_size}",
+        f"data.micro_batch_size_per_gpu={data.micro_batch_size_per_worker}",
+        "data.use_dynamic_bsz=False",
+        f"data.max_length={data.max_length}",
+        f"data.pad_mode={data.pad_mode}",
+        f"data.truncation={data.truncation}",
+        f"data.num_workers={data.num_loader_workers}",
+        f"engine.strategy={workers.strategy}",
+        f"engine.dtype={model.dtype}",
+        f"engine.use_torch_compile={workers.use_torch_compile}",
+        f"optim.lr={optim.lr}",
+        f"optim.weight_decay={optim.weight_decay}",
+        f"optim.clip_grad={optim.clip_grad}",
+        f"optim.lr_warmup_steps_ratio={optim.warmup_ratio}",
+        f"trainer.default_local_dir={checkpoint_dir(cfg)}",
+        f"trainer.project_name={trainer.project_name}",
+        f"trainer.experiment_name={trainer.experiment_name}",
+        f"trainer.total_epochs={trainer.total_epochs}",
+        f"trainer.total_training_steps={_null(trainer.total_steps)}",
+        f"trainer.logger=[{','.join(trainer.loggers)}]",
+        f"trainer.seed={trainer.seed}",
+        f"trainer.save_freq={trainer.save_freq}",
+        f"trainer.test_freq={trainer.test_freq}",
+        f"trainer.resume_mode={trainer.resume_mode}",
+        f"trainer.device={'cuda' if workers.use_gpu else 'cpu'}",
+    ]
+

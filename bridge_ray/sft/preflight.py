@@ -1,0 +1,114 @@
+"""Checks run in the job driver before an SFT run starts; on failure nothing was started.
+
+Order: config (``validate``), cluster resources, paths on every node (a zero-CPU Ray
+task pinned to each alive node), then the data schema (on one node). Each failure
+raises one ``PreflightError``/``ConfigError`` whose message says what was found and
+what to change.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bridge_ray.errors import ConfigError, PreflightError
+from bridge_ray.sft.config import SFTConfig, validate
+
+
+def _worker_slots(node_resources: dict, cpus: float, gpus: float) -> int:
+    slots = int(node_resources.get("CPU", 0) // cpus)
+    if gpus > 0:
+        slots = min(slots, int(node_resources.get("GPU", 0) // gpus))
+    return slots
+
+
+def check_resources(cfg: SFTConfig, nodes: list[dict]) -> None:
+    """Raise PreflightError unless the workers fit the alive nodes (each worker on one node)."""
+    workers = cfg.workers
+    slots = sum(_worker_slots(n["Resources"], workers.cpus_per_worker, workers.gpus_per_worker) for n in nodes)
+    if slots >= workers.num_workers:
+        return
+    total_cpu = sum(n["Resources"].get("CPU", 0) for n in nodes)
+    total_gpu = sum(n["Resources"].get("GPU", 0) for n in nodes)
+    raise PreflightError(
+        f"{workers.num_workers} workers x ({workers.cpus_per_worker} CPU, {workers.gpus_per_worker} GPU) do not fit: "
+        f"the cluster has {total_cpu:g} CPU and {total_gpu:g} GPU on {len(nodes)} node(s), room for {slots} "
+        f"worker(s); lower sft.workers.num_workers / cpus_per_worker / gpus_per_worker or add nodes"
+    )
+
+
+def path_problems(cfg: SFTConfig) -> list[str]:
+    """What this machine cannot read or write among the run's paths (runs on each node)."""
+    problems = []
+    model = Path(cfg.model.path)
+    if not (model / "config.json").is_file():
+        problems.append(f"model.path {model} has no config.json (a local Hugging Face model folder is needed)")
+    if cfg.model.tokenizer_path and not Path(cfg.model.tokenizer_path).is_dir():
+        problems.append(f"model.tokenizer_path {cfg.model.tokenizer_path} is not a folder")
+    for name, files in (("data.train_files", cfg.data.train_files), ("data.val_files", cfg.data.val_files)):
+        for path in files:
+            if not os.access(path, os.R_OK) or not Path(path).is_file():
+                problems.append(f"{name}: {path} is missing or unreadable")
+    out = Path(cfg.trainer.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_test_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        problems.append(f"trainer.output_dir {out} is not writable: {err.strerror or err}")
+    return problems
+
+
+def data_problems(cfg: SFTConfig) -> list[str]:
+    """Schema and size problems of the SFT files (runs on one node)."""
+    from bridge_ray.data import check_sft_file
+
+    problems = []
+    for path in cfg.data.train_files + cfg.data.val_files:
+        try:
+            check = check_sft_file(path, cfg.data.prompt_key, cfg.data.response_key, cfg.data.messages_key)
+        except ConfigError as err:
+            problems.extend(err.problems)
+            continue
+        if path in cfg.data.train_files and check.num_rows < cfg.data.global_batch_size:
+            problems.append(f"data.train_files: {path} has {check.num_rows} rows, fewer than "
+                            f"data.global_batch_size={cfg.data.global_batch_size}: no step could run")
+    return problems
+
+
+def check_paths_on_cluster(cfg: SFTConfig, nodes: list[dict]) -> None:
+    """Run ``path_problems`` on every alive node; raise PreflightError naming node and path."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0)(path_problems)
+    refs = {n["NodeManagerAddress"]: task.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(cfg) for n in nodes}
+    problems = [f"on node {addr}: {p}" for addr, ref in refs.items() for p in ray.get(ref)]
+    if problems:
+        raise PreflightError("; ".join(problems))
+
+
+def check_data_on_cluster(cfg: SFTConfig) -> None:
+    """Run ``data_problems`` as a Ray task; raise ConfigError listing them."""
+    import ray
+
+    problems = ray.get(ray.remote(num_cpus=0)(data_problems).remote(cfg))
+    if problems:
+        raise ConfigError(problems)
+
+
+def preflight(cfg: SFTConfig) -> None:
+    """Every check, in order, against the connected Ray cluster.
+
+    Raises:
+        ConfigError: bad config values or data files.
+        PreflightError: the cluster lacks resources or cannot see/write a path.
+    """
+    import ray
+
+    validate(cfg)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    check_resources(cfg, nodes)
+    check_paths_on_cluster(cfg, nodes)
+    check_data_on_cluster(cfg)

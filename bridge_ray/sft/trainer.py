@@ -1,0 +1,171 @@
+"""``fit(cfg)``: run verl SFT on Ray Train workers from a Ray Job driver.
+
+The driver connects to the running cluster, runs the preflight checks, writes
+``config.json``, starts a ``TorchTrainer`` whose workers each run verl's
+``SFTTrainer`` (see ``bridge_ray.sft.worker``), then merges the last checkpoint
+into a Hugging Face model and checks that it loads and generates.
+
+Run folder (``trainer.output_dir``, absolute, shared by all nodes)::
+
+    config.json          bridge-ray config + the verl overrides it became
+    verl_config.json     verl's resolved Hydra config (written by rank 0)
+    steps.jsonl          one row per step (rank 0, appended across restarts)
+    metrics.json         final metrics and the per-step history
+    checkpoints/         verl's global_step_N folders
+    hf/                  the merged Hugging Face model
+    ray_train/           Ray Train's run storage
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge_ray.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
+from bridge_ray.config import to_dict
+from bridge_ray.errors import BridgeRayError, PreflightError
+from bridge_ray.platforms import cpu_env
+from bridge_ray.sft.config import SFTConfig, checkpoint_dir, to_verl_overrides, validate
+from bridge_ray.sft.worker import KILL_AT_STEP_ENV, STEPS_FILE
+
+
+class TrainingFailed(BridgeRayError):
+    """Ray Train gave up on the run (a worker error, or more failures than ``max_failures``)."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class SFTResult:
+    """What a finished SFT run left behind."""
+
+    output_dir: Path
+    checkpoint: Path
+    hf_model: Path
+    metrics: dict
+    sample: str
+
+
+def connect() -> None:
+    """Attach to the running Ray cluster (the job's RAY_ADDRESS, else ``auto``); never start one.
+
+    Raises:
+        PreflightError: when no cluster answers.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=True)
+    except ConnectionError as err:
+        raise PreflightError(
+            f"no Ray cluster to attach to ({err}): submit with `bridge-ray submit` or start one with `bridge-ray up`"
+        ) from err
+
+
+def worker_env(cfg: SFTConfig) -> dict[str, str]:
+    """Env vars set in each Train worker before verl is imported there."""
+    env = {} if cfg.workers.use_gpu else cpu_env()
+    if os.environ.get(KILL_AT_STEP_ENV):
+        env[KILL_AT_STEP_ENV] = os.environ[KILL_AT_STEP_ENV]
+    return env
+
+
+def prepare_data(cfg: SFTConfig) -> SFTConfig:
+    """Convert prompt/response files to ``messages`` parquets under ``output_dir/data``; else ``cfg``."""
+    import dataclasses
+
+    from bridge_ray.data import convert_to_messages
+
+    data = cfg.data
+    if data.prompt_key is None:
+        return cfg
+    out = Path(cfg.trainer.output_dir) / "data"
+    convert = lambda kind, files: tuple(  # noqa: E731
+        str(convert_to_messages(p, out / f"{kind}_{i}.parquet", data.prompt_key, data.response_key))
+        for i, p in enumerate(files))
+    data = dataclasses.replace(data, train_files=convert("train", data.train_files),
+                               val_files=convert("val", data.val_files), prompt_key=None, response_key=None,
+                               messages_key="messages")
+    return dataclasses.replace(cfg, data=data)
+
+
+def build_trainer(cfg: SFTConfig):
+    """The ``TorchTrainer`` for ``cfg`` (not started)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from bridge_ray.sft.worker import train_loop_per_worker
+
+    workers = cfg.workers
+    resources = {"CPU": workers.cpus_per_worker, **({"GPU": workers.gpus_per_worker} if workers.use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"env": worker_env(cfg), "overrides": to_verl_overrides(cfg),
+                           "output_dir": cfg.trainer.output_dir},
+        scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(storage_path=str(Path(cfg.trainer.output_dir) / "ray_train"),
+                             name=cfg.trainer.experiment_name,
+                             failure_config=FailureConfig(max_failures=cfg.trainer.max_failures)),
+    )
+
+
+def write_metrics(output_dir: Path, final: dict) -> dict:
+    """``metrics.json``: the last reported metrics and one row per step (latest attempt wins).
+
+    ``attempts_steps`` lists every step as rank 0 reported it, across restarts: a resumed run
+    shows the steps after its checkpoint twice.
+    """
+    steps_file = output_dir / STEPS_FILE
+    rows = [json.loads(line) for line in steps_file.read_text().splitlines()] if steps_file.exists() else []
+    history = sorted({row["step"]: row for row in rows}.values(), key=lambda row: row["step"])
+    metrics = {"final": final or (history[-1] if history else {}), "history": history, "attempts_steps": [row["step"] for row in rows]}
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def fit(cfg: SFTConfig) -> SFTResult:
+    """Train, merge the last checkpoint to Hugging Face format, and check it generates.
+
+    Args:
+        cfg: The run; ``trainer.output_dir`` must be absolute and visible to every node.
+
+    Returns:
+        An ``SFTResult`` with the merged model's path and the final metrics.
+
+    Raises:
+        ConfigError / PreflightError: before anything starts.
+        TrainingFailed: when Ray Train gives up.
+        CheckpointError: when no checkpoint exists or the merge/load fails.
+
+    Example:
+        >>> from bridge_ray import sft
+        >>> result = sft.fit(sft.sft_tiny_cpu(model, train, val, "/abs/run"))
+        >>> result.hf_model
+    """
+    from bridge_ray.sft.preflight import preflight
+
+    validate(cfg)
+    connect()
+    output_dir = Path(cfg.trainer.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cfg = prepare_data(cfg)
+    preflight(cfg)
+    (output_dir / "config.json").write_text(json.dumps(
+        {"sft": to_dict(cfg), "verl_overrides": to_verl_overrides(cfg), "worker_env": worker_env(cfg)},
+        indent=2, default=str))
+    try:
+        result = build_trainer(cfg).fit()
+    except Exception as err:  # Ray Train raises ControllerError / WorkerGroupError with the worker traceback
+        raise TrainingFailed(f"SFT training failed: {err}") from err
+    metrics = write_metrics(output_dir, dict(result.metrics or {}))
+    checkpoint = latest_checkpoint(checkpoint_dir(cfg))
+    if checkpoint is None:
+        raise CheckpointError(f"training ended without a checkpoint under {checkpoint_dir(cfg)}")
+    hf_dir = merge_to_hf(checkpoint, output_dir / "hf", env=worker_env(cfg))
+    sample = check_hf_model(hf_dir)
+    print(f"[bridge-ray] merged {checkpoint} -> {hf_dir}; sample generation: {sample!r}", flush=True)
+    return SFTResult(output_dir, checkpoint, hf_dir, metrics, sample)

@@ -1,0 +1,159 @@
+"""What runs in each Ray Train worker: verl's SFTTrainer on the worker's process group.
+
+Ray Train has already created the process group (gloo on CPU, nccl on GPU) and set
+RANK/LOCAL_RANK/WORLD_SIZE; verl's TrainingWorker uses it as is. A ``StepHook``
+wraps the trainer's training client to report each step through ``ray.train.report``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+KILL_AT_STEP_ENV = "BRIDGE_RAY_TEST_KILL_AT_STEP"
+STEPS_FILE = "steps.jsonl"
+KILL_MARKER = ".test_kill_done"
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+class StepHook:
+    """Per-step reporting (all ranks) and a test-only kill switch, around verl's training client.
+
+    verl's ``SFTTrainer.fit`` calls ``training_client.train_batch`` once per step on every rank,
+    then ``infer_batch`` for validation. The hook wraps both on this trainer instance: each
+    step's metrics are held until validation is done and reported when the next step starts
+    (or by ``flush()`` after the last step). ``ray.train.report`` is a barrier, so every rank
+    calls it; rank 0 also prints one line and appends to ``<output_dir>/steps.jsonl``.
+
+    ``BRIDGE_RAY_TEST_KILL_AT_STEP=k`` (tests only) makes the highest rank ``os._exit(1)``
+    right after step k, once per output_dir (a marker file records it), to exercise
+    Ray Train's restart and verl's resume.
+    """
+
+    def __init__(self, trainer, rank: int, world_size: int, output_dir: str, kill_at_step: int | None = None):
+        self.trainer, self.rank, self.world_size = trainer, rank, world_size
+        self.output_dir = Path(output_dir)
+        self.kill_at_step = kill_at_step
+        self.step = trainer.resume_global_step
+        self.pending: dict | None = None
+        self.val_losses: list[float] = []
+        self.last_time = time.perf_counter()
+
+    def install(self) -> None:
+        """Wrap this trainer's ``train_batch``/``infer_batch`` (instance attributes, verl untouched)."""
+        client = self.trainer.training_client
+        train_batch, infer_batch = client.train_batch, client.infer_batch
+
+        def reported_train_batch(data, *args, **kwargs):
+            self.flush()
+            output = train_batch(data, *args, **kwargs)
+            self._record(data, output)
+            self._maybe_exit_for_test()
+            return output
+
+        def recorded_infer_batch(data, *args, **kwargs):
+            output = infer_batch(data, *args, **kwargs)
+            self.val_losses.append(float(_metrics(output)["loss"]))
+            return output
+
+        client.train_batch, client.infer_batch = reported_train_batch, recorded_infer_batch
+
+    def _record(self, data, output) -> None:
+        from verl.utils import tensordict_utils as tu
+
+        now = time.perf_counter()
+        metrics = _metrics(output)
+        tokens = int(sum(tu.get(data, "global_token_num")))
+        seconds = now - self.last_time
+        self.last_time = now
+        self.step += 1
+        self.pending = {
+            "step": self.step, "total_steps": self.trainer.total_training_steps,
+            "loss": float(metrics["loss"]), "lr": metrics.get("lr"), "grad_norm": metrics.get("grad_norm"),
+            "mfu": metrics.get("mfu"), "tokens": tokens, "step_time_s": seconds,
+            "tokens_per_s": tokens / seconds, "tokens_per_s_per_worker": tokens / seconds / self.world_size,
+        }
+
+    def flush(self) -> None:
+        """Report the held step (with its validation loss, if any) on every rank."""
+        import ray.train
+
+        if self.pending is None:
+            return
+        row, self.pending = self.pending, None
+        row["val_loss"], self.val_losses = _mean(self.val_losses), []
+        if self.rank == 0:
+            print(format_step(row), flush=True)
+            with open(self.output_dir / STEPS_FILE, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        ray.train.report({k: v for k, v in row.items() if v is not None})
+
+    def _maybe_exit_for_test(self) -> None:
+        marker = self.output_dir / KILL_MARKER
+        if self.kill_at_step != self.step or self.rank != self.world_size - 1 or marker.exists():
+            return
+        marker.write_text(f"rank {self.rank} exited after step {self.step}\n")
+        print(f"[bridge-ray] test: rank {self.rank} exits after step {self.step} ({KILL_AT_STEP_ENV})", flush=True)
+        sys.stdout.flush()
+        os._exit(1)
+
+
+def _metrics(output) -> dict:
+    from verl.utils import tensordict_utils as tu
+
+    return dict(tu.get(output, "metrics"))
+
+
+def format_step(row: dict) -> str:
+    """One log line per step, e.g. ``[bridge-ray] step 3/6 loss 2.3110 lr 1.00e-03 ...``."""
+    parts = [f"[bridge-ray] step {row['step']}/{row['total_steps']}", f"loss {row['loss']:.4f}"]
+    if row.get("val_loss") is not None:
+        parts.append(f"val_loss {row['val_loss']:.4f}")
+    if row.get("lr") is not None:
+        parts.append(f"lr {row['lr']:.2e}")
+    parts.append(f"tokens/s {row['tokens_per_s']:.0f} ({row['tokens_per_s_per_worker']:.0f}/worker)")
+    if row.get("mfu") is not None:
+        parts.append(f"mfu {row['mfu']:.4f}")
+    parts.append(f"{row['step_time_s']:.2f}s")
+    return " ".join(parts)
+
+
+def compose_verl_config(overrides: list[str]):
+    """verl's ``sft_trainer_engine`` Hydra config with ``overrides`` applied (in-process)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        return compose(config_name="sft_trainer_engine", overrides=overrides)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train entry: set the env, build verl's config and trainer, fit, report.
+
+    Args:
+        loop_config: ``{"env": {...}, "overrides": [...], "output_dir": str}``.
+    """
+    # verl reads VERL_* at import and at its first platform lookup: set them before importing it.
+    os.environ.update(loop_config["env"])
+    import ray.train
+    from omegaconf import OmegaConf
+    from verl.trainer.sft_trainer import SFTTrainer
+    from verl.utils.device import auto_set_device
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    config = compose_verl_config(loop_config["overrides"])
+    auto_set_device(config)
+    if rank == 0:
+        resolved = OmegaConf.to_container(config, resolve=True)
+        Path(loop_config["output_dir"], "verl_config.json").write_text(json.dumps(resolved, indent=2, default=str))
+    trainer = SFTTrainer(config)
+    kill_at = os.environ.get(KILL_AT_STEP_ENV)
+    hook = StepHook(trainer, rank, world_size, loop_config["output_dir"], int(kill_at) if kill_at else None)
+    hook.install()
+    trainer.fit()
+    hook.flush()

@@ -1,0 +1,96 @@
+"""Shared fixtures. Tests come in tiers, selected by marker:
+
+    make test                                   # everything CI runs (starts SLURM first, as root)
+    .venv/bin/pytest -m "not integration and not slurm"   # unit tier, seconds, no cluster
+    .venv/bin/pytest -m integration             # real `ray start --head`, real verl on CPU
+    .venv/bin/pytest -m slurm                   # real SLURM: bash tests/slurm/slurm-ci.sh up local 2
+    .venv/bin/pytest -m gpu                     # GPU host only (see benchmarks/README.md); never in CI
+
+Every test runs with its own BRIDGE_RAY_HOME so ~/.bridge-ray is never touched, and
+with RAY_AUTH_MODE set explicitly (a stray ~/.ray/auth_token must not decide for us).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bridge_home(tmp_path_factory) -> Path:
+    """A session-wide BRIDGE_RAY_HOME in a temp dir."""
+    home = tmp_path_factory.mktemp("bridge-home")
+    old = os.environ.get("BRIDGE_RAY_HOME")
+    os.environ["BRIDGE_RAY_HOME"] = str(home)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    yield home
+    if old is None:
+        os.environ.pop("BRIDGE_RAY_HOME", None)
+    else:
+        os.environ["BRIDGE_RAY_HOME"] = old
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m bridge_ray ARGS`` as a user would; returns the completed process."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "bridge_ray", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def local_cluster(bridge_home):
+    """A real local Ray head started by ``bridge_ray.up`` (``ray start --head`` in a subprocess)."""
+    import bridge_ray
+
+    record = bridge_ray.up("ci", num_cpus=2)
+    yield record
+    bridge_ray.down("ci")
+
+
+@pytest.fixture(scope="session")
+def plain_ray_head(tmp_path_factory):
+    """A plain ``ray start --head`` (no bridge-ray), auth off explicitly, loopback dashboard.
+
+    Yields (dashboard_url, temp_dir); stopped by its own temp dir, never by ``ray stop``.
+    """
+    from bridge_ray.cluster import local, processes
+
+    temp_dir = Path("/tmp") / f"bridge-ray-{os.getuid()}" / f"plain-{os.getpid()}"
+    ports = local.choose_ports({})
+    cmd = [local.ray_executable(), "start", "--head", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}",
+           "--num-cpus=1", "--disable-usage-stats"] + [f"--{k}={v}" for k, v in ports.items()]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    url = f"http://127.0.0.1:{ports['dashboard-port']}"
+    yield url, temp_dir
+    processes.terminate(processes.find_pids(str(temp_dir)))
+
+
+@pytest.fixture(scope="session")
+def two_node_cluster():
+    """A 2-node ``ray.cluster_utils.Cluster`` (auth off explicitly), with its Jobs API on loopback.
+
+    Yields the dashboard URL. Nodes carry custom resources ``node_a`` / ``node_b``.
+    """
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    from ray.cluster_utils import Cluster
+    from bridge_ray.cluster import health, local
+    from bridge_ray.records import ClusterRecord
+
+    port = local.choose_ports({})["dashboard-port"]
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"node_a": 1}, "include_dashboard": True,
+        "dashboard_host": "127.0.0.1", "dashboard_port": port})
+    cluster.add_node(num_cpus=1, resources={"node_b": 1})
+    cluster.wait_for_nodes()
+    url = f"http://127.0.0.1:{port}"
+    health.wait_ready(ClusterRecord(name="two", backend="address", gcs_address="", dashboard_url=url))
+    yield url
+    cluster.shutdown()
+    os.environ.pop("RAY_AUTH_MODE", None)

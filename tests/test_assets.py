@@ -1,0 +1,90 @@
+"""Offline tokenizer, random-init Llama and demo assets, read back by transformers and verl."""
+from __future__ import annotations
+
+import pytest
+
+from bridge_ray.assets import build_demo_assets, build_llama, llama_config
+from bridge_ray.errors import ConfigError
+
+CONVERSATION = [{"role": "user", "content": "What is 12 * 34?"},
+                {"role": "assistant", "content": "12 * 34 = <<12*34=408>>408\n#### 408"}]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return build_demo_assets(tmp_path_factory.mktemp("demo"), num_train=64, num_val=8)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(demo):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(demo["model"])
+
+
+def test_chat_template_renders_llama3_layout(tokenizer):
+    text = tokenizer.apply_chat_template(CONVERSATION, tokenize=False)
+    assert text == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWhat is 12 * 34?<|eot_id|>"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n12 * 34 = <<12*34=408>>408\n#### 408<|eot_id|>")
+    prompt = tokenizer.apply_chat_template(CONVERSATION[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert tokenizer.eos_token == "<|eot_id|>" and tokenizer.pad_token == "<|pad|>"
+
+
+def test_tokenizer_round_trips_any_text_and_splits_digits(tokenizer):
+    text = "Ünïcode & real GSM8K: 1,234 x 5 = $6,170.\n#### 6170"
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    assert tokenizer.tokenize("408") == ["4", "0", "8"]
+
+
+def test_tiny_model_loads_and_generates(demo, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(demo["model"])
+    assert model.config.num_hidden_layers == 2 and model.config.vocab_size >= len(tokenizer)
+    inputs = tokenizer.apply_chat_template(CONVERSATION[:1], add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)
+    out = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 4
+
+
+def test_verl_sft_dataset_reads_demo_parquet(demo, tokenizer):
+    from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+
+    from bridge_ray.data import read_rows
+
+    dataset = MultiTurnSFTDataset(str(demo["train"]), tokenizer, {"max_length": 512, "pad_mode": "right"})
+    assert len(dataset) == 64
+    item = dataset[0]
+    assert item["input_ids"].shape == (512,)
+    trained = item["input_ids"][item["loss_mask"].bool()]
+    answer = read_rows(demo["train"])[0]["messages"][1]["content"]
+    assert tokenizer.decode(trained) == answer + "<|eot_id|>"
+
+
+def test_demo_assets_are_reused_until_arguments_change(demo, tmp_path):
+    weights = demo["model"] / "model.safetensors"
+    built_at = weights.stat().st_mtime_ns
+    assert build_demo_assets(demo["model"].parent, num_train=64, num_val=8) == demo
+    assert weights.stat().st_mtime_ns == built_at
+    other = build_demo_assets(tmp_path, num_train=16, num_val=4, seed=1)
+    assert other["train"].is_file() and (tmp_path / "bridge_ray_assets.json").is_file()
+
+
+def test_llama_1b_shape_matches_the_real_model(tokenizer):
+    import torch
+    from transformers import LlamaForCausalLM
+
+    config = llama_config("llama-3.2-1b", tokenizer)
+    assert (config.vocab_size, config.hidden_size, config.num_hidden_layers) == (128256, 2048, 16)
+    assert config.rope_parameters["rope_type"] == "llama3" and config.tie_word_embeddings
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    assert sum(p.numel() for p in model.parameters()) == 1_235_814_400
+
+
+def test_unknown_shape_and_dtype(tmp_path, demo):
+    with pytest.raises(ConfigError, match=r"^unknown model shape 'llama-70b'; choose one of: tiny, llama-3.2-1b$"):
+        build_llama(tmp_path, shape="llama-70b", tokenizer_dir=demo["model"])
+    with pytest.raises(ConfigError, match=r"^unknown dtype 'bf16'; use bfloat16, float16 or float32$"):
+        build_llama(tmp_path, dtype="bf16", tokenizer_dir=demo["model"])

@@ -1,0 +1,106 @@
+"""Unit tier: runtime_env building, env parsing, recipe checks, records, config overrides. No cluster."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bridge_ray import records, runtime_env
+from bridge_ray.config import apply_overrides
+from bridge_ray.errors import ClusterNotFound, ConfigError, RecipeError, WorkingDirTooLarge
+from bridge_ray.jobs import check_recipe
+
+
+def test_parse_env_accepts_key_value_and_pins_malformed_message():
+    assert runtime_env.parse_env(["A=1", "B=x=y", "C="]) == {"A": "1", "B": "x=y", "C": ""}
+    with pytest.raises(ConfigError) as err:
+        runtime_env.parse_env(["NCCL_DEBUG"])
+    assert str(err.value) == "--env 'NCCL_DEBUG' is not KEY=VALUE: write e.g. --env NCCL_DEBUG=INFO"
+
+
+def test_allowed_env_takes_only_the_allow_list():
+    environ = {"NCCL_IB_HCA": "mlx5_0", "HF_TOKEN": "t", "PATH": "/bin", "AWS_SECRET": "x",
+               "CUDA_DEVICE_MAX_CONNECTIONS": "1", "VERL_PLATFORM": "cpu", "HOME": "/root"}
+    assert runtime_env.allowed_env(environ) == {
+        "NCCL_IB_HCA": "mlx5_0", "HF_TOKEN": "t", "CUDA_DEVICE_MAX_CONNECTIONS": "1", "VERL_PLATFORM": "cpu"}
+
+
+def test_redact_hides_secret_values_only():
+    shown = runtime_env.redact({"env_vars": {"HF_TOKEN": "hf_abc", "WANDB_API_KEY": "k", "NCCL_DEBUG": "INFO"}})
+    assert shown["env_vars"] == {"HF_TOKEN": "***", "WANDB_API_KEY": "***", "NCCL_DEBUG": "INFO"}
+
+
+def test_project_dir_is_nearest_marker(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "recipes").mkdir()
+    recipe = tmp_path / "recipes" / "r.py"
+    recipe.write_text("")
+    assert runtime_env.project_dir(recipe) == tmp_path
+
+
+def test_package_size_skips_excludes_and_pins_too_large_message(tmp_path):
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "big").write_bytes(b"0" * 4096)
+    (tmp_path / "model.safetensors").write_bytes(b"0" * 4096)
+    assert runtime_env.check_package_size(tmp_path) == 6
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.parquet").write_bytes(b"0" * 3 * 2**20)
+    with pytest.raises(WorkingDirTooLarge) as err:
+        runtime_env.check_package_size(tmp_path, limit=2 * 2**20)
+    assert str(err.value) == (
+        f"working_dir {tmp_path} would upload 3 MiB, over Ray's 2 MiB limit; biggest: data (3 MiB), "
+        "code.py (0 MiB): move data and checkpoints out of the project or add --exclude PATTERN")
+
+
+def test_check_recipe_messages(tmp_path):
+    with pytest.raises(RecipeError) as err:
+        check_recipe(tmp_path / "nope.py")
+    assert str(err.value) == (f"recipe {tmp_path / 'nope.py'} does not exist: pass the path of a .py file, "
+                              "e.g. recipes/hello_cluster.py")
+    (tmp_path / "r.yaml").write_text("")
+    with pytest.raises(RecipeError) as err:
+        check_recipe(tmp_path / "r.yaml")
+    assert str(err.value) == (f"recipe {tmp_path / 'r.yaml'} is not a Python file: pass a .py file, "
+                              "e.g. recipes/hello_cluster.py")
+
+
+def test_records_roundtrip_and_missing_message(bridge_home):
+    rec = records.ClusterRecord(name="unit", backend="address", gcs_address="", dashboard_url="http://x:1")
+    records.save(rec)
+    assert records.load("unit") == rec
+    assert records.delete("unit") and not records.delete("unit")
+    with pytest.raises(ClusterNotFound) as err:
+        records.load("nothere")
+    assert str(err.value) == (f"no cluster named 'nothere' is recorded in {bridge_home}: "
+                              "start one with `bridge-ray up --name nothere`")
+
+
+def test_bad_cluster_name():
+    with pytest.raises(ConfigError, match="cluster name 'a b' is not valid"):
+        records.check_name("a b")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    lr: float = 1e-5
+    names: tuple[str, ...] = ("console",)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outer:
+    steps: int = 1
+    inner: _Inner = _Inner()
+    path: str | None = None
+
+
+def test_apply_overrides_types_and_collected_errors():
+    cfg = apply_overrides(_Outer(), ["x.steps=3", "inner.lr=2e-4", "x.inner.names=[console,wandb]", "path=/a"], prefix="x")
+    assert cfg == _Outer(steps=3, inner=_Inner(lr=2e-4, names=("console", "wandb")), path="/a")
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(_Outer(), ["steps=many", "nope=1", "inner.lr"], prefix="x")
+    assert err.value.problems == [
+        "steps='many' is not an integer",
+        "unknown key 'nope': _Outer has inner, path, steps",
+        "override 'inner.lr' has no '=': write key=value, e.g. x.lr=1e-5",
+    ]

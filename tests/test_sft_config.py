@@ -1,0 +1,175 @@
+"""Unit tier: SFTConfig presets, overrides, validation messages, verl key names (no cluster)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bridge_ray import sft
+from bridge_ray.errors import ConfigError, PreflightError
+from bridge_ray.platforms import cpu_env
+from bridge_ray.sft.config import validate
+from bridge_ray.sft.preflight import check_resources
+
+
+def tiny(**changes) -> sft.SFTConfig:
+    cfg = sft.sft_tiny_cpu("/m", "/d/train.parquet", "/d/val.parquet", "/out")
+    return sft.apply_overrides(cfg, [f"{k}={v}" for k, v in changes.items()])
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose, initialize_config_module
+
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        return hydra_compose(config_name="sft_trainer_engine", overrides=overrides)
+
+
+@pytest.mark.parametrize("preset", [
+    lambda: sft.sft_tiny_cpu("/m", "/d/train.parquet", "/d/val.parquet", "/out"),
+    sft.sft_gsm8k_llama1b,
+], ids=["sft_tiny_cpu", "sft_gsm8k_llama1b"])
+def test_overrides_compose_against_verl(preset):
+    cfg = validate(preset())
+    verl = compose(sft.to_verl_overrides(cfg))
+    assert verl.model.path == cfg.model.path
+    assert list(verl.data.train_files) == list(cfg.data.train_files)
+    assert verl.data.train_batch_size == cfg.data.global_batch_size
+    assert verl.data.micro_batch_size_per_gpu == cfg.data.micro_batch_size_per_worker
+    assert verl.data.pad_mode == "no_padding" and verl.data.use_dynamic_bsz is False
+    assert verl.model.override_config.attn_implementation == "sdpa"
+    assert verl.model.use_remove_padding is False
+    assert verl.engine.strategy == "fsdp2" and verl.engine.use_torch_compile is False
+    assert verl.optim.lr == cfg.optim.lr
+    assert verl.trainer.default_local_dir == cfg.trainer.output_dir + "/checkpoints"
+    assert verl.trainer.resume_mode == "auto"
+    assert list(verl.trainer.logger) == list(cfg.trainer.loggers)
+
+
+def test_gsm8k_llama1b_preset_matches_the_seed():
+    cfg = sft.sft_gsm8k_llama1b()
+    assert cfg.model.path.endswith("Llama-3.2-1B-Instruct")
+    assert cfg.data.micro_batch_size_per_worker == 8 and cfg.trainer.total_epochs == 2
+    assert cfg.workers.use_gpu and cfg.trainer.output_dir.startswith("/")
+    verl = compose(sft.to_verl_overrides(cfg))
+    assert verl.trainer.device == "cuda" and verl.trainer.total_training_steps is None
+    assert verl.data.val_files[0].endswith("gsm8k/val.parquet")
+
+
+def test_cpu_preset_targets_cpu_and_no_val_is_null():
+    cfg = sft.sft_tiny_cpu("/m", "/d/train.parquet", None, "/out")
+    verl = compose(sft.to_verl_overrides(cfg))
+    assert verl.trainer.device == "cpu" and verl.data.val_files is None
+    assert verl.trainer.total_training_steps == 6
+
+
+def test_dotted_overrides_apply_and_stay_frozen():
+    cfg = tiny(**{"sft.optim.lr": "2e-5", "sft.workers.num_workers": "4", "trainer.loggers": "[console,wandb]"})
+    assert cfg.optim.lr == 2e-5 and cfg.workers.num_workers == 4
+    assert cfg.trainer.loggers == ("console", "wandb")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.optim.lr = 1.0
+
+
+def test_unknown_override_names_the_group_keys():
+    with pytest.raises(ConfigError, match=r"unknown key 'sft.optim.learning_rate': OptimConfig has "
+                                          r"clip_grad, lr, warmup_ratio, weight_decay"):
+        tiny(**{"sft.optim.learning_rate": "1"})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model.path": "''"}, "model.path is empty: set sft.model.path=/abs/path/to/hf-model"),
+    ({"trainer.output_dir": "runs/x"}, "trainer.output_dir='runs/x' must be an absolute path "
+                                       "(relative paths land in Ray's unpacked working_dir)"),
+    ({"data.global_batch_size": "7"}, "data.global_batch_size=7 must be divisible by workers.num_workers=2 "
+                                      "(each worker takes an equal share)"),
+    ({"data.micro_batch_size_per_worker": "8"}, "data.micro_batch_size_per_worker=8 is larger than the "
+                                                "per-worker batch 4 (global_batch_size / num_workers): "
+                                                "lower it or raise the batch"),
+    ({"data.micro_batch_size_per_worker": "3"}, "per-worker batch 4 must be divisible by "
+                                                "data.micro_batch_size_per_worker=3"),
+    ({"data.pad_mode": "right"}, "data.pad_mode='right': verl 0.9.1's FSDP engine trains only with no_padding"),
+    ({"model.use_remove_padding": "true"}, "model.use_remove_padding=true needs model.attn_implementation="
+                                           "flash_attention_2 (flash-attn varlen); set "
+                                           "sft.model.use_remove_padding=false for sdpa"),
+    ({"trainer.save_freq": "0"}, "trainer.save_freq=0: use -1 (off) or a step count >= 1"),
+    ({"trainer.loggers": "[console,mlflow]"}, "trainer.loggers has ['mlflow']: choose from "
+                                              "console, wandb, file, tensorboard"),
+    ({"data.prompt_key": "q"}, "data.prompt_key and data.response_key go together: set both or neither"),
+    ({"workers.num_workers": "0"}, "workers.num_workers=0 must be >= 1"),
+])
+def test_validation_messages(changes, message):
+    with pytest.raises(ConfigError) as err:
+        validate(tiny(**changes))
+    assert message in err.value.problems
+
+
+def test_validation_collects_every_problem():
+    with pytest.raises(ConfigError) as err:
+        validate(tiny(**{"model.path": "''", "trainer.output_dir": "rel", "trainer.test_freq": "-5"}))
+    assert len(err.value.problems) == 3
+
+
+def node(cpu: float, gpu: float = 0) -> dict:
+    return {"Resources": {"CPU": cpu, **({"GPU": gpu} if gpu else {})}}
+
+
+def test_resources_fit_per_node():
+    check_resources(tiny(), [node(1), node(1)])
+    with pytest.raises(PreflightError, match=r"^2 workers x \(1 CPU, 0 GPU\) do not fit: the cluster has 1 CPU "
+                                             r"and 0 GPU on 1 node\(s\), room for 1 worker\(s\); lower "
+                                             r"sft.workers.num_workers / cpus_per_worker / gpus_per_worker "
+                                             r"or add nodes$"):
+        check_resources(tiny(), [node(1)])
+
+
+def test_resources_count_gpus():
+    cfg = sft.sft_gsm8k_llama1b()
+    check_resources(cfg, [node(16, 1)])
+    with pytest.raises(PreflightError, match="1 workers x \\(8 CPU, 1 GPU\\) do not fit: the cluster has 16 CPU "
+                                             "and 0 GPU"):
+        check_resources(cfg, [node(16)])
+
+
+def test_cpu_env_selects_the_plugin():
+    assert cpu_env() == {"VERL_USE_EXTERNAL_MODULES": "bridge_ray.platforms.cpu", "VERL_PLATFORM": "cpu",
+                         "VERL_ENGINE_DEVICE": "cuda"}
+
+
+def test_cpu_platform_answers_what_verl_asks(monkeypatch):
+    from verl.plugin.platform import PlatformRegistry
+
+    import bridge_ray.platforms.cpu as cpu
+
+    platform = PlatformRegistry.get("cpu")()
+    assert platform.device_name == "cpu" and platform.current_device() == "cpu"
+    assert platform.communication_backend_name() == "gloo"
+    assert platform.device_module.get_device_name() == "CPU"
+    assert platform.device_module.max_memory_allocated() == 0
+    assert not platform.is_platform_available(use_smi_check=True)
+    assert cpu._gloo_backend("cpu:gloo,cpu:gloo") == "gloo"
+    assert cpu._gloo_backend("cpu:gloo,cuda:nccl") == "cpu:gloo,cuda:nccl"
+
+
+def test_connect_without_cluster_says_how_to_fix(monkeypatch):
+    import ray
+
+    from bridge_ray.sft import trainer
+
+    def refuse(**kwargs):
+        raise ConnectionError("Could not find any running Ray instance")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(PreflightError, match=r"no Ray cluster to attach to \(Could not find any running Ray "
+                                             r"instance\): submit with `bridge-ray submit` or start one with "
+                                             r"`bridge-ray up`"):
+        trainer.connect()
+
+
+def test_step_line_format():
+    from bridge_ray.sft.worker import format_step
+
+    row = {"step": 3, "total_steps": 6, "loss": 2.31104, "val_loss": None, "lr": 1e-3, "tokens_per_s": 1234.4,
+           "tokens_per_s_per_worker": 617.2, "mfu": 0.01234, "step_time_s": 1.5}
+    assert format_step(row) == ("[bridge-ray] step 3/6 loss 2.3110 lr 1.00e-03 tokens/s 1234 (617/worker) "
+                                "mfu 0.0123 1.50s")
