@@ -4,7 +4,10 @@ Steps, each timed from the moment the command starts:
   up      bridge-ray up            vs  ray start --head (+ poll until the Jobs API answers)
   running bridge-ray submit        vs  ray job submit --no-wait, until the job is RUNNING
   done    the same submit          until SUCCEEDED (a trivial job)
-  down    bridge-ray down          vs  ray stop (plain Ray's only teardown)
+  down    bridge-ray down          vs  stopping the plain head's processes (SIGTERM, then SIGKILL)
+
+Plain Ray's own teardown, `ray stop`, kills every Ray of the user on the machine, so the
+baseline stops its head by its temp dir instead (the same work, without the collateral).
 
 Both sides run with token auth on and the dashboard on 127.0.0.1. Reps alternate
 bridge-ray / plain so machine noise hits both. Prints JSON (medians, ratios).
@@ -27,7 +30,7 @@ from pathlib import Path
 from ray.job_submission import JobSubmissionClient
 
 from bridge_ray import records
-from bridge_ray.cluster import local
+from bridge_ray.cluster import local, processes
 
 BIN = Path(sys.executable).parent
 TRIVIAL = "print('trivial job done')\n"
@@ -66,10 +69,11 @@ def bridge_cycle(project: Path, env: dict) -> dict:
 
 def plain_cycle(project: Path, env: dict, token_path: Path) -> dict:
     ports = local.choose_ports({})
+    temp_dir = Path(tempfile.mkdtemp(prefix="plain-", dir=f"/tmp/bridge-ray-{os.getuid()}"))
     env = dict(env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
     url = f"http://127.0.0.1:{ports['dashboard-port']}"
     t = time.perf_counter()
-    _run([str(BIN / "ray"), "start", "--head", "--dashboard-host=127.0.0.1", "--num-cpus=2",
+    _run([str(BIN / "ray"), "start", "--head", "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}",
           "--disable-usage-stats"] + [f"--{k}={v}" for k, v in ports.items()], env)
     headers = {"Authorization": "Bearer " + token_path.read_text().strip()}
     while True:  # plain `ray start` returns before the Jobs API is up: poll, as a user's script must
@@ -88,7 +92,7 @@ def plain_cycle(project: Path, env: dict, token_path: Path) -> dict:
     running = _wait_status(client, job_id, ("RUNNING",), t)
     done = _wait_status(client, job_id, ("SUCCEEDED",), t)
     t = time.perf_counter()
-    _run([str(BIN / "ray"), "stop"], env)
+    processes.terminate(processes.find_pids(str(temp_dir)))
     return {"up": up, "running": running, "done": done, "down": time.perf_counter() - t}
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bridge_ray import records, runtime_env
+from bridge_ray import records, runs, runtime_env
 from bridge_ray.cluster import health
 from bridge_ray.cluster.auth import auth_headers
 from bridge_ray.errors import JobFailed, JobNotFound, RecipeError
@@ -112,8 +112,11 @@ class Job:
             if deadline is not None and time.monotonic() > deadline:
                 return state
             time.sleep(poll_s)
+        logs = self.logs() if state != "SUCCEEDED" else ""
+        runs.finish_run(self.submission_id, state, info.message or "", logs,
+                        end_time=info.end_time / 1000 if info.end_time else None)
         if state != "SUCCEEDED":
-            tail = "\n".join(self.logs().rstrip().splitlines()[-LOG_TAIL_LINES:])
+            tail = "\n".join(logs.rstrip().splitlines()[-LOG_TAIL_LINES:])
             raise JobFailed(self.submission_id, state, info.message or "", log_tail=tail)
         return state
 
@@ -149,6 +152,7 @@ def plan(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluster:
     rel = path.relative_to(env_block["working_dir"])
     entrypoint = shlex.join([record.python, str(rel), *args])
     submission_id = submission_id or f"{path.stem.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    env_block["env_vars"] = {**runs.job_env(submission_id, env_block["env_vars"]), **env_block["env_vars"]}
     metadata = {"bridge_ray": "1", "recipe": str(rel), "cluster": cluster}
     return SubmitPlan(cluster, submission_id, entrypoint, env_block, metadata)
 
@@ -181,6 +185,7 @@ def submit(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluste
     health.check_alive(record)
     client(record).submit_job(entrypoint=p.entrypoint, submission_id=p.submission_id,
                               runtime_env=p.runtime_env, metadata=p.metadata)
+    runs.start_run(p, record)
     return Job(p.submission_id, cluster)
 
 

@@ -173,3 +173,39 @@ def test_step_line_format():
            "tokens_per_s_per_worker": 617.2, "mfu": 0.01234, "step_time_s": 1.5}
     assert format_step(row) == ("[bridge-ray] step 3/6 loss 2.3110 lr 1.00e-03 tokens/s 1234 (617/worker) "
                                 "mfu 0.0123 1.50s")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], ("sft_tiny_cpu", [])),
+    (["--", "sft.optim.lr=1e-5"], ("sft_tiny_cpu", ["sft.optim.lr=1e-5"])),
+    (["preset=sft_gsm8k_llama1b", "sft.optim.lr=1e-5"], ("sft_gsm8k_llama1b", ["sft.optim.lr=1e-5"])),
+    (["--preset", "sft_gsm8k_llama1b"], ("sft_gsm8k_llama1b", [])),
+    (["--preset=sft_gsm8k_llama1b"], ("sft_gsm8k_llama1b", [])),
+])
+def test_recipe_args(argv, expected):
+    assert sft.parse_args(argv, default_preset="sft_tiny_cpu") == expected
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset 'llama70b': choose from sft_gsm8k_llama1b, sft_tiny_cpu"):
+        sft.parse_args(["preset=llama70b"], default_preset="sft_tiny_cpu")
+
+
+def test_run_dir_is_absolute_under_home(bridge_home):
+    path = sft.run_dir("x")
+    assert path.is_absolute() and path.parent == bridge_home.absolute() / "runs"
+
+
+def test_prompt_response_files_become_messages(tmp_path):
+    import pandas as pd
+
+    from bridge_ray.sft.trainer import prepare_data
+
+    src = tmp_path / "pairs.parquet"
+    pd.DataFrame({"q": ["what is 2 + 3?"] * 4, "a": ["5"] * 4}).to_parquet(src)
+    cfg = sft.apply_overrides(tiny(), [f"data.train_files=[{src}]", "data.val_files=[]", "data.prompt_key=q",
+                                       "data.response_key=a", f"trainer.output_dir={tmp_path}/run"])
+    out = prepare_data(cfg)
+    assert out.data.prompt_key is None and out.data.train_files == (f"{tmp_path}/run/data/train_0.parquet",)
+    rows = pd.read_parquet(out.data.train_files[0])
+    assert [m["role"] for m in rows["messages"][0]] == ["user", "assistant"]

@@ -20,14 +20,43 @@ name_option = click.option("--name", default=DEFAULT_CLUSTER, show_default=True,
 @click.option("--address", help="Register an existing cluster's Jobs API URL instead of starting one.")
 @click.option("--token-file", type=click.Path(), help="With --address: that cluster's Ray auth token file.")
 @click.option("--python", default="python", show_default=True, help="With --address: the interpreter job drivers use there.")
-def up_command(name, num_cpus, num_gpus, port, dashboard_port, address, token_file, python):
-    """Start a Ray cluster on this machine (or register one) and record where it is."""
+@click.option("--slurm", is_flag=True, help="Start the cluster in one SLURM allocation (options below).")
+@click.option("--nodes", type=int, default=1, show_default=True, help="--slurm: nodes, one Ray node each.")
+@click.option("--gpus-per-node", type=int, default=0, show_default=True, help="--slurm: GPUs per node.")
+@click.option("--cpus-per-task", type=int, help="--slurm: CPUs per node for Ray (SLURM's default otherwise).")
+@click.option("--partition", help="--slurm: the partition.")
+@click.option("--nodelist", help="--slurm: use exactly these nodes, e.g. 'gpu[01-02]'.")
+@click.option("--time", help="--slurm: time limit, e.g. 04:00:00; jobs checkpoint before it ends.")
+@click.option("--account", help="--slurm: the account to charge.")
+@click.option("--sbatch-arg", "sbatch_args", multiple=True, help="--slurm: another sbatch option, e.g. --sbatch-arg=--exclusive (repeatable).")
+@click.option("--wait", "wait_s", type=float, default=600, show_default=True, help="--slurm: seconds the allocation may stay pending.")
+@click.option("--keep-pending", is_flag=True, help="--slurm: leave a still-pending allocation queued instead of cancelling it.")
+@click.option("--dry-run", is_flag=True, help="--slurm: print the sbatch script and submit nothing.")
+def up_command(name, num_cpus, num_gpus, port, dashboard_port, address, token_file, python, slurm, wait_s,
+               keep_pending, dry_run, **script_options):
+    """Start a Ray cluster on this machine or in a SLURM allocation (or register one) and record where it is."""
+    from bridge_ray.cluster import slurm as slurm_lib
+
+    ctx = click.get_current_context()
+    given = [p for p in (*script_options, "wait_s", "keep_pending", "dry_run")
+             if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+    if given and not slurm:
+        raise click.UsageError(f"--{given[0].replace('_', '-')} needs --slurm")
+    if dry_run:
+        click.echo(slurm_lib.render(name, **script_options), nl=False)
+        return
+    options = dict(script_options, wait_s=wait_s, keep_pending=keep_pending, progress=_print_phase) if slurm else None
     record = lib.up(name, address=address, token_file=token_file, python=python, num_cpus=num_cpus, num_gpus=num_gpus,
-                    ports={"port": port, "dashboard-port": dashboard_port})
+                    ports={"port": port, "dashboard-port": dashboard_port}, slurm=options)
     flag = "" if name == DEFAULT_CLUSTER else f" --name {name}"
-    click.echo(f"cluster {record.name!r} is up ({record.backend}): Jobs API {record.dashboard_url}")
+    click.echo(format_status(lib.status(name)) if slurm else
+               f"cluster {record.name!r} is up ({record.backend}): Jobs API {record.dashboard_url}")
     click.echo(f"Next: bridge-ray submit recipes/hello_cluster.py{flag} --follow | bridge-ray status{flag} "
                f"| bridge-ray down{flag}")
+
+
+def _print_phase(phase: str, detail: str, when: float) -> None:
+    click.echo(f"{datetime.datetime.fromtimestamp(when):%H:%M:%S} {phase:<10} {detail}")
 
 
 @click.command("down")

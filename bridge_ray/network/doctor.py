@@ -23,7 +23,7 @@ from bridge_ray.network.checks import FAIL, PASS, Check, static_checks
 from bridge_ray.network.probe import NodeProbe
 from bridge_ray.network.profile import (
     SOCKET_KEYS, VERL_PPO_RESERVED_KEYS, ClusterProfile, derive_profile, load_overrides,
-    save_profile, shared_subnets,
+    save_profile,
 )
 
 # Nodes need only ray and torch to run these two modules, not bridge_ray itself.
@@ -42,7 +42,9 @@ class DoctorReport:
         backend: ``gloo`` (CPU) or ``nccl`` (GPU).
         world_size: ranks in the all-reduce.
         nbytes: bytes all-reduced per iteration.
-        busbw_gbps: bus bandwidth in GB/s (nccl-tests' definition), None if it failed.
+        busbw_gbps: bus bandwidth in GB/s (nccl-tests' definition); None if it failed or
+            ran on one rank (nothing crossed a link).
+        algbw_gbps: bytes per second of one all-reduce, in GB/s.
         transport: what carried the traffic (gloo interface, or NCCL's network and channels).
         profile_path: where ``run_doctor`` saved the profile.
     """
@@ -54,6 +56,7 @@ class DoctorReport:
     world_size: int = 0
     nbytes: int = 0
     busbw_gbps: float | None = None
+    algbw_gbps: float | None = None
     transport: str = ""
     profile_path: str | None = None
 
@@ -133,62 +136,83 @@ def _allreduce_fix(forced: dict[str, str], profile: ClusterProfile, backend: str
         detected = ", ".join(f"{k}={v}" for k, v in profile.env.items()) or "nothing"
         return (f"the ranks could not connect with {forced_text}: drop it (and its line in "
                 f"overrides.env) to use the detected profile ({detected})")
-    fix = "check that TCP is open between the nodes on all ports (firewall) and that the profile's interface routes between them"
+    fix = ("check that TCP is open between the nodes on all ports (firewall) and that the "
+           "profile's interface routes between them")
     if backend == "nccl":
         fix += "; rerun with --env NCCL_DEBUG=INFO to see NCCL's choice"
     return fix
 
 
+def _plan(nodes: list[_Node], hosts: dict[str, str]) -> tuple[str, list[_Node]]:
+    """The backend, and the node of each rank: one per GPU (nccl) or one per CPU node (gloo)."""
+    gpu_nodes = [n for n in nodes if n.gpus and n.ip in hosts]
+    if gpu_nodes:
+        return "nccl", [n for n in gpu_nodes for _ in range(n.gpus)]
+    return "gloo", [n for n in nodes if n.ip in hosts]
+
+
+def _measured(name: str, nbytes: int, results: list[dict]) -> tuple[Check, dict]:
+    world, seconds = len(results), max(res["seconds"] for res in results)
+    algbw = nbytes / seconds / 1e9
+    info = {"algbw_gbps": algbw, "transport": results[0]["transport"]}
+    if world == 1:  # nothing crossed a link: nccl-tests' bus bandwidth is 0 by definition
+        return Check(name, PASS, f"1 rank, {nbytes >> 20} MiB in {seconds * 1e3:.2f} ms "
+                                 f"(no link to measure with one rank); {info['transport']}"), info
+    info["busbw_gbps"] = algbw * 2 * (world - 1) / world
+    return Check(name, PASS, f"{world} ranks, {nbytes >> 20} MiB in {seconds * 1e3:.1f} ms: bus bandwidth "
+                             f"{info['busbw_gbps']:.2f} GB/s; {info['transport']}"), info
+
+
+def _results(refs: list) -> list[tuple]:
+    """``(ref, result)`` pairs; a rank whose process died counts as a failed rank."""
+    pairs = []
+    for ref in refs:
+        try:
+            pairs.append((ref, ray.get(ref)))
+        except ray.exceptions.RayError as err:  # e.g. the process crashed inside NCCL
+            pairs.append((ref, {"ok": False, "error": str(err)}))
+    return pairs
+
+
 def _allreduce(nodes: list[_Node], probes: list[NodeProbe], profile: ClusterProfile,
                forced: dict[str, str], timeout_s: float, nbytes: int | None) -> tuple[Check, dict]:
-    """All-reduce across one rank per node (gloo) or per GPU (nccl), never longer than the timeout."""
+    """All-reduce across the ranks of ``_plan``; every wait is bounded by the timeout."""
     hosts = {p.node_ip: p.hostname for p in probes}
-    gpu_nodes = [n for n in nodes if n.gpus and n.ip in hosts]
-    backend = "nccl" if gpu_nodes else "gloo"
-    ranks = [(n, i) for n in gpu_nodes for i in range(n.gpus)] if gpu_nodes else [(n, 0) for n in nodes if n.ip in hosts]
-    nbytes = nbytes or (1 << 30 if gpu_nodes else 16 << 20)
-    name = f"all-reduce ({backend})"
+    backend, ranks = _plan(nodes, hosts)
+    nbytes = nbytes or (1 << 30 if backend == "nccl" else 16 << 20)
+    name, fix = f"all-reduce ({backend})", _allreduce_fix(forced, profile, backend)
     info = {"backend": backend, "world_size": len(ranks), "nbytes": nbytes}
     token = uuid.uuid4().hex[:12]
     worker = ray.remote(collective.AllReduceRank)
     actors = [
         worker.options(
-            num_cpus=0, num_gpus=1 if gpu_nodes else 0, max_restarts=0, scheduling_strategy=_on(node),
+            num_cpus=0, num_gpus=int(backend == "nccl"), max_restarts=0, scheduling_strategy=_on(node),
             runtime_env={"env_vars": _rank_env(profile, hosts[node.ip], forced, backend, r, token)},
         ).remote()
-        for r, (node, _) in enumerate(ranks)
+        for r, node in enumerate(ranks)
     ]
     try:
         try:
             endpoints = ray.get([a.endpoint.remote() for a in actors], timeout=timeout_s)
-        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as err:
+        except ray.exceptions.RayError as err:  # GetTimeoutError included
             return Check(name, FAIL, f"could not start {len(ranks)} ranks: {_last_line(str(err))}",
                          "free the GPUs (`bridge-ray list`, `bridge-ray stop`) or raise --timeout"), info
-        master = "%s:%d" % endpoints[0]
-        iters = 20 if gpu_nodes else 5
-        refs = [a.run.remote(r, len(ranks), master, backend, nbytes, iters, timeout_s) for r, a in enumerate(actors)]
+        args = (len(ranks), "%s:%d" % endpoints[0], backend, nbytes, 20 if backend == "nccl" else 5, timeout_s)
+        refs = [a.run.remote(r, *args) for r, a in enumerate(actors)]
         ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s + 5)
-        where = {ref: f"rank {r} on {hosts[ranks[r][0].ip]}" for r, ref in enumerate(refs)}
+        where = {ref: f"rank {r} on {hosts[ranks[r].ip]}" for r, ref in enumerate(refs)}
+        errors = [f"{where[ref]}: {_last_line(res['error'])}" for ref, res in _results(ready) if not res["ok"]]
         if pending:
-            errors = [f"{where[ref]}: {_last_line(res['error'])}" for ref, res in zip(ready, ray.get(ready))
-                      if not res["ok"]]
-            detail = "; ".join([f"timed out after {timeout_s:g} s ({', '.join(where[r] for r in pending)} "
-                                "never finished)", *errors[:1]])
-            return Check(name, FAIL, detail, _allreduce_fix(forced, profile, backend)), info
-        results = ray.get(refs)
+            late = ", ".join(where[ref] for ref in pending)
+            return Check(name, FAIL, "; ".join([f"timed out after {timeout_s:g} s ({late} never finished)",
+                                                *errors[:1]]), fix), info
+        if errors:
+            return Check(name, FAIL, errors[0], fix), info
+        check, measured = _measured(name, nbytes, [res for _, res in _results(refs)])
+        return check, {**info, **measured}
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)
-    failed = [f"{where[ref]}: {_last_line(res['error'])}" for ref, res in zip(refs, results) if not res["ok"]]
-    if failed:
-        return Check(name, FAIL, failed[0], _allreduce_fix(forced, profile, backend)), info
-    seconds = max(res["seconds"] for res in results)
-    world = len(ranks)
-    busbw = nbytes / seconds / 1e9 * 2 * (world - 1) / world
-    info.update(busbw_gbps=busbw, transport=results[0]["transport"])
-    detail = (f"{world} ranks, {nbytes >> 20} MiB in {seconds * 1e3:.1f} ms: "
-              f"bus bandwidth {busbw:.2f} GB/s; {info['transport']}")
-    return Check(name, PASS, detail), info
 
 
 def doctor(address: str | None = None, timeout_s: float = 60.0, force_env: dict[str, str] | None = None,
@@ -213,6 +237,8 @@ def doctor(address: str | None = None, timeout_s: float = 60.0, force_env: dict[
         nodes = _alive_nodes()
         probes, checks = _probe_all(nodes, [str(d) for d in shared_dirs], timeout_s)
         profile = derive_profile(probes)
+        if not probes:
+            return DoctorReport(checks=checks, probes=probes, profile=profile)
         checks += static_checks(probes, forced, str(records.home_dir()))
         check, info = _allreduce(nodes, probes, profile, forced, timeout_s, nbytes)
         return DoctorReport(checks=[*checks, check], probes=probes, profile=profile, **info)
@@ -258,12 +284,15 @@ def run_doctor(name: str = records.DEFAULT_CLUSTER, timeout_s: float = 60.0,
     _use_auth(record)
     overrides = {**load_overrides(name), **env}
     report = doctor(record.gcs_address, timeout_s, overrides, [str(records.home_dir()), *shared_dirs])
+    if not report.probes:  # nothing learned: keep the profile saved before
+        return report
     collective_passed = report.checks[-1].status == PASS
     kept = overrides if collective_passed else load_overrides(name)
     dropped = sorted(k for k in kept if k in VERL_PPO_RESERVED_KEYS)
     report.profile.overrides = {k: v for k, v in kept.items() if k not in VERL_PPO_RESERVED_KEYS}
     if dropped:
-        report.profile.notes.append(f"not saved: {', '.join(dropped)} (set by verl's PPO driver; pass to the job's --env)")
+        report.profile.notes.append(
+            f"not saved: {', '.join(dropped)} (set by verl's PPO driver; pass it to the job's --env)")
     if env and not collective_passed:
         report.profile.notes.append("--env not saved: the all-reduce failed with it")
     report.profile_path = str(save_profile(name, report.profile))

@@ -131,14 +131,15 @@ def shared_subnets(probes: list[NodeProbe]) -> list[SharedSubnet]:
     nothing and is skipped. The subnet holding Ray's node addresses comes first, since Ray
     already reached every node through it.
     """
-    per_node = [_node_networks(p) for p in probes]
+    hosts = list({p.hostname: p for p in probes}.values())  # Ray nodes sharing a host count once
+    per_node = [_node_networks(p) for p in hosts]
     common = set(per_node[0]).intersection(*per_node[1:]) if per_node else set()
     subnets = []
     for network in common:
-        addresses = {p.hostname: nets[network][1] for p, nets in zip(probes, per_node)}
-        if len(set(addresses.values())) < len(probes):
+        addresses = {p.hostname: nets[network][1] for p, nets in zip(hosts, per_node)}
+        if len(set(addresses.values())) < len(hosts):
             continue
-        ifnames = {p.hostname: nets[network][0] for p, nets in zip(probes, per_node)}
+        ifnames = {p.hostname: nets[network][0] for p, nets in zip(hosts, per_node)}
         subnets.append(SharedSubnet(network, ifnames, addresses))
 
     def rank(subnet: SharedSubnet) -> tuple:

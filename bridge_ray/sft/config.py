@@ -83,6 +83,8 @@ class TrainerConfig:
     total_epochs: int = 1
     total_steps: Optional[int] = None
     save_freq: int = -1
+    # False skips verl's final model/optimizer save and the HF merge (benchmarks, dry runs).
+    save_checkpoint: bool = True
     test_freq: int = -1
     resume_mode: Literal["auto", "disable"] = "auto"
     max_failures: int = 0
@@ -293,8 +295,42 @@ def to_verl_overrides(cfg: SFTConfig) -> list[str]:
         f"trainer.logger=[{','.join(trainer.loggers)}]",
         f"trainer.seed={trainer.seed}",
         f"trainer.save_freq={trainer.save_freq}",
+        *([] if trainer.save_checkpoint else ["checkpoint.save_contents=[]"]),
         f"trainer.test_freq={trainer.test_freq}",
         f"trainer.resume_mode={trainer.resume_mode}",
         f"trainer.device={'cuda' if workers.use_gpu else 'cpu'}",
     ]
 
+
+
+def run_dir(name: str) -> Path:
+    """A fresh absolute run folder ``$BRIDGE_RAY_HOME/runs/<name>-<YYYYmmdd-HHMMSS>`` (not created)."""
+    import time
+
+    return home_dir() / "runs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def parse_args(argv: list[str], default_preset: str) -> tuple[str, list[str]]:
+    """Split a recipe's arguments into a preset name and dotted overrides.
+
+    Accepts ``preset=NAME``, ``--preset NAME`` or ``--preset=NAME`` anywhere; a leading ``--``
+    is ignored; everything else is an override such as ``sft.optim.lr=1e-5``.
+
+    Raises:
+        ConfigError: for an unknown preset, naming the known ones.
+    """
+    args = [a for a in argv if a != "--"]
+    preset, overrides, i = default_preset, [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--preset" and i + 1 < len(args):
+            preset, i = args[i + 1], i + 2
+            continue
+        if arg.startswith(("preset=", "--preset=")):
+            preset = arg.split("=", 1)[1]
+        else:
+            overrides.append(arg)
+        i += 1
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}: choose from {', '.join(sorted(PRESETS))}")
+    return preset, overrides

@@ -17,6 +17,7 @@ Run folder (``trainer.output_dir``, absolute, shared by all nodes)::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -41,8 +42,8 @@ class SFTResult:
     """What a finished SFT run left behind."""
 
     output_dir: Path
-    checkpoint: Path
-    hf_model: Path
+    checkpoint: Path | None
+    hf_model: Path | None
     metrics: dict
     sample: str
 
@@ -73,22 +74,23 @@ def worker_env(cfg: SFTConfig) -> dict[str, str]:
     return env
 
 
-def prepare_data(cfg: SFTConfig) -> SFTConfig:
-    """Convert prompt/response files to ``messages`` parquets under ``output_dir/data``; else ``cfg``."""
-    import dataclasses
-
+def _converted(files: tuple[str, ...], out: Path, kind: str, data) -> tuple[str, ...]:
     from bridge_ray.data import convert_to_messages
 
+    return tuple(str(convert_to_messages(path, out / f"{kind}_{i}.parquet", data.prompt_key, data.response_key))
+                 for i, path in enumerate(files))
+
+
+def prepare_data(cfg: SFTConfig) -> SFTConfig:
+    """Convert prompt/response files to ``messages`` parquets under ``output_dir/data``; else ``cfg``."""
     data = cfg.data
     if data.prompt_key is None:
         return cfg
     out = Path(cfg.trainer.output_dir) / "data"
-    convert = lambda kind, files: tuple(  # noqa: E731
-        str(convert_to_messages(p, out / f"{kind}_{i}.parquet", data.prompt_key, data.response_key))
-        for i, p in enumerate(files))
-    data = dataclasses.replace(data, train_files=convert("train", data.train_files),
-                               val_files=convert("val", data.val_files), prompt_key=None, response_key=None,
-                               messages_key="messages")
+    data = dataclasses.replace(
+        data, train_files=_converted(data.train_files, out, "train", data),
+        val_files=_converted(data.val_files, out, "val", data), prompt_key=None, response_key=None,
+        messages_key="messages")
     return dataclasses.replace(cfg, data=data)
 
 
@@ -162,6 +164,9 @@ def fit(cfg: SFTConfig) -> SFTResult:
     except Exception as err:  # Ray Train raises ControllerError / WorkerGroupError with the worker traceback
         raise TrainingFailed(f"SFT training failed: {err}") from err
     metrics = write_metrics(output_dir, dict(result.metrics or {}))
+    if not cfg.trainer.save_checkpoint:
+        print("[bridge-ray] no checkpoint merged (sft.trainer.save_checkpoint=false)", flush=True)
+        return SFTResult(output_dir, None, None, metrics, "")
     checkpoint = latest_checkpoint(checkpoint_dir(cfg))
     if checkpoint is None:
         raise CheckpointError(f"training ended without a checkpoint under {checkpoint_dir(cfg)}")

@@ -1,0 +1,167 @@
+"""SFT, then PPO/GRPO from the merged SFT model, in one job; a rerun skips finished stages.
+
+Run folder (``run_dir``, absolute, shared by all nodes)::
+
+    stages.json    one record per finished stage: config hash, merged HF model, time
+    sft/           the SFT run (``bridge_ray.sft.fit``), its merged model in sft/hf
+    ppo/           the PPO run (``bridge_ray.ppo.run``) starting from sft/hf, its actor in ppo/hf
+
+A stage is skipped when its record exists, its config hash matches and its merged model is
+still there. A finished stage whose config changed is an error (its outputs would no longer
+match the config): use a new run_dir, or delete that stage's record from ``stages.json``.
+An unfinished stage is started again and resumes from its own last checkpoint.
+
+Example:
+    >>> from bridge_ray import pipeline, ppo, sft
+    >>> stages = pipeline.sft_then_ppo(sft.sft_gsm8k_llama1b(), ppo.grpo_gsm8k_llama1b(), "/shared/runs/chain")
+    >>> stages["ppo"].output            # the merged PPO actor
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from bridge_ray.config import apply_overrides, to_dict
+from bridge_ray.errors import BridgeRayError, ConfigError
+
+RECORDS_FILE = "stages.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRecord:
+    """A finished stage: its name, config hash, merged HF model folder and finish time."""
+
+    name: str
+    config_hash: str
+    output: str
+    finished_at: float
+
+
+def default_run_dir(name: str) -> Path:
+    """``$BRIDGE_RAY_HOME/runs/<name>`` (``~/.bridge-ray`` when unset), absolute."""
+    home = Path(os.environ.get("BRIDGE_RAY_HOME") or Path.home() / ".bridge-ray").expanduser().absolute()
+    return home / "runs" / name
+
+
+def config_hash(cfg) -> str:
+    """A short stable hash of a config dataclass."""
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_records(run_dir: str | Path) -> dict[str, StageRecord]:
+    """The stage records of ``run_dir`` (empty when none finished)."""
+    path = Path(run_dir) / RECORDS_FILE
+    if not path.is_file():
+        return {}
+    return {name: StageRecord(**row) for name, row in json.loads(path.read_text()).items()}
+
+
+def save_record(run_dir: str | Path, record: StageRecord) -> None:
+    """Add or replace one stage's record (atomically)."""
+    rows = {name: dataclasses.asdict(r) for name, r in load_records(run_dir).items()}
+    rows[record.name] = dataclasses.asdict(record)
+    path = Path(run_dir) / RECORDS_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=2))
+    os.replace(tmp, path)
+
+
+def finished(run_dir: str | Path, name: str, cfg) -> StageRecord | None:
+    """The stage's record if it finished with this config and its output is still there.
+
+    Raises:
+        ConfigError: the stage finished with a different config.
+    """
+    record = load_records(run_dir).get(name)
+    if record is None or not (Path(record.output) / "config.json").is_file():
+        return None
+    if record.config_hash != config_hash(cfg):
+        raise ConfigError(
+            f"stage {name} in {run_dir} finished with another config (hash {record.config_hash}, now "
+            f"{config_hash(cfg)}): use a new run dir, or delete the {name!r} entry of {Path(run_dir) / RECORDS_FILE} "
+            "to run it again")
+    return record
+
+
+def _stage(run_dir: Path, name: str, cfg, train: Callable[[], Path]) -> StageRecord:
+    record = finished(run_dir, name, cfg)
+    if record is not None:
+        print(f"[bridge-ray] stage {name}: finished before ({record.output}); skipping", flush=True)
+        return record
+    print(f"[bridge-ray] stage {name}: starting", flush=True)
+    record = StageRecord(name, config_hash(cfg), str(train()), time.time())
+    save_record(run_dir, record)
+    return record
+
+
+def plan(sft_cfg, ppo_cfg, run_dir: str | Path):
+    """The two stage configs with their run folders under ``run_dir`` and PPO starting from sft/hf."""
+    run_dir = Path(run_dir)
+    sft_cfg = dataclasses.replace(sft_cfg, trainer=dataclasses.replace(sft_cfg.trainer, output_dir=str(run_dir / "sft")))
+    ppo_cfg = dataclasses.replace(
+        ppo_cfg, model=dataclasses.replace(ppo_cfg.model, path=str(run_dir / "sft" / "hf")),
+        trainer=dataclasses.replace(ppo_cfg.trainer, output_dir=str(run_dir / "ppo")))
+    return sft_cfg, ppo_cfg
+
+
+def sft_then_ppo(sft_cfg, ppo_cfg, run_dir: str | Path, reward: Callable | str | None = None) -> dict[str, StageRecord]:
+    """Run SFT, merge it, and start PPO/GRPO from the merged model; skip stages already finished.
+
+    Args:
+        sft_cfg: An ``SFTConfig``; its output dir becomes ``run_dir/sft``.
+        ppo_cfg: A ``PPOConfig``; its model becomes the SFT model, its output dir ``run_dir/ppo``.
+        run_dir: Absolute folder for both stages and ``stages.json``.
+        reward: As in ``bridge_ray.ppo.run``.
+
+    Returns:
+        ``{"sft": StageRecord, "ppo": StageRecord}``.
+
+    Raises:
+        ConfigError: ``run_dir`` is relative, or a finished stage's config changed.
+        Whatever ``sft.fit`` / ``ppo.run`` raise (the stage stays unfinished).
+    """
+    from bridge_ray import ppo, sft
+    from bridge_ray.ppo.reward import describe
+
+    if not os.path.isabs(str(run_dir)):
+        raise ConfigError(f"run dir {run_dir} must be an absolute path (relative paths land in Ray's working_dir)")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sft_cfg, ppo_cfg = plan(sft_cfg, ppo_cfg, run_dir)
+    if reward is not None:
+        ppo_cfg = dataclasses.replace(ppo_cfg, reward=dataclasses.replace(ppo_cfg.reward, function=describe(reward)[0]))
+    sft_record = _stage(run_dir, "sft", sft_cfg, lambda: sft.fit(sft_cfg).hf_model)
+    ppo_record = _stage(run_dir, "ppo", ppo_cfg, lambda: ppo.run(ppo_cfg, reward).hf_model)
+    return {"sft": sft_record, "ppo": ppo_record}
+
+
+def main(sft_cfg, ppo_cfg, run_dir: str | Path, argv: list[str] | None = None,
+         reward: Callable | str | None = None) -> dict[str, StageRecord] | None:
+    """A recipe's body: ``sft.*`` / ``ppo.*`` overrides from ``argv``, then ``sft_then_ppo`` (or ``--dry-run``).
+
+    Errors print as one ``error: ...`` line and exit with their code.
+    """
+    from bridge_ray import ppo, sft
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = [a for a in argv if a != "--dry-run"]
+    try:
+        sft_cfg = apply_overrides(sft_cfg, [a for a in overrides if not a.startswith("ppo.")], prefix="sft")
+        ppo_cfg = apply_overrides(ppo_cfg, [a for a in overrides if a.startswith("ppo.")], prefix="ppo")
+        if "--dry-run" in argv:
+            sft_plan, ppo_plan = plan(sft_cfg, ppo_cfg, run_dir)
+            shown = {"run_dir": str(run_dir), "records": {k: dataclasses.asdict(v) for k, v in load_records(run_dir).items()},
+                     "sft_verl_overrides": sft.to_verl_overrides(sft.validate(sft_plan)),
+                     "ppo": ppo.dry_run(ppo_plan, reward)}
+            print(json.dumps(shown, indent=2, default=str))
+            return None
+        return sft_then_ppo(sft_cfg, ppo_cfg, run_dir, reward)
+    except BridgeRayError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)

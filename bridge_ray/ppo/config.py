@@ -1,0 +1,512 @@
+"""``PPOConfig``: a typed PPO/GRPO run, its presets, its checks, and its verl overrides.
+
+``to_verl_overrides`` is the only place that knows verl's Hydra key names; a unit
+test composes its output against verl's own ``ppo_trainer`` config.
+
+Example:
+    >>> cfg = apply_overrides(ppo_gsm8k_llama1b(), ["ppo.actor.lr=2e-6"], prefix="ppo")
+    >>> validate(cfg)
+    >>> to_verl_overrides(resolve_gpus(cfg, nnodes=2, gpus_per_node=8))[:2]
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from bridge_ray.errors import ConfigError
+
+LOGGERS = ("console", "file", "wandb", "tensorboard")
+ENGINES = ("vllm", "sglang", "trtllm")
+REWARD_HOOK_PATH = "pkg://bridge_ray.ppo.reward"
+REWARD_HOOK_NAME = "compute_score"
+REWARD_SPEC_KWARG = "bridge_ray_reward"
+# verl's v1 trainer saves only when save_freq > 0; "final step only" is a save_freq no run reaches.
+FINAL_ONLY_SAVE_FREQ = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The policy model (actor, reference and rollout weights) and how its layers run."""
+
+    path: str = ""
+    tokenizer_path: Optional[str] = None
+    attn_implementation: str = "sdpa"
+    use_remove_padding: bool = False
+    gradient_checkpointing: bool = True
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    """Policy updates. Batch sizes count prompts; verl multiplies by ``rollout.n``."""
+
+    lr: float = 1e-6
+    mini_batch_size: int = 64
+    micro_batch_size_per_gpu: int = 4
+    ppo_epochs: int = 1
+    clip_ratio: float = 0.2
+    entropy_coeff: float = 0.0
+    strategy: Literal["fsdp", "fsdp2"] = "fsdp"
+    param_offload: bool = False
+    optimizer_offload: bool = False
+    use_torch_compile: bool = True
+    save_optimizer: bool = True
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    """The value model; used by PPO (GAE advantages) only."""
+
+    model_path: Optional[str] = None
+    lr: float = 1e-5
+    micro_batch_size_per_gpu: int = 4
+    param_offload: bool = False
+    optimizer_offload: bool = False
+    warmup_steps: int = 0
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """The frozen reference policy (only built when KL is on)."""
+
+    log_prob_micro_batch_size_per_gpu: int = 4
+    param_offload: bool = False
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Generation: the inference engine, its parallelism and memory, samples per prompt."""
+
+    engine: Literal["vllm", "sglang", "trtllm"] = "vllm"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.5
+    n: int = 1
+    temperature: float = 1.0
+    log_prob_micro_batch_size_per_gpu: int = 4
+    enforce_eager: bool = False
+    max_num_batched_tokens: int = 8192
+    num_agent_workers: int = 8
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    """``ppo``: GAE advantages with a critic. ``grpo``: group-relative advantages, no critic.
+
+    ``kl``: ``reward`` subtracts ``kl_coef``-weighted KL from the reward (classic PPO),
+    ``loss`` adds it to the actor loss (GRPO), ``off`` builds no reference model.
+    """
+
+    name: Literal["ppo", "grpo"] = "ppo"
+    gamma: float = 1.0
+    lam: float = 1.0
+    kl: Literal["reward", "loss", "off"] = "reward"
+    kl_coef: float = 0.001
+    kl_loss_type: str = "low_var_kl"
+    norm_adv_by_std_in_grpo: bool = True
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """RL parquets in verl's format (``prompt``, ``data_source``, ``reward_model.ground_truth``)."""
+
+    train_files: tuple[str, ...] = ()
+    val_files: tuple[str, ...] = ()
+    train_batch_size: int = 256
+    max_prompt_length: int = 512
+    max_response_length: int = 256
+    filter_overlong_prompts: bool = True
+    truncation: Literal["error", "left", "right", "middle"] = "error"
+    num_loader_workers: int = 4
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """The reward. ``function`` None: verl's built-in rule for each row's ``data_source``
+    (``openai/gsm8k`` rows get verl's GSM8K scorer). Else ``"package.module:function"`` or
+    ``"path/to/file.py:function"`` (relative to the job's working_dir), called like verl's
+    ``compute_score(data_source, solution_str, ground_truth, extra_info)``.
+    """
+
+    function: Optional[str] = None
+    num_workers: int = 8
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Cluster shape, run length, checkpoints, resume and logging.
+
+    ``nnodes`` / ``gpus_per_node`` None: what the cluster has (resolved by the preflight).
+    ``save_freq`` -1: save the final step only (the merged HF actor needs one checkpoint).
+    """
+
+    output_dir: str = ""
+    nnodes: Optional[int] = None
+    gpus_per_node: Optional[int] = None
+    total_epochs: int = 15
+    total_steps: Optional[int] = None
+    save_freq: int = 10
+    test_freq: int = 10
+    val_before_train: bool = True
+    resume_mode: Literal["auto", "disable"] = "auto"
+    loggers: tuple[str, ...] = ("console", "file")
+    project_name: str = "bridge-ray-ppo"
+    experiment_name: str = "ppo"
+    merge_hf: bool = True
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """One PPO or GRPO run. Override on the command line as ``ppo.<group>.<key>=...``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    ref: ReferenceConfig = field(default_factory=ReferenceConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    @property
+    def uses_critic(self) -> bool:
+        """Whether this run trains a value model (PPO with GAE)."""
+        return self.algorithm.name == "ppo"
+
+
+def home_dir() -> Path:
+    """``$BRIDGE_RAY_HOME`` or ``~/.bridge-ray``, absolute."""
+    return Path(os.environ.get("BRIDGE_RAY_HOME") or Path.home() / ".bridge-ray").expanduser().absolute()
+
+
+def _gsm8k_paths(model_dir, data_dir, output_dir, run_name):
+    home = home_dir()
+    data = Path(data_dir or home / "data" / "gsm8k")
+    model = str(model_dir or home / "models" / "Llama-3.2-1B-Instruct")
+    files = DataConfig(train_files=(str(data / "rl_train.parquet"),), val_files=(str(data / "rl_val.parquet"),))
+    return model, files, str(output_dir or home / "runs" / run_name)
+
+
+def ppo_gsm8k_llama1b(model_dir: str | None = None, data_dir: str | None = None,
+                      output_dir: str | None = None) -> PPOConfig:
+    """PPO (GAE) on GSM8K, Llama-3.2-1B-Instruct as actor and critic: the seed's settings.
+
+    Train batch 256 prompts, prompt 512 / response 256 tokens, actor lr 1e-6, critic lr 1e-5,
+    PPO mini batch 64, micro batch 4 per GPU, rollout TP 1, vLLM memory 0.9, KL coef 0.001
+    (in the reward, where verl applies ``kl_ctrl.kl_coef``), 15 epochs, save and test every
+    10 steps. Nodes and GPUs per node: what the cluster has.
+
+    Args:
+        model_dir: Local model folder (default ``$BRIDGE_RAY_HOME/models/Llama-3.2-1B-Instruct``).
+        data_dir: Folder with ``rl_train.parquet``/``rl_val.parquet`` (``bridge-ray data gsm8k``);
+            default ``$BRIDGE_RAY_HOME/data/gsm8k``.
+        output_dir: Run folder (default ``$BRIDGE_RAY_HOME/runs/ppo-gsm8k-llama1b``).
+    """
+    model, data, out = _gsm8k_paths(model_dir, data_dir, output_dir, "ppo-gsm8k-llama1b")
+    return PPOConfig(
+        model=ModelConfig(path=model),
+        actor=ActorConfig(lr=1e-6, mini_batch_size=64, micro_batch_size_per_gpu=4),
+        critic=CriticConfig(lr=1e-5, micro_batch_size_per_gpu=4),
+        rollout=RolloutConfig(tensor_parallel_size=1, gpu_memory_utilization=0.9, n=1),
+        algorithm=AlgorithmConfig(name="ppo", kl="reward", kl_coef=0.001),
+        data=dataclasses.replace(data, train_batch_size=256, max_prompt_length=512, max_response_length=256),
+        trainer=TrainerConfig(output_dir=out, total_epochs=15, save_freq=10, test_freq=10,
+                              experiment_name="ppo-gsm8k-llama1b"),
+    )
+
+
+def grpo_gsm8k_llama1b(model_dir: str | None = None, data_dir: str | None = None,
+                       output_dir: str | None = None) -> PPOConfig:
+    """GRPO on GSM8K with Llama-3.2-1B-Instruct: 5 samples per prompt, KL in the loss, no critic.
+
+    Same data, lengths, batch sizes and schedule as ``ppo_gsm8k_llama1b``; vLLM memory 0.6
+    (5 samples per prompt need KV room while the actor stays resident). Arguments as there.
+    """
+    model, data, out = _gsm8k_paths(model_dir, data_dir, output_dir, "grpo-gsm8k-llama1b")
+    return PPOConfig(
+        model=ModelConfig(path=model),
+        actor=ActorConfig(lr=1e-6, mini_batch_size=64, micro_batch_size_per_gpu=4),
+        rollout=RolloutConfig(tensor_parallel_size=1, gpu_memory_utilization=0.6, n=5),
+        algorithm=AlgorithmConfig(name="grpo", kl="loss", kl_coef=0.001),
+        data=dataclasses.replace(data, train_batch_size=256, max_prompt_length=512, max_response_length=256),
+        trainer=TrainerConfig(output_dir=out, total_epochs=15, save_freq=10, test_freq=10,
+                              experiment_name="grpo-gsm8k-llama1b"),
+    )
+
+
+def tiny_gsm8k(algorithm: Literal["ppo", "grpo"], model_dir: str, train_file: str, val_file: str | None,
+               output_dir: str, total_steps: int = 4) -> PPOConfig:
+    """A few steps of a small random-init Llama on one GPU: the GPU smoke test and the benchmark.
+
+    16 prompts per step (x2 samples for GRPO), prompt 256 / response 64 tokens, vLLM eager mode
+    and no torch.compile (both cut minutes of startup and change nothing the comparison
+    measures), few loader/agent/reward workers, final checkpoint only. The reward adds a small
+    digit-share bonus to verl's GSM8K score so a random model's rewards vary
+    (``bridge_ray.ppo.reward:gsm8k_digit_bonus``).
+
+    Args:
+        algorithm: ``"ppo"`` (GAE + critic, KL in reward) or ``"grpo"`` (KL in loss).
+        model_dir: Local HF model folder (``bridge_ray.assets.build_demo_assets``).
+        train_file: RL parquet; val_file: RL parquet or None.
+        output_dir: Absolute run folder.
+        total_steps: Steps to run.
+    """
+    grpo = algorithm == "grpo"
+    return PPOConfig(
+        model=ModelConfig(path=model_dir),
+        actor=ActorConfig(lr=1e-6, mini_batch_size=8, micro_batch_size_per_gpu=4, use_torch_compile=False),
+        critic=CriticConfig(lr=1e-5, micro_batch_size_per_gpu=4),
+        rollout=RolloutConfig(gpu_memory_utilization=0.4, n=2 if grpo else 1, enforce_eager=True,
+                              num_agent_workers=2),
+        algorithm=AlgorithmConfig(name=algorithm, kl="loss" if grpo else "reward"),
+        data=DataConfig(train_files=(train_file,), val_files=(val_file,) if val_file else (), train_batch_size=16,
+                        max_prompt_length=256, max_response_length=64, num_loader_workers=2),
+        reward=RewardConfig(function="bridge_ray.ppo.reward:gsm8k_digit_bonus", num_workers=2),
+        trainer=TrainerConfig(output_dir=output_dir, total_epochs=1, total_steps=total_steps, save_freq=-1,
+                              test_freq=-1, val_before_train=False, loggers=("console",),
+                              experiment_name=f"{algorithm}-tiny"),
+    )
+
+
+PRESETS = {"ppo_gsm8k_llama1b": ppo_gsm8k_llama1b, "grpo_gsm8k_llama1b": grpo_gsm8k_llama1b, "tiny_gsm8k": tiny_gsm8k}
+
+
+def _batch_problems(cfg: PPOConfig) -> list[str]:
+    data, actor = cfg.data, cfg.actor
+    sizes = {"data.train_batch_size": data.train_batch_size, "actor.mini_batch_size": actor.mini_batch_size,
+             "actor.micro_batch_size_per_gpu": actor.micro_batch_size_per_gpu,
+             "critic.micro_batch_size_per_gpu": cfg.critic.micro_batch_size_per_gpu,
+             "ref.log_prob_micro_batch_size_per_gpu": cfg.ref.log_prob_micro_batch_size_per_gpu,
+             "rollout.log_prob_micro_batch_size_per_gpu": cfg.rollout.log_prob_micro_batch_size_per_gpu}
+    problems = [f"{name}={value} must be >= 1" for name, value in sizes.items() if value < 1]
+    if not problems and data.train_batch_size % actor.mini_batch_size:
+        problems.append(f"data.train_batch_size={data.train_batch_size} must be a multiple of "
+                        f"actor.mini_batch_size={actor.mini_batch_size} (prompts per PPO update)")
+    return problems
+
+
+def _rollout_problems(cfg: PPOConfig) -> list[str]:
+    rollout, problems = cfg.rollout, []
+    if not 0 < rollout.gpu_memory_utilization <= 1:
+        problems.append(f"rollout.gpu_memory_utilization={rollout.gpu_memory_utilization} must be in (0, 1]")
+    if rollout.tensor_parallel_size < 1 or rollout.n < 1:
+        problems.append("rollout.tensor_parallel_size and rollout.n must be >= 1")
+    if cfg.algorithm.name == "grpo" and rollout.n < 2:
+        problems.append(f"GRPO needs rollout.n >= 2 samples per prompt (got {rollout.n}): advantages are "
+                        "relative to the group, so one sample gives zero gradient; set ppo.rollout.n=5")
+    if rollout.temperature <= 0:
+        problems.append(f"rollout.temperature={rollout.temperature} must be > 0 for training rollouts")
+    return problems
+
+
+def _path_problems(cfg: PPOConfig) -> list[str]:
+    problems = [] if cfg.model.path else ["model.path is empty: set ppo.model.path=/abs/path/to/hf-model"]
+    if not cfg.data.train_files:
+        problems.append("data.train_files is empty: set ppo.data.train_files=[/abs/rl_train.parquet]")
+    if cfg.model.use_remove_padding and cfg.model.attn_implementation != "flash_attention_2":
+        problems.append("model.use_remove_padding=true needs model.attn_implementation=flash_attention_2 "
+                        "(flash-attn varlen); set ppo.model.use_remove_padding=false for sdpa")
+    if cfg.reward.function is not None and ":" not in cfg.reward.function:
+        problems.append(f"reward.function={cfg.reward.function!r} must be 'package.module:function' or "
+                        "'path/to/file.py:function'")
+    return problems
+
+
+def _trainer_problems(trainer: TrainerConfig) -> list[str]:
+    problems = []
+    if not trainer.output_dir or not os.path.isabs(trainer.output_dir):
+        problems.append(f"trainer.output_dir={trainer.output_dir!r} must be an absolute path "
+                        "(relative paths land in Ray's unpacked working_dir)")
+    for name in ("nnodes", "gpus_per_node"):
+        value = getattr(trainer, name)
+        if value is not None and value < 1:
+            problems.append(f"trainer.{name}={value}: use null (what the cluster has) or >= 1")
+    if trainer.total_epochs < 1 or (trainer.total_steps is not None and trainer.total_steps < 1):
+        problems.append("trainer.total_epochs must be >= 1 and trainer.total_steps null or >= 1")
+    for name in ("save_freq", "test_freq"):
+        value = getattr(trainer, name)
+        if value == 0 or value < -1:
+            problems.append(f"trainer.{name}={value}: use -1 ({'final step only' if name == 'save_freq' else 'off'}) "
+                            "or a step count >= 1")
+    unknown = sorted(set(trainer.loggers) - set(LOGGERS))
+    if unknown:
+        problems.append(f"trainer.loggers has {unknown}: choose from {', '.join(LOGGERS)}")
+    return problems
+
+
+def validate(cfg: PPOConfig) -> PPOConfig:
+    """Check what can be checked without a cluster.
+
+    Returns:
+        ``cfg`` unchanged.
+
+    Raises:
+        ConfigError: listing every problem found, each with its fix.
+    """
+    problems = _path_problems(cfg) + _batch_problems(cfg) + _rollout_problems(cfg) + _trainer_problems(cfg.trainer)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def resolve_gpus(cfg: PPOConfig, nnodes: int, gpus_per_node: int) -> PPOConfig:
+    """``cfg`` with ``trainer.nnodes`` / ``trainer.gpus_per_node`` filled where they are None."""
+    trainer = cfg.trainer
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(
+        trainer, nnodes=trainer.nnodes or nnodes, gpus_per_node=trainer.gpus_per_node or gpus_per_node))
+
+
+def checkpoint_dir(cfg: PPOConfig) -> Path:
+    """Where verl writes ``global_step_N/{actor,critic}`` for this run."""
+    return Path(cfg.trainer.output_dir) / "checkpoints"
+
+
+def _hydra_list(items) -> str:
+    return "[" + ",".join(f"'{item}'" for item in items) + "]"
+
+
+def _null(value) -> str:
+    return "null" if value is None else str(value)
+
+
+def _model_keys(prefix: str, path: str, model: ModelConfig) -> list[str]:
+    return [
+        f"{prefix}.path={path}",
+        f"{prefix}.tokenizer_path={_null(model.tokenizer_path)}",
+        f"{prefix}.use_remove_padding={model.use_remove_padding}",
+        f"{prefix}.enable_gradient_checkpointing={model.gradient_checkpointing}",
+        f"+{prefix}.override_config.attn_implementation={model.attn_implementation}",
+    ]
+
+
+def _algorithm_keys(cfg: PPOConfig) -> list[str]:
+    algo = cfg.algorithm
+    return [
+        f"algorithm.adv_estimator={'gae' if algo.name == 'ppo' else 'grpo'}",
+        f"algorithm.gamma={algo.gamma}",
+        f"algorithm.lam={algo.lam}",
+        f"algorithm.norm_adv_by_std_in_grpo={algo.norm_adv_by_std_in_grpo}",
+        f"algorithm.use_kl_in_reward={algo.kl == 'reward'}",
+        f"algorithm.kl_ctrl.kl_coef={algo.kl_coef}",
+        f"actor_rollout_ref.actor.use_kl_loss={algo.kl == 'loss'}",
+        f"actor_rollout_ref.actor.kl_loss_coef={algo.kl_coef}",
+        f"actor_rollout_ref.actor.kl_loss_type={algo.kl_loss_type}",
+    ]
+
+
+def _data_keys(data: DataConfig) -> list[str]:
+    return [
+        f"data.train_files={_hydra_list(data.train_files)}",
+        f"data.val_files={_hydra_list(data.val_files or data.train_files)}",
+        f"data.train_batch_size={data.train_batch_size}",
+        f"data.max_prompt_length={data.max_prompt_length}",
+        f"data.max_response_length={data.max_response_length}",
+        f"data.filter_overlong_prompts={data.filter_overlong_prompts}",
+        f"data.truncation={data.truncation}",
+        f"data.dataloader_num_workers={data.num_loader_workers}",
+    ]
+
+
+def _actor_keys(cfg: PPOConfig) -> list[str]:
+    actor, ref, prefix = cfg.actor, cfg.ref, "actor_rollout_ref.actor"
+    contents = ["model", "optimizer", "extra"] if actor.save_optimizer else ["model", "extra"]
+    return _model_keys("actor_rollout_ref.model", cfg.model.path, cfg.model) + [
+        f"{prefix}.strategy={actor.strategy}",
+        f"{prefix}.optim.lr={actor.lr}",
+        f"{prefix}.ppo_mini_batch_size={actor.mini_batch_size}",
+        f"{prefix}.ppo_micro_batch_size_per_gpu={actor.micro_batch_size_per_gpu}",
+        f"{prefix}.ppo_epochs={actor.ppo_epochs}",
+        f"{prefix}.clip_ratio={actor.clip_ratio}",
+        f"{prefix}.entropy_coeff={actor.entropy_coeff}",
+        f"{prefix}.use_torch_compile={actor.use_torch_compile}",
+        f"{prefix}.fsdp_config.param_offload={actor.param_offload}",
+        f"{prefix}.fsdp_config.optimizer_offload={actor.optimizer_offload}",
+        f"{prefix}.checkpoint.save_contents={_hydra_list(contents)}",
+        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={ref.log_prob_micro_batch_size_per_gpu}",
+        f"actor_rollout_ref.ref.fsdp_config.param_offload={ref.param_offload}",
+    ]
+
+
+def _rollout_keys(rollout: RolloutConfig) -> list[str]:
+    prefix = "actor_rollout_ref.rollout"
+    return [
+        f"{prefix}.name={rollout.engine}",
+        f"{prefix}.tensor_model_parallel_size={rollout.tensor_parallel_size}",
+        f"{prefix}.gpu_memory_utilization={rollout.gpu_memory_utilization}",
+        f"{prefix}.n={rollout.n}",
+        f"{prefix}.temperature={rollout.temperature}",
+        f"{prefix}.log_prob_micro_batch_size_per_gpu={rollout.log_prob_micro_batch_size_per_gpu}",
+        f"{prefix}.enforce_eager={rollout.enforce_eager}",
+        f"{prefix}.max_num_batched_tokens={rollout.max_num_batched_tokens}",
+        f"{prefix}.agent.num_workers={rollout.num_agent_workers}",
+    ]
+
+
+def _critic_keys(cfg: PPOConfig) -> list[str]:
+    critic = cfg.critic
+    keys = [f"critic.enable={cfg.uses_critic}"]
+    if not cfg.uses_critic:
+        return keys
+    contents = ["model", "optimizer", "extra"] if cfg.actor.save_optimizer else ["model", "extra"]
+    return keys + _model_keys("critic.model", critic.model_path or cfg.model.path, cfg.model) + [
+        f"critic.strategy={cfg.actor.strategy}",
+        f"critic.optim.lr={critic.lr}",
+        f"critic.ppo_micro_batch_size_per_gpu={critic.micro_batch_size_per_gpu}",
+        f"critic.fsdp.param_offload={critic.param_offload}",
+        f"critic.fsdp.optimizer_offload={critic.optimizer_offload}",
+        f"critic.checkpoint.save_contents={_hydra_list(contents)}",
+        f"trainer.critic_warmup={critic.warmup_steps}",
+    ]
+
+
+def _reward_keys(reward: RewardConfig) -> list[str]:
+    keys = [f"reward.num_workers={reward.num_workers}"]
+    if reward.function is None:
+        return keys
+    return keys + [
+        f"reward.custom_reward_function.path={REWARD_HOOK_PATH}",
+        f"reward.custom_reward_function.name={REWARD_HOOK_NAME}",
+        f"+reward.custom_reward_function.reward_kwargs.{REWARD_SPEC_KWARG}='{reward.function}'",
+    ]
+
+
+def _trainer_keys(cfg: PPOConfig) -> list[str]:
+    trainer = cfg.trainer
+    if trainer.nnodes is None or trainer.gpus_per_node is None:
+        raise ConfigError("trainer.nnodes / trainer.gpus_per_node are still 'what the cluster has': the preflight "
+                          "resolves them (bridge_ray.ppo.run), or set ppo.trainer.nnodes=N ppo.trainer.gpus_per_node=M")
+    save_freq = FINAL_ONLY_SAVE_FREQ if trainer.save_freq == -1 else trainer.save_freq
+    return [
+        f"trainer.nnodes={trainer.nnodes}",
+        f"trainer.n_gpus_per_node={trainer.gpus_per_node}",
+        f"trainer.total_epochs={trainer.total_epochs}",
+        f"trainer.total_training_steps={_null(trainer.total_steps)}",
+        f"trainer.save_freq={save_freq}",
+        f"trainer.test_freq={trainer.test_freq}",
+        f"trainer.val_before_train={trainer.val_before_train}",
+        f"trainer.resume_mode={trainer.resume_mode}",
+        f"trainer.logger=[{','.join(trainer.loggers)}]",
+        f"trainer.project_name={trainer.project_name}",
+        f"trainer.experiment_name={trainer.experiment_name}",
+        f"trainer.default_local_dir={checkpoint_dir(cfg)}",
+        "trainer.device=cuda",
+    ]
+
+
+def to_verl_overrides(cfg: PPOConfig) -> list[str]:
+    """verl Hydra overrides for ``ppo_trainer`` (verl 0.9.1). The only place with verl key names.
+
+    Args:
+        cfg: A validated config whose ``trainer.nnodes``/``gpus_per_node`` are set (``resolve_gpus``).
+
+    Returns:
+        ``key=value`` strings for ``hydra.compose(config_name="ppo_trainer", overrides=...)``
+        or ``python -m verl.trainer.main_ppo``.
+
+    Raises:
+        ConfigError: nodes or GPUs per node are still unresolved.
+    """
+    return (_algorithm_keys(cfg) + _data_keys(cfg.data) + _actor_keys(cfg) + _rollout_keys(cfg.rollout)
+            + _critic_keys(cfg) + _reward_keys(cfg.reward) + _trainer_keys(cfg))

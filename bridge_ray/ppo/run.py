@@ -1,0 +1,235 @@
+"""``run(cfg)``: verl's PPO/GRPO (``run_ppo``) inside a Ray Job driver, on the running cluster.
+
+The driver joins the cluster the job runs on (never starts one), runs the preflight, composes
+verl's ``ppo_trainer`` config from ``to_verl_overrides(cfg)``, and calls verl's own
+``run_ppo`` with its ``TaskRunnerV1``. Then it merges the final actor checkpoint into a
+Hugging Face model and checks that it loads and generates.
+
+Environment: verl's ``run_ppo`` puts its PPO env vars (``get_ppo_ray_runtime_env``) into
+``ray.init(runtime_env=...)`` only when Ray is not initialised; here it is, and a second
+``ray.init`` runtime_env would conflict with the job's. So the same vars go into the
+TaskRunner actor's own runtime_env instead: Ray merges an actor's env_vars over its parent's
+(the job's), and every worker, vLLM server and reward worker verl starts inherits them.
+verl already drops the keys this driver's environment sets (the job's ``--env`` and network
+profile), so the job's values win. Added: ``VLLM_USE_FLASHINFER_SAMPLER=0`` for vLLM (vLLM's
+sampler dies probing FlashInfer when it is not installed; verl's processed-logprobs sampling
+never uses it), ``VERL_FILE_LOGGER_PATH`` (per-step metrics in the run folder), and the
+reward's code as ``py_modules`` when it lives outside the working_dir.
+
+Run folder (``trainer.output_dir``, absolute, shared by all nodes)::
+
+    config.json        bridge-ray config, verl overrides, the workers' added env
+    metrics.jsonl      verl's per-step metrics (``file`` logger)
+    checkpoints/       verl's global_step_N/{actor,critic} and latest_checkpointed_iteration.txt
+    hf/                the merged final actor (Hugging Face format)
+    result.json        checkpoint, merged model, sample generation
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from bridge_ray.config import apply_overrides, to_dict
+from bridge_ray.errors import BridgeRayError, ConfigError, PreflightError
+from bridge_ray.ppo import reward as rewards
+from bridge_ray.ppo.config import PPOConfig, checkpoint_dir, resolve_gpus, to_verl_overrides, validate
+
+FLASHINFER_SAMPLER_ENV = "VLLM_USE_FLASHINFER_SAMPLER"
+
+
+class PPOFailed(BridgeRayError):
+    """verl's PPO trainer raised; the message ends with its last error line."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class PPOResult:
+    """What a finished PPO/GRPO run left behind."""
+
+    output_dir: Path
+    checkpoint: Path | None
+    hf_model: Path | None
+    sample: str
+
+
+def connect() -> None:
+    """Attach to the running Ray cluster (the job's RAY_ADDRESS, else ``auto``); never start one.
+
+    Raises:
+        PreflightError: when no cluster answers.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=True)
+    except ConnectionError as err:
+        raise PreflightError(
+            f"no Ray cluster to attach to ({err}): submit with `bridge-ray submit` or start one with `bridge-ray up`"
+        ) from err
+
+
+def compose(cfg: PPOConfig):
+    """verl's ``ppo_trainer`` Hydra config with ``to_verl_overrides(cfg)`` applied (not validated)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        return hydra_compose(config_name="ppo_trainer", overrides=to_verl_overrides(cfg))
+
+
+def validate_verl(config) -> None:
+    """What verl's ``main_ppo.main`` does before ``run_ppo``: device and config checks.
+
+    Raises:
+        ConfigError: with verl's own reason (batch sizes that do not divide, ...).
+    """
+    from hydra.errors import InstantiationException
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+    from verl.utils.device import auto_set_device
+
+    auto_set_device(config)
+    try:
+        validate_config(config=config, use_reference_policy=need_reference_policy(config),
+                        use_critic=need_critic(config))
+    except (AssertionError, ValueError, TypeError, InstantiationException) as err:
+        raise ConfigError(f"verl rejects the config: {err}") from err
+
+
+def worker_env(cfg: PPOConfig, config) -> dict[str, str]:
+    """Env vars for verl's TaskRunner and everything it starts (see the module docstring)."""
+    from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+
+    env = dict(get_ppo_ray_runtime_env(config)["env_vars"])
+    if config.transfer_queue.enable:
+        env["TRANSFER_QUEUE_ENABLE"] = "1"
+    if cfg.rollout.engine == "vllm" and FLASHINFER_SAMPLER_ENV not in os.environ:
+        env[FLASHINFER_SAMPLER_ENV] = "0"
+    if "VERL_FILE_LOGGER_PATH" not in os.environ:
+        env["VERL_FILE_LOGGER_PATH"] = str(Path(cfg.trainer.output_dir) / "metrics.jsonl")
+    return env
+
+
+def _with_reward(cfg: PPOConfig, reward: Callable | str | None) -> tuple[PPOConfig, list[str]]:
+    if reward is None:
+        return cfg, []
+    spec, ship = rewards.describe(reward)
+    return dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, function=spec)), ship
+
+
+def _train(config, runtime_env: dict) -> None:
+    from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
+
+    try:
+        run_ppo(config, task_runner_class=TaskRunnerV1.options(runtime_env=runtime_env))
+    except Exception as err:  # Ray re-raises the TaskRunner's error with every nested traceback
+        text = str(err)
+        reward_failure = rewards.failure_from(text)
+        if reward_failure:
+            raise rewards.RewardFailed(reward_failure) from None
+        print(text, file=sys.stderr, flush=True)
+        last = next((line for line in reversed(text.splitlines()) if line.strip()), type(err).__name__)
+        raise PPOFailed(f"verl PPO failed: {last.strip()} (full traceback above)") from None
+
+
+def merge_final_actor(cfg: PPOConfig) -> tuple[Path, Path, str]:
+    """Merge the newest ``global_step_N/actor`` into ``output_dir/hf`` and generate a few tokens with it."""
+    from bridge_ray.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
+
+    step_dir = latest_checkpoint(checkpoint_dir(cfg))
+    if step_dir is None:
+        raise CheckpointError(f"training ended without a checkpoint under {checkpoint_dir(cfg)}")
+    hf_dir = merge_to_hf(step_dir / "actor", Path(cfg.trainer.output_dir) / "hf")
+    sample = check_hf_model(hf_dir)
+    print(f"[bridge-ray] merged {step_dir / 'actor'} -> {hf_dir}; sample generation: {sample!r}", flush=True)
+    return step_dir, hf_dir, sample
+
+
+def run(cfg: PPOConfig, reward: Callable | str | None = None) -> PPOResult:
+    """Train with verl's PPO/GRPO on the cluster this job runs on, then merge the final actor.
+
+    Submitting the same run again (same ``trainer.output_dir``) resumes from its last checkpoint.
+
+    Args:
+        cfg: The run; ``trainer.output_dir`` must be absolute and visible to every node.
+        reward: A module-level function ``(data_source, solution_str, ground_truth, extra_info)
+            -> float`` or a ``"module:function"`` / ``"file.py:function"`` spec; overrides
+            ``cfg.reward.function``. None keeps it (None there: verl's rule by ``data_source``).
+
+    Returns:
+        A ``PPOResult`` with the merged model's path.
+
+    Raises:
+        ConfigError / PreflightError: before anything starts (exit code 2).
+        PPOFailed / RewardFailed / CheckpointError: training, the reward or the merge failed (exit 1).
+
+    Example:
+        >>> from bridge_ray import ppo
+        >>> result = ppo.run(ppo.grpo_gsm8k_llama1b(), reward="my_team.rewards:score")
+        >>> result.hf_model
+    """
+    from bridge_ray.ppo.preflight import preflight
+
+    cfg, ship = _with_reward(validate(cfg), reward)
+    connect()
+    cfg = preflight(cfg, ships_reward_code=bool(ship))
+    config = compose(cfg)
+    validate_verl(config)
+    env = worker_env(cfg, config)
+    runtime_env = {"env_vars": env, **({"py_modules": ship} if ship else {})}
+    output_dir = Path(cfg.trainer.output_dir)
+    (output_dir / "config.json").write_text(json.dumps(
+        {"ppo": to_dict(cfg), "verl_overrides": to_verl_overrides(cfg), "task_runner_runtime_env": runtime_env},
+        indent=2, default=str))
+    _train(config, runtime_env)
+    step_dir, hf_dir, sample = merge_final_actor(cfg) if cfg.trainer.merge_hf else (None, None, "")
+    result = PPOResult(output_dir, step_dir, hf_dir, sample)
+    (output_dir / "result.json").write_text(json.dumps(dataclasses.asdict(result), indent=2, default=str))
+    return result
+
+
+def dry_run(cfg: PPOConfig, reward: Callable | str | None = None) -> dict:
+    """What ``run`` would hand verl, without a cluster: config, overrides, composed against verl.
+
+    Nodes/GPUs left to "what the cluster has" show as 1 node x TP GPUs here. verl's own
+    checks (``validate_config``) run only when the model folder exists on this machine.
+    """
+    cfg, ship = _with_reward(validate(cfg), reward)
+    notes = []
+    if cfg.trainer.nnodes is None or cfg.trainer.gpus_per_node is None:
+        notes.append("trainer.nnodes / gpus_per_node follow the cluster at run time; shown as 1 node x TP GPUs")
+        cfg = resolve_gpus(cfg, 1, cfg.rollout.tensor_parallel_size)
+    config = compose(cfg)
+    checked = (Path(cfg.model.path) / "config.json").is_file()
+    if checked:
+        validate_verl(config)
+    else:
+        notes.append(f"verl's validate_config skipped: no model at {cfg.model.path} on this machine")
+    return {"ppo": to_dict(cfg), "verl_overrides": to_verl_overrides(cfg), "verl_validated": checked,
+            "reward_py_modules": ship, "notes": notes}
+
+
+def main(cfg: PPOConfig, argv: list[str] | None = None, reward: Callable | str | None = None) -> PPOResult | None:
+    """A recipe's body: apply ``ppo.*`` overrides from ``argv``, then ``run`` (or ``--dry-run``).
+
+    Errors print as one ``error: ...`` line and exit with their code (2: config/preflight, 1: run).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    dry = "--dry-run" in argv
+    try:
+        cfg = apply_overrides(cfg, [a for a in argv if a != "--dry-run"], prefix="ppo")
+        if dry:
+            print(json.dumps(dry_run(cfg, reward), indent=2, default=str))
+            return None
+        return run(cfg, reward)
+    except BridgeRayError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)

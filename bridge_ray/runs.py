@@ -1,0 +1,407 @@
+"""Run records: one folder per submission telling everything about the run.
+
+``$BRIDGE_RAY_HOME/runs/<submission_id>/`` lives on the shared home, so the job writes into it
+from whichever node it runs on::
+
+    run.json        the record (``RunRecord``): entrypoint, runtime_env (secrets redacted), git
+                    commit, cluster record, times, status, last log lines and failure class,
+                    output dir, packages, merged model, W&B run, Hub URL
+    git.diff        ``git diff HEAD`` of the recipe's project, when it had uncommitted changes
+    packages.json   versions seen on the cluster (written by the job, ``record_job``)
+    config.json     the resolved config, and metrics.json (copied from the output dir at the end)
+    wandb/          W&B's files (the job's ``WANDB_DIR``)
+
+The submitter writes the record at submit time (``start_run``) and when it sees the job end
+(``finish_run``); the job adds its own fields (``record_job``, ``update_run``) through
+``BRIDGE_RAY_RUN_DIR``. Every write is a locked read-modify-write, so neither loses the other's.
+No secret value is ever written here: runtime_env values are redacted and log lines and diffs are
+scrubbed of the secret values the submitter knows.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bridge_ray import records, runtime_env, tracking
+from bridge_ray.errors import BridgeRayError
+
+if TYPE_CHECKING:
+    from bridge_ray.jobs import SubmitPlan
+
+RUN_DIR_ENV = "BRIDGE_RAY_RUN_DIR"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+LOG_TAIL_LINES = 20
+PACKAGES = ("torch", "ray", "verl", "transformers", "vllm", "bridge-ray", "wandb", "huggingface_hub")
+COPIED_FILES = ("config.json", "metrics.json")
+FAILURES = (  # (class, pattern): the first that matches the log names the failure
+    ("preflight", r"PreflightError|preflight (check )?failed"),
+    ("out of memory", r"OutOfMemoryError|CUDA out of memory|out of memory|oom-kill|OOM killer|MemoryError"),
+    ("NCCL timeout", r"Watchdog caught collective operation timeout|NCCL.{0,80}[Tt]imeout|[Tt]imeout.{0,80}NCCL"),
+    ("node lost", r"NodeDiedError|node .{0,60}(died|was terminated|is dead|marked dead)|RayletDiedError|"
+                  r"ActorDiedError.{0,200}node"),
+    ("time limit", r"DUE TO TIME LIMIT|TIME LIMIT|time limit reached|wall ?time limit"),
+)
+
+
+class RunNotFound(BridgeRayError):
+    """No run record under that id."""
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """Everything about one submission. ``load_run`` fills the fields the job wrote into its folder.
+
+    Attributes:
+        submission_id: the Ray job's submission id (also the run folder's name).
+        cluster: the cluster's name; ``cluster_record`` is its record (no token in it).
+        recipe: the recipe's path inside its project; ``entrypoint`` the command Ray ran.
+        runtime_env: the job's runtime_env with secret values as ``***``.
+        project_dir: the recipe's project (the working_dir); ``git`` its commit and dirty state.
+        start_time / end_time: UNIX times of the submission and of the end the submitter saw.
+        status: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED; ``message`` Ray's message.
+        failure: a one-line class when the log makes it clear (out of memory, NCCL timeout,
+            preflight, node lost, time limit); ``log_tail`` the last log lines of a failed run.
+        output_dir: where the training wrote checkpoints; ``config`` its resolved config.json.
+        packages: versions seen on the cluster; ``last_step`` and ``metrics`` the final summary.
+        hf_model: the merged Hugging Face model; ``exports`` other merged steps by step.
+        wandb: the W&B run (mode, dir, url or sync command); ``hub_url`` where it was uploaded.
+    """
+
+    submission_id: str
+    cluster: str = ""
+    recipe: str = ""
+    entrypoint: str = ""
+    runtime_env: dict = dataclasses.field(default_factory=dict)
+    project_dir: str = ""
+    git: dict = dataclasses.field(default_factory=dict)
+    cluster_record: dict = dataclasses.field(default_factory=dict)
+    start_time: float | None = None
+    end_time: float | None = None
+    status: str = "PENDING"
+    message: str = ""
+    failure: str | None = None
+    log_tail: str = ""
+    host: str | None = None
+    output_dir: str | None = None
+    config: dict | None = None
+    packages: dict | None = None
+    last_step: int | None = None
+    metrics: dict | None = None
+    hf_model: str | None = None
+    exports: dict = dataclasses.field(default_factory=dict)
+    wandb: dict | None = None
+    hub_url: str | None = None
+    run_dir: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunRecord":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def runs_root() -> Path:
+    """``$BRIDGE_RAY_HOME/runs``."""
+    return records.home_dir() / "runs"
+
+
+def run_dir(submission_id: str) -> Path:
+    """The run folder of ``submission_id`` (it may not exist yet)."""
+    return runs_root() / submission_id
+
+
+def job_env(submission_id: str, env_vars: dict[str, str]) -> dict[str, str]:
+    """Env vars every job gets so it can write into its run folder (the caller's own values win)."""
+    folder = run_dir(submission_id)
+    return {RUN_DIR_ENV: str(folder), **tracking.job_env(folder, env_vars)}
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _update(folder: Path, fields: dict, defaults: dict | None = None) -> dict:
+    """Merge ``fields`` (and ``defaults`` where unset) into ``folder/run.json`` under a lock, atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder):
+        path = folder / "run.json"
+        data = {**(defaults or {}), **(json.loads(path.read_text()) if path.exists() else {}), **fields}
+        tmp = folder / f".run.json.{os.getpid()}"
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    return data
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret value replaced by ``***``."""
+    for value in sorted(secrets, key=len, reverse=True):
+        if len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def known_secrets(env: dict[str, str] | None = None) -> list[str]:
+    """The values of secret-looking variables in ``env`` and in this process's environment."""
+    merged = {**os.environ, **(env or {})}
+    return [value for key, value in merged.items() if runtime_env.is_secret(key) and value]
+
+
+def _git(project: Path, *args: str) -> str | None:
+    proc = subprocess.run(["git", "-C", str(project), *args], capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def git_state(project: Path, folder: Path, secrets: list[str]) -> dict:
+    """Commit and dirty state of ``project``; its ``git diff HEAD`` goes to ``folder/git.diff``."""
+    if _git(project, "rev-parse", "--is-inside-work-tree") is None:
+        return {"repo": False}
+    commit = (_git(project, "rev-parse", "HEAD") or "").strip() or None
+    changed = (_git(project, "status", "--porcelain", "--", ".") or "").splitlines()
+    diff = (_git(project, "diff", "HEAD", "--", ".") or "") if commit else ""
+    state = {"repo": True, "commit": commit, "dirty": bool(changed), "changed": changed[:200], "diff_file": None}
+    if diff:
+        (folder / "git.diff").write_text(scrub(diff, secrets))
+        state["diff_file"] = "git.diff"
+    return state
+
+
+def start_run(plan: "SubmitPlan", record: records.ClusterRecord) -> Path:
+    """Write the run record of a submission just sent; return its folder.
+
+    Args:
+        plan: what was submitted.
+        record: the cluster it went to.
+    """
+    folder = run_dir(plan.submission_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    secrets = known_secrets(plan.runtime_env.get("env_vars"))
+    project = Path(plan.runtime_env["working_dir"])
+    run = RunRecord(
+        submission_id=plan.submission_id, cluster=plan.cluster, recipe=plan.metadata.get("recipe", ""),
+        entrypoint=scrub(plan.entrypoint, secrets), runtime_env=runtime_env.redact(plan.runtime_env),
+        project_dir=str(project), git=git_state(project, folder, secrets),
+        cluster_record=dataclasses.asdict(record), start_time=time.time(), run_dir=str(folder))
+    fields = {k: v for k, v in dataclasses.asdict(run).items() if v is not None}
+    # A fast job may already have written RUNNING (or more) through record_job: keep its status.
+    _update(folder, fields, defaults={"status": fields.pop("status")})
+    return folder
+
+
+def classify_failure(logs: str) -> str | None:
+    """The failure's class when the log makes it clear, else None."""
+    for name, pattern in FAILURES:
+        if re.search(pattern, logs):
+            return name
+    return None
+
+
+def finish_run(submission_id: str, status: str, message: str = "", logs: str = "",
+               end_time: float | None = None) -> RunRecord | None:
+    """Record the end of a run (safe to call again; the first end is kept). None if it has no record.
+
+    Args:
+        submission_id: the job.
+        status: its terminal status.
+        message: Ray's message for it.
+        logs: the job's log (a failed run keeps its last lines and a failure class).
+        end_time: when it ended (UNIX seconds; default now).
+    """
+    folder = run_dir(submission_id)
+    if not (folder / "run.json").exists():
+        return None
+    current = RunRecord.from_dict(json.loads((folder / "run.json").read_text()))
+    if current.status in TERMINAL:
+        return read_run(folder)
+    secrets = known_secrets()
+    lines = logs.rstrip().splitlines()
+    # Ray appends up to 20,000 characters of log to a failed job's message: keep its first line only.
+    message = re.sub(r",? last available logs.*$", "", (message.strip().splitlines() or [""])[0])
+    fields = {"status": status, "message": scrub(message, secrets), "end_time": end_time or time.time(),
+              "failure": classify_failure("\n".join(lines[-500:])) if status != "SUCCEEDED" else None,
+              "log_tail": scrub("\n".join(lines[-LOG_TAIL_LINES:]), secrets) if status != "SUCCEEDED" else ""}
+    _copy_outputs(folder, current.output_dir)
+    run = _with_outputs(RunRecord.from_dict({**dataclasses.asdict(current), **fields}))
+    fields.update(last_step=run.last_step, metrics=run.metrics, wandb=run.wandb)
+    _update(folder, fields)
+    return read_run(folder)
+
+
+def _copy_outputs(folder: Path, output_dir: str | None) -> None:
+    """Snapshot the output dir's config/metrics: a later run may reuse (and overwrite) that dir."""
+    if not output_dir or Path(output_dir).resolve() == folder.resolve():
+        return
+    for name in COPIED_FILES:
+        source = Path(output_dir) / name
+        if source.is_file():
+            shutil.copyfile(source, folder / name)
+
+
+def _first(folders: list[Path], name: str) -> Path | None:
+    return next((folder / name for folder in folders if (folder / name).is_file()), None)
+
+
+def _read_json(path: Path | None):
+    return json.loads(path.read_text()) if path else None
+
+
+def _last_row(steps_file: Path | None) -> dict | None:
+    lines = steps_file.read_text().splitlines() if steps_file else []
+    return json.loads(lines[-1]) if lines else None
+
+
+def _with_outputs(run: RunRecord) -> RunRecord:
+    """``run`` with config, last step, metrics and W&B read from its folder (and output dir)."""
+    folders = [Path(run.run_dir)] + ([Path(run.output_dir)] if run.output_dir else [])
+    run.config = run.config or _read_json(_first(folders, "config.json"))
+    metrics = _read_json(_first(folders, "metrics.json")) or {}
+    final = metrics.get("final") or (metrics.get("history") or [None])[-1] or _last_row(_first(folders, "steps.jsonl"))
+    if final:
+        run.metrics = {k: v for k, v in final.items() if isinstance(v, (int, float, str, type(None)))}
+        run.last_step = final.get("step", run.last_step)
+    run.wandb = tracking.find_run(run.run_dir) or run.wandb
+    return run
+
+
+def _refresh(run: RunRecord) -> RunRecord:
+    """Ask the cluster about a run not seen ending; record its end if it has ended."""
+    from bridge_ray.jobs import Job
+
+    try:
+        job = Job(run.submission_id, run.cluster)
+        info = job.info()
+        state = str(info.status.value)
+        if state in TERMINAL:
+            logs = job.logs() if state != "SUCCEEDED" else ""
+            end = info.end_time / 1000 if info.end_time else None
+            return finish_run(run.submission_id, state, info.message or "", logs, end_time=end)
+        run.status = state
+    except BridgeRayError as err:
+        run.message = f"status not refreshed: {err}"
+    return run
+
+
+def load_run(submission_id: str | None = None, refresh: bool = False) -> RunRecord:
+    """The record of one run (an exact id or a unique prefix; None for the latest).
+
+    Args:
+        submission_id: the run's submission id, or the start of it; None for the latest run.
+        refresh: ask the cluster for the status of a run not yet seen ending.
+
+    Raises:
+        RunNotFound: with the command that lists the runs.
+
+    Example:
+        >>> run = bridge_ray.load_run("sft-gsm8k-20261125-1730")
+        >>> run.status, run.last_step, run.hf_model
+    """
+    if submission_id is None:
+        latest = list_runs()
+        if not latest:
+            raise RunNotFound(f"no runs recorded in {runs_root()}: submit one with `bridge-ray submit RECIPE.py`")
+        submission_id = latest[-1].submission_id
+    folder = run_dir(submission_id)
+    if "/" in submission_id or not (folder / "run.json").is_file():
+        pattern = f"{glob.escape(submission_id)}*/run.json"
+        matches = [] if "/" in submission_id else [p.parent for p in runs_root().glob(pattern)]
+        if len(matches) != 1:
+            what = "several runs start with" if matches else "no run"
+            raise RunNotFound(f"{what} {submission_id!r} in {runs_root()}: list the runs with `bridge-ray runs`")
+        folder = matches[0]
+    run = read_run(folder)
+    return _refresh(run) if refresh and run.status not in TERMINAL else run
+
+
+def read_run(folder: Path) -> RunRecord:
+    """The record in a run folder, with what the job wrote beside it."""
+    run = RunRecord.from_dict(json.loads((folder / "run.json").read_text()))
+    run.run_dir = str(folder)
+    return _with_outputs(run)
+
+
+def list_runs(refresh: bool = False) -> list[RunRecord]:
+    """Every recorded run, oldest first."""
+    folders = sorted(p.parent.name for p in runs_root().glob("*/run.json"))
+    found = [load_run(name, refresh=refresh) for name in folders]
+    return sorted(found, key=lambda run: run.start_time or 0)
+
+
+# Inside the job ---------------------------------------------------------------------------------
+
+def current_run_dir() -> Path | None:
+    """The run folder of the job this process belongs to (``BRIDGE_RAY_RUN_DIR``), or None."""
+    value = os.environ.get(RUN_DIR_ENV)
+    return Path(value) if value else None
+
+
+def update_run(**fields) -> RunRecord | None:
+    """Inside a job: add fields (``hf_model=...``, ``output_dir=...``) to its record; no-op outside one.
+
+    Raises:
+        TypeError: for a name that is not a ``RunRecord`` field.
+    """
+    folder = current_run_dir()
+    if folder is None:
+        return None
+    unknown = set(fields) - {f.name for f in dataclasses.fields(RunRecord)}
+    if unknown:
+        raise TypeError(f"update_run() got fields RunRecord does not have: {sorted(unknown)}")
+    return RunRecord.from_dict(_update(folder, fields))
+
+
+def amend(run: RunRecord, **fields) -> RunRecord:
+    """Add fields to a loaded run's record (export and upload record what they made)."""
+    return RunRecord.from_dict(_update(Path(run.run_dir), fields))
+
+
+def packages() -> dict[str, str | None]:
+    """Python and package versions in this process's environment (None when not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def record_job(output_dir: str | Path | None = None, loggers: tuple[str, ...] = (), **fields) -> Path | None:
+    """Inside a job, at the start of training: record the host, the package versions, the output dir.
+
+    Prints where W&B writes (and the ``wandb sync`` command when offline) if ``"wandb"`` is in
+    ``loggers``. A no-op outside a bridge-ray job.
+
+    Returns:
+        The run folder, or None outside a bridge-ray job.
+
+    Example:
+        >>> runs.record_job(cfg.trainer.output_dir, loggers=cfg.trainer.loggers)
+        >>> ...                                  # train and merge
+        >>> runs.update_run(hf_model=str(hf_dir))
+    """
+    folder = current_run_dir()
+    if folder is None:
+        return None
+    versions = packages()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "packages.json").write_text(json.dumps(versions, indent=2))
+    if output_dir:
+        fields["output_dir"] = str(output_dir)
+    update_run(host=socket.gethostname(), packages=versions, status="RUNNING", **fields)
+    if "wandb" in loggers:
+        print(tracking.announce(), flush=True)
+    return folder

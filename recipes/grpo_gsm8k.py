@@ -1,0 +1,14 @@
+"""GRPO on GSM8K with Llama-3.2-1B-Instruct: 5 samples per prompt, KL in the loss, verl's GSM8K reward.
+
+Run:
+    bridge-ray submit recipes/grpo_gsm8k.py --follow
+    bridge-ray submit recipes/grpo_gsm8k.py --follow -- ppo.rollout.n=8 ppo.trainer.total_steps=50
+    bridge-ray submit recipes/grpo_gsm8k.py -- ppo.reward.function=my_team.rewards:score   # your reward
+    python recipes/grpo_gsm8k.py --dry-run       # the verl overrides, composed against verl; no cluster
+"""
+import sys
+
+from bridge_ray import ppo
+
+if __name__ == "__main__":
+    ppo.main(ppo.grpo_gsm8k_llama1b(), sys.argv[1:])

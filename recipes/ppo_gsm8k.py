@@ -1,0 +1,16 @@
+"""PPO (GAE, with a critic) on GSM8K: Llama-3.2-1B-Instruct as actor and critic, verl's GSM8K reward.
+
+Train batch 256, prompt 512 / response 256, actor lr 1e-6, critic lr 1e-5, KL coef 0.001,
+15 epochs, save and test every 10 steps, on every GPU the cluster has.
+
+Run:
+    bridge-ray submit recipes/ppo_gsm8k.py --follow
+    bridge-ray submit recipes/ppo_gsm8k.py --follow -- ppo.trainer.total_steps=20 ppo.trainer.nnodes=2
+    python recipes/ppo_gsm8k.py --dry-run        # the verl overrides, composed against verl; no cluster
+"""
+import sys
+
+from bridge_ray import ppo
+
+if __name__ == "__main__":
+    ppo.main(ppo.ppo_gsm8k_llama1b(), sys.argv[1:])

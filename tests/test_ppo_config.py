@@ -1,0 +1,283 @@
+"""PPOConfig, verl overrides composed against verl's own ppo_trainer, preflight logic, reward hook.
+
+Unit tier: no cluster. verl and Hydra are imported (composition is the point), no GPU needed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import textwrap
+
+import pytest
+
+from bridge_ray import pipeline, ppo
+from bridge_ray.errors import ConfigError, PreflightError
+from bridge_ray.ppo import preflight, reward
+from bridge_ray.ppo.run import compose, dry_run, validate_verl, worker_env
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """config.json + tokenizer of the tiny Llama shape: all verl's config checks read (no weights)."""
+    from transformers import AutoTokenizer
+
+    from bridge_ray.assets import build_tokenizer, default_corpus, llama_config
+
+    path = tmp_path_factory.mktemp("ppo-model")
+    build_tokenizer(path, default_corpus(50), vocab_size=300)
+    config = llama_config("tiny", AutoTokenizer.from_pretrained(path))
+    config.architectures = ["LlamaForCausalLM"]
+    config.save_pretrained(path)
+    return str(path)
+
+
+def seed_ppo(model_dir, tmp_path, **gpus):
+    cfg = ppo.ppo_gsm8k_llama1b(model_dir=model_dir, data_dir=str(tmp_path), output_dir=str(tmp_path / "run"))
+    return ppo.resolve_gpus(cfg, gpus.get("nnodes", 2), gpus.get("gpus_per_node", 8))
+
+
+def composed(cfg):
+    config = compose(ppo.validate(cfg))
+    validate_verl(config)
+    return config
+
+
+def test_ppo_preset_composes_to_the_seed_settings(model_dir, tmp_path):
+    c = composed(seed_ppo(model_dir, tmp_path))
+    actor, rollout = c.actor_rollout_ref.actor, c.actor_rollout_ref.rollout
+    assert c.algorithm.adv_estimator == "gae" and c.critic.enable is True
+    assert (c.data.train_batch_size, c.data.max_prompt_length, c.data.max_response_length) == (256, 512, 256)
+    assert (actor.optim.lr, c.critic.optim.lr) == (1e-6, 1e-5)
+    assert (actor.ppo_mini_batch_size, actor.ppo_micro_batch_size_per_gpu, c.critic.ppo_micro_batch_size_per_gpu) == (64, 4, 4)
+    assert (rollout.name, rollout.tensor_model_parallel_size, rollout.gpu_memory_utilization) == ("vllm", 1, 0.9)
+    assert c.algorithm.kl_ctrl.kl_coef == 0.001 and c.algorithm.use_kl_in_reward is True
+    assert (c.trainer.total_epochs, c.trainer.save_freq, c.trainer.test_freq) == (15, 10, 10)
+    assert (c.trainer.nnodes, c.trainer.n_gpus_per_node, c.trainer.resume_mode) == (2, 8, "auto")
+    assert c.trainer.default_local_dir == str(tmp_path / "run" / "checkpoints")
+    assert c.critic.model.path == model_dir and c.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
+    assert c.reward.custom_reward_function.path is None  # GSM8K: verl's built-in rule by data_source
+
+
+def test_grpo_preset_composes_without_critic(model_dir, tmp_path):
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+
+    cfg = ppo.grpo_gsm8k_llama1b(model_dir=model_dir, data_dir=str(tmp_path), output_dir=str(tmp_path / "g"))
+    c = composed(ppo.resolve_gpus(cfg, 1, 8))
+    assert c.algorithm.adv_estimator == "grpo" and c.actor_rollout_ref.rollout.n == 5
+    assert c.actor_rollout_ref.actor.use_kl_loss is True and c.algorithm.use_kl_in_reward is False
+    assert not need_critic(c) and need_reference_policy(c)
+
+
+def test_presets_leave_nodes_and_gpus_to_the_cluster(tmp_path):
+    for preset in (ppo.ppo_gsm8k_llama1b, ppo.grpo_gsm8k_llama1b):
+        trainer = preset(output_dir=str(tmp_path)).trainer
+        assert trainer.nnodes is None and trainer.gpus_per_node is None
+    with pytest.raises(ConfigError, match="still 'what the cluster has'"):
+        ppo.to_verl_overrides(ppo.ppo_gsm8k_llama1b(output_dir=str(tmp_path)))
+
+
+def test_dotted_overrides_reach_verl(model_dir, tmp_path):
+    cfg = ppo.apply_overrides(seed_ppo(model_dir, tmp_path), [
+        "ppo.algorithm.name=grpo", "ppo.rollout.n=8", "rollout.tensor_parallel_size=2", "ppo.actor.lr=3e-6",
+        "ppo.trainer.total_steps=20", "ppo.trainer.loggers=[console]", "ppo.reward.function=my_mod:score"])
+    c = composed(cfg)
+    assert (c.algorithm.adv_estimator, c.actor_rollout_ref.rollout.n) == ("grpo", 8)
+    assert c.actor_rollout_ref.rollout.tensor_model_parallel_size == 2
+    assert (c.actor_rollout_ref.actor.optim.lr, c.trainer.total_training_steps) == (3e-6, 20)
+    assert list(c.trainer.logger) == ["console"]
+    hook = c.reward.custom_reward_function
+    assert (hook.path, hook.name, hook.reward_kwargs.bridge_ray_reward) == (
+        "pkg://bridge_ray.ppo.reward", "compute_score", "my_mod:score")
+
+
+def test_bad_overrides_and_values_are_reported_together(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        ppo.apply_overrides(ppo.ppo_gsm8k_llama1b(), ["ppo.actor.lr=fast", "ppo.rollout.engine=hf", "ppo.nope=1"])
+    assert len(err.value.problems) == 3
+    assert "ppo.rollout.engine='hf' is not one of 'vllm', 'sglang', 'trtllm'" in str(err.value)
+    bad = ppo.apply_overrides(ppo.grpo_gsm8k_llama1b(), [
+        "ppo.rollout.n=1", "ppo.trainer.output_dir=runs/x", "ppo.data.train_batch_size=100"])
+    with pytest.raises(ConfigError) as err:
+        ppo.validate(bad)
+    assert err.value.problems == [
+        "data.train_batch_size=100 must be a multiple of actor.mini_batch_size=64 (prompts per PPO update)",
+        "GRPO needs rollout.n >= 2 samples per prompt (got 1): advantages are relative to the group, so one "
+        "sample gives zero gradient; set ppo.rollout.n=5",
+        "trainer.output_dir='runs/x' must be an absolute path (relative paths land in Ray's unpacked working_dir)",
+    ]
+
+
+def test_verl_own_checks_become_config_errors(model_dir, tmp_path):
+    cfg = ppo.apply_overrides(seed_ppo(model_dir, tmp_path, nnodes=1, gpus_per_node=3), [])
+    with pytest.raises(ConfigError, match="^verl rejects the config: "):
+        composed(cfg)  # 256 prompts do not split over 3 GPUs
+
+
+def test_dry_run_shows_overrides_and_the_cluster_placeholder(model_dir, tmp_path):
+    cfg = ppo.ppo_gsm8k_llama1b(model_dir=model_dir, data_dir=str(tmp_path), output_dir=str(tmp_path / "d"))
+    shown = json.loads(json.dumps(dry_run(cfg, reward="recipes/r.py:score"), default=str))
+    assert shown["verl_validated"] is True
+    assert "trainer.nnodes=1" in shown["verl_overrides"] and "trainer.n_gpus_per_node=1" in shown["verl_overrides"]
+    assert "+reward.custom_reward_function.reward_kwargs.bridge_ray_reward='recipes/r.py:score'" in shown["verl_overrides"]
+    assert shown["notes"] == ["trainer.nnodes / gpus_per_node follow the cluster at run time; shown as 1 node x TP GPUs"]
+
+
+def test_worker_env_adds_verl_ppo_env_under_the_job_env(model_dir, tmp_path, monkeypatch):
+    config = compose(seed_ppo(model_dir, tmp_path))
+    monkeypatch.setenv("NCCL_DEBUG", "INFO")  # as the job's runtime_env would set it in the driver
+    monkeypatch.delenv("VLLM_USE_FLASHINFER_SAMPLER", raising=False)
+    monkeypatch.delenv("VERL_FILE_LOGGER_PATH", raising=False)
+    env = worker_env(seed_ppo(model_dir, tmp_path), config)
+    assert "NCCL_DEBUG" not in env  # the job's value wins: Ray merges the actor's env_vars over the job's
+    assert env["TOKENIZERS_PARALLELISM"] == "true" and env["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
+    assert env["VERL_FILE_LOGGER_PATH"] == str(tmp_path / "run" / "metrics.jsonl")
+    monkeypatch.setenv("VLLM_USE_FLASHINFER_SAMPLER", "1")
+    assert "VLLM_USE_FLASHINFER_SAMPLER" not in worker_env(seed_ppo(model_dir, tmp_path), config)
+
+
+# ---- preflight (pure parts; the cluster parts run in test_ppo_submit.py) -------------------------
+
+
+def node(gpus, cpus, ip="10.0.0.1"):
+    return {"NodeID": ip, "NodeManagerAddress": ip, "Alive": True, "Resources": {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}}
+
+
+def test_no_gpus_says_what_is_needed_and_what_the_cluster_has(tmp_path):
+    cfg = ppo.ppo_gsm8k_llama1b(output_dir=str(tmp_path))
+    with pytest.raises(PreflightError) as err:
+        preflight.resolve_resources(cfg, [node(0, 2)])
+    assert str(err.value).startswith(
+        "PPO needs at least 1 GPU (rollout tensor_parallel_size=1), the cluster has 0 GPUs (1 node, 2 CPUs): "
+        "start the cluster on GPU nodes")
+    assert err.value.exit_code == 2
+    fixed = ppo.apply_overrides(cfg, ["ppo.trainer.nnodes=2", "ppo.trainer.gpus_per_node=8"])
+    with pytest.raises(PreflightError, match=r"^PPO needs 16 GPUs \(ppo.trainer.nnodes=2 x ppo.trainer.gpus_per_node=8\), "
+                                             r"the cluster has 0 GPUs \(2 nodes, 4 CPUs\)"):
+        preflight.resolve_resources(fixed, [node(0, 2), node(0, 2, "10.0.0.2")])
+
+
+def test_nodes_and_gpus_follow_the_cluster(tmp_path):
+    nodes = [node(8, 96), node(4, 96, "10.0.0.2"), node(0, 8, "10.0.0.3")]
+    cfg = preflight.resolve_resources(ppo.ppo_gsm8k_llama1b(output_dir=str(tmp_path)), nodes)
+    assert (cfg.trainer.nnodes, cfg.trainer.gpus_per_node) == (2, 4)
+    assert preflight.resource_problems(cfg, nodes) == []
+
+
+def test_resource_diff_gpus_cpus_and_tp(tmp_path):
+    cfg = ppo.ppo_gsm8k_llama1b(output_dir=str(tmp_path))
+    two_by_eight = ppo.resolve_gpus(cfg, 2, 8)
+    assert preflight.resource_problems(two_by_eight, [node(8, 96), node(4, 96, "10.0.0.2")]) == [
+        "PPO needs 16 GPUs (2 nodes with 8 each), the cluster has 12 GPUs (2 nodes: 8+4 GPUs, 192 CPUs) with 1 such "
+        "node(s): " + preflight.GPU_NODE_FIX]
+    assert preflight.resource_problems(ppo.resolve_gpus(cfg, 1, 8), [node(8, 16)]) == [
+        "each of the 1 GPU node needs 24 CPUs (verl reserves 3 per GPU), but 10.0.0.1 has 16: give Ray more CPUs "
+        "(`ray start --num-cpus`) or use fewer GPUs per node (ppo.trainer.gpus_per_node)"]
+    tp3 = ppo.apply_overrides(ppo.resolve_gpus(cfg, 1, 8), ["ppo.rollout.tensor_parallel_size=3"])
+    assert preflight.resource_problems(tp3, [node(8, 32)]) == [
+        "rollout tensor_parallel_size=3 does not divide the 8 GPUs per node (each vLLM replica takes TP GPUs of one "
+        "node): set ppo.rollout.tensor_parallel_size to one of 1, 2, 4, 8"]
+
+
+def test_gpu_memory_checks(tmp_path):
+    cfg = ppo.resolve_gpus(ppo.ppo_gsm8k_llama1b(output_dir=str(tmp_path)), 1, 1)
+    busy = {"weights_bytes": 2 * 1_240_000_000, "gpus": [{"index": 0, "total_mib": 81559.0, "used_mib": 30000.0}]}
+    problems = preflight.memory_problems(cfg, "10.0.0.1", busy)
+    assert problems[0] == ("GPU 0 on node 10.0.0.1 has 51559 MiB free of 81559, but rollout.gpu_memory_utilization=0.9 "
+                           "asks vLLM for 73403 MiB: free the GPU (nvidia-smi shows who holds it) or lower "
+                           "ppo.rollout.gpu_memory_utilization")
+    assert len(problems) == 1  # the state, 1.24B params x (16 x 2 + 4) B = 41.6 GiB, fits in 80 GB
+    big = dict(busy, weights_bytes=2 * 8_000_000_000, gpus=[dict(busy["gpus"][0], used_mib=0.0)])
+    assert preflight.memory_problems(cfg, "n", big)[0].startswith("training state needs ~268.2 GiB per GPU (actor + critic")
+    assert preflight.memory_problems(cfg, "n", {"weights_bytes": 1, "gpus": []}) == []  # no nvidia-smi: not checked
+
+
+# ---- reward hook ---------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def reward_module(tmp_path, monkeypatch):
+    (tmp_path / "team_rewards.py").write_text(textwrap.dedent("""
+        def ok(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+            return float(solution_str == ground_truth)
+
+        def broken(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+            return 1 / 0
+
+        def wrong_type(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+            return "high"
+    """))
+    monkeypatch.chdir(tmp_path)  # a Ray job's workers run in the working_dir
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reward.load.cache_clear()
+    yield tmp_path
+    sys.modules.pop("team_rewards", None)
+
+
+def test_reward_goes_through_verl_custom_reward_hook(model_dir, tmp_path, reward_module):
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    cfg = ppo.apply_overrides(seed_ppo(model_dir, tmp_path), ["ppo.reward.function=team_rewards:ok"])
+    score = get_custom_reward_fn(compose(cfg))  # exactly how verl's reward workers load it
+    assert score(data_source="openai/gsm8k", solution_str="42", ground_truth="42", extra_info={"index": 1}) == 1.0
+    file_spec = ppo.apply_overrides(cfg, ["ppo.reward.function=team_rewards.py:ok"])
+    assert get_custom_reward_fn(compose(file_spec))(data_source="d", solution_str="1", ground_truth="2") == 0.0
+
+
+def test_reward_that_raises_fails_with_its_traceback_and_sample(reward_module):
+    with pytest.raises(reward.RewardFailed) as err:
+        reward.compute_score("openai/gsm8k", "x", "1", {"split": "train", "index": 17}, bridge_ray_reward="team_rewards:broken")
+    text = str(err.value)
+    assert text.startswith("[bridge-ray reward failure] reward team_rewards:broken raised on sample "
+                           "split=train index=17 data_source=openai/gsm8k:\nTraceback (most recent call last):")
+    assert "return 1 / 0" in text and "ZeroDivisionError: division by zero" in text
+    nested = f"ray::RewardLoopWorker.compute_score()\n  File x\nbridge_ray.ppo.reward.RewardFailed: {text}\n\nouter frames"
+    assert reward.failure_from(nested).startswith("reward team_rewards:broken raised on sample split=train index=17")
+    assert reward.failure_from(nested).endswith("ZeroDivisionError: division by zero")
+
+
+def test_reward_that_returns_a_non_number_fails(reward_module):
+    with pytest.raises(reward.RewardFailed) as err:
+        reward.compute_score("d", "x", "1", {"split": "test", "index": 3}, bridge_ray_reward="team_rewards:wrong_type")
+    assert str(err.value) == (
+        "[bridge-ray reward failure] reward team_rewards:wrong_type returned 'high' for sample split=test index=3 "
+        "data_source=d: it must return a finite number (or a dict with a numeric 'score') [end of reward failure]")
+    assert err.value.exit_code == 1
+
+
+def test_reward_functions_become_specs_and_shipped_code(reward_module, tmp_path_factory):
+    import team_rewards
+
+    assert reward.describe(team_rewards.ok, working_dir=reward_module) == ("team_rewards:ok", [])
+    outside = tmp_path_factory.mktemp("elsewhere")
+    assert reward.describe(team_rewards.ok, working_dir=outside) == (
+        "team_rewards:ok", [str(reward_module / "team_rewards.py")])
+    assert reward.describe(reward.gsm8k_digit_bonus) == ("bridge_ray.ppo.reward:gsm8k_digit_bonus", [])
+    assert reward.describe("pkg.mod:fn") == ("pkg.mod:fn", [])
+    with pytest.raises(ConfigError, match="must be a module-level function"):
+        reward.describe(lambda **kw: 0.0)
+
+
+# ---- SFT -> PPO stage records --------------------------------------------------------------------
+
+
+def test_pipeline_skips_finished_stages_and_refuses_changed_ones(tmp_path):
+    calls = []
+
+    def train(name):
+        def run():
+            calls.append(name)
+            (tmp_path / name / "hf").mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / "hf" / "config.json").write_text("{}")
+            return tmp_path / name / "hf"
+        return run
+
+    cfg = ppo.ppo_gsm8k_llama1b(output_dir=str(tmp_path / "ppo"))
+    first = pipeline._stage(tmp_path, "ppo", cfg, train("ppo"))
+    again = pipeline._stage(tmp_path, "ppo", cfg, train("ppo"))
+    assert calls == ["ppo"] and first == again and first.output == str(tmp_path / "ppo" / "hf")
+    changed = dataclasses.replace(cfg, actor=dataclasses.replace(cfg.actor, lr=5e-6))
+    with pytest.raises(ConfigError, match=r"^stage ppo in .* finished with another config"):
+        pipeline._stage(tmp_path, "ppo", changed, train("ppo"))
+    sft_cfg, ppo_cfg = pipeline.plan(ppo.ppo_gsm8k_llama1b(), cfg, tmp_path)  # any config with trainer.output_dir
+    assert ppo_cfg.model.path == str(tmp_path / "sft" / "hf") and ppo_cfg.trainer.output_dir == str(tmp_path / "ppo")

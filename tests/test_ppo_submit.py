@@ -1,0 +1,178 @@
+"""PPO/GRPO recipes submitted for real to local Ray clusters, up to where a GPU would be needed.
+
+A PPO step needs a GPU rollout engine, so on CPU these check the launch path: the fail-fast
+resource preflight (a cluster without GPUs, and one that declares 2 fake GPUs so the later
+checks are reached: rollout TP, engine, paths), env propagation into the actors verl starts,
+the recipes' dry run, and the SFT -> PPO chain up to the PPO preflight, rerun skipping SFT.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.integration
+
+# Big ignored folders some checkouts hold beside the code (wheelhouses); never part of a job.
+EXCLUDES = ("--exclude", ".gpu", "--exclude", ".gl")
+NO_GPU_MESSAGE = ("error: PPO needs at least 1 GPU (rollout tensor_parallel_size=1), the cluster has 0 GPUs "
+                  "(1 node, 2 CPUs): start the cluster on GPU nodes")
+
+
+def submit(cluster: str, recipe: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return run_cli("submit", recipe, "--name", cluster, *EXCLUDES, "--follow", "--", *args, timeout=timeout)
+
+
+def job_leftovers(cluster: str, output: str) -> list[dict]:
+    """Actors and placement groups of the job in ``output`` that are still alive on the cluster."""
+    import bridge_ray
+    from bridge_ray import records
+    from bridge_ray.cluster.auth import auth_env
+
+    submission_id = output.split("submitted ", 1)[1].split()[0]
+    job_id = bridge_ray.Job(submission_id, cluster).info().job_id
+    record = records.load(cluster)
+    env = dict(os.environ, **auth_env(record))
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    alive = []
+    for kind, live in (("actors", ("ALIVE", "PENDING_CREATION", "RESTARTING")), ("placement-groups", ("CREATED", "PENDING"))):
+        out = subprocess.run([ray, "list", kind, "--address", record.dashboard_url, "--format", "json", "--limit", "1000"],
+                             env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+        owner = "job_id" if kind == "actors" else "creator_job_id"
+        rows = [] if out.startswith("No resource") else json.loads(out)
+        alive += [row for row in rows if row.get(owner) == job_id and row["state"] in live]
+    return alive
+
+
+@pytest.fixture(scope="module")
+def fake_gpu_cluster():
+    """A local head that declares 2 GPUs (no real ones) and 8 CPUs: the checks after the GPU count run."""
+    import bridge_ray
+
+    bridge_ray.up("ppo-gpu", num_cpus=8, num_gpus=2)
+    yield "ppo-gpu"
+    bridge_ray.down("ppo-gpu")
+
+
+@pytest.fixture(scope="module")
+def rl_paths(tmp_path_factory):
+    """A model folder and RL parquets that pass the path checks (the engine check comes first)."""
+    root = tmp_path_factory.mktemp("ppo-paths")
+    (root / "model").mkdir()
+    (root / "model" / "config.json").write_text("{}")
+    for name in ("rl_train.parquet", "rl_val.parquet"):
+        (root / name).write_bytes(b"")
+    return root
+
+
+def test_ppo_recipe_on_a_cluster_without_gpus_fails_fast(local_cluster):
+    import time
+
+    start = time.monotonic()
+    out = submit("ci", "recipes/ppo_gsm8k.py")
+    elapsed = time.monotonic() - start
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert NO_GPU_MESSAGE in out.stdout + out.stderr
+    assert "Job entrypoint command failed with exit code 2" in out.stderr
+    assert elapsed < 90
+    assert job_leftovers("ci", out.stdout) == []
+
+
+def test_tp_that_does_not_divide_the_gpus(fake_gpu_cluster):
+    out = submit(fake_gpu_cluster, "recipes/grpo_gsm8k.py", "ppo.rollout.tensor_parallel_size=4")
+    assert out.returncode == 1
+    assert ("error: rollout tensor_parallel_size=4 does not divide the 2 GPUs per node (each vLLM replica takes TP "
+            "GPUs of one node): set ppo.rollout.tensor_parallel_size to one of 1, 2") in out.stdout
+    assert "exit code 2" in out.stderr
+
+
+def test_missing_rollout_engine(fake_gpu_cluster, rl_paths):
+    out = submit(fake_gpu_cluster, "recipes/ppo_gsm8k.py", f"ppo.model.path={rl_paths / 'model'}",
+                 f"ppo.data.train_files=[{rl_paths / 'rl_train.parquet'}]",
+                 f"ppo.data.val_files=[{rl_paths / 'rl_val.parquet'}]", f"ppo.trainer.output_dir={rl_paths / 'out'}")
+    assert out.returncode == 1
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("error: "))
+    assert line.startswith("error: on node ")
+    assert re.search(r": rollout engine vllm is not importable \(python \S+/python3?\): install it with "
+                     r"`pip install 'bridge-ray\[gpu\]' \(vllm==0.24.0\)` on every GPU node, or choose another with "
+                     r"ppo.rollout.engine=vllm\|sglang\|trtllm$", line), line
+    assert line.count("; on node") == 0  # the only problem
+
+
+def test_missing_model_and_data_paths(fake_gpu_cluster, tmp_path):
+    out = submit(fake_gpu_cluster, "recipes/ppo_gsm8k.py", f"ppo.model.path={tmp_path / 'nope'}",
+                 f"ppo.data.train_files=[{tmp_path / 'train.parquet'}]", f"ppo.trainer.output_dir={tmp_path / 'run'}")
+    assert out.returncode == 1
+    assert f"model.path {tmp_path / 'nope'} has no config.json (a local Hugging Face model folder is needed)" in out.stdout
+    assert f"data.train_files: {tmp_path / 'train.parquet'} is missing or unreadable" in out.stdout
+
+
+ENV_PROBE = textwrap.dedent('''
+    """Stands in for verl's TaskRunner: an actor started with bridge-ray's runtime_env starts a worker
+    actor with its own env_vars (as verl's worker groups do), which reports what it sees."""
+    import json, os, ray
+    from bridge_ray import ppo
+    from bridge_ray.ppo.run import compose, connect, worker_env
+
+    KEYS = ("NCCL_DEBUG", "TOKENIZERS_PARALLELISM", "VLLM_USE_FLASHINFER_SAMPLER", "VLLM_LOGGING_LEVEL", "RANK",
+            "VERL_FILE_LOGGER_PATH")
+
+    @ray.remote(num_cpus=0)
+    class Worker:
+        def env(self):
+            return {k: os.environ.get(k) for k in KEYS}
+
+    @ray.remote(num_cpus=0)
+    class Runner:
+        def run(self):
+            worker = Worker.options(runtime_env={"env_vars": {"RANK": "0"}}).remote()
+            return ray.get(worker.env.remote())
+
+    cfg = ppo.resolve_gpus(ppo.tiny_gsm8k("grpo", "/m", "/t.parquet", None, "/tmp/run"), 1, 1)
+    connect()
+    env = worker_env(cfg, compose(cfg))
+    print("ADDED=" + json.dumps(sorted(env)))
+    print("SEEN=" + json.dumps(ray.get(Runner.options(runtime_env={"env_vars": env}).remote().run.remote())))
+''')
+
+
+def test_verl_ppo_env_reaches_the_actors_verl_starts(local_cluster, tmp_path):
+    (tmp_path / "env_probe.py").write_text(ENV_PROBE)
+    out = run_cli("submit", str(tmp_path / "env_probe.py"), "--name", "ci", "--env", "NCCL_DEBUG=INFO", "--follow",
+                  timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    added = json.loads(out.stdout.split("ADDED=", 1)[1].splitlines()[0])
+    seen = json.loads(out.stdout.split("SEEN=", 1)[1].splitlines()[0])
+    assert "NCCL_DEBUG" not in added  # set by the job: verl's default is dropped, no conflict
+    assert seen == {"NCCL_DEBUG": "INFO", "TOKENIZERS_PARALLELISM": "true", "VLLM_USE_FLASHINFER_SAMPLER": "0",
+                    "VLLM_LOGGING_LEVEL": "WARN", "RANK": "0", "VERL_FILE_LOGGER_PATH": "/tmp/run/metrics.jsonl"}
+
+
+def test_recipe_dry_run_needs_no_cluster():
+    out = subprocess.run([sys.executable, "recipes/ppo_gsm8k.py", "--dry-run", "ppo.trainer.nnodes=2",
+                          "ppo.trainer.gpus_per_node=8"], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout[out.stdout.index("{\n"):])
+    assert "trainer.nnodes=2" in shown["verl_overrides"] and "trainer.n_gpus_per_node=8" in shown["verl_overrides"]
+    assert "algorithm.adv_estimator=gae" in shown["verl_overrides"] and shown["notes"][0].startswith("verl's validate")
+
+
+def test_sft_then_ppo_runs_sft_then_stops_at_the_ppo_preflight_and_rerun_skips_sft(local_cluster, tmp_path):
+    args = ("--tiny", str(tmp_path / "assets"), "--run-dir", str(tmp_path / "run"))
+    first = submit("ci", "recipes/sft_then_ppo.py", *args, timeout=400)
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "[bridge-ray] stage sft: starting" in first.stdout and NO_GPU_MESSAGE in first.stdout
+    stages = json.loads((tmp_path / "run" / "stages.json").read_text())
+    assert list(stages) == ["sft"] and stages["sft"]["output"] == str(tmp_path / "run" / "sft" / "hf")
+    assert (tmp_path / "run" / "sft" / "hf" / "config.json").is_file()
+    again = submit("ci", "recipes/sft_then_ppo.py", *args)
+    assert again.returncode == 1
+    assert f"[bridge-ray] stage sft: finished before ({tmp_path / 'run' / 'sft' / 'hf'}); skipping" in again.stdout
+    assert "stage sft: starting" not in again.stdout and NO_GPU_MESSAGE in again.stdout

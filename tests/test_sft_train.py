@@ -1,0 +1,168 @@
+"""Integration tier: real Ray, real verl SFT on CPU with a tiny Llama (2 cores, ~3 minutes).
+
+    .venv/bin/python -m pytest tests/test_sft_train.py -q -x
+
+Ray runs in-process (``ray.init(num_cpus=2)``) with auth off explicitly; the 2-node test
+shuts it down and uses ``ray.cluster_utils.Cluster`` with 1 CPU per node, which forces
+one worker onto each node. Tests run in file order; the 2-node test is last.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bridge_ray import sft
+from bridge_ray.errors import ConfigError, PreflightError
+from bridge_ray.platforms import cpu_env
+from bridge_ray.sft.preflight import preflight
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sft_helpers import build_assets, losses_from_log, losses_from_metrics  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict[str, str]:
+    return build_assets(tmp_path_factory.mktemp("sft-assets"))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def tiny(assets, output_dir, *overrides) -> sft.SFTConfig:
+    cfg = sft.sft_tiny_cpu(assets["model_dir"], assets["train"], assets["val"], str(output_dir))
+    return sft.apply_overrides(cfg, list(overrides))
+
+
+@pytest.fixture(scope="module")
+def ray_run(assets, local_ray, tmp_path_factory) -> sft.SFTResult:
+    """One 2-worker run on one node, shared by the tests that only read its outputs."""
+    return sft.fit(tiny(assets, tmp_path_factory.mktemp("sft-run") / "run"))
+
+
+def test_two_workers_match_torchrun(ray_run, assets, tmp_path):
+    cfg = tiny(assets, tmp_path / "torchrun")
+    env = {**os.environ, **cpu_env()}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "verl.trainer.sft_trainer",
+         *sft.to_verl_overrides(cfg)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = losses_from_log(proc.stdout)
+    got = losses_from_metrics(ray_run.output_dir / "metrics.json")
+    assert sorted(expected) == list(range(1, 7))
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_run_writes_config_metrics_and_steps(ray_run):
+    out = ray_run.output_dir
+    assert (out / "config.json").is_file() and (out / "verl_config.json").is_file()
+    history = ray_run.metrics["history"]
+    assert [row["step"] for row in history] == list(range(1, 7))
+    assert all(row["tokens_per_s"] > 0 and row["lr"] == pytest.approx(1e-3) for row in history)
+    assert history[2]["val_loss"] is not None and ray_run.metrics["final"]["step"] == 6
+
+
+def test_merged_checkpoint_loads_and_generates(ray_run):
+    from bridge_ray.checkpoints import check_hf_model, latest_checkpoint
+
+    assert ray_run.checkpoint.name == "global_step_6"
+    assert latest_checkpoint(ray_run.output_dir / "checkpoints") == ray_run.checkpoint
+    assert (ray_run.hf_model / "model.safetensors").is_file()
+    assert check_hf_model(ray_run.hf_model, max_new_tokens=4)
+
+
+def test_killed_worker_resumes_from_checkpoint(ray_run, assets, tmp_path, monkeypatch):
+    monkeypatch.setenv("BRIDGE_RAY_TEST_KILL_AT_STEP", "5")
+    result = sft.fit(tiny(assets, tmp_path / "killed", "trainer.max_failures=1"))
+    assert (tmp_path / "killed" / ".test_kill_done").is_file()
+    # steps 1-4 from the first attempt, then 4-6 again after resuming from global_step_3
+    assert result.metrics["attempts_steps"] == [1, 2, 3, 4, 4, 5, 6]
+    assert result.checkpoint.name == "global_step_6"
+    uninterrupted = losses_from_metrics(ray_run.output_dir / "metrics.json")
+    assert losses_from_metrics(result.output_dir / "metrics.json") == pytest.approx(uninterrupted, rel=1e-6)
+
+
+def test_preflight_missing_model(assets, local_ray, tmp_path):
+    cfg = tiny(assets, tmp_path / "out", f"model.path={tmp_path}/nope")
+    with pytest.raises(PreflightError, match=rf"^on node [0-9.]+: model.path {tmp_path}/nope has no config.json "
+                                             r"\(a local Hugging Face model folder is needed\)$"):
+        preflight(cfg)
+
+
+def test_preflight_missing_data(assets, local_ray, tmp_path):
+    cfg = tiny(assets, tmp_path / "out", f"data.val_files=[{tmp_path}/val.parquet]")
+    with pytest.raises(PreflightError, match=rf"^on node [0-9.]+: data.val_files: {tmp_path}/val.parquet is "
+                                             r"missing or unreadable$"):
+        preflight(cfg)
+
+
+def test_preflight_output_not_writable(assets, local_ray, tmp_path):
+    (tmp_path / "file").write_text("")
+    cfg = tiny(assets, tmp_path / "file" / "run")
+    with pytest.raises(PreflightError, match=rf"^on node [0-9.]+: trainer.output_dir {tmp_path}/file/run is not "
+                                             r"writable: Not a directory$"):
+        preflight(cfg)
+
+
+def test_preflight_too_many_workers(assets, local_ray, tmp_path):
+    cfg = tiny(assets, tmp_path / "out", "workers.num_workers=4")
+    with pytest.raises(PreflightError, match=r"^4 workers x \(1 CPU, 0 GPU\) do not fit: the cluster has 2 CPU "
+                                             r"and 0 GPU on 1 node\(s\), room for 2 worker\(s\)"):
+        preflight(cfg)
+
+
+def test_preflight_bad_batch(assets, local_ray, tmp_path):
+    cfg = tiny(assets, tmp_path / "out", "data.micro_batch_size_per_worker=16")
+    with pytest.raises(ConfigError, match=r"data.micro_batch_size_per_worker=16 is larger than the per-worker "
+                                          r"batch 4"):
+        preflight(cfg)
+
+
+def test_preflight_data_schema(assets, local_ray, tmp_path):
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"text": ["a", "b"]}).to_parquet(bad)
+    cfg = tiny(assets, tmp_path / "out", f"data.train_files=[{bad}]")
+    with pytest.raises(ConfigError, match=str(bad)) as err:
+        preflight(cfg)
+    assert "messages" in str(err.value)
+
+
+def test_preflight_too_few_rows(assets, local_ray, tmp_path):
+    cfg = tiny(assets, tmp_path / "out", "data.global_batch_size=1024", "data.micro_batch_size_per_worker=2")
+    rows = len(pd.read_parquet(assets["train"]))
+    with pytest.raises(ConfigError, match=rf"data.train_files: {assets['train']} has {rows} rows, fewer than "
+                                          r"data.global_batch_size=1024: no step could run"):
+        preflight(cfg)
+
+
+def test_one_worker_on_each_of_two_nodes(ray_run, assets, tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        ray.init(address=cluster.address)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        result = sft.fit(tiny(assets, tmp_path / "two-nodes"))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    uninterrupted = losses_from_metrics(ray_run.output_dir / "metrics.json")
+    assert losses_from_metrics(result.output_dir / "metrics.json") == pytest.approx(uninterrupted, rel=1e-6)

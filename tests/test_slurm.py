@@ -1,0 +1,188 @@
+"""``bridge-ray up --slurm`` against a real SLURM (several slurmd on 127.0.0.1).
+
+Needs: ``bash tests/slurm/slurm-ci.sh up local 2`` (as root; ``make test`` does it).
+Every test ends with nothing allocated and no Ray process of its jobs left.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import bridge_ray
+from bridge_ray import records, walltime
+from bridge_ray.cluster import processes, slurm
+from bridge_ray.errors import SlurmError
+from conftest import run_cli
+
+pytestmark = pytest.mark.slurm
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def real_slurm():
+    """Fail (never skip) when SLURM is not up."""
+    try:
+        idle = subprocess.run(["sinfo", "-h", "-N", "-p", "debug", "-o", "%T"], capture_output=True, text=True,
+                              timeout=20).stdout.split().count("idle")
+    except (OSError, subprocess.TimeoutExpired):
+        idle = -1
+    if idle < 2:
+        pytest.fail(f"these tests need a real SLURM with 2 idle nodes (found {max(idle, 0)}): "
+                    "run `bash tests/slurm/slurm-ci.sh up local 2` (as root) first")
+
+
+@pytest.fixture(autouse=True)
+def nothing_left():
+    """After each test: no allocation of bridge-ray's left, even when the test failed half-way."""
+    yield
+    left = _active_jobs()
+    for record in records.list_records():
+        if record.backend == "slurm":
+            bridge_ray.down(record.name)
+    assert left == [] and _active_jobs() == []
+
+
+@pytest.fixture(scope="module")
+def hello(tmp_path_factory) -> str:
+    """recipes/hello_cluster.py in a folder of its own: a small working_dir to upload."""
+    folder = tmp_path_factory.mktemp("hello")
+    (folder / "hello_cluster.py").write_text((REPO / "recipes" / "hello_cluster.py").read_text())
+    return str(folder / "hello_cluster.py")
+
+
+def _active_jobs() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-t", "PD,CF,R,CG", "-o", "%j"], capture_output=True, text=True).stdout
+    return [j for j in out.split() if j.startswith("bridge-ray-")]
+
+
+def _ray_pids(record: records.ClusterRecord) -> list[int]:
+    return processes.find_pids(f"/tmp/bridge-ray-{os.getuid()}/slurm-{record.slurm['job_id']}")
+
+
+def _assert_gone(record: records.ClusterRecord) -> None:
+    assert slurm.squeue(record.slurm["job_id"])[0] not in slurm.ACTIVE
+    assert _ray_pids(record) == []
+    assert not records.record_path(record.name).exists()
+
+
+def _submit(recipe: str, name: str, *args: str) -> str:
+    out = run_cli("submit", recipe, "--name", name, "--follow", "--", *args)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_cli_one_node_up_submit_down(hello):
+    out = run_cli("up", "--slurm", "--name", "one", "--cpus-per-task", "1", "--time", "10")
+    assert out.returncode == 0, out.stdout + out.stderr
+    phases = [line.split()[1] for line in out.stdout.splitlines() if re.match(r"\d\d:\d\d:\d\d ", line)]
+    assert phases[0] == "submitted" and phases[-1] == "ready"
+    assert {"allocated", "head", "joined"} <= set(phases)
+    assert "joined     1/1 nodes" in out.stdout
+    record = records.load("one")
+    assert f"SLURM job {record.slurm['job_id']}: RUNNING" in out.stdout
+    assert record.dashboard_url.startswith("http://127.0.0.1:")
+    assert 20000 <= record.ports["port"] < 32768
+    seen = _submit(hello, "one", "--show", walltime.DEADLINE_ENV, "--show", walltime.VERL_ENV)
+    deadline = int(re.search(rf"{walltime.DEADLINE_ENV}=(\d+)", seen).group(1))
+    assert abs(deadline - (time.time() + 600)) < 120
+    assert f"{walltime.VERL_ENV}={deadline - int(walltime.SAFETY_MARGIN_S)}" in seen
+    down = run_cli("down", "--name", "one")
+    assert down.stdout.strip() == "cluster 'one' is down"
+    _assert_gone(record)
+
+
+def test_two_nodes_one_cpu_worker_each(hello):
+    record = bridge_ray.up("two", slurm=dict(nodes=2, cpus_per_task=1))
+    assert record.slurm["nodes"] == ["n1", "n2"]
+    st = bridge_ray.status("two")
+    labels = sorted(n["labels"][slurm.slurm_node.NODE_LABEL] for n in st.nodes if n["state"] == "ALIVE")
+    assert labels == ["n1", "n2"]
+    seen = _submit(hello, "two")
+    assert "cluster: 2 node(s), CPU 2" in seen
+    bridge_ray.down("two")
+    _assert_gone(record)
+
+
+def test_two_clusters_side_by_side(hello):
+    names = ("side-a", "side-b")
+    with ThreadPoolExecutor(2) as pool:  # two allocations brought up at once, on the same node if SLURM likes
+        a, b = pool.map(lambda name: bridge_ray.up(name, slurm=dict(cpus_per_task=1)), names)
+        assert a.slurm["job_id"] != b.slurm["job_id"]
+        assert a.ports["port"] != b.ports["port"] and a.temp_dir != b.temp_dir
+        assert all("SUCCEEDED" in out for out in pool.map(lambda name: _submit(hello, name), names))
+    bridge_ray.down("side-a")
+    _assert_gone(a)
+    assert bridge_ray.status("side-b").alive
+    bridge_ray.down("side-b")
+    _assert_gone(b)
+
+
+def test_unknown_partition():
+    out = run_cli("up", "--slurm", "--name", "nopart", "--partition", "nope")
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("error: SLURM has no partition 'nope' (Batch job submission failed: Invalid "
+                                  "partition name specified): pick one of debug, acct (`sinfo -s`)")
+    assert _active_jobs() == []
+
+
+def test_unknown_account_is_cancelled():
+    with pytest.raises(SlurmError, match=r"^SLURM will never start job \d+: Job's account not known, so it can't "
+                       r"use this partition \(acct allows ci\) \(asked nodes=1, partition=acct, account=nope\): "
+                       r"fix the request \(`sinfo -s` lists partitions and limits\); cancelled the job$"):
+        bridge_ray.up("noacct", slurm=dict(partition="acct", account="nope"))
+    assert _active_jobs() == []
+
+
+def test_still_pending_after_wait_is_cancelled_or_kept():
+    later = ("--begin=now+600",)
+    with pytest.raises(SlurmError, match=r"^SLURM job \d+ was still pending after 2 s \(BeginTime\): cancelled it; "
+                       r"wait longer with --wait SECONDS, or keep it queued with --keep-pending$"):
+        bridge_ray.up("pend", slurm=dict(sbatch_args=later, wait_s=2))
+    assert _active_jobs() == []
+    assert not records.record_path("pend").exists()
+    with pytest.raises(SlurmError, match=r"^SLURM job \d+ is still pending after 2 s \(BeginTime\); kept it: "
+                       r"`bridge-ray status --name keep` shows when it is up, `bridge-ray down --name keep` cancels it$"):
+        bridge_ray.up("keep", slurm=dict(sbatch_args=later, wait_s=2, keep_pending=True))
+    assert _active_jobs() == ["bridge-ray-keep"]
+    assert bridge_ray.status("keep").slurm_state.startswith("PENDING (BeginTime)")
+    bridge_ray.down("keep")
+    assert _active_jobs() == []
+
+
+def test_node_that_never_joins_is_named_and_cancelled():
+    folder = records.cluster_dir("hang")
+    folder.mkdir(parents=True, exist_ok=True)
+    # A node whose setup hangs: the profile is sourced on each node before `ray start`.
+    (folder / "profile.env").write_text('if [ "${SLURMD_NODENAME:-}" = n2 ]; then sleep 600; fi\n')
+    with pytest.raises(SlurmError, match=r"^node\(s\) n2 did not join the Ray cluster within 15 s of the head "
+                       r"\(1/2 nodes joined\): cancelled SLURM job (\d+); logs kept in .*/slurm-\1\.out$") as err:
+        bridge_ray.up("hang", slurm=dict(nodes=2, cpus_per_task=1, join_timeout_s=15))
+    job_id = re.search(r"job (\d+);", str(err.value)).group(1)
+    assert _active_jobs() == [] and (folder / f"slurm-{job_id}.out").exists()
+    assert not records.record_path("hang").exists()
+
+
+def test_head_dying_later_shows_in_status():
+    record = bridge_ray.up("dies", slurm=dict(cpus_per_task=1))
+    log = Path(record.slurm["log"])
+    while "will now block forever" not in log.read_text():  # the head's `ray start` has finished
+        time.sleep(0.2)
+    gcs = [p for p in _ray_pids(record) if b"gcs_server" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    os.kill(gcs[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while slurm.squeue(record.slurm["job_id"])[0] in slurm.ACTIVE and time.monotonic() < deadline:
+        time.sleep(0.2)
+    st = bridge_ray.status("dies")
+    assert not st.alive
+    assert st.slurm_state == (f"FAILED: the allocation has ended, so this record is stale (logs: {log}); "
+                              "clear it with `bridge-ray down --name dies`")
+    assert "STALE" in run_cli("status", "--name", "dies").stdout
+    bridge_ray.down("dies")
+    _assert_gone(record)
