@@ -20,8 +20,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 def home_dir() -> Path:
-    """The bridge-ray home: ``$BRIDGE_RAY_HOME`` or ``~/.bridge-ray``."""
-    return Path(os.environ.get("BRIDGE_RAY_HOME") or Path.home() / ".bridge-ray")
+    """The bridge-ray home, absolute: ``$BRIDGE_RAY_HOME`` or ``~/.bridge-ray``."""
+    return Path(os.environ.get("BRIDGE_RAY_HOME") or Path.home() / ".bridge-ray").expanduser().absolute()
 
 
 def check_name(name: str) -> str:

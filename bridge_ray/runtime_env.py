@@ -107,11 +107,20 @@ def check_package_size(root: Path, excludes: tuple[str, ...] = DEFAULT_EXCLUDES,
     return total
 
 
+def gitignore_patterns(root: Path) -> tuple[str, ...]:
+    """Patterns of ``root/.gitignore``, which Ray's packaging also leaves out (negations ignored)."""
+    path = root / ".gitignore"
+    if not path.is_file():
+        return ()
+    lines = (line.strip() for line in path.read_text(errors="replace").splitlines())
+    return tuple(line.strip("/") for line in lines if line and not line.startswith(("#", "!")))
+
+
 def build(recipe: Path, env: dict[str, str], profile_env: dict[str, str] | None = None,
           excludes: tuple[str, ...] = ()) -> dict:
     """The job's runtime_env: working_dir + excludes + env_vars (profile < allow-listed env < --env)."""
     root = project_dir(recipe)
     all_excludes = DEFAULT_EXCLUDES + tuple(excludes)
-    check_package_size(root, all_excludes)
+    check_package_size(root, all_excludes + gitignore_patterns(root))
     env_vars = {**(profile_env or {}), **allowed_env(), "PYTHONUNBUFFERED": "1", **env}
     return {"working_dir": str(root), "excludes": list(all_excludes), "env_vars": env_vars}

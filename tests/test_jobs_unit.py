@@ -104,3 +104,17 @@ def test_apply_overrides_types_and_collected_errors():
         "unknown key 'nope': _Outer has inner, path, steps",
         "override 'inner.lr' has no '=': write key=value, e.g. x.lr=1e-5",
     ]
+
+
+def test_gitignored_paths_do_not_count_toward_the_upload(tmp_path):
+    (tmp_path / ".gitignore").write_text("# build outputs\n/.gpu/\n*.tar.xz\n!keep.tar.xz\n")
+    (tmp_path / ".gpu").mkdir()
+    (tmp_path / ".gpu" / "wheels.bin2").write_bytes(b"0" * 4096)
+    (tmp_path / "big.tar.xz").write_bytes(b"0" * 4096)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    assert runtime_env.gitignore_patterns(tmp_path) == (".gpu", "*.tar.xz")
+    recipe = tmp_path / "code.py"
+    (tmp_path / "pyproject.toml").write_text("")
+    assert runtime_env.build(recipe, {})["working_dir"] == str(tmp_path)
+    # code.py (6 bytes) + .gitignore (45) + pyproject.toml (0): the ignored 8 KiB do not count.
+    assert runtime_env.check_package_size(tmp_path, runtime_env.DEFAULT_EXCLUDES + (".gpu", "*.tar.xz")) == 51

@@ -165,7 +165,8 @@ def test_recipe_dry_run_needs_no_cluster():
 
 
 def test_sft_then_ppo_runs_sft_then_stops_at_the_ppo_preflight_and_rerun_skips_sft(local_cluster, tmp_path):
-    args = ("--tiny", str(tmp_path / "assets"), "--run-dir", str(tmp_path / "run"))
+    args = ("--tiny", str(tmp_path / "assets"), "--run-dir", str(tmp_path / "run"),
+            "sft.trainer.total_steps=2", "sft.trainer.save_freq=2", "sft.trainer.test_freq=-1")
     first = submit("ci", "recipes/sft_then_ppo.py", *args, timeout=400)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
     assert "[bridge-ray] stage sft: starting" in first.stdout and NO_GPU_MESSAGE in first.stdout

@@ -249,15 +249,6 @@ def test_job_wait_records_how_a_job_ended(local_cluster):
     assert runs.load_run(ok.submission_id).status == "SUCCEEDED"
 
 
-def _sft_records_its_run() -> bool:
-    """Whether ``bridge_ray.sft.fit`` makes the job-side calls (``runs.record_job`` / ``update_run``)."""
-    import inspect
-
-    from bridge_ray.sft import trainer
-
-    return "record_job" in inspect.getsource(trainer)
-
-
 @pytest.fixture(scope="module")
 def sft_job(local_cluster):
     """`recipes/sft_gsm8k.py` submitted with fake secrets in the env (and W&B offline: it is unreachable)."""
@@ -290,8 +281,6 @@ def test_sft_run_record_has_the_submission_and_no_secret(sft_job):
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(not _sft_records_its_run(), strict=True,
-                   reason="bridge_ray.sft.fit does not call runs.record_job / runs.update_run(hf_model=...) yet")
 def test_sft_run_record_has_outputs_and_feeds_export_and_upload(sft_job):
     """What the job records (packages, output dir, steps, merged model), then export and upload from it."""
     from test_hub import FAKE_TOKEN, HubStandIn

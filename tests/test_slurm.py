@@ -98,14 +98,19 @@ def test_cli_one_node_up_submit_down(hello):
     _assert_gone(record)
 
 
-def test_two_nodes_one_cpu_worker_each(hello):
+def test_two_nodes_sft_one_cpu_worker_per_node():
     record = bridge_ray.up("two", slurm=dict(nodes=2, cpus_per_task=1))
     assert record.slurm["nodes"] == ["n1", "n2"]
     st = bridge_ray.status("two")
-    labels = sorted(n["labels"][slurm.slurm_node.NODE_LABEL] for n in st.nodes if n["state"] == "ALIVE")
-    assert labels == ["n1", "n2"]
-    seen = _submit(hello, "two")
-    assert "cluster: 2 node(s), CPU 2" in seen
+    alive = [n for n in st.nodes if n["state"] == "ALIVE"]
+    assert sorted(n["labels"][slurm.slurm_node.NODE_LABEL] for n in alive) == ["n1", "n2"]
+    assert [n["resources_total"]["CPU"] for n in alive] == [1, 1]  # so the 2 SFT workers land one per node
+    # Scratch folders some working trees hold (gitignored) would push the upload over Ray's limit.
+    out = run_cli("submit", str(REPO / "recipes" / "sft_gsm8k.py"), "--name", "two", "--exclude", ".gpu",
+                  "--exclude", ".gl", "--follow", "--", "sft.workers.num_workers=2", "sft.trainer.total_steps=2",
+                  timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "step 2/2 loss" in out.stdout and out.stdout.rstrip().endswith("SUCCEEDED")
     bridge_ray.down("two")
     _assert_gone(record)
 

@@ -39,13 +39,13 @@ def describe(run: lib.RunRecord) -> str:
         f"entrypoint  {run.entrypoint}",
         f"started     {_when(run.start_time)}   ended {_when(run.end_time)}   took {_duration(run)}",
         f"host        {run.host or '-'}",
-        f"packages    " + (", ".join(f"{k} {v}" for k, v in (run.packages or {}).items() if v) or "-"),
+        "packages    " + (", ".join(f"{k} {v}" for k, v in (run.packages or {}).items() if v) or "-"),
         f"output dir  {run.output_dir or '-'}",
         f"last step   {run.last_step if run.last_step is not None else '-'}",
-        f"metrics     " + (", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        "metrics     " + (", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                     for k, v in (run.metrics or {}).items()) or "-"),
         f"hf model    {run.hf_model or '-'}" + "".join(f"\n            step {k}: {v}" for k, v in run.exports.items()),
-        f"wandb       " + (wandb.get("url") or wandb.get("dir") or "-")
+        "wandb       " + (wandb.get("url") or wandb.get("dir") or "-")
         + (f"\n            offline: upload with `{wandb['sync_command']}`" if wandb.get("sync_command") else ""),
         f"hub         {run.hub_url or '-'}",
         f"run dir     {run.run_dir}   (config.json, metrics.json, packages.json, run.json)",

@@ -7,7 +7,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from bridge_ray.cluster import health, processes
@@ -89,8 +88,12 @@ def start(name: str, num_cpus: int | None = None, num_gpus: int | None = None,
     token_path = new_token_file(folder / "auth_token")
     chosen = choose_ports(ports or {})
     # Unix socket paths must stay under ~107 bytes, so the temp dir is short and unique.
-    temp_dir = Path("/tmp") / f"bridge-ray-{os.getuid()}" / f"{name[:20]}-{secrets.token_hex(3)}"
-    temp_dir.mkdir(parents=True)
+    # Private (0700): Ray's logs under it can hold the job's runtime_env, secrets included.
+    temp_root = Path("/tmp") / f"bridge-ray-{os.getuid()}"
+    temp_root.mkdir(mode=0o700, exist_ok=True)
+    temp_root.chmod(0o700)
+    temp_dir = temp_root / f"{name[:20]}-{secrets.token_hex(3)}"
+    temp_dir.mkdir(mode=0o700)
     cmd = [ray_executable(), "start", "--head", f"--node-ip-address={LOOPBACK}",
            f"--dashboard-host={LOOPBACK}", "--include-dashboard=true", f"--temp-dir={temp_dir}",
            "--disable-usage-stats"]

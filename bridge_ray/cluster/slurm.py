@@ -13,7 +13,6 @@ Example:
 """
 from __future__ import annotations
 
-import re
 import shlex
 import shutil
 import subprocess
@@ -50,7 +49,7 @@ def _name_flag(name: str) -> str:
 
 def _check(nodes: int, gpus_per_node: int, cpus_per_task: int | None, wait_s: float, join_timeout_s: float) -> None:
     problems = [f"{flag} must be {low} or more, got {value}" for flag, value, low in (
-        ("--nodes", nodes, 1), ("--gpus-per-node", gpus_per_node, 0), ("--cpus-per-task", cpus_per_task or 1, 1),
+        ("--nodes", nodes, 1), ("--gpus-per-node", gpus_per_node, 0), ("--cpus-per-task", 1 if cpus_per_task is None else cpus_per_task, 1),
         ("--wait", wait_s, 0), ("join_timeout_s", join_timeout_s, 1)) if value < low]
     if problems:
         raise ConfigError(problems)
@@ -129,7 +128,7 @@ def _log_tail(path: Path, lines: int = 5) -> str:
 
 def _follow(name: str, job_id: str, request: dict, progress: Progress) -> ClusterRecord:
     folder, log = slurm_node.job_dir(name, job_id), records.cluster_dir(name) / f"slurm-{job_id}.out"
-    wait_s, join_s = request["wait_s"], request["join_timeout_s"]
+    join_s = request["join_timeout_s"]
     submitted, allocated, seen, last, next_poll = time.monotonic(), None, 0, None, 0.0
     progress("submitted", f"job {job_id} ({records.cluster_dir(name) / 'bootstrap.sbatch'})", time.time())
     while True:

@@ -264,7 +264,9 @@ def run_doctor(name: str = records.DEFAULT_CLUSTER, timeout_s: float = 60.0,
     """Run the doctor on a recorded cluster and save its profile for later nodes and jobs.
 
     The user's ``env`` joins ``overrides.env`` only if the all-reduce passed with it; keys
-    that verl's PPO driver sets itself are never saved.
+    that verl's PPO driver sets itself are never saved. This process becomes a Ray driver of
+    ``record.gcs_address``, so run it where a driver can join: a cluster node (the local
+    head, or inside the SLURM allocation).
 
     Args:
         name: the cluster record to use.

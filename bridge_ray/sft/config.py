@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from bridge_ray.errors import ConfigError
+from bridge_ray.records import home_dir
 
 LOGGERS = ("console", "wandb", "file", "tensorboard")
 
@@ -85,6 +86,9 @@ class TrainerConfig:
     save_freq: int = -1
     # False skips verl's final model/optimizer save and the HF merge (benchmarks, dry runs).
     save_checkpoint: bool = True
+    # Upload the merged model to this Hub repo at the end (needs HF_TOKEN in the job's env).
+    hub_repo_id: Optional[str] = None
+    hub_private: bool = False
     test_freq: int = -1
     resume_mode: Literal["auto", "disable"] = "auto"
     max_failures: int = 0
@@ -103,11 +107,6 @@ class SFTConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-
-
-def home_dir() -> Path:
-    """``$BRIDGE_RAY_HOME`` or ``~/.bridge-ray``, absolute."""
-    return Path(os.environ.get("BRIDGE_RAY_HOME") or Path.home() / ".bridge-ray").expanduser().absolute()
 
 
 def sft_tiny_cpu(model_dir: str, train_file: str, val_file: str | None, output_dir: str) -> SFTConfig:
@@ -304,10 +303,14 @@ def to_verl_overrides(cfg: SFTConfig) -> list[str]:
 
 
 def run_dir(name: str) -> Path:
-    """A fresh absolute run folder ``$BRIDGE_RAY_HOME/runs/<name>-<YYYYmmdd-HHMMSS>`` (not created)."""
+    """A fresh absolute output folder ``$BRIDGE_RAY_HOME/outputs/<name>-<YYYYmmdd-HHMMSS>`` (not created).
+
+    Run records live apart, in ``$BRIDGE_RAY_HOME/runs/<submission_id>``; pass a fixed
+    ``sft.trainer.output_dir`` to resume a run by submitting it again.
+    """
     import time
 
-    return home_dir() / "runs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return home_dir() / "outputs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def parse_args(argv: list[str], default_preset: str) -> tuple[str, list[str]]:

@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge_ray import hub, runs, tracking
 from bridge_ray.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
 from bridge_ray.config import to_dict
 from bridge_ray.errors import BridgeRayError, PreflightError
@@ -151,9 +152,13 @@ def fit(cfg: SFTConfig) -> SFTResult:
     from bridge_ray.sft.preflight import preflight
 
     validate(cfg)
+    project, experiment = tracking.resolve_names(cfg.trainer.project_name, cfg.trainer.experiment_name)
+    cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, project_name=project,
+                                                               experiment_name=experiment))
     connect()
     output_dir = Path(cfg.trainer.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    runs.record_job(output_dir, loggers=cfg.trainer.loggers)
     cfg = prepare_data(cfg)
     preflight(cfg)
     (output_dir / "config.json").write_text(json.dumps(
@@ -173,4 +178,6 @@ def fit(cfg: SFTConfig) -> SFTResult:
     hf_dir = merge_to_hf(checkpoint, output_dir / "hf", env=worker_env(cfg))
     sample = check_hf_model(hf_dir)
     print(f"[bridge-ray] merged {checkpoint} -> {hf_dir}; sample generation: {sample!r}", flush=True)
+    runs.update_run(hf_model=str(hf_dir))
+    hub.upload_after_run(hf_dir, cfg.trainer.hub_repo_id, cfg.trainer.hub_private)
     return SFTResult(output_dir, checkpoint, hf_dir, metrics, sample)

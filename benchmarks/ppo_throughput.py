@@ -1,0 +1,351 @@
+"""PPO/GRPO throughput: the same small-Llama run through bridge-ray and as plain verl ``main_ppo``.
+
+  (a) plain:     ``python -m verl.trainer.main_ppo <overrides>`` (verl starts its own Ray)
+  (b) bridge-ray: ``bridge-ray up`` + ``bridge-ray submit recipes/<algo>_gsm8k.py --follow -- ppo.*=...``
+The overrides of (a) are ``ppo.to_verl_overrides(cfg)``; the ``ppo.*`` arguments of (b) turn the
+recipe's preset into the same ``cfg``, and the job records the overrides it handed verl
+(``<run>/config.json``), which are checked to be identical. Both runs use the same run folder
+(plain first, then moved aside), so even ``trainer.default_local_dir`` matches.
+
+Measured from verl's console lines (``step:N - timing_s/step:... - perf/throughput:...``),
+stamped on arrival: steady-state step time (median of steps 2..N-1: step 1 warms up, step N
+saves the checkpoint), training throughput (verl's ``perf/throughput``, tokens/s/GPU), rollout
+throughput (generated tokens/s, from ``timing_per_token_ms/gen``), actor update throughput,
+time to the first step, peak GPU memory (nvidia-smi).
+
+Model: ``--shape small`` (default) is a random-init Llama of hidden 512, 4 layers, head dim 64
+(the shape verified with vLLM on the GPU host; the demo's ``tiny`` shape has head dim 16, which
+vLLM's FlashAttention backend does not take). Settings: ``ppo.tiny_gsm8k`` (vLLM eager, no
+torch.compile: both only cut startup).
+
+    python benchmarks/ppo_throughput.py --algo grpo --mode both --out OUT      # GPU host
+    python benchmarks/ppo_throughput.py --algo grpo --dry-run --out /tmp/bench  # CPU: all but the verl step
+    python benchmarks/ppo_throughput.py --summarize OUT                          # markdown table of OUT/*.json
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import queue
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bridge_ray import ppo  # noqa: E402
+from bridge_ray.config import apply_overrides  # noqa: E402
+
+STEP_RE = re.compile(r"step:(\d+) - (.*)")
+KV_RE = re.compile(r"([\w/@()\-]+):([-+\d.e]+|nan|inf)(?= - |$)")
+CLUSTER = "ppo-bench"
+EXCLUDES = ["--exclude", ".gpu", "--exclude", ".gl"]
+PRESETS = {"grpo": ppo.grpo_gsm8k_llama1b, "ppo": ppo.ppo_gsm8k_llama1b}
+SMALL = dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+             intermediate_size=1536, head_dim=64, max_position_embeddings=2048)
+
+
+# ---- assets and configs ----------------------------------------------------------------------------
+
+
+def build_assets(work: Path, shape: str) -> dict[str, str]:
+    """Synthetic GSM8K RL parquets + a random-init Llama of ``shape`` with the demo tokenizer (cached)."""
+    from bridge_ray.assets import build_demo_assets
+
+    files = {k: str(v) for k, v in build_demo_assets(work / "assets", shape="tiny" if shape == "small" else shape,
+                                                     num_train=1024, num_val=64).items()}
+    if shape != "small":
+        return files
+    model_dir = work / "assets" / "model-small"
+    if not (model_dir / "config.json").is_file():
+        import torch
+        from transformers import AutoTokenizer, LlamaForCausalLM
+
+        from bridge_ray.assets import llama_config
+
+        tokenizer = AutoTokenizer.from_pretrained(files["model"])
+        config = llama_config("tiny", tokenizer)
+        for key, value in SMALL.items():
+            setattr(config, key, value)
+        torch.manual_seed(0)
+        LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+    files["model"] = str(model_dir)
+    return files
+
+
+def bench_config(algo: str, files: dict, run_dir: Path, steps: int, gpus: int) -> ppo.PPOConfig:
+    cfg = ppo.tiny_gsm8k(algo, files["model"], files["rl_train"], files["rl_val"], str(run_dir), total_steps=steps)
+    return ppo.resolve_gpus(cfg, 1, gpus)
+
+
+def _yaml(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return "[" + ",".join(_yaml(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def recipe_args(base, cfg, prefix: str = "ppo") -> list[str]:
+    """Dotted overrides that turn ``base`` into ``cfg`` (every leaf that differs)."""
+    args = []
+    for f in dataclasses.fields(cfg):
+        a, b = getattr(base, f.name), getattr(cfg, f.name)
+        if dataclasses.is_dataclass(b):
+            args += recipe_args(a, b, f"{prefix}.{f.name}")
+        elif a != b:
+            args.append(f"{prefix}.{f.name}={_yaml(b)}")
+    return args
+
+
+# ---- running and parsing ------------------------------------------------------------------------
+
+
+def stamped_run(cmd: list[str], log: Path, env: dict, timeout_s: float) -> tuple[int, list[tuple[float, str]]]:
+    """Run ``cmd`` in its own process group, writing ``[t=...] line`` to ``log`` as lines arrive.
+
+    Past ``timeout_s`` the whole group is killed (SIGTERM, then SIGKILL), even when it prints nothing.
+    """
+    t0, lines, q = time.time(), [], queue.Queue()
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", start_new_session=True)
+    threading.Thread(target=lambda: [q.put(line) for line in proc.stdout] + [q.put(None)], daemon=True).start()
+    with open(log, "a") as f:
+        f.write(f"$ {shlex.join(cmd)}\n")
+        while True:
+            left = timeout_s - (time.time() - t0)
+            try:
+                line = q.get(timeout=max(0.1, left)) if left > 0 else None
+            except queue.Empty:
+                line = None
+            if line is None:
+                break
+            now = time.time() - t0
+            lines.append((now, line.rstrip("\n")))
+            f.write(f"[t={now:8.2f}] {line}")
+            f.flush()
+        if proc.poll() is None:
+            f.write(f"[t={time.time() - t0:8.2f}] benchmark: timeout {timeout_s:.0f}s, killing the process group\n")
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=20)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+    return proc.wait(), lines
+
+
+def parse_steps(lines: list[tuple[float, str]]) -> list[dict]:
+    """verl's per-step console metrics, first occurrence of each step (Ray may echo a line twice)."""
+    steps = {}
+    for t, line in lines:
+        m = STEP_RE.search(line)
+        if not m or "timing_s/step" not in line or int(m.group(1)) in steps:
+            continue
+        metrics = {k: float(v) for k, v in KV_RE.findall(m.group(2))}
+        steps[int(m.group(1))] = {"step": int(m.group(1)), "t": t, **metrics}
+    return [steps[k] for k in sorted(steps)]
+
+
+def summarize(steps: list[dict], cfg: ppo.PPOConfig) -> dict:
+    """Steady-state numbers from the parsed steps (steps 2..N-1 when there are at least 4)."""
+    if not steps:
+        return {"num_steps": 0}
+    steady = steps[1:-1] if len(steps) >= 4 else steps[1:] or steps
+    med = lambda key: statistics.median(s[key] for s in steady) if all(key in s for s in steady) else None  # noqa: E731
+    gen_ms = med("timing_per_token_ms/gen")
+    actor_ms = med("timing_per_token_ms/update_actor")
+    return {
+        "num_steps": len(steps), "steady_steps": [s["step"] for s in steady],
+        "first_step_at_s": round(steps[0]["t"], 1),
+        "step_time_s": med("timing_s/step"), "gen_time_s": med("timing_s/gen"),
+        "update_actor_s": med("timing_s/update_actor"), "update_critic_s": med("timing_s/update_critic"),
+        "train_throughput_tok_s_gpu": med("perf/throughput"),
+        "rollout_throughput_tok_s": 1000 / gen_ms if gen_ms else None,
+        "actor_update_tok_s": 1000 / actor_ms if actor_ms else None,
+        "response_length_mean": med("response_length/mean"),
+        "score_mean": med("critic/score/mean"),
+        "gpus": cfg.trainer.nnodes * cfg.trainer.gpus_per_node,
+    }
+
+
+class GpuMonitor:
+    """``nvidia-smi`` polled every 0.5 s in the background: peak memory and mean utilisation."""
+
+    def __init__(self, path: Path):
+        self.path, self.proc = path, None
+        if shutil.which("nvidia-smi"):
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=memory.used,utilization.gpu",
+                                          "--format=csv,noheader,nounits", "-lms", "500"],
+                                         stdout=open(path, "w"), stderr=subprocess.DEVNULL)
+
+    def stop(self) -> dict:
+        if self.proc is None:
+            return {}
+        self.proc.terminate()
+        self.proc.wait()
+        rows = [r.split(",") for r in self.path.read_text().splitlines() if r.count(",") == 1]
+        mem = [float(m) for m, _ in rows]
+        busy = [float(u) for _, u in rows if float(u) > 0]
+        return {"peak_gpu_mem_mib": max(mem, default=None), "mean_gpu_util_busy_pct": statistics.mean(busy) if busy else None}
+
+
+# ---- the two sides -------------------------------------------------------------------------------
+
+
+def base_env(work: Path) -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", VLLM_USE_FLASHINFER_SAMPLER="0", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", VLLM_NO_USAGE_STATS="1",
+               BRIDGE_RAY_HOME=str(work / "home"))
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def plain_command(overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
+
+
+def bridge_commands(algo: str, args: list[str], gpus: int) -> list[list[str]]:
+    br = [sys.executable, "-m", "bridge_ray"]
+    return [br + ["up", "--name", CLUSTER, "--num-gpus", str(gpus)],
+            br + ["submit", f"recipes/{algo}_gsm8k.py", "--name", CLUSTER, *EXCLUDES, "--follow", "--", *args],
+            br + ["down", "--name", CLUSTER]]
+
+
+def run_plain(cfg, out: Path, work: Path, timeout_s: float, tag: str) -> dict:
+    run_dir = Path(cfg.trainer.output_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    env = base_env(work)
+    monitor = GpuMonitor(work / f"{tag}_nvsmi.csv")
+    t0 = time.time()
+    rc, lines = stamped_run(plain_command(ppo.to_verl_overrides(cfg)), out / f"{tag}.log", env, timeout_s)
+    wall = time.time() - t0
+    gpu = monitor.stop()
+    if shutil.which("ray") and subprocess.run(["pgrep", "-f", "raylet"], capture_output=True).returncode == 0:
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True)  # verl's own local Ray, if left over
+    if run_dir.exists():
+        aside = run_dir.with_name(run_dir.name + "-plain")
+        shutil.rmtree(aside, ignore_errors=True)
+        run_dir.rename(aside)
+    return {"side": "plain", "rc": rc, "wall_s": round(wall, 1), **summarize(parse_steps(lines), cfg), **gpu}
+
+
+def run_bridge(algo: str, cfg, out: Path, work: Path, timeout_s: float, tag: str) -> dict:
+    run_dir = Path(cfg.trainer.output_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    env, log = base_env(work), out / f"{tag}.log"
+    up, submit, down = bridge_commands(algo, recipe_args(PRESETS[algo](), cfg), cfg.trainer.gpus_per_node)
+    stamped_run(down, log, env, 120)  # a cluster left by an earlier, killed stage
+    t0 = time.time()
+    rc_up, _ = stamped_run(up, log, env, 180)
+    monitor = GpuMonitor(work / f"{tag}_nvsmi.csv")
+    rc, lines = stamped_run(submit, log, env, timeout_s) if rc_up == 0 else (rc_up, [])
+    wall = time.time() - t0
+    gpu = monitor.stop()
+    stamped_run(down, log, env, 120)
+    recorded = run_dir / "config.json"
+    same = json.loads(recorded.read_text())["verl_overrides"] == ppo.to_verl_overrides(cfg) if recorded.exists() else None
+    merged = [line.split("[bridge-ray] merged ", 1)[1] for _, line in lines if "[bridge-ray] merged " in line]
+    return {"side": "bridge-ray", "rc": rc, "wall_s": round(wall, 1), "overrides_identical_to_plain": same,
+            "merged_hf_actor": merged[0] if merged else None, **summarize(parse_steps(lines), cfg), **gpu}
+
+
+def dry_run(algo: str, cfg) -> dict:
+    """Everything but the verl step: both command lines, and the recipe's overrides equal plain's."""
+    args = recipe_args(PRESETS[algo](), cfg)
+    assert apply_overrides(PRESETS[algo](), args, prefix="ppo") == cfg, "recipe args do not rebuild the config"
+    proc = subprocess.run([sys.executable, f"recipes/{algo}_gsm8k.py", "--dry-run", *args], cwd=REPO,
+                          env=base_env(Path(cfg.trainer.output_dir).parent), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recipe_overrides = json.loads(proc.stdout[proc.stdout.index("{\n"):])["verl_overrides"]
+    plain = ppo.to_verl_overrides(cfg)
+    assert recipe_overrides == plain, f"recipe and plain overrides differ: {set(recipe_overrides) ^ set(plain)}"
+    sample = [(12.5, "(TaskRunner pid=1) step:3 - timing_s/step:4.25 - perf/throughput:1234.5 - timing_per_token_ms/gen:0.5")]
+    assert parse_steps(sample * 2)[0]["perf/throughput"] == 1234.5
+    up, submit, down = bridge_commands(algo, args, cfg.trainer.gpus_per_node)
+    return {"overrides_identical": True, "num_overrides": len(plain), "plain": shlex.join(plain_command(plain)),
+            "bridge_ray": [shlex.join(c) for c in (up, submit, down)]}
+
+
+def markdown(results: list[dict]) -> str:
+    rows = ["| run | side | steps | step time (s) | train tok/s/GPU | rollout tok/s | actor update tok/s | "
+            "first step at (s) | peak GPU MiB | merged HF actor |", "|" + "---|" * 10]
+    for r in results:
+        fmt = lambda v: "-" if v is None else (f"{v:,.1f}" if isinstance(v, float) else str(v))  # noqa: E731
+        rows.append(f"| {r.get('algo')} | {r['side']} | {r.get('num_steps')} | {fmt(r.get('step_time_s'))} | "
+                    f"{fmt(r.get('train_throughput_tok_s_gpu'))} | {fmt(r.get('rollout_throughput_tok_s'))} | "
+                    f"{fmt(r.get('actor_update_tok_s'))} | {fmt(r.get('first_step_at_s'))} | "
+                    f"{fmt(r.get('peak_gpu_mem_mib'))} | {'yes' if r.get('merged_hf_actor') else '-'} |")
+    by = {(r.get("algo"), r["side"]): r for r in results}
+    for algo in sorted({r.get("algo") for r in results}):
+        plain, bridge = by.get((algo, "plain")), by.get((algo, "bridge-ray"))
+        if plain and bridge and plain.get("step_time_s") and bridge.get("step_time_s"):
+            rows.append(f"\n{algo}: bridge-ray / plain = {plain['step_time_s'] / bridge['step_time_s']:.3f}x by step "
+                        f"time, {bridge['train_throughput_tok_s_gpu'] / plain['train_throughput_tok_s_gpu']:.3f}x "
+                        "by training throughput (goal >= 0.98x)")
+    return "\n".join(rows)
+
+
+def gpu_count() -> int:
+    if not shutil.which("nvidia-smi"):
+        return 1
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+    return max(1, sum(line.startswith("GPU ") for line in out.splitlines()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algo", choices=("grpo", "ppo"), default="grpo")
+    parser.add_argument("--mode", choices=("both", "plain", "bridge"), default="both")
+    parser.add_argument("--out", type=Path, help="logs and JSON (a few files)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bridge-ray-ppo-bench"), help="assets, runs (big)")
+    parser.add_argument("--shape", choices=("small", "tiny", "llama-3.2-1b"), default="small")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs on this node (default: nvidia-smi's count)")
+    parser.add_argument("--timeout", type=float, default=480, help="seconds per verl run (each side)")
+    parser.add_argument("--dry-run", action="store_true", help="CPU: everything except the verl step")
+    parser.add_argument("--summarize", type=Path, metavar="OUT", help="print the markdown table of OUT/*.json")
+    args = parser.parse_args()
+    if args.summarize:
+        results = [json.loads(p.read_text()) for p in sorted(args.summarize.glob("*.json"))]
+        print(markdown([r for r in results if "side" in r]))
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    files = build_assets(args.work, args.shape)
+    print(f"assets ready in {time.time() - t0:.0f}s: {files['model']}", flush=True)
+    cfg = bench_config(args.algo, files, args.work / f"run-{args.algo}", args.steps, args.gpus or gpu_count())
+    if args.dry_run:
+        print(json.dumps(dry_run(args.algo, cfg), indent=2))
+        return
+    sides = {"plain": ["plain"], "bridge": ["bridge"], "both": ["plain", "bridge"]}[args.mode]
+    for side in sides:  # plain first: verl's own ray.init must not find the bridge-ray cluster
+        tag = f"{args.algo}_{side}"
+        result = (run_plain(cfg, args.out, args.work, args.timeout, tag) if side == "plain"
+                  else run_bridge(args.algo, cfg, args.out, args.work, args.timeout, tag))
+        result.update(algo=args.algo, shape=args.shape, steps_asked=args.steps)
+        (args.out / f"{tag}.json").write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()
