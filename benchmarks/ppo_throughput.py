@@ -50,6 +50,8 @@ STEP_RE = re.compile(r"step:(\d+) - (.*)")
 KV_RE = re.compile(r"([\w/@()\-]+):([-+\d.e]+|nan|inf)(?= - |$)")
 CLUSTER = "ppo-bench"
 EXCLUDES = ["--exclude", ".gpu", "--exclude", ".gl"]
+LOG_CAP_BYTES = 12 * 2**20  # past this a log keeps only step and error lines (the GPU host returns files <= 16 MiB)
+KEEP_RE = re.compile(r"step:\d+ - |Error|error|Traceback|bridge-ray|benchmark:")
 PRESETS = {"grpo": ppo.grpo_gsm8k_llama1b, "ppo": ppo.ppo_gsm8k_llama1b}
 SMALL = dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
              intermediate_size=1536, head_dim=64, max_position_embeddings=2048)
@@ -135,8 +137,9 @@ def stamped_run(cmd: list[str], log: Path, env: dict, timeout_s: float) -> tuple
                 break
             now = time.time() - t0
             lines.append((now, line.rstrip("\n")))
-            f.write(f"[t={now:8.2f}] {line}")
-            f.flush()
+            if f.tell() < LOG_CAP_BYTES or KEEP_RE.search(line):
+                f.write(f"[t={now:8.2f}] {line}")
+                f.flush()
         if proc.poll() is None:
             f.write(f"[t={time.time() - t0:8.2f}] benchmark: timeout {timeout_s:.0f}s, killing the process group\n")
             for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -210,10 +213,14 @@ class GpuMonitor:
 # ---- the two sides -------------------------------------------------------------------------------
 
 
-def base_env(work: Path) -> dict:
+def base_env(work: Path, vllm_env: bool = True) -> dict:
+    """The environment both sides start from; ``vllm_env`` False leaves VLLM_USE_FLASHINFER_SAMPLER
+    out, so only bridge-ray's own injection (``bridge_ray.ppo.run.worker_env``) can provide it."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", VLLM_USE_FLASHINFER_SAMPLER="0", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", VLLM_NO_USAGE_STATS="1",
                BRIDGE_RAY_HOME=str(work / "home"))
+    if not vllm_env:
+        env.pop("VLLM_USE_FLASHINFER_SAMPLER")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.pop("RAY_ADDRESS", None)
     return env
@@ -233,14 +240,17 @@ def bridge_commands(algo: str, args: list[str], gpus: int) -> list[list[str]]:
 def run_plain(cfg, out: Path, work: Path, timeout_s: float, tag: str) -> dict:
     run_dir = Path(cfg.trainer.output_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
-    env = base_env(work)
+    # verl's main_ppo starts its own Ray; its own temp root lets us stop exactly that Ray if it outlives the run.
+    ray_tmp = Path(f"/tmp/brpb-{os.getpid()}")
+    env = dict(base_env(work), RAY_TMPDIR=str(ray_tmp))
     monitor = GpuMonitor(work / f"{tag}_nvsmi.csv")
     t0 = time.time()
     rc, lines = stamped_run(plain_command(ppo.to_verl_overrides(cfg)), out / f"{tag}.log", env, timeout_s)
     wall = time.time() - t0
     gpu = monitor.stop()
-    if shutil.which("ray") and subprocess.run(["pgrep", "-f", "raylet"], capture_output=True).returncode == 0:
-        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True)  # verl's own local Ray, if left over
+    from bridge_ray.cluster import processes
+
+    processes.terminate(processes.find_pids(str(ray_tmp)))
     if run_dir.exists():
         aside = run_dir.with_name(run_dir.name + "-plain")
         shutil.rmtree(aside, ignore_errors=True)
@@ -248,10 +258,10 @@ def run_plain(cfg, out: Path, work: Path, timeout_s: float, tag: str) -> dict:
     return {"side": "plain", "rc": rc, "wall_s": round(wall, 1), **summarize(parse_steps(lines), cfg), **gpu}
 
 
-def run_bridge(algo: str, cfg, out: Path, work: Path, timeout_s: float, tag: str) -> dict:
+def run_bridge(algo: str, cfg, out: Path, work: Path, timeout_s: float, tag: str, vllm_env: bool) -> dict:
     run_dir = Path(cfg.trainer.output_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
-    env, log = base_env(work), out / f"{tag}.log"
+    env, log = base_env(work, vllm_env), out / f"{tag}.log"
     up, submit, down = bridge_commands(algo, recipe_args(PRESETS[algo](), cfg), cfg.trainer.gpus_per_node)
     stamped_run(down, log, env, 120)  # a cluster left by an earlier, killed stage
     t0 = time.time()
@@ -265,6 +275,7 @@ def run_bridge(algo: str, cfg, out: Path, work: Path, timeout_s: float, tag: str
     same = json.loads(recorded.read_text())["verl_overrides"] == ppo.to_verl_overrides(cfg) if recorded.exists() else None
     merged = [line.split("[bridge-ray] merged ", 1)[1] for _, line in lines if "[bridge-ray] merged " in line]
     return {"side": "bridge-ray", "rc": rc, "wall_s": round(wall, 1), "overrides_identical_to_plain": same,
+            "flashinfer_env_in_cluster": vllm_env,
             "merged_hf_actor": merged[0] if merged else None, **summarize(parse_steps(lines), cfg), **gpu}
 
 
@@ -322,6 +333,8 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=0, help="GPUs on this node (default: nvidia-smi's count)")
     parser.add_argument("--timeout", type=float, default=480, help="seconds per verl run (each side)")
     parser.add_argument("--dry-run", action="store_true", help="CPU: everything except the verl step")
+    parser.add_argument("--unset-vllm-env", action="store_true",
+                        help="bridge side: start the cluster without VLLM_USE_FLASHINFER_SAMPLER (bridge-ray injects it)")
     parser.add_argument("--summarize", type=Path, metavar="OUT", help="print the markdown table of OUT/*.json")
     args = parser.parse_args()
     if args.summarize:
@@ -341,7 +354,7 @@ def main() -> None:
     for side in sides:  # plain first: verl's own ray.init must not find the bridge-ray cluster
         tag = f"{args.algo}_{side}"
         result = (run_plain(cfg, args.out, args.work, args.timeout, tag) if side == "plain"
-                  else run_bridge(args.algo, cfg, args.out, args.work, args.timeout, tag))
+                  else run_bridge(args.algo, cfg, args.out, args.work, args.timeout, tag, not args.unset_vllm_env))
         result.update(algo=args.algo, shape=args.shape, steps_asked=args.steps)
         (args.out / f"{tag}.json").write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2), flush=True)

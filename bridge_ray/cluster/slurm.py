@@ -6,6 +6,13 @@ ready); the nodes write the cluster record themselves (``slurm_node.barrier``).
 From then on every job goes through the Ray Job client like on any other backend.
 ``stop`` cancels the allocation; ``job_state`` tells whether it still runs.
 
+Reaching the Jobs API: the dashboard binds to the head node's SLURM address (its
+``NodeAddr``, the cluster network) only, never to every interface, and Ray's token auth
+stays on (the token file is on the shared home, mode 0600). A login node on the cluster
+network, the usual case, reaches it as is. From anywhere else, forward the port
+(``ssh -L 8265:HEAD:PORT login``) and register it with
+``bridge-ray up --name NAME2 --address http://127.0.0.1:8265 --token-file TOKEN``.
+
 Example:
     >>> bridge_ray.up("big", slurm=dict(nodes=2, gpus_per_node=8, partition="gpu", time="04:00:00"))
     >>> bridge_ray.submit("recipes/ppo_gsm8k.py", cluster="big")
@@ -214,8 +221,9 @@ def start(name: str, nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: int 
     _require("sbatch")
     text = render(name, **script_options)
     folder = records.cluster_dir(name)
-    for old in folder.glob("slurm-*/"):  # progress of an earlier allocation; its logs (slurm-N.out) stay
-        shutil.rmtree(old)
+    for old in folder.glob("slurm-*"):  # progress of earlier allocations; their logs (slurm-N.out) stay
+        if old.is_dir():
+            shutil.rmtree(old)
     new_token_file(folder / "auth_token")
     script = folder / "bootstrap.sbatch"
     script.write_text(text)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from bridge_ray import records, walltime
-from bridge_ray.cluster import health, local
+from bridge_ray.cluster import health, local, processes
 from bridge_ray.errors import BridgeRayError
 from bridge_ray.records import ClusterRecord
 
@@ -36,6 +36,7 @@ NODE_PORTS = ("node-manager-port", "object-manager-port", "dashboard-agent-liste
 MAX_SLOTS = (BLOCK - len(CLUSTER_PORTS)) // len(NODE_PORTS)
 NODE_LABEL = "bridge-ray/slurm-node"
 HEAD_TIMEOUT_S = 120.0
+STOP_GRACE_S = 5.0
 
 
 def job_dir(name: str, job_id: str | int) -> Path:
@@ -141,21 +142,35 @@ class Node:
 
 
 def run_ray(node: Node, cmd: list[str], temp_dir: Path) -> int:
-    """Run ``ray start --block`` until SLURM ends it; report a crash; remove the temp dir."""
+    """Run ``ray start --block`` until SLURM ends it; report a crash; remove the temp dir.
+
+    On SIGTERM (scancel, time limit) Ray gets STOP_GRACE_S to stop, then whatever is left
+    of it is killed, so the temp dir is gone before SLURM's own SIGKILL (KillWait) comes.
+    """
     proc = subprocess.Popen(cmd, env=node.ray_env())
-    stopping = []
+    stopping: list[float] = []
 
     def forward(signum, _frame):
-        stopping.append(signum)
+        stopping.append(time.monotonic())
         proc.send_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
-    rc = proc.wait()
+    while (rc := _wait(proc, 0.5)) is None:
+        if stopping and time.monotonic() - stopping[0] > STOP_GRACE_S:
+            processes.terminate([proc.pid, *processes.find_pids(f"{temp_dir}/")], grace_s=0)
+    processes.terminate(processes.find_pids(f"{temp_dir}/"), grace_s=1)
     shutil.rmtree(temp_dir, ignore_errors=True)
     if rc and not stopping:
         emit(node.folder, "failed", f"Ray on node {node.name} exited with code {rc}")
     return rc
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float) -> int | None:
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def head() -> int:
