@@ -8,6 +8,9 @@ Example:
     >>> job = bridge_ray.submit("recipes/hello_cluster.py")
     >>> job.wait()
     >>> bridge_ray.down()
+
+Training entry points live in ``bridge_ray.sft`` (``fit``) and ``bridge_ray.ppo`` (``run``);
+``bridge_ray.network.run_doctor`` checks a cluster's network.
 """
 from bridge_ray.cluster import ClusterStatus, down, status, up
 from bridge_ray.errors import (
@@ -18,8 +21,11 @@ from bridge_ray.errors import (
     JobFailed,
     PreflightError,
 )
+from bridge_ray.export import export
+from bridge_ray.hub import upload
 from bridge_ray.jobs import Job, list_jobs, submit
 from bridge_ray.records import ClusterRecord
+from bridge_ray.runs import RunRecord, list_runs, load_run
 
 __all__ = [
     "up",
@@ -28,6 +34,11 @@ __all__ = [
     "submit",
     "list_jobs",
     "Job",
+    "list_runs",
+    "load_run",
+    "RunRecord",
+    "export",
+    "upload",
     "ClusterRecord",
     "ClusterStatus",
     "BridgeRayError",

@@ -33,18 +33,9 @@ def cli():
 
 
 def _register() -> None:
-    from bridge_ray.cli import cluster, jobs
+    from bridge_ray.cli import cluster, data, doctor, jobs, runs
 
-    for module in (cluster, jobs):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-    for optional in ("bridge_ray.cli.doctor", "bridge_ray.cli.data", "bridge_ray.cli.runs"):
-        try:
-            module = __import__(optional, fromlist=["COMMANDS"])
-        except ModuleNotFoundError as err:
-            if err.name != optional:
-                raise
-            continue
+    for module in (cluster, jobs, runs, doctor, data):
         for command in module.COMMANDS:
             cli.add_command(command)
 

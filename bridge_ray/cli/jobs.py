@@ -37,7 +37,8 @@ def submit_command(recipe, args, name, env_items, excludes, submission_id, follo
     click.echo("Next steps:\n"
                f"  bridge-ray logs {job.submission_id}{flag} --follow\n"
                f"  bridge-ray status {job.submission_id}{flag}\n"
-               f"  bridge-ray stop {job.submission_id}{flag}")
+               f"  bridge-ray stop {job.submission_id}{flag}\n"
+               f"  bridge-ray runs show {job.submission_id}")
 
 
 @click.command("logs")
