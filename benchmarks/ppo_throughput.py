@@ -20,7 +20,8 @@ torch.compile: both only cut startup).
 
     python benchmarks/ppo_throughput.py --algo grpo --mode both --out OUT      # GPU host
     python benchmarks/ppo_throughput.py --algo grpo --dry-run --out /tmp/bench  # CPU: all but the verl step
-    python benchmarks/ppo_throughput.py --summarize OUT                          # markdown table of OUT/*.json
+    python benchmarks/ppo_throughput.py --algo ppo --mode bridge --keep-run --steps 12 --tag ppo_resume --out OUT
+    python benchmarks/ppo_throughput.py --summarize OUT             # markdown table of OUT/results.json
 """
 from __future__ import annotations
 
@@ -43,18 +44,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bridge_ray import ppo  # noqa: E402
-from bridge_ray.config import apply_overrides  # noqa: E402
+from bridge_ray import ppo
+from bridge_ray.config import apply_overrides
 
 STEP_RE = re.compile(r"step:(\d+) - (.*)")
 KV_RE = re.compile(r"([\w/@()\-]+):([-+\d.e]+|nan|inf)(?= - |$)")
 CLUSTER = "ppo-bench"
+RESULTS = "results.json"  # one entry per run, by tag
 EXCLUDES = ["--exclude", ".gpu", "--exclude", ".gl"]
 LOG_CAP_BYTES = 12 * 2**20  # past this a log keeps only step and error lines (the GPU host returns files <= 16 MiB)
 KEEP_RE = re.compile(r"step:\d+ - |Error|error|Traceback|bridge-ray|benchmark:")
 PRESETS = {"grpo": ppo.grpo_gsm8k_llama1b, "ppo": ppo.ppo_gsm8k_llama1b}
-SMALL = dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
-             intermediate_size=1536, head_dim=64, max_position_embeddings=2048)
+SMALL = {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 4,
+         "intermediate_size": 1536, "head_dim": 64, "max_position_embeddings": 2048}
 
 
 # ---- assets and configs ----------------------------------------------------------------------------
@@ -172,7 +174,7 @@ def summarize(steps: list[dict], cfg: ppo.PPOConfig) -> dict:
     if not steps:
         return {"num_steps": 0}
     steady = steps[1:-1] if len(steps) >= 4 else steps[1:] or steps
-    med = lambda key: statistics.median(s[key] for s in steady) if all(key in s for s in steady) else None  # noqa: E731
+    med = lambda key: statistics.median(s[key] for s in steady) if all(key in s for s in steady) else None
     gen_ms = med("timing_per_token_ms/gen")
     actor_ms = med("timing_per_token_ms/update_actor")
     return {
@@ -195,9 +197,10 @@ class GpuMonitor:
     def __init__(self, path: Path):
         self.path, self.proc = path, None
         if shutil.which("nvidia-smi"):
-            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=memory.used,utilization.gpu",
-                                          "--format=csv,noheader,nounits", "-lms", "500"],
-                                         stdout=open(path, "w"), stderr=subprocess.DEVNULL)
+            with open(path, "w") as sink:  # the child keeps its own copy of the descriptor
+                self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=memory.used,utilization.gpu",
+                                              "--format=csv,noheader,nounits", "-lms", "500"],
+                                             stdout=sink, stderr=subprocess.DEVNULL)
 
     def stop(self) -> dict:
         if self.proc is None:
@@ -237,7 +240,8 @@ def bridge_commands(algo: str, args: list[str], gpus: int) -> list[list[str]]:
             br + ["down", "--name", CLUSTER]]
 
 
-def run_plain(cfg, out: Path, work: Path, timeout_s: float, tag: str) -> dict:
+def run_plain(cfg, args: argparse.Namespace, tag: str) -> dict:
+    out, work, timeout_s = args.out, args.work, args.timeout
     run_dir = Path(cfg.trainer.output_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     # verl's main_ppo starts its own Ray; its own temp root lets us stop exactly that Ray if it outlives the run.
@@ -251,6 +255,7 @@ def run_plain(cfg, out: Path, work: Path, timeout_s: float, tag: str) -> dict:
     from bridge_ray.cluster import processes
 
     processes.terminate(processes.find_pids(str(ray_tmp)))
+    shutil.rmtree(ray_tmp, ignore_errors=True)
     if run_dir.exists():
         aside = run_dir.with_name(run_dir.name + "-plain")
         shutil.rmtree(aside, ignore_errors=True)
@@ -258,9 +263,12 @@ def run_plain(cfg, out: Path, work: Path, timeout_s: float, tag: str) -> dict:
     return {"side": "plain", "rc": rc, "wall_s": round(wall, 1), **summarize(parse_steps(lines), cfg), **gpu}
 
 
-def run_bridge(algo: str, cfg, out: Path, work: Path, timeout_s: float, tag: str, vllm_env: bool) -> dict:
+def run_bridge(algo: str, cfg, args: argparse.Namespace, tag: str) -> dict:
+    """``--keep-run``: keep the run folder, so verl resumes from its last checkpoint (resume check)."""
+    out, work, timeout_s, vllm_env = args.out, args.work, args.timeout, not args.unset_vllm_env
     run_dir = Path(cfg.trainer.output_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if not args.keep_run:
+        shutil.rmtree(run_dir, ignore_errors=True)
     env, log = base_env(work, vllm_env), out / f"{tag}.log"
     up, submit, down = bridge_commands(algo, recipe_args(PRESETS[algo](), cfg), cfg.trainer.gpus_per_node)
     stamped_run(down, log, env, 120)  # a cluster left by an earlier, killed stage
@@ -274,9 +282,10 @@ def run_bridge(algo: str, cfg, out: Path, work: Path, timeout_s: float, tag: str
     recorded = run_dir / "config.json"
     same = json.loads(recorded.read_text())["verl_overrides"] == ppo.to_verl_overrides(cfg) if recorded.exists() else None
     merged = [line.split("[bridge-ray] merged ", 1)[1] for _, line in lines if "[bridge-ray] merged " in line]
+    steps = parse_steps(lines)
     return {"side": "bridge-ray", "rc": rc, "wall_s": round(wall, 1), "overrides_identical_to_plain": same,
-            "flashinfer_env_in_cluster": vllm_env,
-            "merged_hf_actor": merged[0] if merged else None, **summarize(parse_steps(lines), cfg), **gpu}
+            "flashinfer_env_in_cluster": vllm_env, "first_step": steps[0]["step"] if steps else None,
+            "merged_hf_actor": merged[0] if merged else None, **summarize(steps, cfg), **gpu}
 
 
 def dry_run(algo: str, cfg) -> dict:
@@ -284,7 +293,8 @@ def dry_run(algo: str, cfg) -> dict:
     args = recipe_args(PRESETS[algo](), cfg)
     assert apply_overrides(PRESETS[algo](), args, prefix="ppo") == cfg, "recipe args do not rebuild the config"
     proc = subprocess.run([sys.executable, f"recipes/{algo}_gsm8k.py", "--dry-run", *args], cwd=REPO,
-                          env=base_env(Path(cfg.trainer.output_dir).parent), capture_output=True, text=True, timeout=300)
+                          env=base_env(Path(cfg.trainer.output_dir).parent), capture_output=True, text=True, timeout=300,
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     recipe_overrides = json.loads(proc.stdout[proc.stdout.index("{\n"):])["verl_overrides"]
     plain = ppo.to_verl_overrides(cfg)
@@ -297,11 +307,13 @@ def dry_run(algo: str, cfg) -> dict:
 
 
 def markdown(results: list[dict]) -> str:
-    rows = ["| run | side | steps | step time (s) | train tok/s/GPU | rollout tok/s | actor update tok/s | "
-            "first step at (s) | peak GPU MiB | merged HF actor |", "|" + "---|" * 10]
+    """The RESULTS.md table for ``results.json``'s rows, and bridge-ray / plain ratios."""
+    header = ("| run | side | steps | step time (s) | train tok/s/GPU | rollout tok/s | actor update tok/s | "
+              "first step at (s) | peak GPU MiB | merged HF actor |")
+    rows = [header, "|" + "---|" * 10]
     for r in results:
-        fmt = lambda v: "-" if v is None else (f"{v:,.1f}" if isinstance(v, float) else str(v))  # noqa: E731
-        rows.append(f"| {r.get('algo')} | {r['side']} | {r.get('num_steps')} | {fmt(r.get('step_time_s'))} | "
+        fmt = lambda v: "-" if v is None else (f"{v:,.{2 if v < 100 else 0}f}" if isinstance(v, float) else str(v))
+        rows.append(f"| {r['tag']} | {r['side']} | {r.get('num_steps')} | {fmt(r.get('step_time_s'))} | "
                     f"{fmt(r.get('train_throughput_tok_s_gpu'))} | {fmt(r.get('rollout_throughput_tok_s'))} | "
                     f"{fmt(r.get('actor_update_tok_s'))} | {fmt(r.get('first_step_at_s'))} | "
                     f"{fmt(r.get('peak_gpu_mem_mib'))} | {'yes' if r.get('merged_hf_actor') else '-'} |")
@@ -318,7 +330,7 @@ def markdown(results: list[dict]) -> str:
 def gpu_count() -> int:
     if not shutil.which("nvidia-smi"):
         return 1
-    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout
     return max(1, sum(line.startswith("GPU ") for line in out.splitlines()))
 
 
@@ -335,11 +347,12 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="CPU: everything except the verl step")
     parser.add_argument("--unset-vllm-env", action="store_true",
                         help="bridge side: start the cluster without VLLM_USE_FLASHINFER_SAMPLER (bridge-ray injects it)")
-    parser.add_argument("--summarize", type=Path, metavar="OUT", help="print the markdown table of OUT/*.json")
+    parser.add_argument("--keep-run", action="store_true", help="bridge side: keep the run folder (verl resumes)")
+    parser.add_argument("--tag", help="name of this run's log and results entry (default ALGO_SIDE)")
+    parser.add_argument("--summarize", type=Path, metavar="OUT", help="print the markdown table of OUT/results.json")
     args = parser.parse_args()
     if args.summarize:
-        results = [json.loads(p.read_text()) for p in sorted(args.summarize.glob("*.json"))]
-        print(markdown([r for r in results if "side" in r]))
+        print(markdown(list(json.loads((args.summarize / RESULTS).read_text()).values())))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -352,11 +365,12 @@ def main() -> None:
         return
     sides = {"plain": ["plain"], "bridge": ["bridge"], "both": ["plain", "bridge"]}[args.mode]
     for side in sides:  # plain first: verl's own ray.init must not find the bridge-ray cluster
-        tag = f"{args.algo}_{side}"
-        result = (run_plain(cfg, args.out, args.work, args.timeout, tag) if side == "plain"
-                  else run_bridge(args.algo, cfg, args.out, args.work, args.timeout, tag, not args.unset_vllm_env))
-        result.update(algo=args.algo, shape=args.shape, steps_asked=args.steps)
-        (args.out / f"{tag}.json").write_text(json.dumps(result, indent=2))
+        tag = args.tag or f"{args.algo}_{side}"
+        result = run_plain(cfg, args, tag) if side == "plain" else run_bridge(args.algo, cfg, args, tag)
+        result.update(tag=tag, algo=args.algo, shape=args.shape, steps_asked=args.steps)
+        path = args.out / RESULTS
+        results = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**results, tag: result}, indent=2))
         print(json.dumps(result, indent=2), flush=True)
 
 

@@ -24,8 +24,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from bridge_ray.config import apply_overrides, to_dict
 from bridge_ray.errors import BridgeRayError, ConfigError

@@ -102,8 +102,8 @@ def test_bad_overrides_and_values_are_reported_together(tmp_path):
         ppo.validate(bad)
     assert err.value.problems == [
         "data.train_batch_size=100 must be a multiple of actor.mini_batch_size=64 (prompts per PPO update)",
-        "GRPO needs rollout.n >= 2 samples per prompt (got 1): advantages are relative to the group, so one "
-        "sample gives zero gradient; set ppo.rollout.n=5",
+        ("GRPO needs rollout.n >= 2 samples per prompt (got 1): advantages are relative to the group, so one "
+         "sample gives zero gradient; set ppo.rollout.n=5"),
         "trainer.output_dir='runs/x' must be an absolute path (relative paths land in Ray's unpacked working_dir)",
     ]
 
@@ -171,12 +171,12 @@ def test_resource_diff_gpus_cpus_and_tp(tmp_path):
         "PPO needs 16 GPUs (2 nodes with 8 each), the cluster has 12 GPUs (2 nodes: 8+4 GPUs, 192 CPUs) with 1 such "
         "node(s): " + preflight.GPU_NODE_FIX]
     assert preflight.resource_problems(ppo.resolve_gpus(cfg, 1, 8), [node(8, 16)]) == [
-        "each of the 1 GPU node needs 24 CPUs (verl reserves 3 per GPU), but 10.0.0.1 has 16: give Ray more CPUs "
-        "(`ray start --num-cpus`) or use fewer GPUs per node (ppo.trainer.gpus_per_node)"]
+        ("the GPU node needs 24 CPUs (verl reserves 3 per GPU), but 10.0.0.1 has 16: give Ray more CPUs "
+         "(`ray start --num-cpus`) or use fewer GPUs per node (ppo.trainer.gpus_per_node)")]
     tp3 = ppo.apply_overrides(ppo.resolve_gpus(cfg, 1, 8), ["ppo.rollout.tensor_parallel_size=3"])
     assert preflight.resource_problems(tp3, [node(8, 32)]) == [
-        "rollout tensor_parallel_size=3 does not divide the 8 GPUs per node (each vLLM replica takes TP GPUs of one "
-        "node): set ppo.rollout.tensor_parallel_size to one of 1, 2, 4, 8"]
+        ("rollout tensor_parallel_size=3 does not divide the 8 GPUs per node (each vLLM replica takes TP GPUs of "
+         "one node): set ppo.rollout.tensor_parallel_size to one of 1, 2, 4, 8")]
 
 
 def test_gpu_memory_checks(tmp_path):
@@ -279,5 +279,5 @@ def test_pipeline_skips_finished_stages_and_refuses_changed_ones(tmp_path):
     changed = dataclasses.replace(cfg, actor=dataclasses.replace(cfg.actor, lr=5e-6))
     with pytest.raises(ConfigError, match=r"^stage ppo in .* finished with another config"):
         pipeline._stage(tmp_path, "ppo", changed, train("ppo"))
-    sft_cfg, ppo_cfg = pipeline.plan(ppo.ppo_gsm8k_llama1b(), cfg, tmp_path)  # any config with trainer.output_dir
+    _, ppo_cfg = pipeline.plan(ppo.ppo_gsm8k_llama1b(), cfg, tmp_path)  # any config with trainer.output_dir
     assert ppo_cfg.model.path == str(tmp_path / "sft" / "hf") and ppo_cfg.trainer.output_dir == str(tmp_path / "ppo")

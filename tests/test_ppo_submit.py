@@ -15,7 +15,6 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import REPO, run_cli
 
 pytestmark = pytest.mark.integration
@@ -126,8 +125,8 @@ ENV_PROBE = textwrap.dedent('''
 
     @ray.remote(num_cpus=0)
     class Worker:
-        def env(self):
-            return {k: os.environ.get(k) for k in KEYS}
+        def env(self):  # cwd: the job's working_dir, where relative reward files resolve
+            return {**{k: os.environ.get(k) for k in KEYS}, "cwd_is_working_dir": os.path.exists("env_probe.py")}
 
     @ray.remote(num_cpus=0)
     class Runner:
@@ -152,12 +151,14 @@ def test_verl_ppo_env_reaches_the_actors_verl_starts(local_cluster, tmp_path):
     seen = json.loads(out.stdout.split("SEEN=", 1)[1].splitlines()[0])
     assert "NCCL_DEBUG" not in added  # set by the job: verl's default is dropped, no conflict
     assert seen == {"NCCL_DEBUG": "INFO", "TOKENIZERS_PARALLELISM": "true", "VLLM_USE_FLASHINFER_SAMPLER": "0",
-                    "VLLM_LOGGING_LEVEL": "WARN", "RANK": "0", "VERL_FILE_LOGGER_PATH": "/tmp/run/metrics.jsonl"}
+                    "VLLM_LOGGING_LEVEL": "WARN", "RANK": "0", "VERL_FILE_LOGGER_PATH": "/tmp/run/metrics.jsonl",
+                    "cwd_is_working_dir": True}
 
 
 def test_recipe_dry_run_needs_no_cluster():
     out = subprocess.run([sys.executable, "recipes/ppo_gsm8k.py", "--dry-run", "ppo.trainer.nnodes=2",
-                          "ppo.trainer.gpus_per_node=8"], cwd=REPO, capture_output=True, text=True, timeout=180)
+                          "ppo.trainer.gpus_per_node=8"], cwd=REPO, capture_output=True, text=True, timeout=180,
+                         check=False)
     assert out.returncode == 0, out.stderr
     shown = json.loads(out.stdout[out.stdout.index("{\n"):])
     assert "trainer.nnodes=2" in shown["verl_overrides"] and "trainer.n_gpus_per_node=8" in shown["verl_overrides"]

@@ -96,6 +96,21 @@ def test_killed_worker_resumes_from_checkpoint(ray_run, assets, tmp_path, monkey
     assert losses_from_metrics(result.output_dir / "metrics.json") == pytest.approx(uninterrupted, rel=1e-6)
 
 
+def test_walltime_saves_before_the_deadline_and_a_resubmit_resumes(ray_run, assets, tmp_path, monkeypatch):
+    import time
+
+    from bridge_ray import walltime
+
+    # A deadline closer than one step + a save: the first step becomes the last, and verl saves it.
+    monkeypatch.setenv(walltime.DEADLINE_ENV, str(int(time.time() + walltime.SAVE_S)))
+    cut = sft.fit(tiny(assets, tmp_path / "walltime", "trainer.save_freq=-1"))
+    assert cut.checkpoint.name == "global_step_1" and cut.metrics["attempts_steps"] == [1]
+    monkeypatch.delenv(walltime.DEADLINE_ENV)
+    resumed = sft.fit(tiny(assets, tmp_path / "walltime", "trainer.save_freq=-1"))
+    assert resumed.checkpoint.name == "global_step_6"
+    assert resumed.metrics["attempts_steps"] == [1, 2, 3, 4, 5, 6]
+
+
 def test_preflight_missing_model(assets, local_ray, tmp_path):
     cfg = tiny(assets, tmp_path / "out", f"model.path={tmp_path}/nope")
     with pytest.raises(PreflightError, match=rf"^on node [0-9.]+: model.path {tmp_path}/nope has no config.json "

@@ -89,7 +89,11 @@ def format_status(st: lib.ClusterStatus) -> str:
         lines.append(f"  SLURM job {r.slurm.get('job_id')}: {st.slurm_state}")
     if not st.alive:
         flag = "" if r.name == DEFAULT_CLUSTER else f" --name {r.name}"
-        lines.append(f"  STALE: the head does not answer; fix: `bridge-ray down{flag}` then `bridge-ray up{flag}`")
+        if st.slurm_state in ("PENDING", "CONFIGURING"):
+            lines.append(f"  waiting for the allocation; `bridge-ray down{flag}` cancels it")
+            return "\n".join(lines)
+        again = f"bridge-ray up --slurm{flag} ..." if r.backend == "slurm" else f"bridge-ray up{flag}"
+        lines.append(f"  STALE: the head does not answer; fix: `bridge-ray down{flag}` then `{again}`")
         return "\n".join(lines)
     alive = [n for n in st.nodes if n["state"] == "ALIVE"]
     lines.append(f"  nodes: {len(alive)} alive" + (f", {len(st.nodes) - len(alive)} dead" if len(alive) < len(st.nodes) else ""))

@@ -144,14 +144,22 @@ def status(name: str = DEFAULT_CLUSTER) -> ClusterStatus:
         result.slurm_state = slurm_backend.job_state(record)
     if not result.alive:
         return result
+    try:
+        _fill(result)
+    except (OSError, ValueError):  # the head went away between the two calls
+        result.alive = False
+    return result
+
+
+def _fill(result: ClusterStatus) -> None:
+    record = result.record
     nodes = health.get_json(record, "/api/v0/nodes?detail=1&limit=10000")
     result.nodes = nodes["data"]["result"]["result"]
     report = health.get_json(record, "/api/cluster_status")["data"]["clusterStatus"]
     usage = (report.get("loadMetricsReport") or {}).get("usage") or {}
-    result.usage = {key: (float(v[0]), float(v[1])) for key, v in usage.items() if key in ("CPU", "GPU")}
     for key in ("CPU", "GPU"):
+        # Totals from the live nodes (the autoscaler's usage report lags right after `up`).
         total = sum(n["resources_total"].get(key, 0.0) for n in result.nodes if n["state"] == "ALIVE")
-        if key not in result.usage and total:
-            result.usage[key] = (0.0, total)
+        if total:
+            result.usage[key] = (float(usage.get(key, (0.0,))[0]), total)
     result.jobs = health.get_json(record, "/api/jobs/") or []
-    return result

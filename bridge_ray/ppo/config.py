@@ -14,7 +14,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from bridge_ray.errors import ConfigError
 
@@ -32,7 +32,7 @@ class ModelConfig:
     """The policy model (actor, reference and rollout weights) and how its layers run."""
 
     path: str = ""
-    tokenizer_path: Optional[str] = None
+    tokenizer_path: str | None = None
     attn_implementation: str = "sdpa"
     use_remove_padding: bool = False
     gradient_checkpointing: bool = True
@@ -59,7 +59,7 @@ class ActorConfig:
 class CriticConfig:
     """The value model; used by PPO (GAE advantages) only."""
 
-    model_path: Optional[str] = None
+    model_path: str | None = None
     lr: float = 1e-5
     micro_batch_size_per_gpu: int = 4
     param_offload: bool = False
@@ -129,7 +129,7 @@ class RewardConfig:
     ``compute_score(data_source, solution_str, ground_truth, extra_info)``.
     """
 
-    function: Optional[str] = None
+    function: str | None = None
     num_workers: int = 8
 
 
@@ -142,10 +142,10 @@ class TrainerConfig:
     """
 
     output_dir: str = ""
-    nnodes: Optional[int] = None
-    gpus_per_node: Optional[int] = None
+    nnodes: int | None = None
+    gpus_per_node: int | None = None
     total_epochs: int = 15
-    total_steps: Optional[int] = None
+    total_steps: int | None = None
     save_freq: int = 10
     test_freq: int = 10
     val_before_train: bool = True

@@ -87,8 +87,9 @@ def resource_problems(cfg: PPOConfig, nodes: list[dict]) -> list[str]:
             f"the cluster has {cluster_summary(nodes)} with {len(fitting)} such node(s): {GPU_NODE_FIX}")
     elif sum(_cpus(n) >= CPUS_PER_GPU * per_node for n in fitting) < nnodes:
         short = ", ".join(f"{n.get('NodeManagerAddress', '?')} has {_cpus(n)}" for n in fitting)
+        which = "the GPU node" if nnodes == 1 else f"each of the {nnodes} GPU nodes"
         problems.append(
-            f"each of the {_plural(nnodes, 'GPU node')} needs {CPUS_PER_GPU * per_node} CPUs (verl reserves "
+            f"{which} needs {CPUS_PER_GPU * per_node} CPUs (verl reserves "
             f"{CPUS_PER_GPU} per GPU), but {short}: give Ray more CPUs (`ray start --num-cpus`) or use fewer "
             f"GPUs per node (ppo.trainer.gpus_per_node)")
     if per_node % tp:
@@ -104,7 +105,7 @@ def _nvidia_smi() -> list[dict]:
         return []
     try:
         out = subprocess.run([exe, "--query-gpu=index,memory.total,memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20).stdout
+                             capture_output=True, text=True, timeout=20, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
     rows = [line.split(",") for line in out.strip().splitlines() if line.count(",") == 2]

@@ -21,8 +21,8 @@ import numbers
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from bridge_ray.errors import BridgeRayError, ConfigError
 
@@ -125,7 +125,7 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, brid
     try:
         result = fn(data_source=data_source, solution_str=solution_str, ground_truth=ground_truth,
                     extra_info=extra_info, **kwargs)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any error of the user's reward fails the job, with its traceback
         raise RewardFailed(f"{FAILURE_MARKER} reward {bridge_ray_reward} raised on sample {sample}:\n"
                            f"{traceback.format_exc()}{FAILURE_END}") from None
     return _check(result, bridge_ray_reward, sample)

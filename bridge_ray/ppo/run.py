@@ -30,14 +30,20 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from bridge_ray.config import apply_overrides, to_dict
 from bridge_ray.errors import BridgeRayError, ConfigError, PreflightError
 from bridge_ray.ppo import reward as rewards
-from bridge_ray.ppo.config import PPOConfig, checkpoint_dir, resolve_gpus, to_verl_overrides, validate
+from bridge_ray.ppo.config import (
+    PPOConfig,
+    checkpoint_dir,
+    resolve_gpus,
+    to_verl_overrides,
+    validate,
+)
 
 FLASHINFER_SAMPLER_ENV = "VLLM_USE_FLASHINFER_SAMPLER"
 
@@ -130,7 +136,7 @@ def _train(config, runtime_env: dict) -> None:
 
     try:
         run_ppo(config, task_runner_class=TaskRunnerV1.options(runtime_env=runtime_env))
-    except Exception as err:  # Ray re-raises the TaskRunner's error with every nested traceback
+    except Exception as err:  # noqa: BLE001 - Ray re-raises the TaskRunner's error with every nested traceback
         text = str(err)
         reward_failure = rewards.failure_from(text)
         if reward_failure:
@@ -142,7 +148,12 @@ def _train(config, runtime_env: dict) -> None:
 
 def merge_final_actor(cfg: PPOConfig) -> tuple[Path, Path, str]:
     """Merge the newest ``global_step_N/actor`` into ``output_dir/hf`` and generate a few tokens with it."""
-    from bridge_ray.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
+    from bridge_ray.checkpoints import (
+        CheckpointError,
+        check_hf_model,
+        latest_checkpoint,
+        merge_to_hf,
+    )
 
     step_dir = latest_checkpoint(checkpoint_dir(cfg))
     if step_dir is None:

@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge_ray import hub, runs, tracking
+from bridge_ray import hub, runs, tracking, walltime
 from bridge_ray.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
 from bridge_ray.config import to_dict
 from bridge_ray.errors import BridgeRayError, PreflightError
@@ -77,8 +77,9 @@ def connect() -> None:
 def worker_env(cfg: SFTConfig) -> dict[str, str]:
     """Env vars set in each Train worker before verl is imported there."""
     env = {} if cfg.workers.use_gpu else cpu_env()
-    if os.environ.get(KILL_AT_STEP_ENV):
-        env[KILL_AT_STEP_ENV] = os.environ[KILL_AT_STEP_ENV]
+    for key in (KILL_AT_STEP_ENV, walltime.DEADLINE_ENV):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
     return env
 
 

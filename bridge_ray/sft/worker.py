@@ -54,6 +54,7 @@ class StepHook:
             output = train_batch(data, *args, **kwargs)
             self._record(data, output)
             self._maybe_exit_for_test()
+            self._maybe_stop_for_walltime()
             return output
 
         def recorded_infer_batch(data, *args, **kwargs):
@@ -92,6 +93,29 @@ class StepHook:
             with open(self.output_dir / STEPS_FILE, "a") as f:
                 f.write(json.dumps(row) + "\n")
         ray.train.report({k: v for k, v in row.items() if v is not None})
+
+    def _maybe_stop_for_walltime(self) -> None:
+        """Near the allocation's end, make this step verl's last: verl then saves and returns.
+
+        verl's SFT trainer has no checkpoint-before-expiry hook (its PPO trainer does). All ranks
+        agree through one all-reduce, and only when a deadline (``BRIDGE_RAY_DEADLINE``) is set.
+        """
+        from bridge_ray import walltime
+
+        if walltime.deadline() is None:
+            return
+        import torch
+        import torch.distributed as dist
+
+        self.max_step_s = max(getattr(self, "max_step_s", 0.0), self.pending["step_time_s"])
+        device = "cuda" if "nccl" in str(dist.get_backend()) else "cpu"
+        flag = torch.tensor([int(walltime.should_checkpoint_now(self.max_step_s))], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.step < self.trainer.total_training_steps:
+            if self.rank == 0:
+                print(f"[bridge-ray] {walltime.seconds_left():.0f} s left in the allocation: saving at step "
+                      f"{self.step} and stopping; submit the same run again to resume", flush=True)
+            self.trainer.total_training_steps = self.step
 
     def _maybe_exit_for_test(self) -> None:
         marker = self.output_dir / KILL_MARKER
