@@ -10,18 +10,20 @@
 #   ppo-bridge   PPO (GAE + critic) through bridge-ray; the cluster starts WITHOUT VLLM_USE_FLASHINFER_SAMPLER,
 #                so bridge-ray's own injection must carry it to vLLM (KEEP_VLLM_ENV=1 keeps it in the cluster env)
 #   ppo-resume   (optional) the same PPO run submitted again with STEPS+2: verl resumes from its checkpoint
-#   summary      OUT/summary.md: the table for benchmarks/RESULTS.md
-# OUT gets at most 8 files and no folders: env.txt results.json summary.md and one <stage>.log per verl run.
+#   summary      summary.md: the table for benchmarks/RESULTS.md
+# Results accumulate in $WORK/out across calls (a warm machine keeps /tmp) and are copied to OUT at the end of
+# every call: at most 8 files, no folders (env.txt results.json summary.md, one <stage>.log per verl run).
 # Needs the wheel install first (ray, verl, vllm importable: PYTHONPATH/PATH exported).
 # Env: WORK (/tmp/bridge-ray-ppo-bench), STEPS (10), RUN_TIMEOUT (480 s per verl run), SHAPE (small).
 set -uo pipefail
-out="$(mkdir -p "$1" && cd "$1" && pwd)"; shift
+dest="$(mkdir -p "$1" && cd "$1" && pwd)"; shift
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 RAY_USAGE_STATS_ENABLED=0 VLLM_NO_USAGE_STATS=1 \
        HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-work="${WORK:-/tmp/bridge-ray-ppo-bench}"; steps="${STEPS:-10}"
+work="${WORK:-/tmp/bridge-ray-ppo-bench}"; steps="${STEPS:-10}"; out="$work/out"; mkdir -p "$out"
+trap 'cp "$out"/* "$dest"/ 2>/dev/null' EXIT
 bench=(python3 benchmarks/ppo_throughput.py --out "$out" --work "$work" --timeout "${RUN_TIMEOUT:-480}"
-       --shape "${SHAPE:-small}")
+       --shape "${SHAPE:-small}" ${GPUS:+--gpus "$GPUS"})
 unset_vllm=$([ -n "${KEEP_VLLM_ENV:-}" ] || echo --unset-vllm-env)
 stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(assets grpo-plain grpo-bridge ppo-bridge summary)
 rc=0

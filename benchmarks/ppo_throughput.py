@@ -118,13 +118,14 @@ def recipe_args(base, cfg, prefix: str = "ppo") -> list[str]:
 # ---- running and parsing ------------------------------------------------------------------------
 
 
-def stamped_run(cmd: list[str], log: Path, env: dict, timeout_s: float) -> tuple[int, list[tuple[float, str]]]:
+def stamped_run(cmd: list[str], log: Path, env: dict, timeout_s: float,
+                cwd: Path = REPO) -> tuple[int, list[tuple[float, str]]]:
     """Run ``cmd`` in its own process group, writing ``[t=...] line`` to ``log`` as lines arrive.
 
     Past ``timeout_s`` the whole group is killed (SIGTERM, then SIGKILL), even when it prints nothing.
     """
     t0, lines, q = time.time(), [], queue.Queue()
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace", start_new_session=True)
     threading.Thread(target=lambda: [q.put(line) for line in proc.stdout] + [q.put(None)], daemon=True).start()
     with open(log, "a") as f:
@@ -249,7 +250,8 @@ def run_plain(cfg, args: argparse.Namespace, tag: str) -> dict:
     env = dict(base_env(work), RAY_TMPDIR=str(ray_tmp))
     monitor = GpuMonitor(work / f"{tag}_nvsmi.csv")
     t0 = time.time()
-    rc, lines = stamped_run(plain_command(ppo.to_verl_overrides(cfg)), out / f"{tag}.log", env, timeout_s)
+    # cwd: Hydra's @main writes outputs/<date>/ there
+    rc, lines = stamped_run(plain_command(ppo.to_verl_overrides(cfg)), out / f"{tag}.log", env, timeout_s, cwd=work)
     wall = time.time() - t0
     gpu = monitor.stop()
     from bridge_ray.cluster import processes
@@ -352,7 +354,8 @@ def main() -> None:
     parser.add_argument("--summarize", type=Path, metavar="OUT", help="print the markdown table of OUT/results.json")
     args = parser.parse_args()
     if args.summarize:
-        print(markdown(list(json.loads((args.summarize / RESULTS).read_text()).values())))
+        path = args.summarize / RESULTS
+        print(markdown(list(json.loads(path.read_text()).values())) if path.exists() else f"no {path} yet")
         return
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)

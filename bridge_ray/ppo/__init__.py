@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 from bridge_ray.ppo.config import (
-    PRESETS,
     ActorConfig,
     AlgorithmConfig,
     CriticConfig,
@@ -20,12 +19,15 @@ from bridge_ray.ppo.config import (
     RewardConfig,
     RolloutConfig,
     TrainerConfig,
-    grpo_gsm8k_llama1b,
-    ppo_gsm8k_llama1b,
     resolve_gpus,
-    tiny_gsm8k,
     to_verl_overrides,
     validate,
+)
+from bridge_ray.ppo.presets import (
+    PRESETS,
+    grpo_gsm8k_llama1b,
+    ppo_gsm8k_llama1b,
+    tiny_gsm8k,
 )
 from bridge_ray.ppo.reward import RewardFailed
 from bridge_ray.ppo.run import PPOFailed, PPOResult, dry_run, main, run

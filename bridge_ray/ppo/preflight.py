@@ -122,6 +122,8 @@ def _reward_problem(spec: str | None) -> str | None:
     target = spec.rpartition(":")[0]
     if target.endswith(".py"):
         return None if Path(target).is_file() else f"reward.function file {target} is missing (cwd {os.getcwd()})"
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # the job's working_dir, as the reward hook imports it
     try:
         found = importlib.util.find_spec(target)
     except (ImportError, ValueError):
