@@ -9,13 +9,11 @@ t0=$(date +%s)
 [ -f /tmp/assets1b/model/config.json ] || python3 -m bridge_ray assets demo /tmp/assets1b --shape llama-3.2-1b \
   --num-train 2000 > "$out/assets.log" 2>&1
 echo "== assets $(( $(date +%s) - t0 )) s"
-timeout "${SFT_TIMEOUT:-480}" python3 benchmarks/sft_throughput.py --out /tmp/sft-$gpus --model /tmp/assets1b/model \
+timeout "${SFT_TIMEOUT:-480}" python3 benchmarks/sft_throughput.py --out "$out/run-$gpus" --model /tmp/assets1b/model \
   --data /tmp/assets1b/data --gpus "$gpus" --steps "${STEPS:-12}" --skip 3 --variants "$variants" \
   --timeout "${SIDE_TIMEOUT:-150}" > "$out/sft-$gpus.out" 2>&1
 echo "== sft rc=$? $(( $(date +%s) - t0 )) s"
-cp /tmp/sft-$gpus/sft_throughput.json "$out/sft_throughput-$gpus.json" 2>/dev/null
-tar -czf "$out/sft-logs-$gpus.tar.gz" -C /tmp/sft-$gpus --exclude='run-*' . 2>/dev/null
-python3 - "$out/sft_throughput-$gpus.json" <<'PY'
+python3 - "$out/run-$gpus/sft_throughput.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 for name, v in d["variants"].items():
