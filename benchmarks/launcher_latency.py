@@ -4,10 +4,10 @@ Steps, each timed from the moment the command starts:
   up      bridge-ray up            vs  ray start --head (+ poll until the Jobs API answers)
   running bridge-ray submit        vs  ray job submit --no-wait, until the job is RUNNING
   done    the same submit          until SUCCEEDED (a trivial job)
-  down    bridge-ray down          vs  stopping the plain head's processes (SIGTERM, then SIGKILL)
+  down    bridge-ray down          vs  `ray stop` (with --ray-stop; else the head's processes by temp dir)
 
-Plain Ray's own teardown, `ray stop`, kills every Ray of the user on the machine, so the
-baseline stops its head by its temp dir instead (the same work, without the collateral).
+Plain Ray's own teardown, `ray stop`, kills every Ray of the user on the machine: pass
+--ray-stop only on a machine running nothing else.
 
 Both sides run with token auth on and the dashboard on 127.0.0.1. Reps alternate
 bridge-ray / plain so machine noise hits both. Prints JSON (medians, ratios).
@@ -67,7 +67,7 @@ def bridge_cycle(project: Path, env: dict) -> dict:
     return {"up": up, "running": running, "done": done, "down": time.perf_counter() - t}
 
 
-def plain_cycle(project: Path, env: dict, token_path: Path) -> dict:
+def plain_cycle(project: Path, env: dict, token_path: Path, ray_stop: bool) -> dict:
     ports = local.choose_ports({})
     temp_dir = Path(tempfile.mkdtemp(prefix="plain-", dir=f"/tmp/bridge-ray-{os.getuid()}"))
     env = dict(env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
@@ -92,13 +92,17 @@ def plain_cycle(project: Path, env: dict, token_path: Path) -> dict:
     running = _wait_status(client, job_id, ("RUNNING",), t)
     done = _wait_status(client, job_id, ("SUCCEEDED",), t)
     t = time.perf_counter()
-    processes.terminate(processes.find_pids(str(temp_dir)))
+    if ray_stop:
+        _run([str(BIN / "ray"), "stop"], env)
+    else:
+        processes.terminate(processes.find_pids(str(temp_dir)))
     return {"up": up, "running": running, "done": done, "down": time.perf_counter() - t}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--ray-stop", action="store_true", help="baseline teardown with `ray stop` (kills every Ray here)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -114,12 +118,12 @@ def main() -> None:
         runs = {"bridge_ray": [], "plain_ray": []}
         for _ in range(args.reps):
             runs["bridge_ray"].append(bridge_cycle(project, env))
-            runs["plain_ray"].append(plain_cycle(project, env, token))
+            runs["plain_ray"].append(plain_cycle(project, env, token, args.ray_stop))
     med = {side: {k: statistics.median(r[k] for r in reps) for k in reps[0]} for side, reps in runs.items()}
     ratio = {k: med["bridge_ray"][k] / med["plain_ray"][k] for k in med["bridge_ray"]}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(json.dumps({"machine": f"{platform.node()} {os.cpu_count()} cores, no GPU", "date": time.strftime("%Y-%m-%d"),
-                      "commit": commit, "reps": args.reps, "median_s": med, "ratio_bridge_over_plain": ratio,
+                      "commit": commit, "reps": args.reps, "baseline_down": "ray stop" if args.ray_stop else "terminate by temp dir", "median_s": med, "ratio_bridge_over_plain": ratio,
                       "runs": runs}, indent=2))
 
 

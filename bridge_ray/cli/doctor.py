@@ -5,8 +5,6 @@ import sys
 
 import click
 
-from bridge_ray.network import parse_env_assignments, render_table, run_doctor, to_json
-
 
 @click.command("doctor")
 @click.option("--name", default="default", show_default=True, help="Cluster to check.")
@@ -24,6 +22,8 @@ def doctor_command(name: str, as_json: bool, timeout: float, env: tuple[str, ...
     The derived NCCL/Gloo settings are saved beside the cluster record, so later nodes
     and jobs get them without anyone typing a variable.
     """
+    from bridge_ray.network import parse_env_assignments, render_table, run_doctor, to_json  # imports ray
+
     report = run_doctor(name, timeout_s=timeout, env=parse_env_assignments(env), shared_dirs=shared_dirs)
     click.echo(to_json(report) if as_json else render_table(report))
     sys.exit(0 if report.ok else 1)
