@@ -28,7 +28,7 @@ test: $(STAMP)
 	bash tests/run.sh
 
 test-unit: $(STAMP)
-	$(PY) -m pytest -q -m "not integration and not slurm"
+	$(PY) -m pytest -q -m "not integration and not slurm and not gpu"
 
 clean:
 	rm -rf $(VENV)

@@ -12,7 +12,7 @@ match the config): use a new run_dir, or delete that stage's record from ``stage
 An unfinished stage is started again and resumes from its own last checkpoint.
 
 Example:
-    >>> from bridge_ray import pipeline, ppo, sft
+from bridge_ray import pipeline, ppo, sft
     >>> stages = pipeline.sft_then_ppo(sft.sft_gsm8k_llama1b(), ppo.grpo_gsm8k_llama1b(), "/shared/runs/chain")
     >>> stages["ppo"].output            # the merged PPO actor
 """
@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bridge_ray.config import apply_overrides, to_dict
+from bridge_ray.records import home_dir
 from bridge_ray.errors import BridgeRayError, ConfigError
 
 RECORDS_FILE = "stages.json"
@@ -44,9 +45,8 @@ class StageRecord:
 
 
 def default_run_dir(name: str) -> Path:
-    """``$BRIDGE_RAY_HOME/runs/<name>`` (``~/.bridge-ray`` when unset), absolute."""
-    home = Path(os.environ.get("BRIDGE_RAY_HOME") or Path.home() / ".bridge-ray").expanduser().absolute()
-    return home / "runs" / name
+    """``$BRIDGE_RAY_HOME/outputs/<name>`` (``~/.bridge-ray`` when unset), absolute; run records stay in runs/."""
+    return home_dir() / "outputs" / name
 
 
 def config_hash(cfg) -> str:

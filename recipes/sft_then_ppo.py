@@ -1,6 +1,6 @@
 """SFT, then GRPO from the merged SFT model, in one job; submitting it again skips finished stages.
 
-Stage records live in RUN_DIR/stages.json (default $BRIDGE_RAY_HOME/runs/sft-then-grpo).
+Stage records live in RUN_DIR/stages.json (default $BRIDGE_RAY_HOME/outputs/sft-then-grpo).
 
 Run:
     bridge-ray submit recipes/sft_then_ppo.py --follow -- sft.optim.lr=2e-5 ppo.rollout.n=8

@@ -191,9 +191,9 @@ def test_unknown_preset():
         sft.parse_args(["preset=llama70b"], default_preset="sft_tiny_cpu")
 
 
-def test_run_dir_is_absolute_under_home(bridge_home):
+def test_run_dir_is_absolute_under_home_outputs(bridge_home):
     path = sft.run_dir("x")
-    assert path.is_absolute() and path.parent == bridge_home.absolute() / "runs"
+    assert path.is_absolute() and path.parent == bridge_home.absolute() / "outputs"
 
 
 def test_prompt_response_files_become_messages(tmp_path):

@@ -8,7 +8,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -23,11 +22,7 @@ from bridge_ray.ppo.config import (
     RolloutConfig,
     TrainerConfig,
 )
-
-
-def home_dir() -> Path:
-    """``$BRIDGE_RAY_HOME`` or ``~/.bridge-ray``, absolute."""
-    return Path(os.environ.get("BRIDGE_RAY_HOME") or Path.home() / ".bridge-ray").expanduser().absolute()
+from bridge_ray.records import home_dir
 
 
 def _gsm8k_paths(model_dir, data_dir, output_dir, run_name):
@@ -35,7 +30,7 @@ def _gsm8k_paths(model_dir, data_dir, output_dir, run_name):
     data = Path(data_dir or home / "data" / "gsm8k")
     model = str(model_dir or home / "models" / "Llama-3.2-1B-Instruct")
     files = DataConfig(train_files=(str(data / "rl_train.parquet"),), val_files=(str(data / "rl_val.parquet"),))
-    return model, files, str(output_dir or home / "runs" / run_name)
+    return model, files, str(output_dir or home / "outputs" / run_name)
 
 
 def ppo_gsm8k_llama1b(model_dir: str | None = None, data_dir: str | None = None,

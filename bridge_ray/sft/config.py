@@ -139,7 +139,7 @@ def sft_gsm8k_llama1b(
     Args:
         model_dir: Local model folder (default ``$BRIDGE_RAY_HOME/models/Llama-3.2-1B-Instruct``).
         data_dir: Folder with ``train.parquet`` and ``val.parquet`` (default ``$BRIDGE_RAY_HOME/data/gsm8k``).
-        output_dir: Run folder (default ``$BRIDGE_RAY_HOME/runs/sft-gsm8k-llama1b``).
+        output_dir: Run folder (default ``$BRIDGE_RAY_HOME/outputs/sft-gsm8k-llama1b``).
     """
     home = home_dir()
     data = Path(data_dir or home / "data" / "gsm8k")
@@ -151,7 +151,7 @@ def sft_gsm8k_llama1b(
         ),
         optim=OptimConfig(lr=1e-5),
         workers=WorkersConfig(num_workers=1, cpus_per_worker=8, gpus_per_worker=1),
-        trainer=TrainerConfig(output_dir=str(output_dir or home / "runs" / "sft-gsm8k-llama1b"), total_epochs=2,
+        trainer=TrainerConfig(output_dir=str(output_dir or home / "outputs" / "sft-gsm8k-llama1b"), total_epochs=2,
                               save_freq=500, test_freq=100, experiment_name="gsm8k-llama1b"),
     )
 
