@@ -230,3 +230,16 @@ def test_dry_run_redacts_secrets_and_submits_nothing(local_cluster):
     assert "hf_supersecret" not in out.stdout + out.stderr and "wandbsecret" not in out.stdout + out.stderr
     assert plan["entrypoint"].endswith("recipes/hello_cluster.py")
     assert _job_ids("ci") == before
+
+
+def test_up_check_runs_doctor_and_the_next_submit_uses_its_profile():
+    out = run_cli("up", "--name", "checked", "--num-cpus", "1", "--check")
+    try:
+        assert out.returncode == 0, out.stderr
+        assert "all-reduce (gloo)" in out.stdout and "PASS" in out.stdout
+        iface = next(line.split("=", 1)[1] for line in out.stdout.splitlines()
+                     if line.strip().startswith("GLOO_SOCKET_IFNAME="))
+        plan = json.loads(run_cli("submit", "recipes/hello_cluster.py", "--name", "checked", "--dry-run").stdout)
+        assert plan["runtime_env"]["env_vars"]["GLOO_SOCKET_IFNAME"] == iface
+    finally:
+        run_cli("down", "--name", "checked")

@@ -32,8 +32,9 @@ name_option = click.option("--name", default=DEFAULT_CLUSTER, show_default=True,
 @click.option("--wait", "wait_s", type=float, default=600, show_default=True, help="--slurm: seconds the allocation may stay pending.")
 @click.option("--keep-pending", is_flag=True, help="--slurm: leave a still-pending allocation queued instead of cancelling it.")
 @click.option("--dry-run", is_flag=True, help="--slurm: print the sbatch script and submit nothing.")
+@click.option("--check", is_flag=True, help="Then run `bridge-ray doctor` (probe + all-reduce); exit 1 on a FAIL.")
 def up_command(name, num_cpus, num_gpus, port, dashboard_port, address, token_file, python, slurm, wait_s,
-               keep_pending, dry_run, **script_options):
+               keep_pending, dry_run, check, **script_options):
     """Start a Ray cluster on this machine or in a SLURM allocation (or register one) and record where it is."""
     from bridge_ray.cluster import slurm as slurm_lib
 
@@ -51,6 +52,13 @@ def up_command(name, num_cpus, num_gpus, port, dashboard_port, address, token_fi
     flag = "" if name == DEFAULT_CLUSTER else f" --name {name}"
     click.echo(format_status(lib.status(name)) if slurm else
                f"cluster {record.name!r} is up ({record.backend}): Jobs API {record.dashboard_url}")
+    if check:
+        from bridge_ray.network import render_table, run_doctor  # imports ray
+
+        report = run_doctor(name)
+        click.echo(render_table(report))
+        if not report.ok:
+            raise SystemExit(1)
     click.echo(f"Next: bridge-ray submit recipes/hello_cluster.py{flag} --follow | bridge-ray status{flag} "
                f"| bridge-ray down{flag}")
 
