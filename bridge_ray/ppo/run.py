@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge_ray.config import apply_overrides, to_dict
-from bridge_ray.errors import BridgeRayError, ConfigError, PreflightError
+from bridge_ray.driver import connect
+from bridge_ray.errors import BridgeRayError, ConfigError
 from bridge_ray.ppo import reward as rewards
 from bridge_ray.ppo.config import (
     PPOConfig,
@@ -62,24 +63,6 @@ class PPOResult:
     checkpoint: Path | None
     hf_model: Path | None
     sample: str
-
-
-def connect() -> None:
-    """Attach to the running Ray cluster (the job's RAY_ADDRESS, else ``auto``); never start one.
-
-    Raises:
-        PreflightError: when no cluster answers.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    try:
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=True)
-    except ConnectionError as err:
-        raise PreflightError(
-            f"no Ray cluster to attach to ({err}): submit with `bridge-ray submit` or start one with `bridge-ray up`"
-        ) from err
 
 
 def compose(cfg: PPOConfig):

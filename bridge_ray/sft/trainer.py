@@ -23,10 +23,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge_ray import hub, runs, tracking, walltime
+from bridge_ray import driver, hub, runs, tracking, walltime
 from bridge_ray.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
 from bridge_ray.config import to_dict
-from bridge_ray.errors import BridgeRayError, PreflightError
+from bridge_ray.errors import BridgeRayError
 from bridge_ray.platforms import cpu_env
 from bridge_ray.sft.config import SFTConfig, checkpoint_dir, to_verl_overrides, validate
 from bridge_ray.sft.worker import KILL_AT_STEP_ENV, STEPS_FILE
@@ -49,29 +49,14 @@ class SFTResult:
     sample: str
 
 
+# Ray Train's controller drains each worker's one-slot report queue once per health check
+# (2 s by default), so a per-step ray.train.report would cap training at 0.5 steps/s.
 TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
 def connect() -> None:
-    """Attach to the running Ray cluster (the job's RAY_ADDRESS, else ``auto``); never start one.
-
-    Raises:
-        PreflightError: when no cluster answers.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    # Ray Train's controller drains each worker's one-slot report queue once per health check
-    # (2 s by default), so a per-step ray.train.report would cap training at 0.5 steps/s.
-    env = {} if TRAIN_POLL_ENV in os.environ else {TRAIN_POLL_ENV: "0.05"}
-    try:
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=True,
-                 runtime_env={"env_vars": env} if env else None)
-    except ConnectionError as err:
-        raise PreflightError(
-            f"no Ray cluster to attach to ({err}): submit with `bridge-ray submit` or start one with `bridge-ray up`"
-        ) from err
+    """Attach to the running cluster, with Ray Train's poll interval short enough for per-step reports."""
+    driver.connect({TRAIN_POLL_ENV: "0.05"})
 
 
 def worker_env(cfg: SFTConfig) -> dict[str, str]:
