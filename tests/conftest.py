@@ -72,7 +72,7 @@ def plain_ray_head(tmp_path_factory):
     processes.terminate(processes.find_pids(str(temp_dir)))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def two_node_cluster():
     """A 2-node ``ray.cluster_utils.Cluster`` (auth off explicitly), with its Jobs API on loopback.
 

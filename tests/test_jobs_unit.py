@@ -65,14 +65,15 @@ def test_check_recipe_messages(tmp_path):
                               "e.g. recipes/hello_cluster.py")
 
 
-def test_records_roundtrip_and_missing_message(bridge_home):
+def test_records_roundtrip_and_missing_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRIDGE_RAY_HOME", str(tmp_path))  # no other clusters recorded here
     rec = records.ClusterRecord(name="unit", backend="address", gcs_address="", dashboard_url="http://x:1")
     records.save(rec)
     assert records.load("unit") == rec
     assert records.delete("unit") and not records.delete("unit")
     with pytest.raises(ClusterNotFound) as err:
         records.load("nothere")
-    assert str(err.value) == (f"no cluster named 'nothere' is recorded in {bridge_home}: "
+    assert str(err.value) == (f"no cluster named 'nothere' is recorded in {tmp_path}: "
                               "start one with `bridge-ray up --name nothere`")
 
 

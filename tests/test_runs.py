@@ -281,7 +281,7 @@ def test_sft_run_record_has_the_submission_and_no_secret(sft_job):
 
 
 @pytest.mark.integration
-def test_sft_run_record_has_outputs_and_feeds_export_and_upload(sft_job):
+def test_sft_run_record_has_outputs_and_feeds_export_and_upload(sft_job, monkeypatch):
     """What the job records (packages, output dir, steps, merged model), then export and upload from it."""
     from test_hub import FAKE_TOKEN, HubStandIn
 
@@ -298,6 +298,7 @@ def test_sft_run_record_has_outputs_and_feeds_export_and_upload(sft_job):
 
     exported = export(sft_job.submission_id, step=3)
     assert runs.load_run(sft_job.submission_id).exports == {"3": str(exported)}
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)  # the uploader's own login, as the user's shell would have it
     with HubStandIn() as standin:
         url = hub.upload(sft_job.submission_id, "me/sft-gsm8k-tiny", endpoint=standin.url)
         card = standin.repos["me/sft-gsm8k-tiny"]["files"]["README.md"].decode()

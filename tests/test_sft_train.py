@@ -38,7 +38,7 @@ def local_ray():
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never another test's cluster
     yield
     ray.shutdown()
 
