@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,19 @@ def from_dict(cls: type, data: dict) -> Any:
             value = tuple(value)
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+def output_dir_problem(path: str | Path) -> str | None:
+    """Why ``path`` (created if missing) cannot take a run's output, or None if it can."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_test_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        return f"trainer.output_dir {out} is not writable: {err.strerror or err}"
+    return None
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bridge_ray.config import output_dir_problem
 from bridge_ray.errors import PreflightError
 from bridge_ray.ppo.config import PPOConfig, resolve_gpus
 
@@ -145,14 +146,7 @@ def path_problems(cfg: PPOConfig, check_reward: bool) -> list[str]:
     for name, files in (("data.train_files", cfg.data.train_files), ("data.val_files", cfg.data.val_files)):
         problems += [f"{name}: {p} is missing or unreadable" for p in files
                      if not (Path(p).is_file() and os.access(p, os.R_OK))]
-    out = Path(cfg.trainer.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_test_{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        problems.append(f"trainer.output_dir {out} is not writable: {err.strerror or err}")
+    problems += [p for p in [output_dir_problem(cfg.trainer.output_dir)] if p]
     reward = _reward_problem(cfg.reward.function) if check_reward else None
     return problems + ([reward] if reward else [])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bridge_ray.config import output_dir_problem
 from bridge_ray.errors import ConfigError, PreflightError
 from bridge_ray.sft.config import SFTConfig, validate
 
@@ -48,14 +49,7 @@ def path_problems(cfg: SFTConfig) -> list[str]:
         for path in files:
             if not os.access(path, os.R_OK) or not Path(path).is_file():
                 problems.append(f"{name}: {path} is missing or unreadable")
-    out = Path(cfg.trainer.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_test_{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        problems.append(f"trainer.output_dir {out} is not writable: {err.strerror or err}")
+    problems += [p for p in [output_dir_problem(cfg.trainer.output_dir)] if p]
     return problems
 
 
