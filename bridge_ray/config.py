@@ -48,6 +48,34 @@ def from_dict(cls: type, data: dict) -> Any:
     return cls(**kwargs)
 
 
+LOGGERS = ("console", "wandb", "file", "tensorboard")
+
+
+def trainer_problems(trainer: Any, save_off: str = "off") -> list[str]:
+    """Checks every workload's trainer section shares: output dir, run length, frequencies, loggers.
+
+    Args:
+        trainer: a config with ``output_dir``, ``total_epochs``, ``total_steps``, ``save_freq``,
+            ``test_freq`` and ``loggers``.
+        save_off: what ``save_freq=-1`` means for this workload, for the message.
+    """
+    problems = []
+    if not trainer.output_dir or not os.path.isabs(trainer.output_dir):
+        problems.append(f"trainer.output_dir={trainer.output_dir!r} must be an absolute path "
+                        "(relative paths land in Ray's unpacked working_dir)")
+    if trainer.total_epochs < 1 or (trainer.total_steps is not None and trainer.total_steps < 1):
+        problems.append("trainer.total_epochs must be >= 1 and trainer.total_steps null or >= 1")
+    for name in ("save_freq", "test_freq"):
+        value = getattr(trainer, name)
+        if value == 0 or value < -1:
+            problems.append(f"trainer.{name}={value}: use -1 ({save_off if name == 'save_freq' else 'off'}) "
+                            "or a step count >= 1")
+    unknown = sorted(set(trainer.loggers) - set(LOGGERS))
+    if unknown:
+        problems.append(f"trainer.loggers has {unknown}: choose from {', '.join(LOGGERS)}")
+    return problems
+
+
 def output_dir_problem(path: str | Path) -> str | None:
     """Why ``path`` (created if missing) cannot take a run's output, or None if it can."""
     out = Path(path)

@@ -11,14 +11,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from bridge_ray.config import trainer_problems
 from bridge_ray.errors import ConfigError
 
-LOGGERS = ("console", "file", "wandb", "tensorboard")
 ENGINES = ("vllm", "sglang", "trtllm")
 REWARD_HOOK_PATH = "pkg://bridge_ray.ppo.reward"
 REWARD_HOOK_NAME = "compute_score"
@@ -222,24 +221,11 @@ def _path_problems(cfg: PPOConfig) -> list[str]:
 
 def _trainer_problems(trainer: TrainerConfig) -> list[str]:
     problems = []
-    if not trainer.output_dir or not os.path.isabs(trainer.output_dir):
-        problems.append(f"trainer.output_dir={trainer.output_dir!r} must be an absolute path "
-                        "(relative paths land in Ray's unpacked working_dir)")
     for name in ("nnodes", "gpus_per_node"):
         value = getattr(trainer, name)
         if value is not None and value < 1:
             problems.append(f"trainer.{name}={value}: use null (what the cluster has) or >= 1")
-    if trainer.total_epochs < 1 or (trainer.total_steps is not None and trainer.total_steps < 1):
-        problems.append("trainer.total_epochs must be >= 1 and trainer.total_steps null or >= 1")
-    for name in ("save_freq", "test_freq"):
-        value = getattr(trainer, name)
-        if value == 0 or value < -1:
-            problems.append(f"trainer.{name}={value}: use -1 ({'final step only' if name == 'save_freq' else 'off'}) "
-                            "or a step count >= 1")
-    unknown = sorted(set(trainer.loggers) - set(LOGGERS))
-    if unknown:
-        problems.append(f"trainer.loggers has {unknown}: choose from {', '.join(LOGGERS)}")
-    return problems
+    return trainer_problems(trainer, save_off="final step only") + problems
 
 
 def validate(cfg: PPOConfig) -> PPOConfig:

@@ -10,15 +10,14 @@ Example:
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from bridge_ray.config import trainer_problems
 from bridge_ray.errors import ConfigError
 from bridge_ray.records import home_dir
 
-LOGGERS = ("console", "wandb", "file", "tensorboard")
 
 
 @dataclass(frozen=True)
@@ -204,19 +203,7 @@ def _workers_problems(workers: WorkersConfig) -> list[str]:
 
 
 def _trainer_problems(trainer: TrainerConfig) -> list[str]:
-    problems = []
-    if not trainer.output_dir or not os.path.isabs(trainer.output_dir):
-        problems.append(f"trainer.output_dir={trainer.output_dir!r} must be an absolute path "
-                        "(relative paths land in Ray's unpacked working_dir)")
-    if trainer.total_epochs < 1 or (trainer.total_steps is not None and trainer.total_steps < 1):
-        problems.append("trainer.total_epochs must be >= 1 and trainer.total_steps null or >= 1")
-    for name in ("save_freq", "test_freq"):
-        value = getattr(trainer, name)
-        if value == 0 or value < -1:
-            problems.append(f"trainer.{name}={value}: use -1 (off) or a step count >= 1")
-    unknown = sorted(set(trainer.loggers) - set(LOGGERS))
-    if unknown:
-        problems.append(f"trainer.loggers has {unknown}: choose from {', '.join(LOGGERS)}")
+    problems = trainer_problems(trainer)
     if trainer.max_failures < -1:
         problems.append(f"trainer.max_failures={trainer.max_failures}: use -1 (retry forever), 0 or more")
     return problems
