@@ -132,6 +132,10 @@ def test_worker_env_adds_verl_ppo_env_under_the_job_env(model_dir, tmp_path, mon
     assert "NCCL_DEBUG" not in env  # the job's value wins: Ray merges the actor's env_vars over the job's
     assert env["TOKENIZERS_PARALLELISM"] == "true" and env["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
     assert env["VERL_FILE_LOGGER_PATH"] == str(tmp_path / "run" / "metrics.jsonl")
+    assert env["VERL_USE_EXTERNAL_MODULES"] == "bridge_ray.platforms.value_model"  # the critic's loader
+    monkeypatch.setenv("VERL_USE_EXTERNAL_MODULES", "team.plugin")  # the job's own plugins stay loaded
+    assert worker_env(seed_ppo(model_dir, tmp_path), config)["VERL_USE_EXTERNAL_MODULES"] == (
+        "team.plugin,bridge_ray.platforms.value_model")
     monkeypatch.setenv("VLLM_USE_FLASHINFER_SAMPLER", "1")
     assert "VLLM_USE_FLASHINFER_SAMPLER" not in worker_env(seed_ppo(model_dir, tmp_path), config)
 

@@ -1,10 +1,12 @@
-"""verl platform plugins that bridge-ray ships.
+"""verl plugins that bridge-ray ships, loaded through verl's ``VERL_USE_EXTERNAL_MODULES``.
 
-verl selects its device backend through ``verl.plugin.platform`` and has no CPU
-platform. ``bridge_ray.platforms.cpu`` registers one; ``cpu_env()`` gives the
-environment variables that make verl load and select it in any process
-(torchrun ranks, Ray Train workers, Ray Job drivers).
+- ``bridge_ray.platforms.cpu``: a ``cpu`` platform (verl has none), so verl trains on CPU
+  ranks over gloo; ``cpu_env()`` gives the variables that load and select it.
+- ``bridge_ray.platforms.value_model``: the PPO critic loads with the configured attention
+  (verl 0.9.1 hard-codes flash_attention_2); ``verl_plugin_env()`` loads it.
+
+Neither edits verl's files.
 """
-from bridge_ray.platforms.env import cpu_env
+from bridge_ray.platforms.env import cpu_env, verl_plugin_env
 
-__all__ = ["cpu_env"]
+__all__ = ["cpu_env", "verl_plugin_env"]

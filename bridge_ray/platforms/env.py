@@ -1,10 +1,39 @@
-"""Environment variables that select bridge-ray's CPU platform inside verl.
+"""Environment variables that load bridge-ray's verl plugins (and select its CPU platform).
 
-Kept apart from ``cpu.py`` so that reading them imports neither torch nor verl.
+Kept apart from the plugin modules so that reading them imports neither torch nor verl.
+verl imports every module named in ``VERL_USE_EXTERNAL_MODULES`` (comma-separated) at
+``import verl``, in every process that imports verl: torchrun ranks, Ray Train workers,
+Ray Job drivers, verl's own Ray workers.
 """
 from __future__ import annotations
 
+import os
+
+EXTERNAL_MODULES_ENV = "VERL_USE_EXTERNAL_MODULES"
 CPU_PLATFORM_MODULE = "bridge_ray.platforms.cpu"
+VALUE_MODEL_MODULE = "bridge_ray.platforms.value_model"
+
+
+def external_modules(*modules: str, existing: str | None = None) -> str:
+    """A ``VERL_USE_EXTERNAL_MODULES`` value: ``existing``'s modules, then ``modules`` not yet named."""
+    names = [name for name in (existing or "").split(",") if name.strip()]
+    return ",".join(names + [m for m in modules if m not in names])
+
+
+def verl_plugin_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Env that loads the plugins every verl run needs, keeping modules ``environ`` already names.
+
+    Today that is ``value_model`` (the PPO critic loads with the configured attention, not
+    verl's hard-coded flash_attention_2).
+
+    Args:
+        environ: the environment to extend (default ``os.environ``).
+
+    Returns:
+        ``{"VERL_USE_EXTERNAL_MODULES": ...}``.
+    """
+    environ = os.environ if environ is None else environ
+    return {EXTERNAL_MODULES_ENV: external_modules(VALUE_MODEL_MODULE, existing=environ.get(EXTERNAL_MODULES_ENV))}
 
 
 def cpu_env() -> dict[str, str]:
@@ -13,8 +42,8 @@ def cpu_env() -> dict[str, str]:
     Put them in a job's ``runtime_env["env_vars"]``, a torchrun environment or a
     Ray Train worker's environment *before* verl is imported there.
 
-    - ``VERL_USE_EXTERNAL_MODULES``: verl imports this module at ``import verl``,
-      which registers the ``cpu`` platform.
+    - ``VERL_USE_EXTERNAL_MODULES``: verl imports these modules at ``import verl``;
+      ``cpu`` registers the ``cpu`` platform, ``value_model`` fixes the critic's loader.
     - ``VERL_PLATFORM=cpu``: selects it (verl would otherwise fall back to nvidia).
     - ``VERL_ENGINE_DEVICE=cuda``: verl registers its FSDP engine only under the
       ``cuda``/``npu`` keys; this is a registry lookup key, no CUDA is used.
@@ -23,7 +52,7 @@ def cpu_env() -> dict[str, str]:
         A new dict of variable name to value.
     """
     return {
-        "VERL_USE_EXTERNAL_MODULES": CPU_PLATFORM_MODULE,
+        EXTERNAL_MODULES_ENV: external_modules(VALUE_MODEL_MODULE, CPU_PLATFORM_MODULE),
         "VERL_PLATFORM": "cpu",
         "VERL_ENGINE_DEVICE": "cuda",
     }

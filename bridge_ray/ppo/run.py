@@ -13,7 +13,9 @@ TaskRunner actor's own runtime_env instead: Ray merges an actor's env_vars over 
 verl already drops the keys this driver's environment sets (the job's ``--env`` and network
 profile), so the job's values win. Added: ``VLLM_USE_FLASHINFER_SAMPLER=0`` for vLLM (vLLM's
 sampler dies probing FlashInfer when it is not installed; verl's processed-logprobs sampling
-never uses it), ``VERL_FILE_LOGGER_PATH`` (per-step metrics in the run folder), and the
+never uses it), ``VERL_FILE_LOGGER_PATH`` (per-step metrics in the run folder),
+``VERL_USE_EXTERNAL_MODULES`` naming bridge-ray's verl plugins on top of the job's own (the
+critic loads with the configured attention: ``bridge_ray.platforms.value_model``), and the
 reward's code as ``py_modules`` when it lives outside the working_dir.
 
 Run folder (``trainer.output_dir``, absolute, shared by all nodes)::
@@ -37,6 +39,7 @@ from pathlib import Path
 from bridge_ray.config import apply_overrides, to_dict
 from bridge_ray.driver import connect
 from bridge_ray.errors import BridgeRayError, ConfigError
+from bridge_ray.platforms import verl_plugin_env
 from bridge_ray.ppo import reward as rewards
 from bridge_ray.ppo.config import (
     PPOConfig,
@@ -104,6 +107,7 @@ def worker_env(cfg: PPOConfig, config) -> dict[str, str]:
         env[FLASHINFER_SAMPLER_ENV] = "0"
     if "VERL_FILE_LOGGER_PATH" not in os.environ:
         env["VERL_FILE_LOGGER_PATH"] = str(Path(cfg.trainer.output_dir) / "metrics.jsonl")
+    env.update(verl_plugin_env(os.environ))
     return env
 
 
