@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from bridge_ray import ppo
 from bridge_ray.config import apply_overrides
+from bridge_ray.platforms import verl_plugin_env
 
 STEP_RE = re.compile(r"step:(\d+) - (.*)")
 KV_RE = re.compile(r"([\w/@()\-]+):([-+\d.e]+|nan|inf)(?= - |$)")
@@ -118,10 +119,11 @@ def recipe_args(base, cfg, prefix: str = "ppo") -> list[str]:
 # ---- running and parsing ------------------------------------------------------------------------
 
 
-def stamped_run(cmd: list[str], log: Path, env: dict, timeout_s: float,
-                cwd: Path = REPO) -> tuple[int, list[tuple[float, str]]]:
+def stamped_run(cmd: list[str], log: Path, env: dict, timeout_s: float, cwd: Path = REPO,
+                on_line=None) -> tuple[int, list[tuple[float, str]]]:
     """Run ``cmd`` in its own process group, writing ``[t=...] line`` to ``log`` as lines arrive.
 
+    ``on_line(t, line)`` sees every line as it arrives (snapshots, stopping a job mid-run).
     Past ``timeout_s`` the whole group is killed (SIGTERM, then SIGKILL), even when it prints nothing.
     """
     t0, lines, q = time.time(), [], queue.Queue()
@@ -140,6 +142,8 @@ def stamped_run(cmd: list[str], log: Path, env: dict, timeout_s: float,
                 break
             now = time.time() - t0
             lines.append((now, line.rstrip("\n")))
+            if on_line is not None:
+                on_line(now, line)
             if f.tell() < LOG_CAP_BYTES or KEEP_RE.search(line):
                 f.write(f"[t={now:8.2f}] {line}")
                 f.flush()
@@ -188,6 +192,11 @@ def summarize(steps: list[dict], cfg: ppo.PPOConfig) -> dict:
         "actor_update_tok_s": 1000 / actor_ms if actor_ms else None,
         "response_length_mean": med("response_length/mean"),
         "score_mean": med("critic/score/mean"),
+        "critic_vf_loss": [s.get("critic/vf_loss") for s in steps] if "critic/vf_loss" in steps[-1] else None,
+        "critic_vpred_mean": [s.get("critic/vpred_mean") for s in steps] if "critic/vpred_mean" in steps[-1] else None,
+        "gen_timing_s": med("timing_s/gen"), "old_log_prob_s": med("timing_s/old_log_prob"),
+        "ref_s": med("timing_s/ref"), "values_s": med("timing_s/values"), "adv_s": med("timing_s/adv"),
+        "update_weights_s": med("timing_s/update_weights"),
         "gpus": cfg.trainer.nnodes * cfg.trainer.gpus_per_node,
     }
 
@@ -214,6 +223,73 @@ class GpuMonitor:
         return {"peak_gpu_mem_mib": max(mem, default=None), "mean_gpu_util_busy_pct": statistics.mean(busy) if busy else None}
 
 
+# ---- what differs between the sides: processes, threads, env; where the start-up time goes --------
+
+SNAPSHOT_ENV_RE = re.compile(r"^(OMP_|MKL_|OPENBLAS_|CUDA_|NCCL_|VLLM_|TOKENIZERS_|PYTORCH_|TORCH|VERL_|HF_|"
+                             r"TRANSFORMERS_|PYTHON|LD_PRELOAD|MALLOC|GLOO_|RAY_)")
+PHASES = {  # first line matching each marker, in either side's log
+    "driver_or_ray_init": r"ray init kwargs|\[bridge-ray\] starting at step|\[bridge-ray\] resumed",
+    "task_runner": r"TaskRunner",
+    "vllm_init": r"(?i)initializing a v1 llm engine|init engine|vllm.*version",
+    "vllm_weights_loaded": r"(?i)loading weights took|model loading took",
+    "vllm_kv_cache": r"(?i)kv cache",
+    "first_step": r"step:1 - ",
+}
+
+
+def snapshot_processes(path: Path) -> None:
+    """Every Ray/Python process's title, thread count, CPU affinity and run-relevant env (secrets masked)."""
+    from bridge_ray.runtime_env import is_secret
+
+    rows = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            title = b" ".join(argv).decode(errors="replace").strip()[:160]
+            if not re.search(r"ray::|python|raylet|gcs_server|vllm", title):
+                continue
+            status = Path(f"/proc/{pid}/status").read_text()
+            environ = dict(item.split("=", 1) for item in
+                           Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0") if "=" in item)
+            rows.append({"pid": int(pid), "title": title,
+                         "threads": int(re.search(r"Threads:\s+(\d+)", status).group(1)),
+                         "cpus": len(os.sched_getaffinity(int(pid))),
+                         "env": {k: ("***" if is_secret(k) else v) for k, v in sorted(environ.items())
+                                 if SNAPSHOT_ENV_RE.match(k)}})
+        except (OSError, AttributeError):
+            continue
+    path.write_text(json.dumps(rows, indent=1))
+
+
+def phases(lines: list[tuple[float, str]]) -> dict:
+    """Seconds from the side's start to the first line of each start-up phase (``PHASES``)."""
+    found = {}
+    for name, pattern in PHASES.items():
+        regex = re.compile(pattern)
+        found[name] = next((round(t, 1) for t, line in lines if regex.search(line)), None)
+    return found
+
+
+class StepWatch:
+    """``on_line`` hook: a process snapshot at the first step; optionally stop the job after step K."""
+
+    def __init__(self, snapshot: Path | None, stop_after: int | None = None, stop_cmd: list[str] | None = None,
+                 env: dict | None = None):
+        self.snapshot, self.stop_after, self.stop_cmd, self.env = snapshot, stop_after, stop_cmd, env
+        self.stopped_at = None
+
+    def __call__(self, t: float, line: str) -> None:
+        m = STEP_RE.search(line)
+        if not m or "timing_s/step" not in line:
+            return
+        if self.snapshot is not None:
+            snapshot_processes(self.snapshot)
+            self.snapshot = None
+        if self.stop_after and self.stopped_at is None and int(m.group(1)) >= self.stop_after:
+            self.stopped_at = int(m.group(1))
+            subprocess.run(self.stop_cmd, env=self.env, cwd=REPO, timeout=120, check=False)
+
+
 # ---- the two sides -------------------------------------------------------------------------------
 
 
@@ -234,11 +310,13 @@ def plain_command(overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
 
 
-def bridge_commands(algo: str, args: list[str], gpus: int) -> list[list[str]]:
+def bridge_commands(algo: str, args: list[str], gpus: int, submission_id: str) -> dict[str, list[str]]:
     br = [sys.executable, "-m", "bridge_ray"]
-    return [br + ["up", "--name", CLUSTER, "--num-gpus", str(gpus)],
-            br + ["submit", f"recipes/{algo}_gsm8k.py", "--name", CLUSTER, *EXCLUDES, "--follow", "--", *args],
-            br + ["down", "--name", CLUSTER]]
+    return {"up": br + ["up", "--name", CLUSTER, "--num-gpus", str(gpus)],
+            "submit": br + ["submit", f"recipes/{algo}_gsm8k.py", "--name", CLUSTER, *EXCLUDES,
+                            "--submission-id", submission_id, "--follow", "--", *args],
+            "stop": br + ["stop", submission_id, "--name", CLUSTER],
+            "down": br + ["down", "--name", CLUSTER]}
 
 
 def run_plain(cfg, args: argparse.Namespace, tag: str) -> dict:
@@ -247,11 +325,14 @@ def run_plain(cfg, args: argparse.Namespace, tag: str) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     # verl's main_ppo starts its own Ray; its own temp root lets us stop exactly that Ray if it outlives the run.
     ray_tmp = Path(f"/tmp/brpb-{os.getpid()}")
-    env = dict(base_env(work), RAY_TMPDIR=str(ray_tmp))
+    # The critic's loader plugin (verl 0.9.1 hard-codes flash_attention_2; no flash-attn here), loaded
+    # through verl's own VERL_USE_EXTERNAL_MODULES hook: what a plain user without flash-attn must do too.
+    env = dict(base_env(work), RAY_TMPDIR=str(ray_tmp), **verl_plugin_env({}))
     monitor = GpuMonitor(work / f"{tag}_nvsmi.csv")
     t0 = time.time()
     # cwd: Hydra's @main writes outputs/<date>/ there
-    rc, lines = stamped_run(plain_command(ppo.to_verl_overrides(cfg)), out / f"{tag}.log", env, timeout_s, cwd=work)
+    rc, lines = stamped_run(plain_command(ppo.to_verl_overrides(cfg)), out / f"{tag}.log", env, timeout_s, cwd=work,
+                            on_line=StepWatch(out / f"{tag}_procs.json"))
     wall = time.time() - t0
     gpu = monitor.stop()
     from bridge_ray.cluster import processes
@@ -262,32 +343,50 @@ def run_plain(cfg, args: argparse.Namespace, tag: str) -> dict:
         aside = run_dir.with_name(run_dir.name + "-plain")
         shutil.rmtree(aside, ignore_errors=True)
         run_dir.rename(aside)
-    return {"side": "plain", "rc": rc, "wall_s": round(wall, 1), **summarize(parse_steps(lines), cfg), **gpu}
+    return {"side": "plain", "rc": rc, "wall_s": round(wall, 1), "phases_s": phases(lines),
+            **summarize(parse_steps(lines), cfg), **gpu}
+
+
+def _bridge_summary(lines: list[tuple[float, str]], cfg) -> dict:
+    merged = [line.split("[bridge-ray] merged ", 1)[1] for _, line in lines if "[bridge-ray] merged " in line]
+    resumed = [line.split("[bridge-ray] ", 1)[1] for _, line in lines if "[bridge-ray] resumed from step" in line]
+    steps = parse_steps(lines)
+    return {"first_step": steps[0]["step"] if steps else None, "resumed": resumed[0] if resumed else None,
+            "merged_hf_actor": merged[0] if merged else None, "phases_s": phases(lines), **summarize(steps, cfg)}
 
 
 def run_bridge(algo: str, cfg, args: argparse.Namespace, tag: str) -> dict:
-    """``--keep-run``: keep the run folder, so verl resumes from its last checkpoint (resume check)."""
+    """One bridge-ray run: up, submit --follow, down.
+
+    ``--keep-run`` keeps the run folder, so verl resumes from its last checkpoint (resume check).
+    ``--stop-after K`` runs ``bridge-ray stop`` once step K is logged, then submits the same run again,
+    which must resume from its last checkpoint (``stopped`` holds the first submission's numbers).
+    """
     out, work, timeout_s, vllm_env = args.out, args.work, args.timeout, not args.unset_vllm_env
     run_dir = Path(cfg.trainer.output_dir)
     if not args.keep_run:
         shutil.rmtree(run_dir, ignore_errors=True)
     env, log = base_env(work, vllm_env), out / f"{tag}.log"
-    up, submit, down = bridge_commands(algo, recipe_args(PRESETS[algo](), cfg), cfg.trainer.gpus_per_node)
-    stamped_run(down, log, env, 120)  # a cluster left by an earlier, killed stage
+    sub_id = f"{tag.replace('_', '-')}-{time.strftime('%H%M%S')}"
+    cmds = bridge_commands(algo, recipe_args(PRESETS[algo](), cfg), cfg.trainer.gpus_per_node, sub_id)
+    stamped_run(cmds["down"], log, env, 120)  # a cluster left by an earlier, killed stage
     t0 = time.time()
-    rc_up, _ = stamped_run(up, log, env, 180)
+    rc_up, _ = stamped_run(cmds["up"], log, env, 180)
     monitor = GpuMonitor(work / f"{tag}_nvsmi.csv")
-    rc, lines = stamped_run(submit, log, env, timeout_s) if rc_up == 0 else (rc_up, [])
+    watch = StepWatch(out / f"{tag}_procs.json", args.stop_after, cmds["stop"], env)
+    rc, lines = stamped_run(cmds["submit"], log, env, timeout_s, on_line=watch) if rc_up == 0 else (rc_up, [])
+    extra = {}
+    if watch.stopped_at is not None:
+        extra = {"stopped": {"rc": rc, "after_step": watch.stopped_at, **_bridge_summary(lines, cfg)}}
+        again = bridge_commands(algo, recipe_args(PRESETS[algo](), cfg), cfg.trainer.gpus_per_node, sub_id + "-again")
+        rc, lines = stamped_run(again["submit"], log, env, timeout_s)
     wall = time.time() - t0
     gpu = monitor.stop()
-    stamped_run(down, log, env, 120)
+    stamped_run(cmds["down"], log, env, 120)
     recorded = run_dir / "config.json"
     same = json.loads(recorded.read_text())["verl_overrides"] == ppo.to_verl_overrides(cfg) if recorded.exists() else None
-    merged = [line.split("[bridge-ray] merged ", 1)[1] for _, line in lines if "[bridge-ray] merged " in line]
-    steps = parse_steps(lines)
     return {"side": "bridge-ray", "rc": rc, "wall_s": round(wall, 1), "overrides_identical_to_plain": same,
-            "flashinfer_env_in_cluster": vllm_env, "first_step": steps[0]["step"] if steps else None,
-            "merged_hf_actor": merged[0] if merged else None, **summarize(steps, cfg), **gpu}
+            "flashinfer_env_in_cluster": vllm_env, **extra, **_bridge_summary(lines, cfg), **gpu}
 
 
 def dry_run(algo: str, cfg) -> dict:
@@ -303,9 +402,9 @@ def dry_run(algo: str, cfg) -> dict:
     assert recipe_overrides == plain, f"recipe and plain overrides differ: {set(recipe_overrides) ^ set(plain)}"
     sample = [(12.5, "(TaskRunner pid=1) step:3 - timing_s/step:4.25 - perf/throughput:1234.5 - timing_per_token_ms/gen:0.5")]
     assert parse_steps(sample * 2)[0]["perf/throughput"] == 1234.5
-    up, submit, down = bridge_commands(algo, args, cfg.trainer.gpus_per_node)
+    cmds = bridge_commands(algo, args, cfg.trainer.gpus_per_node, "dry-run")
     return {"overrides_identical": True, "num_overrides": len(plain), "plain": shlex.join(plain_command(plain)),
-            "bridge_ray": [shlex.join(c) for c in (up, submit, down)]}
+            "bridge_ray": [shlex.join(cmds[k]) for k in ("up", "submit", "down")]}
 
 
 def markdown(results: list[dict]) -> str:
@@ -350,6 +449,8 @@ def main() -> None:
     parser.add_argument("--unset-vllm-env", action="store_true",
                         help="bridge side: start the cluster without VLLM_USE_FLASHINFER_SAMPLER (bridge-ray injects it)")
     parser.add_argument("--keep-run", action="store_true", help="bridge side: keep the run folder (verl resumes)")
+    parser.add_argument("--stop-after", type=int, help="bridge side: `bridge-ray stop` after step K, then resubmit")
+    parser.add_argument("--save-freq", type=int, help="checkpoint every N steps (default: the final step only)")
     parser.add_argument("--tag", help="name of this run's log and results entry (default ALGO_SIDE)")
     parser.add_argument("--summarize", type=Path, metavar="OUT", help="print the markdown table of OUT/results.json")
     args = parser.parse_args()
@@ -363,6 +464,8 @@ def main() -> None:
     files = build_assets(args.work, args.shape)
     print(f"assets ready in {time.time() - t0:.0f}s: {files['model']}", flush=True)
     cfg = bench_config(args.algo, files, args.work / f"run-{args.algo}", args.steps, args.gpus or gpu_count())
+    if args.save_freq:
+        cfg = apply_overrides(cfg, [f"ppo.trainer.save_freq={args.save_freq}"], prefix="ppo")
     if args.dry_run:
         print(json.dumps(dry_run(args.algo, cfg), indent=2))
         return

@@ -140,6 +140,42 @@ def test_worker_env_adds_verl_ppo_env_under_the_job_env(model_dir, tmp_path, mon
     assert "VLLM_USE_FLASHINFER_SAMPLER" not in worker_env(seed_ppo(model_dir, tmp_path), config)
 
 
+def test_the_log_says_where_training_starts(model_dir, tmp_path, capsys):
+    from bridge_ray.ppo.run import announce_resume
+
+    cfg = seed_ppo(model_dir, tmp_path)
+    assert announce_resume(cfg) == 0
+    assert f"[bridge-ray] starting at step 1 (no checkpoint under {tmp_path / 'run' / 'checkpoints'})" in capsys.readouterr().out
+    step = tmp_path / "run" / "checkpoints" / "global_step_10"
+    (step / "actor").mkdir(parents=True)
+    (step.parent / "latest_checkpointed_iteration.txt").write_text("10")
+    assert announce_resume(cfg) == 10
+    assert f"[bridge-ray] resumed from step 10 ({step})" in capsys.readouterr().out
+    assert announce_resume(ppo.apply_overrides(cfg, ["ppo.trainer.resume_mode=disable"])) == 0
+
+
+def test_the_last_step_metrics_go_into_the_run_record(model_dir, tmp_path, monkeypatch):
+    from bridge_ray import runs
+    from bridge_ray.ppo.run import record_last_step
+
+    monkeypatch.delenv("VERL_FILE_LOGGER_PATH", raising=False)
+    cfg = seed_ppo(model_dir, tmp_path)
+    assert record_last_step(cfg) is None  # verl logged nothing (no file logger, or no step)
+    run_dir = tmp_path / "record"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({"submission_id": "ppo-1"}))  # what submit wrote
+    monkeypatch.setenv(runs.RUN_DIR_ENV, str(run_dir))
+    rows = [{"step": 1, "data": {"critic/vf_loss": 0.5}},
+            {"step": 2, "data": {"critic/vf_loss": 0.25, "critic/vpred_mean": 0.1, "critic/score/mean": 0.3,
+                                 "note": "text is left out"}}]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert record_last_step(cfg) == {"step": 2, "critic/vf_loss": 0.25, "critic/vpred_mean": 0.1,
+                                     "critic/score/mean": 0.3}
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["last_step"] == 2 and record["metrics"]["critic/vf_loss"] == 0.25
+
+
 # ---- preflight (pure parts; the cluster parts run in test_ppo_submit.py) -------------------------
 
 

@@ -109,7 +109,7 @@ def tiny_gsm8k(algorithm: Literal["ppo", "grpo"], model_dir: str, train_file: st
                         max_prompt_length=256, max_response_length=64, num_loader_workers=2),
         reward=RewardConfig(function="bridge_ray.ppo.reward:gsm8k_digit_bonus", num_workers=2),
         trainer=TrainerConfig(output_dir=output_dir, total_epochs=1, total_steps=total_steps, save_freq=-1,
-                              test_freq=-1, val_before_train=False, loggers=("console",),
+                              test_freq=-1, val_before_train=False, loggers=("console", "file"),
                               experiment_name=f"{algorithm}-tiny"),
     )
 

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge_ray import runs
 from bridge_ray.config import apply_overrides, to_dict
 from bridge_ray.driver import connect
 from bridge_ray.errors import BridgeRayError, ConfigError
@@ -50,6 +51,7 @@ from bridge_ray.ppo.config import (
 )
 
 FLASHINFER_SAMPLER_ENV = "VLLM_USE_FLASHINFER_SAMPLER"
+METRICS_FILE_ENV = "VERL_FILE_LOGGER_PATH"
 
 
 class PPOFailed(BridgeRayError):
@@ -96,6 +98,27 @@ def validate_verl(config) -> None:
         raise ConfigError(f"verl rejects the config: {err}") from err
 
 
+def metrics_file(cfg: PPOConfig) -> Path:
+    """Where verl's ``file`` logger writes one JSON line per step (``{"step": N, "data": {...}}``)."""
+    return Path(os.environ.get(METRICS_FILE_ENV) or Path(cfg.trainer.output_dir) / "metrics.jsonl")
+
+
+def record_last_step(cfg: PPOConfig) -> dict | None:
+    """Put the last step's numeric metrics (rewards, critic loss and values, throughput) in the run record.
+
+    Returns:
+        ``{"step": N, ...metrics}``, or None when verl logged no step to the file logger.
+    """
+    path = metrics_file(cfg)
+    lines = path.read_text().splitlines() if path.is_file() else []
+    if not lines:
+        return None
+    last = json.loads(lines[-1])
+    metrics = {"step": last["step"], **{k: v for k, v in last["data"].items() if isinstance(v, (int, float))}}
+    runs.update_run(last_step=last["step"], metrics=metrics)
+    return metrics
+
+
 def worker_env(cfg: PPOConfig, config) -> dict[str, str]:
     """Env vars for verl's TaskRunner and everything it starts (see the module docstring)."""
     from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
@@ -105,8 +128,8 @@ def worker_env(cfg: PPOConfig, config) -> dict[str, str]:
         env["TRANSFER_QUEUE_ENABLE"] = "1"
     if cfg.rollout.engine == "vllm" and FLASHINFER_SAMPLER_ENV not in os.environ:
         env[FLASHINFER_SAMPLER_ENV] = "0"
-    if "VERL_FILE_LOGGER_PATH" not in os.environ:
-        env["VERL_FILE_LOGGER_PATH"] = str(Path(cfg.trainer.output_dir) / "metrics.jsonl")
+    if METRICS_FILE_ENV not in os.environ:
+        env[METRICS_FILE_ENV] = str(metrics_file(cfg))
     env.update(verl_plugin_env(os.environ))
     return env
 
@@ -151,6 +174,23 @@ def merge_final_actor(cfg: PPOConfig) -> tuple[Path, Path, str]:
     return step_dir, hf_dir, sample
 
 
+def announce_resume(cfg: PPOConfig) -> int:
+    """Print where training starts: the step of the checkpoint verl resumes from, or step 1.
+
+    Returns:
+        The step verl resumes from (0: a fresh start).
+    """
+    from bridge_ray.checkpoints import latest_checkpoint
+
+    step_dir = latest_checkpoint(checkpoint_dir(cfg)) if cfg.trainer.resume_mode == "auto" else None
+    if step_dir is None:
+        print(f"[bridge-ray] starting at step 1 (no checkpoint under {checkpoint_dir(cfg)})", flush=True)
+        return 0
+    step = int(step_dir.name.rsplit("_", 1)[1])
+    print(f"[bridge-ray] resumed from step {step} ({step_dir})", flush=True)
+    return step
+
+
 def run(cfg: PPOConfig, reward: Callable | str | None = None) -> PPOResult:
     """Train with verl's PPO/GRPO on the cluster this job runs on, then merge the final actor.
 
@@ -187,8 +227,13 @@ def run(cfg: PPOConfig, reward: Callable | str | None = None) -> PPOResult:
     (output_dir / "config.json").write_text(json.dumps(
         {"ppo": to_dict(cfg), "verl_overrides": to_verl_overrides(cfg), "task_runner_runtime_env": runtime_env},
         indent=2, default=str))
+    runs.record_job(output_dir, loggers=cfg.trainer.loggers)
+    announce_resume(cfg)
     _train(config, runtime_env)
+    record_last_step(cfg)
     step_dir, hf_dir, sample = merge_final_actor(cfg) if cfg.trainer.merge_hf else (None, None, "")
+    if hf_dir is not None:
+        runs.update_run(hf_model=str(hf_dir))
     result = PPOResult(output_dir, step_dir, hf_dir, sample)
     (output_dir / "result.json").write_text(json.dumps(dataclasses.asdict(result), indent=2, default=str))
     return result
