@@ -65,5 +65,6 @@ if r:
     print({k: r.get(k) for k in keys if k in r})
 PY
   [ -f "$out/$tag.log" ] && grep -E "Traceback|Error|error:" "$out/$tag.log" | grep -v "UserWarning\|truncation" | head -5
+  tar czf "$dest/ppo-out.tgz" -C "$out" .   # after every stage: a call cut at its limit keeps what finished
 done
 exit $rc
