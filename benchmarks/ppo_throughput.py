@@ -261,6 +261,26 @@ def snapshot_processes(path: Path) -> None:
     path.write_text(json.dumps(rows, indent=1))
 
 
+def _role(title: str) -> str:
+    """A process's role across runs: its title without pids, addresses, paths and numbers."""
+    head = title.split(" --", 1)[0]
+    return re.sub(r"\d+", "N", head.split("/")[-1])[:70]
+
+
+def procs_diff(plain: list[dict], bridge: list[dict]) -> list[str]:
+    """Roles whose env (the snapshot's keys) or thread counts differ between the two sides."""
+    by_role = lambda rows: {_role(r["title"]): r for r in rows}  # noqa: E731
+    a, b = by_role(plain), by_role(bridge)
+    out = [f"only plain: {sorted(set(a) - set(b))}", f"only bridge-ray: {sorted(set(b) - set(a))}"]
+    for role in sorted(set(a) & set(b)):
+        ea, eb = a[role]["env"], b[role]["env"]
+        diff = {k: (ea.get(k), eb.get(k)) for k in sorted(set(ea) | set(eb)) if ea.get(k) != eb.get(k)
+                and not k.startswith(("RAY_JOB", "RAY_RAYLET", "RAY_NODE", "PYTHONPATH"))}
+        out.append(f"{role}: threads {a[role]['threads']} vs {b[role]['threads']}, cpus {a[role]['cpus']} vs "
+                   f"{b[role]['cpus']}; env differs: {diff}")
+    return out
+
+
 def phases(lines: list[tuple[float, str]]) -> dict:
     """Seconds from the side's start to the first line of each start-up phase (``PHASES``)."""
     found = {}
@@ -457,6 +477,11 @@ def main() -> None:
     if args.summarize:
         path = args.summarize / RESULTS
         print(markdown(list(json.loads(path.read_text()).values())) if path.exists() else f"no {path} yet")
+        for algo in ("ppo", "grpo"):
+            pair = [args.summarize / f"{algo}_{side}_procs.json" for side in ("plain", "bridge")]
+            if all(p.exists() for p in pair):
+                print(f"\n{algo} processes, plain vs bridge-ray:\n  " + "\n  ".join(
+                    procs_diff(*(json.loads(p.read_text()) for p in pair))))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
