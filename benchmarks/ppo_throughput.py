@@ -290,21 +290,55 @@ def phases(lines: list[tuple[float, str]]) -> dict:
     return found
 
 
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """pid -> (title, user+system CPU seconds so far) for every process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+            found[int(pid)] = (title.strip(), (int(fields[11]) + int(fields[12])) / tick)
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def cpu_between(before: dict, after: dict, seconds: float) -> list[dict]:
+    """Processes by CPU use between two ``cpu_seconds()`` samples (cores busy on average), busiest first."""
+    rows = [{"pid": pid, "title": title, "cores": round((used - before[pid][1]) / seconds, 3)}
+            for pid, (title, used) in after.items() if pid in before]
+    return sorted((r for r in rows if r["cores"] > 0.005), key=lambda r: -r["cores"])
+
+
 class StepWatch:
-    """``on_line`` hook: a process snapshot at the first step; optionally stop the job after step K."""
+    """``on_line`` hook: a process snapshot at the first step, each process's CPU use from step 2 to
+    step ``cpu_until`` (the steady state), and optionally ``bridge-ray stop`` after step K."""
 
     def __init__(self, snapshot: Path | None, stop_after: int | None = None, stop_cmd: list[str] | None = None,
-                 env: dict | None = None):
+                 env: dict | None = None, cpu_until: int | None = None):
         self.snapshot, self.stop_after, self.stop_cmd, self.env = snapshot, stop_after, stop_cmd, env
-        self.stopped_at = None
+        self.cpu_until, self.cpu_start, self.stopped_at = cpu_until, None, None
+
+    def _cpu(self, step: int, t: float) -> None:
+        if step == 2 and self.cpu_start is None:
+            self.cpu_start = (t, cpu_seconds())
+        elif self.cpu_start is not None and self.cpu_until and step >= self.cpu_until and self.snapshot_cpu:
+            t0, before = self.cpu_start
+            path = self.snapshot_cpu
+            path.write_text(json.dumps(cpu_between(before, cpu_seconds(), t - t0), indent=1))
+            self.snapshot_cpu = None
 
     def __call__(self, t: float, line: str) -> None:
         m = STEP_RE.search(line)
         if not m or "timing_s/step" not in line:
             return
         if self.snapshot is not None:
+            self.snapshot_cpu = self.snapshot.with_name(self.snapshot.name.replace("_procs", "_cpu"))
             snapshot_processes(self.snapshot)
             self.snapshot = None
+        self._cpu(int(m.group(1)), t)
         if self.stop_after and self.stopped_at is None and int(m.group(1)) >= self.stop_after:
             self.stopped_at = int(m.group(1))
             subprocess.run(self.stop_cmd, env=self.env, cwd=REPO, timeout=120, check=False)
@@ -352,7 +386,7 @@ def run_plain(cfg, args: argparse.Namespace, tag: str) -> dict:
     t0 = time.time()
     # cwd: Hydra's @main writes outputs/<date>/ there
     rc, lines = stamped_run(plain_command(ppo.to_verl_overrides(cfg)), out / f"{tag}.log", env, timeout_s, cwd=work,
-                            on_line=StepWatch(out / f"{tag}_procs.json"))
+                            on_line=StepWatch(out / f"{tag}_procs.json", cpu_until=cfg.trainer.total_steps - 1))
     wall = time.time() - t0
     gpu = monitor.stop()
     from bridge_ray.cluster import processes
@@ -393,7 +427,8 @@ def run_bridge(algo: str, cfg, args: argparse.Namespace, tag: str) -> dict:
     t0 = time.time()
     rc_up, _ = stamped_run(cmds["up"], log, env, 180)
     monitor = GpuMonitor(work / f"{tag}_nvsmi.csv")
-    watch = StepWatch(out / f"{tag}_procs.json", args.stop_after, cmds["stop"], env)
+    watch = StepWatch(out / f"{tag}_procs.json", args.stop_after, cmds["stop"], env,
+                      cpu_until=cfg.trainer.total_steps - 1)
     rc, lines = stamped_run(cmds["submit"], log, env, timeout_s, on_line=watch) if rc_up == 0 else (rc_up, [])
     extra = {}
     if watch.stopped_at is not None:
@@ -482,6 +517,10 @@ def main() -> None:
             if all(p.exists() for p in pair):
                 print(f"\n{algo} processes, plain vs bridge-ray:\n  " + "\n  ".join(
                     procs_diff(*(json.loads(p.read_text()) for p in pair))))
+        for path in sorted(args.summarize.glob("*_cpu.json")):
+            top = json.loads(path.read_text())[:8]
+            print(f"\n{path.stem} (cores busy, steady state):\n  " + "\n  ".join(
+                f"{r['cores']:6.2f}  {r['title'][:100]}" for r in top))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
