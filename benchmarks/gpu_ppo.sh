@@ -19,7 +19,9 @@
 # machine keeps /tmp); every call leaves one OUT/ppo-out.tgz with all of them (logs, results.json,
 # <tag>_procs.json process/env snapshots taken at step 1, summary.md).
 # Needs the wheel install first (ray, verl, vllm importable: PYTHONPATH/PATH exported).
-# Env: WORK (/tmp/bridge-ray-ppo-bench), STEPS (10), RUN_TIMEOUT (480 s per verl run), SHAPE (small).
+# Env: WORK (/tmp/bridge-ray-ppo-bench), STEPS (10), RUN_TIMEOUT (480 s per verl run), SHAPE (small |
+# llama-3.2-1b), SET (space-separated ppo.* overrides for both sides), SUFFIX (appended to each run's tag, for
+# repeated pairs: SUFFIX=_2 gives ppo_plain_2 / ppo_bridge_2).
 set -uo pipefail
 dest="$(mkdir -p "$1" && cd "$1" && pwd)"; shift
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,6 +31,7 @@ work="${WORK:-/tmp/bridge-ray-ppo-bench}"; steps="${STEPS:-10}"; out="$work/out"
 trap 'tar czf "$dest/ppo-out.tgz" -C "$out" .' EXIT
 bench=(python3 benchmarks/ppo_throughput.py --out "$out" --work "$work" --timeout "${RUN_TIMEOUT:-480}"
        --shape "${SHAPE:-small}" ${GPUS:+--gpus "$GPUS"})
+for kv in ${SET:-}; do bench+=(--set "$kv"); done   # SET="ppo.rollout.n=5 ppo.data.train_batch_size=64": both sides
 unset_vllm=$([ -n "${KEEP_VLLM_ENV:-}" ] || echo --unset-vllm-env)
 stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(assets ppo-plain ppo-bridge summary)
 rc=0
@@ -42,10 +45,10 @@ for stage in "${stages[@]}"; do
         timeout 300 "${bench[@]}" --steps "$steps" --algo grpo --dry-run 2>&1 | grep -E "assets ready|overrides_identical|Error"
       } > "$out/env.txt" 2>&1 || rc=1
       cat "$out/env.txt" ;;
-    grpo-plain)  timeout 590 "${bench[@]}" --steps "$steps" --algo grpo --mode plain > /dev/null || rc=1 ;;
-    grpo-bridge) timeout 590 "${bench[@]}" --steps "$steps" --algo grpo --mode bridge > /dev/null || rc=1 ;;
-    ppo-plain)   timeout 590 "${bench[@]}" --steps "$steps" --algo ppo --mode plain > /dev/null || rc=1 ;;
-    ppo-bridge)  timeout 590 "${bench[@]}" --steps "$steps" --algo ppo --mode bridge $unset_vllm > /dev/null || rc=1 ;;
+    grpo-plain)  timeout 590 "${bench[@]}" --steps "$steps" --algo grpo --mode plain --tag grpo_plain${SUFFIX:-} > /dev/null || rc=1 ;;
+    grpo-bridge) timeout 590 "${bench[@]}" --steps "$steps" --algo grpo --mode bridge --tag grpo_bridge${SUFFIX:-} > /dev/null || rc=1 ;;
+    ppo-plain)   timeout 590 "${bench[@]}" --steps "$steps" --algo ppo --mode plain --tag ppo_plain${SUFFIX:-} > /dev/null || rc=1 ;;
+    ppo-bridge)  timeout 590 "${bench[@]}" --steps "$steps" --algo ppo --mode bridge --tag ppo_bridge${SUFFIX:-} $unset_vllm > /dev/null || rc=1 ;;
     ppo-resume)  timeout 590 "${bench[@]}" --steps $((steps + 2)) --algo ppo --mode bridge $unset_vllm --keep-run \
                    --tag ppo_resume > /dev/null || rc=1 ;;
     ppo-stop)    timeout 590 "${bench[@]}" --steps 6 --save-freq 2 --stop-after 4 --algo ppo --mode bridge \
@@ -54,7 +57,7 @@ for stage in "${stages[@]}"; do
     *) echo "unknown stage $stage: use assets ppo-plain ppo-bridge grpo-plain grpo-bridge ppo-resume ppo-stop summary"
        exit 2 ;;
   esac
-  tag="${stage/-/_}"
+  tag="${stage/-/_}"; case "$stage" in *-plain|*-bridge) tag="$tag${SUFFIX:-}" ;; esac
   [ -f "$out/results.json" ] && python3 - "$out/results.json" "$tag" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])).get(sys.argv[2])

@@ -426,6 +426,7 @@ def run_bridge(algo: str, cfg, args: argparse.Namespace, tag: str) -> dict:
     stamped_run(cmds["down"], log, env, 120)  # a cluster left by an earlier, killed stage
     t0 = time.time()
     rc_up, _ = stamped_run(cmds["up"], log, env, 180)
+    up_s = time.time() - t0
     monitor = GpuMonitor(work / f"{tag}_nvsmi.csv")
     watch = StepWatch(out / f"{tag}_procs.json", args.stop_after, cmds["stop"], env,
                       cpu_until=cfg.trainer.total_steps - 1)
@@ -440,8 +441,11 @@ def run_bridge(algo: str, cfg, args: argparse.Namespace, tag: str) -> dict:
     stamped_run(cmds["down"], log, env, 120)
     recorded = run_dir / "config.json"
     same = json.loads(recorded.read_text())["verl_overrides"] == ppo.to_verl_overrides(cfg) if recorded.exists() else None
+    summary = _bridge_summary(lines, cfg)
+    first = summary.get("first_step_at_s")
     return {"side": "bridge-ray", "rc": rc, "wall_s": round(wall, 1), "overrides_identical_to_plain": same,
-            "flashinfer_env_in_cluster": vllm_env, **extra, **_bridge_summary(lines, cfg), **gpu}
+            "flashinfer_env_in_cluster": vllm_env, "up_s": round(up_s, 1),
+            "first_step_incl_up_s": round(first + up_s, 1) if first is not None else None, **extra, **summary, **gpu}
 
 
 def dry_run(algo: str, cfg) -> dict:
@@ -473,13 +477,16 @@ def markdown(results: list[dict]) -> str:
                     f"{fmt(r.get('train_throughput_tok_s_gpu'))} | {fmt(r.get('rollout_throughput_tok_s'))} | "
                     f"{fmt(r.get('actor_update_tok_s'))} | {fmt(r.get('first_step_at_s'))} | "
                     f"{fmt(r.get('peak_gpu_mem_mib'))} | {'yes' if r.get('merged_hf_actor') else '-'} |")
-    by = {(r.get("algo"), r["side"]): r for r in results}
     for algo in sorted({r.get("algo") for r in results}):
-        plain, bridge = by.get((algo, "plain")), by.get((algo, "bridge-ray"))
-        if plain and bridge and plain.get("step_time_s") and bridge.get("step_time_s"):
-            rows.append(f"\n{algo}: bridge-ray / plain = {plain['step_time_s'] / bridge['step_time_s']:.3f}x by step "
-                        f"time, {bridge['train_throughput_tok_s_gpu'] / plain['train_throughput_tok_s_gpu']:.3f}x "
-                        "by training throughput (goal >= 0.98x)")
+        sides = {side: [r for r in results if r.get("algo") == algo and r["side"] == side and r.get("step_time_s")
+                        and r["tag"].startswith(f"{algo}_{'plain' if side == 'plain' else 'bridge'}")]
+                 for side in ("plain", "bridge-ray")}
+        if all(sides.values()):
+            step = {k: statistics.median(r["step_time_s"] for r in v) for k, v in sides.items()}
+            tput = {k: statistics.median(r["train_throughput_tok_s_gpu"] for r in v) for k, v in sides.items()}
+            rows.append(f"\n{algo}: bridge-ray / plain = {step['plain'] / step['bridge-ray']:.3f}x by step time, "
+                        f"{tput['bridge-ray'] / tput['plain']:.3f}x by training throughput (medians of "
+                        f"{len(sides['plain'])} plain and {len(sides['bridge-ray'])} bridge-ray runs; goal >= 0.98x)")
     return "\n".join(rows)
 
 
@@ -506,6 +513,8 @@ def main() -> None:
     parser.add_argument("--keep-run", action="store_true", help="bridge side: keep the run folder (verl resumes)")
     parser.add_argument("--stop-after", type=int, help="bridge side: `bridge-ray stop` after step K, then resubmit")
     parser.add_argument("--save-freq", type=int, help="checkpoint every N steps (default: the final step only)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="ppo.KEY=VALUE",
+                        help="override the benchmark's config on both sides (repeatable), e.g. ppo.rollout.n=5")
     parser.add_argument("--tag", help="name of this run's log and results entry (default ALGO_SIDE)")
     parser.add_argument("--summarize", type=Path, metavar="OUT", help="print the markdown table of OUT/results.json")
     args = parser.parse_args()
@@ -528,8 +537,8 @@ def main() -> None:
     files = build_assets(args.work, args.shape)
     print(f"assets ready in {time.time() - t0:.0f}s: {files['model']}", flush=True)
     cfg = bench_config(args.algo, files, args.work / f"run-{args.algo}", args.steps, args.gpus or gpu_count())
-    if args.save_freq:
-        cfg = apply_overrides(cfg, [f"ppo.trainer.save_freq={args.save_freq}"], prefix="ppo")
+    extra = args.overrides + ([f"ppo.trainer.save_freq={args.save_freq}"] if args.save_freq else [])
+    cfg = apply_overrides(cfg, extra, prefix="ppo") if extra else cfg
     if args.dry_run:
         print(json.dumps(dry_run(args.algo, cfg), indent=2))
         return
