@@ -132,10 +132,12 @@ def sft_then_ppo(sft_cfg, ppo_cfg, run_dir: str | Path, reward: Callable | str |
     if not os.path.isabs(str(run_dir)):
         raise ConfigError(f"run dir {run_dir} must be an absolute path (relative paths land in Ray's working_dir)")
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     sft_cfg, ppo_cfg = plan(sft_cfg, ppo_cfg, run_dir)
     if reward is not None:
         ppo_cfg = dataclasses.replace(ppo_cfg, reward=dataclasses.replace(ppo_cfg.reward, function=describe(reward)[0]))
+    sft.validate(sft_cfg)  # both stages before either starts: a bad PPO value must not wait for SFT to end
+    ppo.validate(ppo_cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     sft_record = _stage(run_dir, "sft", sft_cfg, lambda: sft.fit(sft_cfg).hf_model)
     ppo_record = _stage(run_dir, "ppo", ppo_cfg, lambda: ppo.run(ppo_cfg, reward).hf_model)
     return {"sft": sft_record, "ppo": ppo_record}

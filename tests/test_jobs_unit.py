@@ -103,7 +103,7 @@ def test_apply_overrides_types_and_collected_errors():
     assert err.value.problems == [
         "steps='many' is not an integer",
         "unknown key 'nope': _Outer has inner, path, steps",
-        "override 'inner.lr' has no '=': write key=value, e.g. x.lr=1e-5",
+        "override 'inner.lr' has no '=': write it as inner.lr=VALUE",
     ]
 
 

@@ -86,7 +86,10 @@ def test_start_run_records_the_submission_and_no_secret(home, project, monkeypat
     assert all(data.get(name) not in (None, "", {}) for name in RECORD_FIELDS), data
     run = runs.load_run("r-1")
     assert run.recipe == "recipes/train.py" and run.entrypoint.endswith("recipes/train.py sft.optim.lr=1e-4")
-    assert run.runtime_env["env_vars"]["HF_TOKEN"] == "***" and run.runtime_env["env_vars"]["WANDB_API_KEY"] == "***"
+    # Secrets never enter the runtime_env (Ray puts it on worker command lines): only their file's path does.
+    assert sorted(plan.secrets) == ["HF_TOKEN", "WANDB_API_KEY"]
+    assert "HF_TOKEN" not in run.runtime_env["env_vars"] and "WANDB_API_KEY" not in run.runtime_env["env_vars"]
+    assert run.runtime_env["env_vars"]["BRIDGE_RAY_ENV_FILE"] == str(home / "clusters" / "unit" / "secrets" / "r-1.env")
     assert run.git["commit"] == _git(project, "rev-parse", "HEAD") and run.git["dirty"] is True
     assert "+print('v2')" in (folder / "git.diff").read_text()
     assert run.cluster_record["name"] == "unit" and run.status == "PENDING"
@@ -180,10 +183,21 @@ def test_load_and_list_runs(home):
         runs.load_run("x")
 
 
-def test_refresh_leaves_a_run_of_an_unreachable_cluster_as_recorded(home):
+def test_refresh_records_the_runs_of_a_dead_head_as_lost(home):
     _started(home)
     run = runs.load_run("r-1", refresh=True)
-    assert run.status == "PENDING" and run.message.startswith("status not refreshed: cluster 'unit' is recorded but")
+    assert (run.status, run.failure) == ("FAILED", "cluster lost")
+    assert run.message == "the head of cluster 'unit' at http://127.0.0.1:1 stopped answering"
+    # A head that comes back and reports the real end still wins over the mark.
+    runs.finish_run("r-1", "SUCCEEDED")
+    assert (runs.load_run("r-1").status, runs.load_run("r-1").failure) == ("SUCCEEDED", None)
+
+
+def test_refresh_leaves_a_run_of_an_unrecorded_cluster_as_recorded(home):
+    _started(home)
+    records.delete("unit")
+    run = runs.load_run("r-1", refresh=True)
+    assert run.status == "PENDING" and run.message.startswith("status not refreshed: no cluster named 'unit'")
 
 
 def test_runs_cli_lists_and_shows(home, monkeypatch):

@@ -128,6 +128,22 @@ def cancel(job_id: str, timeout_s: float = 60.0) -> str:
     return state
 
 
+def cancel_started_in(folder: Path) -> list[str]:
+    """Cancel this user's SLURM jobs whose working dir is ``folder`` (a cluster's folder); return their ids.
+
+    Finds a cluster's allocation when its record cannot be read: the bootstrap script runs
+    with ``--chdir`` set to the cluster's folder. No-op without SLURM on PATH.
+    """
+    if not shutil.which("squeue"):
+        return []
+    out = subprocess.run(["squeue", "-h", "--me", "-o", "%i|%Z"], capture_output=True, text=True).stdout
+    ids = [line.split("|", 1)[0] for line in out.splitlines()
+           if "|" in line and Path(line.split("|", 1)[1]).resolve() == folder.resolve()]
+    for job_id in ids:
+        cancel(job_id)
+    return ids
+
+
 def _log_tail(path: Path, lines: int = 5) -> str:
     text = path.read_text(errors="replace").strip() if path.exists() else ""
     return " | ".join(text.splitlines()[-lines:])
