@@ -5,18 +5,22 @@
 
 As a job's driver it loads the job's secrets (``bridge_ray.credentials``), makes Ray's folders
 private again (Ray's job supervisor marks them 0777 each time it starts), then runs RECIPE as
-``__main__`` with ARGS, exactly as ``python RECIPE ARGS`` would.
+``__main__`` with ARGS, exactly as ``python RECIPE ARGS`` would; a bridge-ray error it raises
+ends the job with one ``error: ...`` line and the error's exit code, not a traceback.
 
-With ``--check`` the recipe runs here until it would attach to a cluster: ``ray.init`` ends the
-run, and demo assets are located, not built. By then its configs are built from the arguments
-and validated (``sft.fit``, ``ppo.run`` and ``pipeline.sft_then_ppo`` validate before they
-connect), so an unknown key, a wrong type or an out-of-range value is reported here in a
-second, with nothing uploaded. Exit codes: 0 the recipe reached the cluster (or ended), 2 a
-bridge-ray error (printed as ``error: ...``), 3 it cannot be checked here (a module this
-machine lacks), 4 it failed here with another exception; any other code is the recipe's own.
+With ``--check``, a recipe that declares how its arguments become configs, a top-level
+``config(argv)`` returning an ``SFTConfig``, a ``PPOConfig`` or a tuple of them, is imported
+(not run: its ``__main__`` block stays untouched) and ``config(ARGS)`` is built and validated
+here. So an unknown key, a wrong type or an out-of-range value is reported in a second with
+nothing uploaded. Nothing heavy runs meanwhile: demo assets are located, not built, and
+``ray.init`` stops the check. A recipe without ``config`` is not run here at all. Exit codes:
+0 checked (or nothing to check), 2 a bridge-ray error (printed as ``error: ...``), 3 it cannot
+be checked here (a module this machine lacks), 4 it failed here with another exception; any
+other code is the recipe's own (an argparse error in ``config``, say).
 """
 from __future__ import annotations
 
+import ast
 import importlib.abc
 import importlib.util
 import os
@@ -54,12 +58,17 @@ class _StopAtRayInit(importlib.abc.MetaPathFinder):
         return spec
 
 
-def _run(recipe: str, args: list[str]) -> None:
-    """Run ``recipe`` as ``__main__`` with ``args``, as ``python recipe args`` would (its folder first on sys.path)."""
+def _load(recipe: str, args: list[str] | None = None, run_name: str = "__bridge_ray_check__") -> dict:
+    """Execute ``recipe`` as ``python recipe args`` would (its folder first on sys.path); return its globals."""
     path = os.path.abspath(recipe)
-    sys.argv = [recipe, *args]
+    sys.argv = [recipe, *(args or [])]
     sys.path[0] = os.path.dirname(path)
-    runpy.run_path(path, run_name="__main__")
+    return runpy.run_path(path, run_name=run_name)
+
+
+def _run(recipe: str, args: list[str]) -> None:
+    """Run ``recipe`` as ``__main__`` with ``args``."""
+    _load(recipe, args, run_name="__main__")
 
 
 def _where(err: BaseException, recipe: str) -> str:
@@ -68,18 +77,44 @@ def _where(err: BaseException, recipe: str) -> str:
     return f" ({recipe}:{frames[-1].lineno})" if frames else ""
 
 
+def declares_config(recipe: str) -> bool:
+    """Whether the recipe defines a top-level ``config(argv)`` (read from its source, nothing run)."""
+    tree = ast.parse(Path(recipe).read_bytes(), recipe)
+    return any(isinstance(node, ast.FunctionDef) and node.name == "config" for node in tree.body)
+
+
+def validate(configs) -> None:
+    """Validate what a recipe's ``config(argv)`` returned: one config or a tuple of them.
+
+    Raises:
+        ConfigError: listing every problem, as the training entry points would on the cluster.
+    """
+    from bridge_ray.ppo.config import PPOConfig
+    from bridge_ray.ppo.config import validate as validate_ppo
+    from bridge_ray.sft.config import SFTConfig
+    from bridge_ray.sft.config import validate as validate_sft
+
+    for cfg in configs if isinstance(configs, (tuple, list)) else (configs,):
+        if isinstance(cfg, SFTConfig):
+            validate_sft(cfg)
+        elif isinstance(cfg, PPOConfig):
+            validate_ppo(cfg)
+
+
 def check(recipe: str, args: list[str]) -> int:
-    """Run ``recipe`` here until it would attach to a cluster; return the exit code (see the module docstring)."""
+    """Build and validate the recipe's ``config(args)`` here; return the exit code (see the module docstring)."""
     from bridge_ray import assets
     from bridge_ray.errors import BridgeRayError
 
+    if not declares_config(recipe):
+        return 0
     if "ray" in sys.modules:
         sys.modules["ray"].init = _stop
     else:
         sys.meta_path.insert(0, _StopAtRayInit())
     assets.build_demo_assets = lambda out_dir, *_, **__: assets.demo_asset_paths(out_dir)
     try:
-        _run(recipe, args)
+        validate(_load(recipe)["config"](list(args)))
     except ReachedCluster:
         return 0
     except BridgeRayError as err:
@@ -98,11 +133,16 @@ def drive(recipe: str, args: list[str]) -> None:
     """A job's driver: the job's secrets into the environment, Ray's folders private, then the recipe."""
     from bridge_ray import credentials
     from bridge_ray.cluster.processes import TEMP_DIR_ENV, make_private
+    from bridge_ray.errors import BridgeRayError
 
     credentials.load()
     if os.environ.get(TEMP_DIR_ENV):
         make_private(Path(os.environ[TEMP_DIR_ENV]))
-    _run(recipe, args)
+    try:
+        _run(recipe, args)
+    except BridgeRayError as err:  # one line in the job's log, as on the submitting machine
+        print(f"{err.prefix}{(str(err).strip().splitlines() or [''])[0]}", file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,13 +31,18 @@ def parse_env(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     """Parse ``KEY=VALUE`` strings (from ``--env``).
 
     Raises:
-        ConfigError: listing each malformed item and the form to use.
+        ConfigError: listing each malformed item and the form to use, and each secret (``HF_TOKEN=...``):
+            a command line is readable by every user of the machine.
     """
     env, problems = {}, []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not _ENV_KEY_RE.match(key):
             problems.append(f"--env {item!r} is not KEY=VALUE: write e.g. --env NCCL_DEBUG=INFO")
+            continue
+        if is_secret(key) and value:
+            problems.append(f"--env {key}=...: a secret on the command line is visible to every user of this machine "
+                            f"(`ps`): export {key} in your shell instead; bridge-ray sends it to the job in a 0600 file")
             continue
         env[key] = value
     if problems:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import run_cli
 
 from bridge_ray import jobs, records, runs, tracking
 from bridge_ray.checkpoints import CheckpointError
@@ -285,9 +286,9 @@ def test_sft_run_record_has_the_submission_and_no_secret(sft_job):
 
     run = runs.load_run(sft_job.submission_id)
     assert run.status == "SUCCEEDED" and run.end_time > run.start_time
-    assert run.git["repo"] and run.git["commit"] and run.runtime_env["env_vars"]["HF_TOKEN"] == "***"
+    assert run.git["repo"] and run.git["commit"] and "HF_TOKEN" not in run.runtime_env["env_vars"]
     assert run.cluster_record["name"] == "ci"
-    assert run.entrypoint.endswith("sft_gsm8k.py 'sft.trainer.loggers=[console,wandb]'")
+    assert run.entrypoint.endswith("-m bridge_ray.launch recipes/sft_gsm8k.py 'sft.trainer.loggers=[console,wandb]'")
     assert run.wandb["mode"] == "offline" and any(Path(run.wandb["dir"]).glob("run-*.wandb"))
     assert "offline: upload with `wandb sync" in CliRunner().invoke(cli, ["runs", "show", sft_job.submission_id]).output
     for text in (sft_job.logs(), _files_text(Path(run.run_dir))):
@@ -312,6 +313,14 @@ def test_sft_run_record_has_outputs_and_feeds_export_and_upload(sft_job, monkeyp
 
     exported = export(sft_job.submission_id, step=3)
     assert runs.load_run(sft_job.submission_id).exports == {"3": str(exported)}
+    # The same through the CLI, as a user runs it (it once crashed on the package's `export` name).
+    out = run_cli("export", sft_job.submission_id, "--step", "6", timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    target = Path(run.output_dir) / "hf_step_6"
+    assert out.stdout.startswith(f"merged into {target}\nNext: bridge-ray upload {target}")
+    assert (target / "config.json").is_file() and runs.load_run(sft_job.submission_id).exports["6"] == str(target)
+    missing = run_cli("export", sft_job.submission_id, "--step", "4")
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no checkpoint for step 4 under ")
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)  # the uploader's own login, as the user's shell would have it
     with HubStandIn() as standin:
         url = hub.upload(sft_job.submission_id, "me/sft-gsm8k-tiny", endpoint=standin.url)

@@ -72,5 +72,21 @@ def wait_ready(record: ClusterRecord, timeout_s: float = 60.0) -> None:
             time.sleep(0.1)
 
 
+def wait_nodes(record: ClusterRecord, count: int, timeout_s: float = 300.0) -> None:
+    """Poll until ``count`` nodes are ALIVE, or raise after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            nodes = get_json(record, "/api/v0/nodes?detail=1&limit=10000", timeout_s=10.0)["data"]["result"]["result"]
+            if sum(n.get("state") == "ALIVE" for n in nodes) >= count:
+                return
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if time.monotonic() > deadline:
+            raise BridgeRayError(f"the Ray node(s) of cluster {record.name!r} did not register within {timeout_s:.0f} s: "
+                                 f"see the logs under {record.temp_dir}")
+        time.sleep(0.2)
+
+
 def _name_flag(record: ClusterRecord) -> str:
     return "" if record.name == "default" else f" --name {record.name}"

@@ -17,6 +17,7 @@ from pathlib import Path
 from bridge_ray.cluster import health, processes
 from bridge_ray.cluster.auth import new_token_file
 from bridge_ray.errors import BridgeRayError, PortInUse
+from bridge_ray import records
 from bridge_ray.records import ClusterRecord, cluster_dir
 
 LOOPBACK = "127.0.0.1"
@@ -32,6 +33,7 @@ PORT_FLAGS = (
     "runtime-env-agent-port",
     "metrics-export-port",
 )
+RAY_START_TIMEOUT = "timed out during startup"
 # Ports Ray takes from the environment only (fixed defaults 44227/44217 would collide between clusters).
 METRICS_PORT_ENV = {"dashboard-metrics-port": "DASHBOARD_METRIC_PORT", "autoscaler-metrics-port": "AUTOSCALER_METRIC_PORT"}
 
@@ -100,7 +102,7 @@ def ray_env(tag: str, temp_dir: str, token_path: Path, ports: dict[str, int]) ->
 
 
 def start(name: str, num_cpus: int | None = None, num_gpus: int | None = None,
-          ports: dict[str, int | None] | None = None, timeout_s: float = 60.0) -> ClusterRecord:
+          ports: dict[str, int | None] | None = None, timeout_s: float = 300.0) -> ClusterRecord:
     """Start a Ray head on this machine and return its record (not yet saved).
 
     Every port binds 127.0.0.1, auth is on, and the head uses its own private temp dir and free
@@ -110,11 +112,42 @@ def start(name: str, num_cpus: int | None = None, num_gpus: int | None = None,
         PortInUse: a requested port is taken.
         BridgeRayError: ``ray start`` failed or the head did not become healthy in time.
     """
-    folder = cluster_dir(name)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = records.writable_dir(cluster_dir(name))
+    folder.chmod(0o700)  # its token, and the jobs' secrets files
     token_path = new_token_file(folder / "auth_token")
     chosen = choose_ports(ports or {})
     metrics = choose_ports({}, tuple(METRICS_PORT_ENV))
+    record, result, log_path = _ray_start(name, folder, token_path, chosen, metrics, num_cpus, num_gpus)
+    tail = (log_path.read_text().strip().splitlines() or ["(no output)"])[-1]
+    # `ray start` gives the raylet a fixed 30 s to register and then gives up, leaving every process
+    # running: on a busy machine, wait for the registration itself instead of failing.
+    if result.returncode != 0 and RAY_START_TIMEOUT not in tail:
+        stop(record)
+        raise BridgeRayError(f"`ray start` failed (exit {result.returncode}): {tail} — full log: {log_path}")
+    try:
+        health.wait_ready(record, timeout_s=timeout_s)
+        health.wait_nodes(record, 1, timeout_s=timeout_s)
+    except BridgeRayError as err:
+        logs = _keep_logs(record, folder)
+        stop(record)
+        raise BridgeRayError(f"{str(err).split(': see the logs')[0]}: Ray's logs are kept in {logs}") from None
+    processes.make_private(Path(record.temp_dir), depth=4, files=True)
+    record.pids = pids(record)
+    return record
+
+
+def _keep_logs(record: ClusterRecord, folder: Path) -> Path:
+    """Copy the head's Ray logs out of its temp dir (which ``stop`` removes) into the cluster's folder."""
+    source = Path(record.temp_dir) / "session_latest" / "logs"
+    kept = folder / "failed-start-logs"
+    shutil.rmtree(kept, ignore_errors=True)
+    if source.is_dir():
+        shutil.copytree(source, kept, ignore_dangling_symlinks=True)
+    return kept
+
+
+def _ray_start(name: str, folder: Path, token_path: Path, chosen: dict[str, int], metrics: dict[str, int],
+               num_cpus: int | None, num_gpus: int | None) -> tuple[ClusterRecord, subprocess.CompletedProcess, Path]:
     # Unix socket paths must stay under ~107 bytes, so the temp dir is short and unique.
     temp_dir = processes.private_root() / f"{name[:20]}-{secrets.token_hex(3)}"
     temp_dir.mkdir(mode=0o700)
@@ -135,18 +168,7 @@ def start(name: str, num_cpus: int | None = None, num_gpus: int | None = None,
         dashboard_url=f"http://{LOOPBACK}:{chosen['dashboard-port']}", token_path=str(token_path),
         ports={**chosen, **metrics}, temp_dir=str(temp_dir), python=sys.executable,
     )
-    if result.returncode != 0:
-        stop(record)
-        tail = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
-        raise BridgeRayError(f"`ray start` failed (exit {result.returncode}): {tail[0]} — full log: {log_path}")
-    try:
-        health.wait_ready(record, timeout_s=timeout_s)
-    except BridgeRayError:
-        stop(record)
-        raise
-    processes.make_private(temp_dir, depth=4, files=True)
-    record.pids = pids(record)
-    return record
+    return record, result, log_path
 
 
 def pids(record: ClusterRecord) -> list[int]:

@@ -236,7 +236,8 @@ def start(name: str, nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: int 
     _check(nodes, gpus_per_node, cpus_per_task, wait_s, join_timeout_s)
     _require("sbatch")
     text = render(name, **script_options)
-    folder = records.cluster_dir(name)
+    folder = records.writable_dir(records.cluster_dir(name))
+    folder.chmod(0o700)  # its token, and the jobs' secrets files
     for old in folder.glob("slurm-*"):  # progress of earlier allocations; their logs (slurm-N.out) stay
         if old.is_dir():
             shutil.rmtree(old)
