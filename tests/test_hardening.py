@@ -258,15 +258,18 @@ def _tree_bytes(root: Path) -> bytes:
     return b"\n".join(chunks)
 
 
-def _loose_modes(temp_dir: Path) -> list[str]:
-    """Folders of Ray's temp dir (and log files) that anyone but the owner may enter or read."""
+def loose_modes(temp_dir: Path, folders: bool) -> list[str]:
+    """Log files (and, if ``folders``, folders) of Ray's temp dir that anyone but the owner may read or enter.
+
+    Unpacked working_dir files keep the project's own modes and are left out.
+    """
     loose = []
     for folder, dirs, files in os.walk(temp_dir):
         rel = Path(folder).relative_to(temp_dir)
-        if "working_dir_files" in rel.parts[:-1]:  # unpacked project files keep the project's own modes
+        if "working_dir_files" in rel.parts[:-1]:
             dirs[:] = []
             continue
-        paths = [Path(folder)] + ([Path(folder, f) for f in files] if "logs" in rel.parts else [])
+        paths = ([Path(folder)] if folders else []) + ([Path(folder, f) for f in files] if "logs" in rel.parts else [])
         loose += [f"{p} {oct(p.lstat().st_mode & 0o777)}" for p in paths
                   if not p.is_symlink() and p.exists() and p.lstat().st_mode & 0o077]
     return loose
@@ -309,10 +312,11 @@ def test_planted_secrets_are_nowhere_but_in_the_job(local_cluster, tmp_path):
         for key, value in planted.items():
             assert value.encode() not in data, f"{key} found in {where}"
     assert run.status == "SUCCEEDED" and not any((records.cluster_dir("ci") / "secrets").glob("*.env"))
-    # Everything of the cluster is private: its per-user root, its temp dir's folders and its logs.
+    # Everything of the cluster is private: its per-user root (which keeps everyone else out of all of it)
+    # and every log its processes wrote. (Ray marks its own folders 0777 again whenever a worker starts.)
     root = Path(local_cluster.temp_dir).parent
     assert (root.stat().st_mode & 0o777, root.stat().st_uid) == (0o700, os.getuid())
-    assert _loose_modes(Path(local_cluster.temp_dir)) == []
+    assert loose_modes(Path(local_cluster.temp_dir), folders=False) == []
 
 
 def test_a_secret_on_the_command_line_is_refused(local_cluster):

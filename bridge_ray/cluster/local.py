@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from bridge_ray.cluster import health, processes
@@ -34,6 +35,7 @@ PORT_FLAGS = (
     "metrics-export-port",
 )
 RAY_START_TIMEOUT = "timed out during startup"
+START_ATTEMPTS = 3
 # Ports Ray takes from the environment only (fixed defaults 44227/44217 would collide between clusters).
 METRICS_PORT_ENV = {"dashboard-metrics-port": "DASHBOARD_METRIC_PORT", "autoscaler-metrics-port": "AUTOSCALER_METRIC_PORT"}
 
@@ -117,23 +119,46 @@ def start(name: str, num_cpus: int | None = None, num_gpus: int | None = None,
     token_path = new_token_file(folder / "auth_token")
     chosen = choose_ports(ports or {})
     metrics = choose_ports({}, tuple(METRICS_PORT_ENV))
-    record, result, log_path = _ray_start(name, folder, token_path, chosen, metrics, num_cpus, num_gpus)
-    tail = (log_path.read_text().strip().splitlines() or ["(no output)"])[-1]
-    # `ray start` gives the raylet a fixed 30 s to register and then gives up, leaving every process
-    # running: on a busy machine, wait for the registration itself instead of failing.
-    if result.returncode != 0 and RAY_START_TIMEOUT not in tail:
-        stop(record)
-        raise BridgeRayError(f"`ray start` failed (exit {result.returncode}): {tail} — full log: {log_path}")
-    try:
-        health.wait_ready(record, timeout_s=timeout_s)
-        health.wait_nodes(record, 1, timeout_s=timeout_s)
-    except BridgeRayError as err:
+    for attempt in range(1, START_ATTEMPTS + 1):
+        record, result, log_path = _ray_start(name, folder, token_path, chosen, metrics, num_cpus, num_gpus)
+        tail = (log_path.read_text().strip().splitlines() or ["(no output)"])[-1]
+        # `ray start` gives the raylet a fixed 30 s to register and then gives up, leaving every process
+        # running: on a busy machine, wait for the registration itself instead of failing.
+        if result.returncode != 0 and RAY_START_TIMEOUT not in tail:
+            stop(record)
+            raise BridgeRayError(f"`ray start` failed (exit {result.returncode}): {tail} — full log: {log_path}")
+        try:
+            health.wait_ready(record, timeout_s=timeout_s)
+            if _registered(record, timeout_s):
+                break
+        except BridgeRayError:
+            pass
+        # The raylet died: it gives the dashboard agent a fixed few seconds to report its ports,
+        # which a busy machine can miss. Its logs are kept; the next attempt starts afresh.
         logs = _keep_logs(record, folder)
         stop(record)
-        raise BridgeRayError(f"{str(err).split(': see the logs')[0]}: Ray's logs are kept in {logs}") from None
+        if attempt == START_ATTEMPTS:
+            raise BridgeRayError(f"the Ray head of cluster {name!r} did not start ({START_ATTEMPTS} attempts; the "
+                                 f"machine may be overloaded): Ray's logs are kept in {logs}")
     processes.make_private(Path(record.temp_dir), depth=4, files=True)
     record.pids = pids(record)
     return record
+
+
+def _registered(record: ClusterRecord, timeout_s: float) -> bool:
+    """Wait until the head's node is ALIVE (True), or its raylet has died (False).
+
+    Raises:
+        BridgeRayError: neither happened within ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not health.nodes_alive(record):
+        if not any(b"/raylet/raylet" in processes.cmdline(p) for p in pids(record)):
+            return False
+        if time.monotonic() > deadline:
+            raise BridgeRayError(f"the Ray node of cluster {record.name!r} did not register within {timeout_s:.0f} s")
+        time.sleep(0.2)
+    return True
 
 
 def _keep_logs(record: ClusterRecord, folder: Path) -> Path:

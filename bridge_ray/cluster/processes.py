@@ -34,6 +34,11 @@ def _read(path: Path) -> bytes:
         return b""
 
 
+def cmdline(pid: int) -> bytes:
+    """The process's command line (NUL-separated), or b"" once it is gone."""
+    return _read(Path(f"/proc/{pid}/cmdline"))
+
+
 def _ppid(pid: int) -> int:
     stat_line = _read(Path(f"/proc/{pid}/stat")).decode(errors="replace")
     # The command name sits in parentheses and may hold spaces: split after the last ')'.
