@@ -57,10 +57,10 @@ class SubmitPlan:
 def _lost(record: ClusterRecord, doing: str) -> ClusterLost:
     """Record the cluster's unfinished runs as lost and return the error that says so."""
     cause = f"the head of cluster {record.name!r} at {record.dashboard_url} stopped answering"
-    lost = runs.mark_lost(record.name, cause)
-    marked = f"; runs marked FAILED ({runs.CLUSTER_LOST}): {', '.join(lost)}" if lost else ""
-    return ClusterLost(f"{cause} while {doing}{marked}: see `bridge-ray status{_name_flag(record.name)}`, then "
-                       f"`bridge-ray down{_name_flag(record.name)}` and `bridge-ray up{_name_flag(record.name)}`")
+    runs.mark_lost(record.name, cause)
+    flag = _name_flag(record.name)
+    return ClusterLost(f"{cause} while {doing}; its unfinished runs are recorded FAILED ({runs.CLUSTER_LOST}): "
+                       f"see `bridge-ray status{flag}`, then `bridge-ray down{flag}` and `bridge-ray up{flag}`")
 
 
 def _connected(record: ClusterRecord, doing: str):
@@ -146,18 +146,27 @@ class Job:
 
         try:
             asyncio.run(stream())
-        except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as err:
+        except (OSError, RuntimeError, aiohttp.ClientError, asyncio.TimeoutError) as err:
+            # Ray's client raises RuntimeError when the log's WebSocket closes abnormally.
             if health.is_alive(record):
                 raise BridgeRayError(f"lost the log stream of job {self.submission_id} ({err}): reattach with "
                                      f"`bridge-ray logs {self.submission_id}{_name_flag(self.cluster)} --follow`") from None
-            lost = _lost(record, f"following job {self.submission_id}")
-            lost.exit_code = 1  # the job is gone with its cluster
-            raise lost from None
+            return self._ended_without_cluster(record)
         try:
-            return self.wait(timeout_s=30, streamed=True)
-        except ClusterLost as lost:
-            lost.exit_code = 1
-            raise
+            return self.wait(streamed=True)
+        except ClusterLost:
+            return self._ended_without_cluster(record)
+
+    def _ended_without_cluster(self, record: ClusterRecord) -> str:
+        """The head went away while following: the end the run record holds (raised unless SUCCEEDED), else the loss."""
+        run = runs.find_run(self.submission_id)
+        if run is not None and run.status in TERMINAL and run.failure != runs.CLUSTER_LOST:
+            if run.status == "SUCCEEDED":
+                return run.status
+            raise JobFailed(self.submission_id, run.status, run.message) from None
+        lost = _lost(record, f"following job {self.submission_id}")
+        lost.exit_code = 1  # the job is gone with its cluster
+        raise lost from None
 
     def wait(self, timeout_s: float | None = None, poll_s: float = 0.2, streamed: bool = False) -> str:
         """Block until the job ends; return SUCCEEDED or raise JobFailed with the last log lines.

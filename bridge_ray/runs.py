@@ -380,6 +380,12 @@ def load_run(submission_id: str | None = None, refresh: bool = False) -> RunReco
     return _refresh(run) if refresh and run.status not in TERMINAL else run
 
 
+def find_run(submission_id: str) -> RunRecord | None:
+    """The record of exactly ``submission_id`` as it is on disk, or None."""
+    folder = run_dir(submission_id)
+    return read_run(folder) if (folder / "run.json").is_file() else None
+
+
 def read_run(folder: Path) -> RunRecord:
     """The record in a run folder, with what the job wrote beside it."""
     run = RunRecord.from_dict(json.loads((folder / "run.json").read_text()))

@@ -428,8 +428,9 @@ def test_a_dead_head_is_one_line_everywhere_and_marks_its_runs(spare, tmp_path):
     said = follow.stderr.read()
     assert follow.returncode == 1 and "Traceback" not in said, said
     lost = (f"the head of cluster {name!r} at {spare.dashboard_url} stopped answering while following job {job_id}; "
-            f"runs marked FAILED (cluster lost): {job_id}")
-    assert last_line(said).startswith(f"error: {lost}: see `bridge-ray status --name {name}`")
+            "its unfinished runs are recorded FAILED (cluster lost)")
+    assert last_line(said) == (f"error: {lost}: see `bridge-ray status --name {name}`, then "
+                               f"`bridge-ray down --name {name}` and `bridge-ray up --name {name}`")
     run = runs.load_run(job_id)
     assert (run.status, run.failure) == ("FAILED", "cluster lost")
     assert run.message == f"the head of cluster {name!r} at {spare.dashboard_url} stopped answering"
