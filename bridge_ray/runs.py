@@ -61,6 +61,22 @@ class RunNotFound(BridgeRayError):
     """No run record under that id."""
 
 
+class RunRecordBroken(BridgeRayError):
+    """A run's ``run.json`` cannot be read."""
+
+
+def _record(folder: Path) -> RunRecord:
+    """The ``RunRecord`` in ``folder/run.json``, or RunRecordBroken naming it."""
+    path = folder / "run.json"
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("submission_id"), str):
+            raise ValueError("not a run record")
+        return RunRecord.from_dict(data)
+    except (OSError, ValueError, TypeError) as err:
+        raise RunRecordBroken(f"the run record {path} is unreadable ({err}): fix or delete {folder}") from None
+
+
 @dataclasses.dataclass
 class RunRecord:
     """Everything about one submission. ``load_run`` fills the fields the job wrote into its folder.
@@ -247,7 +263,10 @@ def finish_run(submission_id: str, status: str, message: str = "", logs: str = "
     folder = run_dir(submission_id)
     if not (folder / "run.json").exists():
         return None
-    current = RunRecord.from_dict(json.loads((folder / "run.json").read_text()))
+    try:
+        current = _record(folder)
+    except RunRecordBroken:
+        return None
     credentials.remove(current.cluster, submission_id)
     # A run marked lost with its cluster may still get its real end from a head that came back.
     if current.status in TERMINAL and current.failure != CLUSTER_LOST:
@@ -275,8 +294,8 @@ def mark_lost(cluster: str, cause: str) -> list[str]:
     lost = []
     for path in sorted(runs_root().glob("*/run.json")):
         try:
-            run = RunRecord.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
+            run = _record(path.parent)
+        except RunRecordBroken:
             continue
         if run.cluster != cluster or run.status in TERMINAL:
             continue
@@ -308,12 +327,19 @@ def _first(folders: list[Path], name: str) -> Path | None:
 
 
 def _read_json(path: Path | None):
-    return json.loads(path.read_text()) if path else None
+    """A JSON file the job writes, or None when absent or half-written."""
+    try:
+        return json.loads(path.read_text()) if path else None
+    except (OSError, ValueError):
+        return None
 
 
 def _last_row(steps_file: Path | None) -> dict | None:
     lines = steps_file.read_text().splitlines() if steps_file else []
-    return json.loads(lines[-1]) if lines else None
+    try:
+        return json.loads(lines[-1]) if lines else None
+    except ValueError:  # a line being written
+        return None
 
 
 def _with_outputs(run: RunRecord) -> RunRecord:
@@ -388,15 +414,19 @@ def find_run(submission_id: str) -> RunRecord | None:
 
 def read_run(folder: Path) -> RunRecord:
     """The record in a run folder, with what the job wrote beside it."""
-    run = RunRecord.from_dict(json.loads((folder / "run.json").read_text()))
+    run = _record(folder)
     run.run_dir = str(folder)
     return _with_outputs(run)
 
 
 def list_runs(refresh: bool = False) -> list[RunRecord]:
     """Every recorded run, oldest first."""
-    folders = sorted(p.parent.name for p in runs_root().glob("*/run.json"))
-    found = [load_run(name, refresh=refresh) for name in folders]
+    found = []
+    for path in sorted(runs_root().glob("*/run.json")):
+        try:
+            found.append(load_run(path.parent.name, refresh=refresh))
+        except RunRecordBroken:  # one unreadable record never hides the others
+            continue
     return sorted(found, key=lambda run: run.start_time or 0)
 
 

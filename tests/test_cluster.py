@@ -234,10 +234,11 @@ def test_dry_run_redacts_secrets_and_submits_nothing(local_cluster):
                   env={"HF_TOKEN": "hf_supersecret", "WANDB_API_KEY": "wandbsecret", "NCCL_DEBUG": "INFO"})
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
-    assert plan["runtime_env"]["env_vars"]["HF_TOKEN"] == "***"
+    assert "HF_TOKEN" not in plan["runtime_env"]["env_vars"]  # it travels in a 0600 file, shown by name only
+    assert plan["secrets (sent in a 0600 file)"] == {"HF_TOKEN": "***", "WANDB_API_KEY": "***"}
     assert plan["runtime_env"]["env_vars"]["NCCL_DEBUG"] == "INFO"
     assert "hf_supersecret" not in out.stdout + out.stderr and "wandbsecret" not in out.stdout + out.stderr
-    assert plan["entrypoint"].endswith("recipes/hello_cluster.py")
+    assert plan["entrypoint"].endswith("-m bridge_ray.launch recipes/hello_cluster.py")
     assert _job_ids("ci") == before
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 import bridge_ray
-from bridge_ray import records, runs
+from bridge_ray import credentials, records, runs
 from bridge_ray.cluster import local, processes
 from conftest import REPO, run_cli
 
@@ -311,7 +311,7 @@ def test_planted_secrets_are_nowhere_but_in_the_job(local_cluster, tmp_path):
     for where, data in places.items():
         for key, value in planted.items():
             assert value.encode() not in data, f"{key} found in {where}"
-    assert run.status == "SUCCEEDED" and not any((records.cluster_dir("ci") / "secrets").glob("*.env"))
+    assert run.status == "SUCCEEDED" and not credentials.env_file("ci", job_id).exists()  # gone with the job
     # Everything of the cluster is private: its per-user root (which keeps everyone else out of all of it)
     # and every log its processes wrote. (Ray marks its own folders 0777 again whenever a worker starts.)
     root = Path(local_cluster.temp_dir).parent
@@ -387,6 +387,7 @@ def test_a_home_that_cannot_take_the_run_record_stops_the_submission(local_clust
     runs_dir = records.home_dir() / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     before = job_ids("ci")
+    secrets_before = set((records.cluster_dir("ci") / "secrets").glob("*.env"))
     out = subprocess.run([*_read_only_prefix(runs_dir), sys.executable, "-m", "bridge_ray", "submit",
                           "recipes/hello_cluster.py", "--name", "ci"], cwd=REPO, capture_output=True, text=True,
                          timeout=HANG_GUARD_S)
@@ -396,7 +397,7 @@ def test_a_home_that_cannot_take_the_run_record_stops_the_submission(local_clust
     assert last_line(out.stderr).endswith(
         f"): the bridge-ray home {records.home_dir()} must be a writable folder; fix its permissions, or point "
         "BRIDGE_RAY_HOME at one, e.g. `export BRIDGE_RAY_HOME=$HOME/.bridge-ray`")
-    assert job_ids("ci") == before and not any((records.cluster_dir("ci") / "secrets").glob("*.env"))
+    assert job_ids("ci") == before and set((records.cluster_dir("ci") / "secrets").glob("*.env")) == secrets_before
 
 
 def test_a_home_below_a_file_is_one_line(tmp_path):

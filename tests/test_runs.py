@@ -201,6 +201,20 @@ def test_refresh_leaves_a_run_of_an_unrecorded_cluster_as_recorded(home):
     assert run.status == "PENDING" and run.message.startswith("status not refreshed: no cluster named 'unit'")
 
 
+def test_an_unreadable_run_record_is_one_line_and_hides_no_other_run(home):
+    _started(home, "good-1")
+    broken = home / "runs" / "bad-1"
+    broken.mkdir(parents=True)
+    (broken / "run.json").write_text('{"submission_id": "bad-')
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["runs"])
+    assert listed.exit_code == 0 and listed.output.startswith("good-1") and "bad-1" not in listed.output
+    shown = runner.invoke(cli, ["runs", "show", "bad-1"])
+    assert shown.exit_code == 2
+    assert shown.output.strip().startswith(f"error: the run record {broken / 'run.json'} is unreadable (")
+    assert shown.output.strip().endswith(f"): fix or delete {broken}")
+
+
 def test_runs_cli_lists_and_shows(home, monkeypatch):
     folder = _started(home)
     runs.finish_run("r-1", "FAILED", "exit 1", "boom\nCUDA out of memory", end_time=time.time())

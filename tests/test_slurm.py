@@ -180,16 +180,22 @@ def test_node_that_never_joins_is_named_and_cancelled():
     assert not records.record_path("hang").exists()
 
 
+def _wait_for(predicate, what: str, guard_s: float = 600):
+    """Wait for an event; the guard only ends a hang (it is no estimate of how long the event takes)."""
+    deadline = time.monotonic() + guard_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {guard_s:.0f} s for {what}")
+        time.sleep(0.2)
+
+
 def test_head_dying_later_shows_in_status():
     record = bridge_ray.up("dies", slurm=dict(cpus_per_task=1))
     log = Path(record.slurm["log"])
-    while "will now block forever" not in log.read_text():  # the head's `ray start` has finished
-        time.sleep(0.2)
+    _wait_for(lambda: "will now block forever" in log.read_text(), "the head's `ray start` to finish")
     gcs = [p for p in _ray_pids(record) if b"gcs_server" in Path(f"/proc/{p}/cmdline").read_bytes()]
     os.kill(gcs[0], signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while slurm.squeue(record.slurm["job_id"])[0] in slurm.ACTIVE and time.monotonic() < deadline:
-        time.sleep(0.2)
+    _wait_for(lambda: slurm.squeue(record.slurm["job_id"])[0] not in slurm.ACTIVE, "the allocation to end")
     st = bridge_ray.status("dies")
     assert not st.alive
     assert st.slurm_state == (f"FAILED: the allocation has ended, so this record is stale (logs: {log}); "

@@ -13,10 +13,10 @@ name_option = click.option("--name", default=DEFAULT_CLUSTER, show_default=True,
 
 @click.command("up")
 @name_option
-@click.option("--num-cpus", type=int, help="CPUs the local head offers (default: all).")
-@click.option("--num-gpus", type=int, help="GPUs the local head offers (default: all).")
-@click.option("--port", type=int, help="GCS port (default: a free port).")
-@click.option("--dashboard-port", type=int, help="Jobs API port on 127.0.0.1 (default: a free port).")
+@click.option("--num-cpus", type=click.IntRange(min=0), help="CPUs the local head offers (default: all).")
+@click.option("--num-gpus", type=click.IntRange(min=0), help="GPUs the local head offers (default: all).")
+@click.option("--port", type=click.IntRange(1024, 65535), help="GCS port (default: a free port).")
+@click.option("--dashboard-port", type=click.IntRange(1024, 65535), help="Jobs API port on 127.0.0.1 (default: a free port).")
 @click.option("--address", help="Register an existing cluster's Jobs API URL instead of starting one.")
 @click.option("--token-file", type=click.Path(), help="With --address: that cluster's Ray auth token file.")
 @click.option("--python", default="python", show_default=True, help="With --address: the interpreter job drivers use there.")

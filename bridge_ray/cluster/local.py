@@ -35,6 +35,7 @@ PORT_FLAGS = (
     "metrics-export-port",
 )
 RAY_START_TIMEOUT = "timed out during startup"
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray keeps 127.0.0.1 as the node address
 START_ATTEMPTS = 3
 # Ports Ray takes from the environment only (fixed defaults 44227/44217 would collide between clusters).
 METRICS_PORT_ENV = {"dashboard-metrics-port": "DASHBOARD_METRIC_PORT", "autoscaler-metrics-port": "AUTOSCALER_METRIC_PORT"}
@@ -100,7 +101,19 @@ def ray_env(tag: str, temp_dir: str, token_path: Path, ports: dict[str, int]) ->
     return processes.child_env(
         tag, **{processes.TEMP_DIR_ENV: temp_dir}, **metrics, RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN_PATH=str(token_path), RAY_USAGE_STATS_ENABLED="0", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_enable_metrics_collection="0")
+        **{SINGLE_MACHINE_ENV: "0"}, RAY_enable_metrics_collection="0")
+
+
+def attach_here() -> None:
+    """Let this process's Ray driver reach a local head, which listens on 127.0.0.1 only.
+
+    Ray replaces a loopback address with the machine's when it connects (``resolve_ip_for_localhost``)
+    unless it runs as a one-machine cluster, as the head's processes do (``ray_env``).
+    """
+    import ray._private.ray_constants as ray_constants
+
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at import; this process may have imported Ray already
 
 
 def start(name: str, num_cpus: int | None = None, num_gpus: int | None = None,

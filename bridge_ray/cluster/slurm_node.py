@@ -269,7 +269,10 @@ def barrier() -> int:
     while True:
         if any(e["phase"] == "failed" for e in read_events(node.folder)):
             return 1
-        names, gpus = _joined(record)
+        try:
+            names, gpus = _joined(record)
+        except (OSError, ValueError, KeyError):  # a busy head may drop a request: ask again, the deadline decides
+            names, gpus = set(), 0.0
         if len(names) != reported:
             reported = len(names)
             emit(node.folder, "joined", f"{reported}/{len(node.nodes)} nodes")
