@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import secrets
 import shlex
 import subprocess
@@ -21,12 +22,14 @@ from bridge_ray import credentials, records, runs, runtime_env
 from bridge_ray.cluster import client as cluster_client
 from bridge_ray.cluster import health
 from bridge_ray.cluster.processes import clean_env
-from bridge_ray.errors import BridgeRayError, ClusterLost, ClusterStale, ConfigError, JobFailed, JobNotFound, RecipeError
+from bridge_ray.errors import (BridgeRayError, ClusterLost, ClusterStale, ConfigError, Interrupted, JobFailed,
+                               JobNotFound, RecipeError)
 from bridge_ray.records import DEFAULT_CLUSTER, ClusterRecord
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 LOG_TAIL_LINES = 20
 CHECK_TIMEOUT_S = 300.0
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def client(record: ClusterRecord):
@@ -281,6 +284,12 @@ def plan(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluster:
         check_args(record, project, path, list(args), env_block["env_vars"])
     rel = path.relative_to(project)
     entrypoint = shlex.join([record.python, "-m", "bridge_ray.launch", str(rel), *args])
+    if submission_id and not _ID_RE.match(submission_id):
+        raise ConfigError(f"--submission-id {submission_id!r} is not valid: use letters, digits, '.', '_' or '-' "
+                          "(at most 128, starting with a letter or digit)")
+    if submission_id and runs.find_run(submission_id) is not None:
+        raise ConfigError(f"--submission-id {submission_id}: a run with that id is already recorded "
+                          f"({runs.run_dir(submission_id)}): choose another id, or leave it out")
     submission_id = submission_id or _submission_id(path)
     job_env = runs.job_env(submission_id, env_block["env_vars"])
     plain, hidden = credentials.split({**job_env, **env_block["env_vars"]})
@@ -327,6 +336,8 @@ def submit(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluste
         credentials.write(cluster, p.submission_id, p.secrets)
         _call(record, f"submitting job {p.submission_id}", c.submit_job, entrypoint=p.entrypoint,
               submission_id=p.submission_id, runtime_env=p.runtime_env, metadata=p.metadata)
+    except KeyboardInterrupt:
+        raise _interrupted_submit(record, c, p.submission_id) from None
     except Exception as err:
         credentials.remove(cluster, p.submission_id)
         runs.forget_run(p.submission_id)
@@ -335,6 +346,19 @@ def submit(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluste
             raise BridgeRayError(f"cluster {cluster!r} refused job {p.submission_id}: {said}; nothing was submitted") from None
         raise
     return Job(p.submission_id, cluster)
+
+
+def _interrupted_submit(record: ClusterRecord, c, submission_id: str) -> Interrupted:
+    """Ctrl-C during the upload or the request: say whether the job got there (and undo if it did not)."""
+    flag = _name_flag(record.name)
+    try:
+        c.get_job_info(submission_id)
+    except Exception:  # noqa: BLE001 - any answer but the job's details means it is not there
+        credentials.remove(record.name, submission_id)
+        runs.forget_run(submission_id)
+        return Interrupted(f"interrupted before job {submission_id} reached cluster {record.name!r}: nothing was submitted")
+    return Interrupted(f"interrupted, but job {submission_id} was submitted and runs: follow it with "
+                       f"`bridge-ray logs {submission_id}{flag} --follow`, stop it with `bridge-ray stop {submission_id}{flag}`")
 
 
 def list_jobs(cluster: str = DEFAULT_CLUSTER) -> list:

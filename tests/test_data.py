@@ -154,9 +154,13 @@ def test_sft_and_rl_rows_carry_the_same_prompt(tmp_path):
             sft_rows, rl_rows = read_rows(paths[sft_name]), read_rows(paths[rl_name])
             assert [row["messages"][:-1] for row in sft_rows] == [row["prompt"] for row in rl_rows]
             assert all(row["prompt"][0]["content"].endswith(f" {INSTRUCTION}") for row in rl_rows)
-    # The RL files' chat prompt converts to exactly the SFT rows.
-    out = convert_to_messages(paths["rl_train"], tmp_path / "from_rl.parquet", "prompt", "extra_info.answer")
-    assert read_rows(out) == read_rows(paths["train"])
+    # The RL files' chat prompt converts to exactly the SFT rows, here through the CLI as a user runs it.
+    from conftest import run_cli
+
+    out = run_cli("data", "to-messages", str(paths["rl_train"]), str(tmp_path / "from_rl.parquet"),
+                  "--prompt-key", "prompt", "--response-key", "extra_info.answer", timeout=120)
+    assert (out.returncode, out.stdout.strip()) == (0, str(tmp_path / "from_rl.parquet")), out.stderr
+    assert read_rows(tmp_path / "from_rl.parquet") == read_rows(paths["train"])
 
 
 def test_flat_prompt_response_jsonl(tmp_path):

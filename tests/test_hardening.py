@@ -594,3 +594,18 @@ def test_a_failed_job_prints_its_error_once(local_cluster):
     job_id = out.stdout.split()[1]
     assert last_line(out.stderr) == f"error: job {job_id} FAILED: Job entrypoint command failed with exit code 1"
     assert "--- last log lines" not in shown  # the log was just streamed
+
+
+def test_a_submission_id_that_is_taken_or_a_path_is_refused_and_loses_nothing(local_cluster):
+    first = run_cli("submit", "recipes/hello_cluster.py", "--name", "ci", "--submission-id", "mine-1", "--follow")
+    assert first.returncode == 0, first.stderr
+    recorded = (records.home_dir() / "runs" / "mine-1" / "run.json").read_text()
+    again = run_cli("submit", "recipes/hello_cluster.py", "--name", "ci", "--submission-id", "mine-1")
+    assert (again.returncode, again.stderr.strip()) == (2, (
+        f"error: --submission-id mine-1: a run with that id is already recorded ({records.home_dir() / 'runs' / 'mine-1'}): "
+        "choose another id, or leave it out"))
+    assert (records.home_dir() / "runs" / "mine-1" / "run.json").read_text() == recorded
+    sneaky = run_cli("submit", "recipes/hello_cluster.py", "--name", "ci", "--submission-id", "../../escape")
+    assert (sneaky.returncode, sneaky.stderr.strip()) == (2, (
+        "error: --submission-id '../../escape' is not valid: use letters, digits, '.', '_' or '-' "
+        "(at most 128, starting with a letter or digit)"))

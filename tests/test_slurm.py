@@ -90,6 +90,14 @@ def test_cli_one_node_up_submit_down(hello):
     assert f"SLURM job {record.slurm['job_id']}: RUNNING" in out.stdout
     assert record.dashboard_url.startswith("http://127.0.0.1:")
     assert 20000 <= record.ports["port"] < 32768
+    # What listens: the HTTP servers on the node's address only, no per-node metrics exporter (see slurm_node).
+    listeners = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines()
+    pids = _ray_pids(record)
+    ours = {int(line.split()[3].rsplit(":", 1)[1]): line.split()[3].rsplit(":", 1)[0] for line in listeners
+            if any(f"pid={p}," in line for p in pids)}
+    for flag in ("dashboard-port", "dashboard-agent-listen-port", "runtime-env-agent-port"):
+        assert ours[record.ports[flag]] not in ("0.0.0.0", "*", "[::]"), (flag, ours)
+    assert record.ports["metrics-export-port"] not in ours
     seen = _submit(hello, "one", "--show", walltime.DEADLINE_ENV, "--show", walltime.VERL_ENV)
     deadline = int(re.search(rf"{walltime.DEADLINE_ENV}=(\d+)", seen).group(1))
     assert abs(deadline - (time.time() + 600)) < 120

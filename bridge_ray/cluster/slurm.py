@@ -31,7 +31,7 @@ from typing import Callable
 from bridge_ray import records
 from bridge_ray.cluster import slurm_node
 from bridge_ray.cluster.auth import new_token_file
-from bridge_ray.errors import ConfigError, SlurmError
+from bridge_ray.errors import ConfigError, Interrupted, SlurmError
 from bridge_ray.records import ClusterRecord
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "slurm_bootstrap" / "bridge_ray.sbatch"
@@ -250,7 +250,7 @@ def start(name: str, nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: int 
         return _follow(name, job_id, request, progress or (lambda *_: None))
     except KeyboardInterrupt:
         cancel(job_id)
-        raise
+        raise Interrupted(f"cancelled SLURM job {job_id} before the cluster was up; nothing of it is left") from None
 
 
 def stop(record: ClusterRecord) -> str:
