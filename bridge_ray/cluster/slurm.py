@@ -180,9 +180,10 @@ def _follow(name: str, job_id: str, request: dict, progress: Progress) -> Cluste
             elif state not in ACTIVE and not slurm_node.read_events(folder)[seen:]:
                 raise SlurmError(f"SLURM job {job_id} ended ({state}) before the cluster was ready: "
                                  f"{_log_tail(log) or 'no output'}; logs kept in {log}")
-            if allocated is not None and now - allocated > 2 * join_s + 60:
+            limit = slurm_node.bootstrap_limit_s(join_s)
+            if allocated is not None and now - allocated > limit:
                 cancel(job_id)
-                raise SlurmError(f"the bootstrap of SLURM job {job_id} was not ready {2 * join_s + 60:.0f} s after "
+                raise SlurmError(f"the bootstrap of SLURM job {job_id} was not ready {limit:.0f} s after "
                                  f"the allocation: cancelled it; logs kept in {log}")
         time.sleep(0.1)
 

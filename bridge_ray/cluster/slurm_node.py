@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,6 +46,8 @@ MAX_SLOTS = (BLOCK - len(CLUSTER_PORTS)) // len(NODE_PORTS)
 NODE_LABEL = "bridge-ray/slurm-node"
 HEAD_TIMEOUT_S = 120.0
 STOP_GRACE_S = 5.0
+START_ATTEMPTS = 3
+RAY_BLOCKING = "will now block forever"  # what `ray start --block` prints once the node is up
 
 
 def job_dir(name: str, job_id: str | int) -> Path:
@@ -160,27 +163,58 @@ def run_ray(node: Node, cmd: list[str], temp_dir: Path, ports: dict[str, int]) -
     """Run ``ray start --block`` until SLURM ends it; report a crash; remove the temp dir.
 
     Ray's files stay private: its processes run with umask 077 in a temp dir under the user's
-    0700 folder. On SIGTERM (scancel, time limit) Ray gets STOP_GRACE_S to stop, then whatever
-    is left of it is killed, so the temp dir is gone before SLURM's own SIGKILL (KillWait) comes.
+    0700 folder. Ray gives its raylet and agents fixed few-second windows to start, which a busy
+    node can miss: a start that fails before Ray says it is up is tried again (START_ATTEMPTS);
+    a Ray that dies after that ends the allocation. On SIGTERM (scancel, time limit) Ray gets
+    STOP_GRACE_S to stop, then whatever is left of it is killed, so the temp dir is gone before
+    SLURM's own SIGKILL (KillWait) comes.
     """
-    temp_dir.mkdir(mode=0o700, exist_ok=True)
-    proc = subprocess.Popen(cmd, env=node.ray_env(temp_dir, ports), umask=processes.UMASK)
     stopping: list[float] = []
+    running: list[subprocess.Popen] = []
 
     def forward(signum, _frame):
         stopping.append(time.monotonic())
-        proc.send_signal(signum)
+        for proc in running:
+            proc.send_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
-    while (rc := _wait(proc, 0.5)) is None:
-        if stopping and time.monotonic() - stopping[0] > STOP_GRACE_S:
-            processes.terminate([proc.pid, *processes.find_pids(f"{temp_dir}/", tag=str(temp_dir))], grace_s=0)
-    processes.terminate(processes.find_pids(f"{temp_dir}/", tag=str(temp_dir)), grace_s=1)
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    for attempt in range(1, START_ATTEMPTS + 1):
+        rc, started = _run_once(node, cmd, temp_dir, ports, stopping, running)
+        if started or rc == 0 or stopping or attempt == START_ATTEMPTS:
+            break
+        print(f"bridge-ray: Ray on node {node.name} failed while starting (exit {rc}); starting it again",
+              file=sys.stderr, flush=True)
     if rc and not stopping:
         emit(node.folder, "failed", f"Ray on node {node.name} exited with code {rc}")
     return rc
+
+
+def _run_once(node: Node, cmd: list[str], temp_dir: Path, ports: dict[str, int], stopping: list[float],
+              running: list[subprocess.Popen]) -> tuple[int, bool]:
+    """One ``ray start --block``, its output relayed to the allocation's log; (exit code, whether Ray got up)."""
+    temp_dir.mkdir(mode=0o700, exist_ok=True)
+    proc = subprocess.Popen(cmd, env=node.ray_env(temp_dir, ports), umask=processes.UMASK, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    running[:] = [proc]
+    started = threading.Event()
+
+    def relay():
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if RAY_BLOCKING in line:
+                started.set()
+
+    relaying = threading.Thread(target=relay, daemon=True)
+    relaying.start()
+    while (rc := _wait(proc, 0.5)) is None:
+        if stopping and time.monotonic() - stopping[0] > STOP_GRACE_S:
+            processes.terminate([proc.pid, *processes.find_pids(f"{temp_dir}/", tag=str(temp_dir))], grace_s=0)
+    relaying.join(timeout=5)
+    processes.terminate(processes.find_pids(f"{temp_dir}/", tag=str(temp_dir)), grace_s=1)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    return rc, started.is_set()
 
 
 def _wait(proc: subprocess.Popen, timeout_s: float) -> int | None:
@@ -241,6 +275,19 @@ def _joined(record: ClusterRecord) -> tuple[set[str], float]:
     return names, sum(n["resources_total"].get("GPU", 0.0) for n in alive)
 
 
+def _joined_or_none(record: ClusterRecord) -> tuple[set[str], float]:
+    """``_joined``, or nobody yet when a busy head drops the request (the caller's deadline decides)."""
+    try:
+        return _joined(record)
+    except (OSError, ValueError, KeyError):
+        return set(), 0.0
+
+
+def bootstrap_limit_s(join_timeout_s: float) -> float:
+    """How long after the allocation the login node waits for ``ready``: the barrier's own deadlines, and slack."""
+    return max(join_timeout_s, HEAD_TIMEOUT_S) + join_timeout_s + 120
+
+
 def _fail(node: Node, detail: str) -> int:
     emit(node.folder, "failed", detail)
     print(f"bridge-ray: {detail}", file=sys.stderr)
@@ -263,16 +310,19 @@ def barrier() -> int:
         health.wait_ready(record, timeout_s=max(1.0, deadline - time.monotonic()))
     except BridgeRayError:
         return _fail(node, f"the Ray head on node {info['node']} did not come up within {node.head_timeout_s:.0f} s")
+    while info["node"] not in _joined_or_none(record)[0]:  # the head's own raylet registers after its Jobs API
+        if any(e["phase"] == "failed" for e in read_events(node.folder)):
+            return 1
+        if time.monotonic() > deadline:
+            return _fail(node, f"the Ray head on node {info['node']} did not register within {node.head_timeout_s:.0f} s")
+        time.sleep(0.2)
     emit(node.folder, "head up", f"{record.gcs_address} on {info['node']}")
     deadline = time.monotonic() + node.join_timeout_s  # the other nodes' turn starts now
     want_gpus, reported = node.gpus * len(node.nodes), 0
     while True:
         if any(e["phase"] == "failed" for e in read_events(node.folder)):
             return 1
-        try:
-            names, gpus = _joined(record)
-        except (OSError, ValueError, KeyError):  # a busy head may drop a request: ask again, the deadline decides
-            names, gpus = set(), 0.0
+        names, gpus = _joined_or_none(record)
         if len(names) != reported:
             reported = len(names)
             emit(node.folder, "joined", f"{reported}/{len(node.nodes)} nodes")
