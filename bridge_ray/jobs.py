@@ -226,10 +226,10 @@ def check_recipe(recipe: str | Path) -> Path:
 
 def check_args(record: ClusterRecord, project: Path, recipe: Path, args: list[str] | tuple[str, ...],
                env: dict[str, str]) -> None:
-    """Run the recipe here until it would attach to the cluster (``bridge_ray.launch --check``).
+    """Build and validate the configs the recipe declares (its ``config(argv)``) here (``bridge_ray.launch --check``).
 
-    The recipe builds and validates its configs from ``args`` on the way, so a bad override
-    fails here, in a second, instead of on the cluster after the upload.
+    A bad override then fails here, in a second, instead of on the cluster after the upload.
+    A recipe without ``config(argv)`` is not run here at all.
 
     Raises:
         ConfigError: the recipe refused its arguments (the recipe's own message).
@@ -243,8 +243,8 @@ def check_args(record: ClusterRecord, project: Path, recipe: Path, args: list[st
         out = subprocess.run([python, "-m", "bridge_ray.launch", "--check", rel, *args], cwd=project,
                              env={**clean_env(), **env}, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise RecipeError(f"{rel} did not get to the cluster within {CHECK_TIMEOUT_S:.0f} s when checked here: "
-                          "submit with --no-check if it must run a long step first") from None
+        raise RecipeError(f"{rel}'s config({shlex.join(args)}) did not return within {CHECK_TIMEOUT_S:.0f} s when "
+                          "checked here: submit with --no-check if it must run a long step first") from None
     said = next((line for line in reversed(out.stderr.splitlines()) if line.strip()), "")
     if out.returncode == 0:
         return
@@ -269,7 +269,7 @@ def plan(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluster:
     """Build what ``submit`` sends: the recipe compiled and its arguments checked here, the upload sized.
 
     Args:
-        check: run the recipe here until it would attach to the cluster (``check_args``).
+        check: build and validate the recipe's declared configs here first (``check_args``).
 
     Raises:
         RecipeError, ConfigError, ClusterNotFound, WorkingDirTooLarge: nothing to submit.
@@ -314,7 +314,7 @@ def submit(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluste
         env: extra env vars for the job (win over everything else).
         excludes: more working_dir exclude patterns.
         submission_id: the job id to use (default ``<recipe>-<time>-<hex>``).
-        check: run the recipe here first until it would attach to the cluster (see ``check_args``).
+        check: build and validate the recipe's declared configs here first (see ``check_args``).
 
     Returns:
         A Job handle.

@@ -41,8 +41,8 @@ def _follow(job: lib.Job) -> str:
 def submit_command(recipe, args, name, env_items, excludes, submission_id, follow, dry_run, no_check):
     """Submit RECIPE.py [-- ARGS...] as a Ray job on the recorded cluster.
 
-    The recipe first runs here until it would attach to the cluster, so a bad override is
-    reported at once and nothing is submitted.
+    A recipe that declares config(argv) has its configs built and validated here first, so a
+    bad override is reported at once and nothing is submitted.
     """
     env = parse_env(env_items)
     options = dict(cluster=name, env=env, excludes=excludes, submission_id=submission_id, check=not no_check)
