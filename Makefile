@@ -21,7 +21,7 @@ $(STAMP): setup.cfg pyproject.toml
 # Local Ray cluster -> SFT of a tiny offline model on synthetic GSM8K (CPU) -> merged HF model -> down.
 demo: $(STAMP)
 	$(BR) up --name demo --num-cpus 2
-	$(BR) submit recipes/sft_gsm8k.py --name demo --follow; rc=$$?; $(BR) down --name demo; exit $$rc
+	$(BR) submit recipes/sft_gsm8k.py --name demo --follow; rc=$$?; $(BR) down --name demo --force; exit $$rc
 
 # Everything CI runs: unit + integration (real Ray, real verl on CPU) + real SLURM.
 test: $(STAMP)

@@ -26,7 +26,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 STAMP_NAME = "bridge_ray_assets.json"
-STAMP_VERSION = 1
+STAMP_VERSION = 2  # 2: the SFT rows carry the RL prompt (question + instruction)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,9 +164,10 @@ def _stamp(shape: str, num_train: int, num_val: int, seed: int) -> dict:
     return {"version": STAMP_VERSION, "shape": shape, "num_train": num_train, "num_val": num_val, "seed": seed}
 
 
-def _asset_paths(out_dir: Path) -> dict[str, Path]:
-    data = out_dir / "data"
-    return {"model": out_dir / "model", **{name: data / f"{name}.parquet" for name in OUTPUT_NAMES}}
+def demo_asset_paths(out_dir: str | Path) -> dict[str, Path]:
+    """Where ``build_demo_assets(out_dir)`` puts its files (nothing is built or checked)."""
+    data = Path(out_dir) / "data"
+    return {"model": Path(out_dir) / "model", **{name: data / f"{name}.parquet" for name in OUTPUT_NAMES}}
 
 
 def build_demo_assets(
@@ -192,7 +193,7 @@ def build_demo_assets(
         >>> assets["model"], assets["train"]
     """
     out_dir = Path(out_dir)
-    paths, stamp_path, stamp = _asset_paths(out_dir), out_dir / STAMP_NAME, _stamp(shape, num_train, num_val, seed)
+    paths, stamp_path, stamp = demo_asset_paths(out_dir), out_dir / STAMP_NAME, _stamp(shape, num_train, num_val, seed)
     if stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp and _complete(paths):
         return paths
     stamp_path.unlink(missing_ok=True)

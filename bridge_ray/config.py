@@ -7,6 +7,7 @@ returns a new config. Every bad override is reported together in one ConfigError
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import typing
@@ -129,12 +130,23 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
     return value
 
 
+def _unknown(cfg: Any, path: list[str], key: str) -> ConfigError:
+    """``unknown key 'sft.optim.lrr': did you mean 'sft.optim.lr'? (OptimConfig has ...)``."""
+    names = sorted(f.name for f in dataclasses.fields(cfg))
+    close = difflib.get_close_matches(path[0], names, n=1, cutoff=0.6)
+    known = f"{type(cfg).__name__} has {', '.join(names)}"
+    if not close:
+        return ConfigError(f"unknown key {key!r}: {known}")
+    parts = key.split(".")
+    at = len(parts) - len(path)
+    return ConfigError(f"unknown key {key!r}: did you mean {'.'.join(parts[:at] + close + parts[at + 1:])!r}? ({known})")
+
+
 def _set(cfg: Any, path: list[str], raw: str, key: str) -> Any:
     names = {f.name: f for f in dataclasses.fields(cfg)}
     head = path[0]
     if head not in names:
-        close = ", ".join(sorted(names))
-        raise ConfigError(f"unknown key {key!r}: {type(cfg).__name__} has {close}")
+        raise _unknown(cfg, path, key)
     kind = typing.get_type_hints(type(cfg))[head]
     current = getattr(cfg, head)
     if len(path) > 1:
@@ -162,7 +174,7 @@ def apply_overrides(cfg: Any, overrides: list[str] | tuple[str, ...], prefix: st
     problems = []
     for item in overrides:
         if "=" not in item:
-            problems.append(f"override {item!r} has no '=': write key=value, e.g. {prefix or 'cfg'}.lr=1e-5")
+            problems.append(f"override {item!r} has no '=': write it as {item.strip() or 'key'}=VALUE")
             continue
         key, raw = item.split("=", 1)
         path = key.strip().split(".")

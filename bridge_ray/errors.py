@@ -10,6 +10,7 @@ class BridgeRayError(Exception):
     """Base class: a problem the user can act on. ``exit_code`` is what the CLI returns."""
 
     exit_code = 2
+    prefix = "error: "
 
 
 class ClusterNotFound(BridgeRayError):
@@ -18,6 +19,29 @@ class ClusterNotFound(BridgeRayError):
 
 class ClusterStale(BridgeRayError):
     """A cluster record exists but its head does not answer."""
+
+
+class ClusterRecordBroken(BridgeRayError):
+    """A cluster record exists but cannot be read (truncated, not JSON, wrong shape)."""
+
+
+class ClusterLost(BridgeRayError):
+    """The cluster's head stopped answering while a command was using it."""
+
+
+class JobsRunning(BridgeRayError):
+    """``down`` was asked to stop a cluster that still runs jobs."""
+
+
+class HomeNotWritable(BridgeRayError):
+    """The bridge-ray home (``$BRIDGE_RAY_HOME``) cannot be written."""
+
+
+class Interrupted(BridgeRayError):
+    """The user pressed Ctrl-C; the message says what keeps running and how to get back to it."""
+
+    exit_code = 130
+    prefix = ""
 
 
 class ClusterExists(BridgeRayError):

@@ -69,8 +69,10 @@ def export(run: str | Path, step: int | None = None, target_dir: str | Path | No
     checkpoint = latest_checkpoint(root) if step is None else root / f"global_step_{step}"
     if checkpoint is None or not checkpoint.is_dir():
         found = ", ".join(map(str, steps(root))) or "none"
-        raise CheckpointError(f"no checkpoint{'' if step is None else f' for step {step}'} under {root} "
+        err = CheckpointError(f"no checkpoint{'' if step is None else f' for step {step}'} under {root} "
                               f"(steps there: {found}): pass --step with one of them")
+        err.exit_code = 1 if step is None else 2  # a step that is not there is the caller's to fix
+        raise err
     number = int(_STEP.match(checkpoint.name).group(1))
     target = Path(target_dir) if target_dir else output_dir / f"hf_step_{number}"
     merge_to_hf(checkpoint, target, env=_merge_env())

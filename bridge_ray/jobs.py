@@ -8,42 +8,83 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import re
 import secrets
 import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-from bridge_ray import records, runs, runtime_env
+from bridge_ray import credentials, records, runs, runtime_env
+from bridge_ray.cluster import client as cluster_client
 from bridge_ray.cluster import health
-from bridge_ray.cluster.auth import auth_headers
-from bridge_ray.errors import JobFailed, JobNotFound, RecipeError
+from bridge_ray.cluster.processes import clean_env
+from bridge_ray.errors import (BridgeRayError, ClusterLost, ClusterStale, ConfigError, Interrupted, JobFailed,
+                               JobNotFound, RecipeError)
 from bridge_ray.records import DEFAULT_CLUSTER, ClusterRecord
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 LOG_TAIL_LINES = 20
+CHECK_TIMEOUT_S = 300.0
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def client(record: ClusterRecord):
-    """A JobSubmissionClient for the recorded cluster, authenticated with its token."""
-    from ray.job_submission import JobSubmissionClient
-
-    return JobSubmissionClient(record.dashboard_url, headers=auth_headers(record))
+    """A JobSubmissionClient for the recorded cluster only, authenticated with its token."""
+    return cluster_client.client(record)
 
 
 @dataclasses.dataclass
 class SubmitPlan:
-    """Everything ``submit`` would send; ``--dry-run`` prints it (secrets redacted)."""
+    """Everything ``submit`` would send; ``--dry-run`` prints it (secrets redacted).
+
+    ``secrets`` never enter the runtime_env: they travel in a 0600 file (``bridge_ray.credentials``).
+    """
 
     cluster: str
     submission_id: str
     entrypoint: str
     runtime_env: dict
     metadata: dict
+    secrets: dict = dataclasses.field(default_factory=dict)
 
     def shown(self) -> dict:
         return {"cluster": self.cluster, "submission_id": self.submission_id, "entrypoint": self.entrypoint,
-                "runtime_env": runtime_env.redact(self.runtime_env), "metadata": self.metadata}
+                "runtime_env": runtime_env.redact(self.runtime_env), "metadata": self.metadata,
+                "secrets (sent in a 0600 file)": {k: "***" for k in sorted(self.secrets)}}
+
+
+def _lost(record: ClusterRecord, doing: str) -> ClusterLost:
+    """Record the cluster's unfinished runs as lost and return the error that says so."""
+    cause = f"the head of cluster {record.name!r} at {record.dashboard_url} stopped answering"
+    runs.mark_lost(record.name, cause)
+    flag = _name_flag(record.name)
+    return ClusterLost(f"{cause} while {doing}; its unfinished runs are recorded FAILED ({runs.CLUSTER_LOST}): "
+                       f"see `bridge-ray status{flag}`, then `bridge-ray down{flag}` and `bridge-ray up{flag}`")
+
+
+def _connected(record: ClusterRecord, doing: str):
+    """A client for ``record``; a head that does not answer marks its runs lost and raises."""
+    try:
+        health.check_alive(record)
+        return client(record)
+    except (ClusterStale, ConnectionError):
+        raise _lost(record, doing) from None
+
+
+def _call(record: ClusterRecord, doing: str, fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on the Jobs API; the head going away on the way becomes one ClusterLost line."""
+    import requests
+
+    try:
+        return fn(*args, **kwargs)
+    except (requests.exceptions.ConnectionError, ConnectionError) as err:
+        if health.is_alive(record):
+            raise BridgeRayError(f"the Jobs API of cluster {record.name!r} failed while {doing}: {err}") from None
+        raise _lost(record, doing) from None
 
 
 class Job:
@@ -62,16 +103,15 @@ class Job:
     def __repr__(self) -> str:
         return f"Job({self.submission_id!r}, cluster={self.cluster!r})"
 
-    def _client(self):
+    def _session(self, doing: str):
         record = records.load(self.cluster)
-        health.check_alive(record)
-        return client(record)
+        return record, _connected(record, doing)
 
     def info(self):
         """Ray's JobDetails for this job. Raises JobNotFound for an unknown id."""
-        c = self._client()
+        record, c = self._session(f"asking about job {self.submission_id}")
         try:
-            return c.get_job_info(self.submission_id)
+            return _call(record, f"asking about job {self.submission_id}", c.get_job_info, self.submission_id)
         except RuntimeError as err:
             if "does not exist" in str(err) or "404" in str(err):
                 raise JobNotFound(
@@ -87,22 +127,58 @@ class Job:
     def logs(self) -> str:
         """All of the job's driver log so far."""
         self.info()
-        return self._client().get_job_logs(self.submission_id)
+        record, c = self._session(f"reading the log of job {self.submission_id}")
+        return _call(record, f"reading the log of job {self.submission_id}", c.get_job_logs, self.submission_id)
 
     def follow(self, write: Callable[[str], None] = print) -> str:
-        """Stream the log to ``write`` until the job ends; return the final status."""
+        """Stream the log to ``write`` until the job ends; return the final status.
+
+        Raises:
+            JobFailed: the job ended FAILED or STOPPED (its log was just streamed, so no tail).
+            ClusterLost: the head went away while following; the run is recorded as lost.
+            KeyboardInterrupt: Ctrl-C; the job keeps running.
+        """
         self.info()
-        c = self._client()
+        record, c = self._session(f"following job {self.submission_id}")
 
         async def stream():
             async for chunk in c.tail_job_logs(self.submission_id):
                 write(chunk.rstrip("\n"))
 
-        asyncio.run(stream())
-        return self.wait(timeout_s=30)
+        import aiohttp
 
-    def wait(self, timeout_s: float | None = None, poll_s: float = 0.2) -> str:
-        """Block until the job ends; return SUCCEEDED or raise JobFailed with the last log lines."""
+        try:
+            asyncio.run(stream())
+        except (OSError, RuntimeError, aiohttp.ClientError, asyncio.TimeoutError) as err:
+            # Ray's client raises RuntimeError when the log's WebSocket closes abnormally.
+            if health.is_alive(record):
+                raise BridgeRayError(f"lost the log stream of job {self.submission_id} ({err}): reattach with "
+                                     f"`bridge-ray logs {self.submission_id}{_name_flag(self.cluster)} --follow`") from None
+            return self._ended_without_cluster(record)
+        try:
+            return self.wait(streamed=True)
+        except ClusterLost:
+            return self._ended_without_cluster(record)
+
+    def _ended_without_cluster(self, record: ClusterRecord) -> str:
+        """The head went away while following: the end the run record holds (raised unless SUCCEEDED), else the loss."""
+        run = runs.find_run(self.submission_id)
+        if run is not None and run.status in TERMINAL and run.failure != runs.CLUSTER_LOST:
+            if run.status == "SUCCEEDED":
+                return run.status
+            raise JobFailed(self.submission_id, run.status, run.message) from None
+        lost = _lost(record, f"following job {self.submission_id}")
+        lost.exit_code = 1  # the job is gone with its cluster
+        raise lost from None
+
+    def wait(self, timeout_s: float | None = None, poll_s: float = 0.2, streamed: bool = False) -> str:
+        """Block until the job ends; return SUCCEEDED or raise JobFailed with the last log lines.
+
+        Args:
+            timeout_s: give up after this long and return the current status.
+            poll_s: seconds between polls.
+            streamed: the caller already showed the log: JobFailed then carries no tail.
+        """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             info = self.info()
@@ -113,17 +189,19 @@ class Job:
                 return state
             time.sleep(poll_s)
         logs = self.logs() if state != "SUCCEEDED" else ""
-        runs.finish_run(self.submission_id, state, info.message or "", logs,
-                        end_time=info.end_time / 1000 if info.end_time else None)
+        run = runs.finish_run(self.submission_id, state, info.message or "", logs,
+                              end_time=info.end_time / 1000 if info.end_time else None)
         if state != "SUCCEEDED":
-            tail = "\n".join(logs.rstrip().splitlines()[-LOG_TAIL_LINES:])
-            raise JobFailed(self.submission_id, state, info.message or "", log_tail=tail)
+            tail = "" if streamed else "\n".join(logs.rstrip().splitlines()[-LOG_TAIL_LINES:])
+            message = run.message if run else runs.first_line(info.message or "")
+            raise JobFailed(self.submission_id, state, message, log_tail=tail)
         return state
 
     def stop(self) -> bool:
         """Ask Ray to stop the job; True if it was still running."""
         self.info()
-        return self._client().stop_job(self.submission_id)
+        record, c = self._session(f"stopping job {self.submission_id}")
+        return _call(record, f"stopping job {self.submission_id}", c.stop_job, self.submission_id)
 
 
 def _name_flag(cluster: str) -> str:
@@ -131,67 +209,161 @@ def _name_flag(cluster: str) -> str:
 
 
 def check_recipe(recipe: str | Path) -> Path:
-    """Resolve the recipe path, or raise RecipeError saying what is wrong."""
+    """Resolve the recipe path and compile it, or raise RecipeError saying what is wrong."""
     path = Path(recipe)
     if not path.exists():
         raise RecipeError(f"recipe {recipe} does not exist: pass the path of a .py file, e.g. recipes/hello_cluster.py")
     if path.is_dir() or path.suffix != ".py":
         raise RecipeError(f"recipe {recipe} is not a Python file: pass a .py file, e.g. recipes/hello_cluster.py")
+    try:
+        compile(path.read_bytes(), str(path), "exec")
+    except (SyntaxError, ValueError) as err:  # ValueError: null bytes
+        where = f" at line {err.lineno}" if getattr(err, "lineno", None) else ""
+        raise RecipeError(f"recipe {recipe} does not compile{where}: {getattr(err, 'msg', err)}: fix it; "
+                          "nothing was submitted") from None
     return path.resolve()
+
+
+def check_args(record: ClusterRecord, project: Path, recipe: Path, args: list[str] | tuple[str, ...],
+               env: dict[str, str]) -> None:
+    """Build and validate the configs the recipe declares (its ``config(argv)``) here (``bridge_ray.launch --check``).
+
+    A bad override then fails here, in a second, instead of on the cluster after the upload.
+    A recipe without ``config(argv)`` is not run here at all.
+
+    Raises:
+        ConfigError: the recipe refused its arguments (the recipe's own message).
+        RecipeError: it failed here for another reason, or did not get to the cluster in time.
+    """
+    from bridge_ray import launch  # not at import: `python -m bridge_ray.launch` must find it unimported
+
+    python = record.python if os.path.isfile(record.python) else sys.executable
+    rel = str(recipe.relative_to(project))
+    try:
+        out = subprocess.run([python, "-m", "bridge_ray.launch", "--check", rel, *args], cwd=project,
+                             env={**clean_env(), **env}, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise RecipeError(f"{rel}'s config({shlex.join(args)}) did not return within {CHECK_TIMEOUT_S:.0f} s when "
+                          "checked here: submit with --no-check if it must run a long step first") from None
+    said = next((line for line in reversed(out.stderr.splitlines()) if line.strip()), "")
+    if out.returncode == 0:
+        return
+    if out.returncode == launch.CANNOT_CHECK:
+        print(f"note: {said}; submitting without checking its arguments", file=sys.stderr)
+        return
+    if said.startswith("error: "):
+        raise ConfigError(said[len("error: "):])
+    if out.returncode == launch.FAILED_HERE:
+        raise RecipeError(f"{said}: fix it, or submit with --no-check if it only runs on the cluster")
+    raise RecipeError(f"{rel} {shlex.join(args)} exited with code {out.returncode} when checked here"
+                      + (f": {said}" if said else "") + "; nothing was submitted")
+
+
+def _submission_id(path: Path) -> str:
+    return f"{path.stem.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def plan(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluster: str = DEFAULT_CLUSTER,
          env: dict[str, str] | None = None, excludes: tuple[str, ...] = (),
-         submission_id: str | None = None) -> SubmitPlan:
-    """Build what ``submit`` sends, checking the recipe, the cluster record and the upload size."""
+         submission_id: str | None = None, check: bool = True) -> SubmitPlan:
+    """Build what ``submit`` sends: the recipe compiled and its arguments checked here, the upload sized.
+
+    Args:
+        check: build and validate the recipe's declared configs here first (``check_args``).
+
+    Raises:
+        RecipeError, ConfigError, ClusterNotFound, WorkingDirTooLarge: nothing to submit.
+    """
     from bridge_ray.network.profile import profile_env
 
     path = check_recipe(recipe)
     record = records.load(cluster)
     env_block = runtime_env.build(path, env or {}, profile_env(cluster), excludes)
-    rel = path.relative_to(env_block["working_dir"])
-    entrypoint = shlex.join([record.python, str(rel), *args])
-    submission_id = submission_id or f"{path.stem.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    env_block["env_vars"] = {**runs.job_env(submission_id, env_block["env_vars"]), **env_block["env_vars"]}
+    project = Path(env_block["working_dir"])
+    if check:
+        check_args(record, project, path, list(args), env_block["env_vars"])
+    rel = path.relative_to(project)
+    entrypoint = shlex.join([record.python, "-m", "bridge_ray.launch", str(rel), *args])
+    if submission_id and not _ID_RE.match(submission_id):
+        raise ConfigError(f"--submission-id {submission_id!r} is not valid: use letters, digits, '.', '_' or '-' "
+                          "(at most 128, starting with a letter or digit)")
+    if submission_id and runs.find_run(submission_id) is not None:
+        raise ConfigError(f"--submission-id {submission_id}: a run with that id is already recorded "
+                          f"({runs.run_dir(submission_id)}): choose another id, or leave it out")
+    submission_id = submission_id or _submission_id(path)
+    job_env = runs.job_env(submission_id, env_block["env_vars"])
+    plain, hidden = credentials.split({**job_env, **env_block["env_vars"]})
+    env_block["env_vars"] = {**plain, credentials.ENV_FILE_ENV: str(credentials.env_file(cluster, submission_id))}
+    env_block["worker_process_setup_hook"] = credentials.WORKER_HOOK
     metadata = {"bridge_ray": "1", "recipe": str(rel), "cluster": cluster}
-    return SubmitPlan(cluster, submission_id, entrypoint, env_block, metadata)
+    return SubmitPlan(cluster, submission_id, entrypoint, env_block, metadata, hidden)
 
 
 def submit(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluster: str = DEFAULT_CLUSTER,
            env: dict[str, str] | None = None, excludes: tuple[str, ...] = (),
-           submission_id: str | None = None) -> Job:
+           submission_id: str | None = None, check: bool = True) -> Job:
     """Submit a recipe as a Ray job on the recorded cluster.
+
+    Everything that can fail here (the recipe's arguments, the upload size, the run record,
+    the secrets file) happens before the job is sent; after it, nothing can hide its id.
 
     Args:
         recipe: path of a recipe ``.py`` file; its project dir becomes the working_dir.
-        args: arguments for the recipe (e.g. dotted overrides ``sft.lr=1e-5``).
+        args: arguments for the recipe (e.g. dotted overrides ``sft.optim.lr=1e-5``).
         cluster: the cluster's name.
         env: extra env vars for the job (win over everything else).
         excludes: more working_dir exclude patterns.
         submission_id: the job id to use (default ``<recipe>-<time>-<hex>``).
+        check: build and validate the recipe's declared configs here first (see ``check_args``).
 
     Returns:
         A Job handle.
 
     Raises:
-        RecipeError, ClusterNotFound, ClusterStale, AuthError, WorkingDirTooLarge: nothing submitted.
+        RecipeError, ConfigError, ClusterNotFound, ClusterStale, AuthError, WorkingDirTooLarge,
+        HomeNotWritable: nothing submitted.
 
     Example:
         >>> job = bridge_ray.submit("recipes/sft_gsm8k.py", ["sft.optim.lr=1e-4"])
         >>> job.follow()
     """
-    p = plan(recipe, args, cluster=cluster, env=env, excludes=excludes, submission_id=submission_id)
+    p = plan(recipe, args, cluster=cluster, env=env, excludes=excludes, submission_id=submission_id, check=check)
     record = records.load(cluster)
     health.check_alive(record)
-    client(record).submit_job(entrypoint=p.entrypoint, submission_id=p.submission_id,
-                              runtime_env=p.runtime_env, metadata=p.metadata)
+    c = client(record)
     runs.start_run(p, record)
+    try:
+        credentials.write(cluster, p.submission_id, p.secrets)
+        _call(record, f"submitting job {p.submission_id}", c.submit_job, entrypoint=p.entrypoint,
+              submission_id=p.submission_id, runtime_env=p.runtime_env, metadata=p.metadata)
+    except KeyboardInterrupt:
+        raise _interrupted_submit(record, c, p.submission_id) from None
+    except Exception as err:
+        credentials.remove(cluster, p.submission_id)
+        runs.forget_run(p.submission_id)
+        if isinstance(err, RuntimeError):  # Ray's client: "Request failed with status code ..."
+            said = runs.first_line(str(err))
+            raise BridgeRayError(f"cluster {cluster!r} refused job {p.submission_id}: {said}; nothing was submitted") from None
+        raise
     return Job(p.submission_id, cluster)
+
+
+def _interrupted_submit(record: ClusterRecord, c, submission_id: str) -> Interrupted:
+    """Ctrl-C during the upload or the request: say whether the job got there (and undo if it did not)."""
+    flag = _name_flag(record.name)
+    try:
+        c.get_job_info(submission_id)
+    except Exception:  # noqa: BLE001 - any answer but the job's details means it is not there
+        credentials.remove(record.name, submission_id)
+        runs.forget_run(submission_id)
+        return Interrupted(f"interrupted before job {submission_id} reached cluster {record.name!r}: nothing was submitted")
+    return Interrupted(f"interrupted, but job {submission_id} was submitted and runs: follow it with "
+                       f"`bridge-ray logs {submission_id}{flag} --follow`, stop it with `bridge-ray stop {submission_id}{flag}`")
 
 
 def list_jobs(cluster: str = DEFAULT_CLUSTER) -> list:
     """Ray's JobDetails for every job on the cluster, oldest first."""
     record = records.load(cluster)
-    health.check_alive(record)
-    jobs = client(record).list_jobs()
+    c = _connected(record, "listing its jobs")
+    jobs = _call(record, "listing its jobs", c.list_jobs)
     return sorted(jobs, key=lambda j: j.start_time or 0)

@@ -132,13 +132,29 @@ def sft_then_ppo(sft_cfg, ppo_cfg, run_dir: str | Path, reward: Callable | str |
     if not os.path.isabs(str(run_dir)):
         raise ConfigError(f"run dir {run_dir} must be an absolute path (relative paths land in Ray's working_dir)")
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     sft_cfg, ppo_cfg = plan(sft_cfg, ppo_cfg, run_dir)
     if reward is not None:
         ppo_cfg = dataclasses.replace(ppo_cfg, reward=dataclasses.replace(ppo_cfg.reward, function=describe(reward)[0]))
+    sft.validate(sft_cfg)  # both stages before either starts: a bad PPO value must not wait for SFT to end
+    ppo.validate(ppo_cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     sft_record = _stage(run_dir, "sft", sft_cfg, lambda: sft.fit(sft_cfg).hf_model)
     ppo_record = _stage(run_dir, "ppo", ppo_cfg, lambda: ppo.run(ppo_cfg, reward).hf_model)
     return {"sft": sft_record, "ppo": ppo_record}
+
+
+def stage_configs(sft_cfg, ppo_cfg, run_dir: str | Path, argv: list[str]):
+    """The two stages' configs for a recipe's ``argv``: ``sft.*`` / ``ppo.*`` overrides applied, paths planned.
+
+    ``--dry-run`` in ``argv`` is left for ``main``.
+
+    Raises:
+        ConfigError: every override that is malformed, unknown or mistyped.
+    """
+    overrides = [a for a in argv if a != "--dry-run"]
+    sft_cfg = apply_overrides(sft_cfg, [a for a in overrides if not a.startswith("ppo.")], prefix="sft")
+    ppo_cfg = apply_overrides(ppo_cfg, [a for a in overrides if a.startswith("ppo.")], prefix="ppo")
+    return plan(sft_cfg, ppo_cfg, run_dir)
 
 
 def main(sft_cfg, ppo_cfg, run_dir: str | Path, argv: list[str] | None = None,
@@ -150,18 +166,15 @@ def main(sft_cfg, ppo_cfg, run_dir: str | Path, argv: list[str] | None = None,
     from bridge_ray import ppo, sft
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = [a for a in argv if a != "--dry-run"]
     try:
-        sft_cfg = apply_overrides(sft_cfg, [a for a in overrides if not a.startswith("ppo.")], prefix="sft")
-        ppo_cfg = apply_overrides(ppo_cfg, [a for a in overrides if a.startswith("ppo.")], prefix="ppo")
+        sft_plan, ppo_plan = stage_configs(sft_cfg, ppo_cfg, run_dir, argv)
         if "--dry-run" in argv:
-            sft_plan, ppo_plan = plan(sft_cfg, ppo_cfg, run_dir)
             shown = {"run_dir": str(run_dir), "records": {k: dataclasses.asdict(v) for k, v in load_records(run_dir).items()},
                      "sft_verl_overrides": sft.to_verl_overrides(sft.validate(sft_plan)),
                      "ppo": ppo.dry_run(ppo_plan, reward)}
             print(json.dumps(shown, indent=2, default=str))
             return None
-        return sft_then_ppo(sft_cfg, ppo_cfg, run_dir, reward)
+        return sft_then_ppo(sft_plan, ppo_plan, run_dir, reward)
     except BridgeRayError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(err.exit_code)

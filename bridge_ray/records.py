@@ -13,7 +13,7 @@ import re
 import time
 from pathlib import Path
 
-from bridge_ray.errors import ClusterNotFound, ConfigError
+from bridge_ray.errors import ClusterNotFound, ClusterRecordBroken, ConfigError, HomeNotWritable
 
 DEFAULT_CLUSTER = "default"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -22,6 +22,46 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 def home_dir() -> Path:
     """The bridge-ray home, absolute: ``$BRIDGE_RAY_HOME`` or ``~/.bridge-ray``."""
     return Path(os.environ.get("BRIDGE_RAY_HOME") or Path.home() / ".bridge-ray").expanduser().absolute()
+
+
+def home_error(path: Path, err: OSError) -> HomeNotWritable:
+    """The one-line error for a file or folder of the bridge-ray home that cannot be written."""
+    reason = err.strerror or type(err).__name__
+    return HomeNotWritable(
+        f"cannot write {path} ({reason}): the bridge-ray home {home_dir()} must be a writable folder; "
+        "fix its permissions, or point BRIDGE_RAY_HOME at one, e.g. `export BRIDGE_RAY_HOME=$HOME/.bridge-ray`")
+
+
+def writable_dir(path: Path) -> Path:
+    """Create ``path`` (and its parents) if needed and return it.
+
+    Raises:
+        HomeNotWritable: it cannot be created or written (read-only, below a file, ...).
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as err:
+        raise home_error(path, err) from None
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (a temporary file, then a rename).
+
+    Raises:
+        HomeNotWritable: the folder cannot take it.
+    """
+    writable_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise home_error(path, err) from None
+    return path
 
 
 def check_name(name: str) -> str:
@@ -84,13 +124,31 @@ def record_path(name: str) -> Path:
 
 
 def save(record: ClusterRecord) -> Path:
-    """Write the record atomically and return its path."""
-    path = record_path(record.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(record.to_json())
-    os.replace(tmp, path)
-    return path
+    """Write the record atomically and return its path.
+
+    Raises:
+        HomeNotWritable: the bridge-ray home cannot take it.
+    """
+    return write_text(record_path(record.name), record.to_json())
+
+
+def _parse(path: Path) -> ClusterRecord:
+    """The record in ``path``, or ClusterRecordBroken naming the file and the way out."""
+    name = path.stem
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
+        missing = [k for k in ("name", "backend", "gcs_address", "dashboard_url") if not isinstance(data.get(k), str)]
+        if missing:
+            raise ValueError(f"it lacks {', '.join(missing)}")
+        record = ClusterRecord.from_dict(data)
+    except (OSError, ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
+        flag = "" if name == DEFAULT_CLUSTER else f" --name {name}"
+        raise ClusterRecordBroken(
+            f"the record of cluster {name!r} ({path}) is unreadable ({err}): run `bridge-ray down{flag} --force` "
+            "to stop whatever was started for it and remove the record") from None
+    return record
 
 
 def load(name: str = DEFAULT_CLUSTER) -> ClusterRecord:
@@ -107,7 +165,7 @@ def load(name: str = DEFAULT_CLUSTER) -> ClusterRecord:
             f"no cluster named {name!r} is recorded in {home_dir()}{hint}: "
             f"start one with `bridge-ray up{'' if name == DEFAULT_CLUSTER else ' --name ' + name}`"
         )
-    return ClusterRecord.from_dict(json.loads(path.read_text()))
+    return _parse(path)
 
 
 def delete(name: str) -> bool:
@@ -119,8 +177,14 @@ def delete(name: str) -> bool:
 
 
 def list_records() -> list[ClusterRecord]:
-    """All recorded clusters, sorted by name."""
+    """All readable cluster records, sorted by name (an unreadable one never hides the others)."""
     folder = home_dir() / "clusters"
     if not folder.is_dir():
         return []
-    return [ClusterRecord.from_dict(json.loads(p.read_text())) for p in sorted(folder.glob("*.json"))]
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            found.append(_parse(path))
+        except ClusterRecordBroken:
+            continue
+    return found

@@ -35,8 +35,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bridge_ray import records, runtime_env, tracking
-from bridge_ray.errors import BridgeRayError
+from bridge_ray import credentials, records, runtime_env, tracking
+from bridge_ray.errors import BridgeRayError, ClusterLost
 
 if TYPE_CHECKING:
     from bridge_ray.jobs import SubmitPlan
@@ -54,10 +54,27 @@ FAILURES = (  # (class, pattern): the first that matches the log names the failu
                   r"ActorDiedError.{0,200}node"),
     ("time limit", r"DUE TO TIME LIMIT|TIME LIMIT|time limit reached|wall ?time limit"),
 )
+CLUSTER_LOST = "cluster lost"
 
 
 class RunNotFound(BridgeRayError):
     """No run record under that id."""
+
+
+class RunRecordBroken(BridgeRayError):
+    """A run's ``run.json`` cannot be read."""
+
+
+def _record(folder: Path) -> RunRecord:
+    """The ``RunRecord`` in ``folder/run.json``, or RunRecordBroken naming it."""
+    path = folder / "run.json"
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("submission_id"), str):
+            raise ValueError("not a run record")
+        return RunRecord.from_dict(data)
+    except (OSError, ValueError, TypeError) as err:
+        raise RunRecordBroken(f"the run record {path} is unreadable ({err}): fix or delete {folder}") from None
 
 
 @dataclasses.dataclass
@@ -136,14 +153,21 @@ def _locked(folder: Path):
 
 
 def _update(folder: Path, fields: dict, defaults: dict | None = None) -> dict:
-    """Merge ``fields`` (and ``defaults`` where unset) into ``folder/run.json`` under a lock, atomically."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder):
-        path = folder / "run.json"
-        data = {**(defaults or {}), **(json.loads(path.read_text()) if path.exists() else {}), **fields}
-        tmp = folder / f".run.json.{os.getpid()}"
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, path)
+    """Merge ``fields`` (and ``defaults`` where unset) into ``folder/run.json`` under a lock, atomically.
+
+    Raises:
+        HomeNotWritable: the run folder cannot be written.
+    """
+    records.writable_dir(folder)
+    try:
+        with _locked(folder):
+            path = folder / "run.json"
+            data = {**(defaults or {}), **(json.loads(path.read_text()) if path.exists() else {}), **fields}
+            tmp = folder / f".run.json.{os.getpid()}"
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+            os.replace(tmp, path)
+    except OSError as err:
+        raise records.home_error(folder / "run.json", err) from None
     return data
 
 
@@ -181,15 +205,20 @@ def git_state(project: Path, folder: Path, secrets: list[str]) -> dict:
 
 
 def start_run(plan: "SubmitPlan", record: records.ClusterRecord) -> Path:
-    """Write the run record of a submission just sent; return its folder.
+    """Write the run record of a submission about to be sent; return its folder.
+
+    Written before the job is submitted, so a home that cannot take it stops the submission
+    instead of hiding a job that already runs.
 
     Args:
-        plan: what was submitted.
-        record: the cluster it went to.
+        plan: what will be submitted.
+        record: the cluster it goes to.
+
+    Raises:
+        HomeNotWritable: the run folder cannot be written (nothing was submitted).
     """
-    folder = run_dir(plan.submission_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    secrets = known_secrets(plan.runtime_env.get("env_vars"))
+    folder = records.writable_dir(run_dir(plan.submission_id))
+    secrets = known_secrets({**plan.runtime_env.get("env_vars", {}), **plan.secrets})
     project = Path(plan.runtime_env["working_dir"])
     run = RunRecord(
         submission_id=plan.submission_id, cluster=plan.cluster, recipe=plan.metadata.get("recipe", ""),
@@ -202,12 +231,22 @@ def start_run(plan: "SubmitPlan", record: records.ClusterRecord) -> Path:
     return folder
 
 
+def forget_run(submission_id: str) -> None:
+    """Remove the record of a submission that never reached the cluster."""
+    shutil.rmtree(run_dir(submission_id), ignore_errors=True)
+
+
 def classify_failure(logs: str) -> str | None:
     """The failure's class when the log makes it clear, else None."""
     for name, pattern in FAILURES:
         if re.search(pattern, logs):
             return name
     return None
+
+
+def first_line(message: str) -> str:
+    """The first line of Ray's message about a job (Ray appends up to 20,000 characters of log to it)."""
+    return re.sub(r",? last available logs.*$", "", (message.strip().splitlines() or [""])[0])
 
 
 def finish_run(submission_id: str, status: str, message: str = "", logs: str = "",
@@ -224,13 +263,17 @@ def finish_run(submission_id: str, status: str, message: str = "", logs: str = "
     folder = run_dir(submission_id)
     if not (folder / "run.json").exists():
         return None
-    current = RunRecord.from_dict(json.loads((folder / "run.json").read_text()))
-    if current.status in TERMINAL:
+    try:
+        current = _record(folder)
+    except RunRecordBroken:
+        return None
+    credentials.remove(current.cluster, submission_id)
+    # A run marked lost with its cluster may still get its real end from a head that came back.
+    if current.status in TERMINAL and current.failure != CLUSTER_LOST:
         return read_run(folder)
     secrets = known_secrets()
     lines = logs.rstrip().splitlines()
-    # Ray appends up to 20,000 characters of log to a failed job's message: keep its first line only.
-    message = re.sub(r",? last available logs.*$", "", (message.strip().splitlines() or [""])[0])
+    message = first_line(message)
     fields = {"status": status, "message": scrub(message, secrets), "end_time": end_time or time.time(),
               "failure": classify_failure("\n".join(lines[-500:])) if status != "SUCCEEDED" else None,
               "log_tail": scrub("\n".join(lines[-LOG_TAIL_LINES:]), secrets) if status != "SUCCEEDED" else ""}
@@ -239,6 +282,34 @@ def finish_run(submission_id: str, status: str, message: str = "", logs: str = "
     fields.update(last_step=run.last_step, metrics=run.metrics, wandb=run.wandb)
     _update(folder, fields)
     return read_run(folder)
+
+
+def mark_lost(cluster: str, cause: str) -> list[str]:
+    """Record every unfinished run of ``cluster`` as FAILED because the cluster went away; return their ids.
+
+    Args:
+        cluster: the cluster's name.
+        cause: what happened, e.g. "the head of cluster 'x' at URL stopped answering".
+    """
+    lost = []
+    for path in sorted(runs_root().glob("*/run.json")):
+        try:
+            run = _record(path.parent)
+        except RunRecordBroken:
+            continue
+        if run.cluster != cluster or run.status in TERMINAL:
+            continue
+        credentials.remove(cluster, run.submission_id)
+        _update(path.parent, {"status": "FAILED", "failure": CLUSTER_LOST, "message": cause, "end_time": time.time()})
+        lost.append(run.submission_id)
+    return lost
+
+
+def record_stopped(submission_id: str, message: str) -> None:
+    """Record a run as STOPPED (``down --force`` stopped it); no-op without a record."""
+    folder = run_dir(submission_id)
+    if (folder / "run.json").exists():
+        finish_run(submission_id, "STOPPED", message)
 
 
 def _copy_outputs(folder: Path, output_dir: str | None) -> None:
@@ -256,12 +327,19 @@ def _first(folders: list[Path], name: str) -> Path | None:
 
 
 def _read_json(path: Path | None):
-    return json.loads(path.read_text()) if path else None
+    """A JSON file the job writes, or None when absent or half-written."""
+    try:
+        return json.loads(path.read_text()) if path else None
+    except (OSError, ValueError):
+        return None
 
 
 def _last_row(steps_file: Path | None) -> dict | None:
     lines = steps_file.read_text().splitlines() if steps_file else []
-    return json.loads(lines[-1]) if lines else None
+    try:
+        return json.loads(lines[-1]) if lines else None
+    except ValueError:  # a line being written
+        return None
 
 
 def _with_outputs(run: RunRecord) -> RunRecord:
@@ -290,6 +368,8 @@ def _refresh(run: RunRecord) -> RunRecord:
             end = info.end_time / 1000 if info.end_time else None
             return finish_run(run.submission_id, state, info.message or "", logs, end_time=end)
         run.status = state
+    except ClusterLost:  # its runs were just recorded as lost
+        return read_run(Path(run.run_dir))
     except BridgeRayError as err:
         run.message = f"status not refreshed: {err}"
     return run
@@ -326,17 +406,27 @@ def load_run(submission_id: str | None = None, refresh: bool = False) -> RunReco
     return _refresh(run) if refresh and run.status not in TERMINAL else run
 
 
+def find_run(submission_id: str) -> RunRecord | None:
+    """The record of exactly ``submission_id`` as it is on disk, or None."""
+    folder = run_dir(submission_id)
+    return read_run(folder) if (folder / "run.json").is_file() else None
+
+
 def read_run(folder: Path) -> RunRecord:
     """The record in a run folder, with what the job wrote beside it."""
-    run = RunRecord.from_dict(json.loads((folder / "run.json").read_text()))
+    run = _record(folder)
     run.run_dir = str(folder)
     return _with_outputs(run)
 
 
 def list_runs(refresh: bool = False) -> list[RunRecord]:
     """Every recorded run, oldest first."""
-    folders = sorted(p.parent.name for p in runs_root().glob("*/run.json"))
-    found = [load_run(name, refresh=refresh) for name in folders]
+    found = []
+    for path in sorted(runs_root().glob("*/run.json")):
+        try:
+            found.append(load_run(path.parent.name, refresh=refresh))
+        except RunRecordBroken:  # one unreadable record never hides the others
+            continue
     return sorted(found, key=lambda run: run.start_time or 0)
 
 

@@ -2,7 +2,9 @@
 
 Only variables on the allow-list (plus the cluster's network profile and the
 user's ``--env``) travel; never all of ``os.environ``. Secrets travel (a job needs
-``HF_TOKEN``) but are redacted wherever a runtime_env is shown or recorded.
+``HF_TOKEN``) but never in the runtime_env, which Ray puts on worker command lines:
+``bridge_ray.credentials`` carries them in a 0600 file; they are redacted wherever a
+plan is shown or recorded.
 """
 from __future__ import annotations
 
@@ -29,13 +31,18 @@ def parse_env(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     """Parse ``KEY=VALUE`` strings (from ``--env``).
 
     Raises:
-        ConfigError: listing each malformed item and the form to use.
+        ConfigError: listing each malformed item and the form to use, and each secret (``HF_TOKEN=...``):
+            a command line is readable by every user of the machine.
     """
     env, problems = {}, []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not _ENV_KEY_RE.match(key):
             problems.append(f"--env {item!r} is not KEY=VALUE: write e.g. --env NCCL_DEBUG=INFO")
+            continue
+        if is_secret(key) and value:
+            problems.append(f"--env {key}=...: a secret on the command line is visible to every user of this machine "
+                            f"(`ps`): export {key} in your shell instead; bridge-ray sends it to the job in a 0600 file")
             continue
         env[key] = value
     if problems:
@@ -74,10 +81,21 @@ def _excluded(rel: str, name: str, excludes: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(name, pat) or fnmatch.fnmatch(rel, pat) for pat in excludes)
 
 
-def package_size(root: Path, excludes: tuple[str, ...] = DEFAULT_EXCLUDES) -> tuple[int, list[tuple[int, str]]]:
-    """Bytes Ray would upload from ``root``, and the biggest top-level entries as (bytes, path)."""
+def _walk(root: Path, excludes: tuple[str, ...]) -> tuple[dict[str, int], list[str]]:
+    """(bytes per top-level entry, broken links) of what Ray would upload from ``root``.
+
+    Like Ray's packaging, links are followed: a linked file counts at its target's size and a
+    linked folder is walked (each real folder once, so a link loop ends).
+    """
     per_entry: dict[str, int] = {}
-    for folder, dirs, files in os.walk(root):
+    broken: list[str] = []
+    seen_dirs: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen_dirs:
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
         rel_folder = os.path.relpath(folder, root)
         dirs[:] = [d for d in dirs if not _excluded(os.path.normpath(os.path.join(rel_folder, d)), d, excludes)]
         for name in files:
@@ -85,20 +103,37 @@ def package_size(root: Path, excludes: tuple[str, ...] = DEFAULT_EXCLUDES) -> tu
             if _excluded(rel, name, excludes):
                 continue
             try:
-                size = os.lstat(os.path.join(folder, name)).st_size
+                size = os.stat(os.path.join(folder, name)).st_size
             except OSError:
+                broken.append(rel)
                 continue
             top = rel.split(os.sep, 1)[0]
             per_entry[top] = per_entry.get(top, 0) + size
+    return per_entry, broken
+
+
+def package_size(root: Path, excludes: tuple[str, ...] = DEFAULT_EXCLUDES) -> tuple[int, list[tuple[int, str]]]:
+    """Bytes Ray would upload from ``root`` (links followed), and the biggest top-level entries as (bytes, path)."""
+    per_entry, _ = _walk(root, excludes)
     biggest = sorted(((size, top) for top, size in per_entry.items()), reverse=True)
     return sum(per_entry.values()), biggest
 
 
 def check_package_size(root: Path, excludes: tuple[str, ...] = DEFAULT_EXCLUDES,
                        limit: int = RAY_PACKAGE_LIMIT) -> int:
-    """Return the upload size, or raise WorkingDirTooLarge naming the biggest offenders."""
-    total, biggest = package_size(root, excludes)
+    """Return the upload size, or raise naming the biggest offenders (or the links Ray cannot read).
+
+    Raises:
+        WorkingDirTooLarge: over Ray's limit, or a link whose target is missing (Ray's upload fails on it).
+    """
+    per_entry, broken = _walk(root, excludes)
+    if broken:
+        shown = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+        raise WorkingDirTooLarge(f"working_dir {root} holds links whose target is missing: {shown}: "
+                                 "remove them or leave them out with --exclude PATTERN")
+    total = sum(per_entry.values())
     if total > limit:
+        biggest = sorted(((size, top) for top, size in per_entry.items()), reverse=True)
         top = ", ".join(f"{name} ({size / 2**20:.0f} MiB)" for size, name in biggest[:3])
         raise WorkingDirTooLarge(
             f"working_dir {root} would upload {total / 2**20:.0f} MiB, over Ray's {limit / 2**20:.0f} MiB limit; "

@@ -10,5 +10,10 @@ import sys
 
 from bridge_ray import ppo
 
+def config(argv: list[str]) -> ppo.PPOConfig:
+    """The run these arguments ask for (`bridge-ray submit` builds and checks it here before submitting)."""
+    return ppo.apply_overrides(ppo.grpo_gsm8k_llama1b(), [a for a in argv if a != "--dry-run"])
+
+
 if __name__ == "__main__":
-    ppo.main(ppo.grpo_gsm8k_llama1b(), sys.argv[1:])
+    ppo.main(config, sys.argv[1:])

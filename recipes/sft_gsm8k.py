@@ -28,10 +28,15 @@ def demo_config() -> sft.SFTConfig:
                             str(sft.run_dir("sft-tiny-cpu")))
 
 
-def main(argv: list[str]) -> None:
+def config(argv: list[str]) -> sft.SFTConfig:
+    """The run these arguments ask for (`bridge-ray submit` builds and checks it here before submitting)."""
     preset, overrides = sft.parse_args(argv, default_preset="sft_tiny_cpu")
     cfg = demo_config() if preset == "sft_tiny_cpu" else sft.PRESETS[preset]()
-    result = sft.fit(sft.apply_overrides(cfg, overrides))
+    return sft.apply_overrides(cfg, overrides)
+
+
+def main(argv: list[str]) -> None:
+    result = sft.fit(config(argv))
     print(f"run folder: {result.output_dir}\nmerged Hugging Face model: {result.hf_model}")
 
 

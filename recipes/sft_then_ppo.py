@@ -20,13 +20,21 @@ def tiny_configs(assets_dir: str, run_dir: str):
             ppo.tiny_gsm8k("grpo", files["model"], files["rl_train"], files["rl_val"], f"{run_dir}/ppo"))
 
 
-if __name__ == "__main__":
+def _arguments(argv: list[str]):
+    """(SFT config, PPO config, run dir, the remaining arguments) from the recipe's arguments."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default=str(pipeline.default_run_dir("sft-then-grpo")))
     parser.add_argument("--tiny", metavar="ASSETS_DIR", help="use the offline tiny model and data built here")
-    args, rest = parser.parse_known_args(sys.argv[1:])
+    args, rest = parser.parse_known_args(argv)
     if args.tiny:
-        sft_cfg, ppo_cfg = tiny_configs(args.tiny, args.run_dir)
-    else:
-        sft_cfg, ppo_cfg = sft.sft_gsm8k_llama1b(), ppo.grpo_gsm8k_llama1b()
-    pipeline.main(sft_cfg, ppo_cfg, args.run_dir, rest)
+        return (*tiny_configs(args.tiny, args.run_dir), args.run_dir, rest)
+    return sft.sft_gsm8k_llama1b(), ppo.grpo_gsm8k_llama1b(), args.run_dir, rest
+
+
+def config(argv: list[str]):
+    """Both stages' configs these arguments ask for (`bridge-ray submit` checks them here before submitting)."""
+    return pipeline.stage_configs(*_arguments(argv))
+
+
+if __name__ == "__main__":
+    pipeline.main(*_arguments(sys.argv[1:]))

@@ -71,6 +71,20 @@ def test_demo_assets_are_reused_until_arguments_change(demo, tmp_path):
     assert other["train"].is_file() and (tmp_path / "bridge_ray_assets.json").is_file()
 
 
+def test_cli_assets_demo_as_a_user_runs_it(demo):
+    """`bridge-ray assets demo` on the folder built above: it reuses it and prints where everything is."""
+    from conftest import run_cli
+
+    weights = demo["model"] / "model.safetensors"
+    built_at = weights.stat().st_mtime_ns
+    out = run_cli("assets", "demo", str(demo["model"].parent), "--num-train", "64", "--num-val", "8", timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert [line.split() for line in out.stdout.splitlines()] == [[name, str(path)] for name, path in demo.items()]
+    assert weights.stat().st_mtime_ns == built_at
+    bad = run_cli("assets", "demo", str(demo["model"].parent), "--shape", "llama-70b")
+    assert bad.returncode == 2 and "Invalid value for '--shape'" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_llama_1b_shape_matches_the_real_model(tokenizer):
     import torch
     from transformers import LlamaForCausalLM

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,12 @@ def test_up_status_list_down_via_cli():
     assert "cluster 'life' is up (local): Jobs API http://127.0.0.1:" in out.stdout
     record = records.load("life")
     assert record.token_path and os.stat(record.token_path).st_mode & 0o777 == 0o600
+    # Private at every level right after `up`: the per-user root, Ray's temp dir, its folders and logs.
+    from test_hardening import loose_modes
+
+    root = Path(record.temp_dir).parent
+    assert (root.stat().st_mode & 0o777, root.stat().st_uid) == (0o700, os.getuid())
+    assert loose_modes(Path(record.temp_dir), folders=True) == []
     token = open(record.token_path).read().strip()
     st = run_cli("status", "--name", "life")
     assert st.returncode == 0 and "nodes: 1 alive" in st.stdout and "CPU: 0/1 used" in st.stdout
@@ -65,10 +72,12 @@ def test_submit_prints_next_steps_and_logs(local_cluster):
 
 
 def test_failing_recipe_exits_1_with_last_log_lines(local_cluster):
-    out = run_cli("submit", "recipes/hello_cluster.py", "--name", "ci", "--follow", "--", "--fail")
-    assert out.returncode == 1
-    assert "error: job hello-cluster-" in out.stderr and " FAILED" in out.stderr
-    assert "--- last log lines of" in out.stderr and "failing on purpose (--fail)" in out.stderr
+    job = bridge_ray.submit("recipes/hello_cluster.py", ["--fail"], cluster="ci")
+    with pytest.raises(bridge_ray.JobFailed) as err:  # not followed: the error carries the log's last lines
+        job.wait(timeout_s=600)
+    assert err.value.status == "FAILED" and "failing on purpose (--fail)" in err.value.log_tail
+    out = run_cli("status", job.submission_id, "--name", "ci")
+    assert out.stdout.strip() == "FAILED"
 
 
 def test_stop_a_running_job(local_cluster, tmp_path):
@@ -225,10 +234,11 @@ def test_dry_run_redacts_secrets_and_submits_nothing(local_cluster):
                   env={"HF_TOKEN": "hf_supersecret", "WANDB_API_KEY": "wandbsecret", "NCCL_DEBUG": "INFO"})
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
-    assert plan["runtime_env"]["env_vars"]["HF_TOKEN"] == "***"
+    assert "HF_TOKEN" not in plan["runtime_env"]["env_vars"]  # it travels in a 0600 file, shown by name only
+    assert plan["secrets (sent in a 0600 file)"] == {"HF_TOKEN": "***", "WANDB_API_KEY": "***"}
     assert plan["runtime_env"]["env_vars"]["NCCL_DEBUG"] == "INFO"
     assert "hf_supersecret" not in out.stdout + out.stderr and "wandbsecret" not in out.stdout + out.stderr
-    assert plan["entrypoint"].endswith("recipes/hello_cluster.py")
+    assert plan["entrypoint"].endswith("-m bridge_ray.launch recipes/hello_cluster.py")
     assert _job_ids("ci") == before
 
 

@@ -85,7 +85,7 @@ def test_convert_local_jsonl_with_val_parquet(tmp_path):
     pq.write_table(pa.Table.from_pylist(REAL_ROWS[:1]), val)
     paths = convert_gsm8k(train, tmp_path / "out", val_source=val)
     sft = read_rows(paths["train"])
-    assert sft[0]["messages"] == [{"role": "user", "content": REAL_ROWS[0]["question"]},
+    assert sft[0]["messages"] == [{"role": "user", "content": f"{REAL_ROWS[0]['question']} {INSTRUCTION}"},
                                   {"role": "assistant", "content": REAL_ROWS[0]["answer"]}]
     rl = read_rows(paths["rl_train"])
     assert [row["reward_model"]["ground_truth"] for row in rl] == ["72", "10", "1200"]
@@ -140,8 +140,27 @@ def test_nested_prompt_response_keys_convert_to_messages(tmp_path):
     out = convert_to_messages(paths["rl_train"], tmp_path / "messages.parquet", "extra_info.question",
                               "extra_info.answer", system_prompt="Solve it.")
     assert check_sft_file(out).needs_conversion is False
-    assert read_rows(out)[0]["messages"][0] == {"role": "system", "content": "Solve it."}
-    assert [row["messages"][1:] for row in read_rows(out)] == [row["messages"] for row in read_rows(paths["train"])]
+    rows = read_rows(out)
+    assert rows[0]["messages"][0] == {"role": "system", "content": "Solve it."}
+    questions = [row["extra_info"]["question"] for row in read_rows(paths["rl_train"])]
+    assert [row["messages"][1]["content"] for row in rows] == questions  # the bare column, as asked
+
+
+def test_sft_and_rl_rows_carry_the_same_prompt(tmp_path):
+    """SFT trains on the very prompt PPO samples on: verl's instruction appended to the question."""
+    for paths in (generate_synthetic(tmp_path / "synthetic", num_train=10, num_val=2),
+                  convert_gsm8k(write_jsonl(tmp_path / "real.jsonl", REAL_ROWS), tmp_path / "real", num_val=1)):
+        for sft_name, rl_name in (("train", "rl_train"), ("val", "rl_val")):
+            sft_rows, rl_rows = read_rows(paths[sft_name]), read_rows(paths[rl_name])
+            assert [row["messages"][:-1] for row in sft_rows] == [row["prompt"] for row in rl_rows]
+            assert all(row["prompt"][0]["content"].endswith(f" {INSTRUCTION}") for row in rl_rows)
+    # The RL files' chat prompt converts to exactly the SFT rows, here through the CLI as a user runs it.
+    from conftest import run_cli
+
+    out = run_cli("data", "to-messages", str(paths["rl_train"]), str(tmp_path / "from_rl.parquet"),
+                  "--prompt-key", "prompt", "--response-key", "extra_info.answer", timeout=120)
+    assert (out.returncode, out.stdout.strip()) == (0, str(tmp_path / "from_rl.parquet")), out.stderr
+    assert read_rows(tmp_path / "from_rl.parquet") == read_rows(paths["train"])
 
 
 def test_flat_prompt_response_jsonl(tmp_path):
@@ -184,3 +203,45 @@ def test_bad_messages_rows(tmp_path):
 def test_prompt_key_needs_response_key(tmp_path):
     with pytest.raises(ConfigError, match="give both prompt_key and response_key, or neither"):
         check_sft_file(tmp_path / "x.jsonl", prompt_key="prompt")
+
+
+@pytest.mark.parametrize("content,said", [(b"", "is empty"), (b"PAR1 not really", "is not a readable parquet file")])
+def test_empty_or_corrupt_parquet_is_one_line_from_the_cli(tmp_path, content, said):
+    from conftest import run_cli
+
+    source = tmp_path / "in.parquet"
+    source.write_bytes(content)
+    out = run_cli("data", "to-messages", str(source), str(tmp_path / "out.parquet"),
+                  "--prompt-key", "q", "--response-key", "a", timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(f"error: {source} {said}") and out.stderr.rstrip().endswith(
+        ": write it again, or pass the right file")
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_broken_json_and_non_object_rows_are_one_line(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"question": "x",')
+    with pytest.raises(ConfigError, match=rf"^{broken}: not valid JSON at line 1 \(Expecting"):
+        read_rows(broken)
+    numbers = tmp_path / "numbers.json"
+    numbers.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=rf"^{numbers} row 0: a int, not an object with named fields"):
+        read_rows(numbers)
+
+
+def test_cli_gsm8k_names_its_flags_when_rows_are_too_few(tmp_path):
+    from conftest import run_cli
+
+    source = write_jsonl(tmp_path / "gsm8k.jsonl", REAL_ROWS)
+    out = run_cli("data", "gsm8k", "--source", str(source), "--out", str(tmp_path / "out"), "--num-val", "5",
+                  timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"error: {source}: 3 rows cannot spare 5 for validation: pass a validation file "
+                                  "(--val FILE, val_source=) or hold out fewer rows (--num-val N, num_val=)")
+    assert not (tmp_path / "out").exists()
+    ok = run_cli("data", "gsm8k", "--source", str(source), "--out", str(tmp_path / "out"), "--num-val", "1",
+                 timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.split()[:2] == ["train", str(tmp_path / "out" / "train.parquet")]

@@ -103,7 +103,7 @@ def test_apply_overrides_types_and_collected_errors():
     assert err.value.problems == [
         "steps='many' is not an integer",
         "unknown key 'nope': _Outer has inner, path, steps",
-        "override 'inner.lr' has no '=': write key=value, e.g. x.lr=1e-5",
+        "override 'inner.lr' has no '=': write it as inner.lr=VALUE",
     ]
 
 
@@ -119,3 +119,56 @@ def test_gitignored_paths_do_not_count_toward_the_upload(tmp_path):
     assert runtime_env.build(recipe, {})["working_dir"] == str(tmp_path)
     # code.py (6 bytes) + .gitignore (45) + pyproject.toml (0): the ignored 8 KiB do not count.
     assert runtime_env.check_package_size(tmp_path, runtime_env.DEFAULT_EXCLUDES + (".gpu", "*.tar.xz")) == 51
+
+
+def _check(*args: str, cwd=None):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    return subprocess.run([sys.executable, "-m", "bridge_ray.launch", "--check", *args], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_local_check_builds_and_validates_what_the_recipe_declares(tmp_path):
+    """What `submit` runs here first: the recipe's config(argv), validated; nothing else of it runs."""
+    bad = _check("recipes/sft_gsm8k.py", "sft.data.global_batch_size=0")
+    assert (bad.returncode, bad.stderr.strip()) == (
+        2, "error: data.global_batch_size and data.micro_batch_size_per_worker must be >= 1")
+    assert _check("recipes/grpo_gsm8k.py", "ppo.rollout.n=8").returncode == 0
+    (tmp_path / "plain.py").write_text("raise SystemExit('this must not run here')\n")
+    assert _check("plain.py", cwd=tmp_path).returncode == 0  # no config(argv): not run at all
+    (tmp_path / "connects.py").write_text("import ray\n\n\ndef config(argv):\n    ray.init()\n    return None\n")
+    assert _check("connects.py", cwd=tmp_path).returncode == 0  # ray.init ends the check, never starts a Ray
+
+
+def test_a_secret_in_env_flags_is_refused():
+    with pytest.raises(ConfigError) as err:
+        runtime_env.parse_env(["WANDB_API_KEY=abc", "NCCL_DEBUG=INFO"])
+    assert err.value.problems == [
+        "--env WANDB_API_KEY=...: a secret on the command line is visible to every user of this machine (`ps`): "
+        "export WANDB_API_KEY in your shell instead; bridge-ray sends it to the job in a 0600 file"]
+
+
+def test_secrets_split_from_the_runtime_env():
+    from bridge_ray import credentials
+
+    plain, hidden = credentials.split({"HF_TOKEN": "t", "NCCL_DEBUG": "INFO", "MY_PASSWORD": "p", "X_KEY": "k"})
+    assert plain == {"NCCL_DEBUG": "INFO"} and hidden == {"HF_TOKEN": "t", "MY_PASSWORD": "p", "X_KEY": "k"}
+
+
+def test_secrets_file_is_private_and_loads_over_the_inherited_env(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from bridge_ray import credentials
+
+    monkeypatch.setenv("BRIDGE_RAY_HOME", str(tmp_path))
+    path = credentials.write("c1", "job-1", {"HF_TOKEN": "hf_new"})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    environ = {credentials.ENV_FILE_ENV: str(path), "HF_TOKEN": "hf_inherited_from_the_daemons"}
+    assert credentials.load(environ) == ["HF_TOKEN"] and environ["HF_TOKEN"] == "hf_new"
+    credentials.remove("c1", "job-1")
+    assert not path.exists() and credentials.load(environ) == []  # reported on stderr, the job goes on
+    assert os.environ.get(credentials.ENV_FILE_ENV) is None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import run_cli
 
 from bridge_ray import jobs, records, runs, tracking
 from bridge_ray.checkpoints import CheckpointError
@@ -86,7 +87,10 @@ def test_start_run_records_the_submission_and_no_secret(home, project, monkeypat
     assert all(data.get(name) not in (None, "", {}) for name in RECORD_FIELDS), data
     run = runs.load_run("r-1")
     assert run.recipe == "recipes/train.py" and run.entrypoint.endswith("recipes/train.py sft.optim.lr=1e-4")
-    assert run.runtime_env["env_vars"]["HF_TOKEN"] == "***" and run.runtime_env["env_vars"]["WANDB_API_KEY"] == "***"
+    # Secrets never enter the runtime_env (Ray puts it on worker command lines): only their file's path does.
+    assert sorted(plan.secrets) == ["HF_TOKEN", "WANDB_API_KEY"]
+    assert "HF_TOKEN" not in run.runtime_env["env_vars"] and "WANDB_API_KEY" not in run.runtime_env["env_vars"]
+    assert run.runtime_env["env_vars"]["BRIDGE_RAY_ENV_FILE"] == str(home / "clusters" / "unit" / "secrets" / "r-1.env")
     assert run.git["commit"] == _git(project, "rev-parse", "HEAD") and run.git["dirty"] is True
     assert "+print('v2')" in (folder / "git.diff").read_text()
     assert run.cluster_record["name"] == "unit" and run.status == "PENDING"
@@ -180,10 +184,35 @@ def test_load_and_list_runs(home):
         runs.load_run("x")
 
 
-def test_refresh_leaves_a_run_of_an_unreachable_cluster_as_recorded(home):
+def test_refresh_records_the_runs_of_a_dead_head_as_lost(home):
     _started(home)
     run = runs.load_run("r-1", refresh=True)
-    assert run.status == "PENDING" and run.message.startswith("status not refreshed: cluster 'unit' is recorded but")
+    assert (run.status, run.failure) == ("FAILED", "cluster lost")
+    assert run.message == "the head of cluster 'unit' at http://127.0.0.1:1 stopped answering"
+    # A head that comes back and reports the real end still wins over the mark.
+    runs.finish_run("r-1", "SUCCEEDED")
+    assert (runs.load_run("r-1").status, runs.load_run("r-1").failure) == ("SUCCEEDED", None)
+
+
+def test_refresh_leaves_a_run_of_an_unrecorded_cluster_as_recorded(home):
+    _started(home)
+    records.delete("unit")
+    run = runs.load_run("r-1", refresh=True)
+    assert run.status == "PENDING" and run.message.startswith("status not refreshed: no cluster named 'unit'")
+
+
+def test_an_unreadable_run_record_is_one_line_and_hides_no_other_run(home):
+    _started(home, "good-1")
+    broken = home / "runs" / "bad-1"
+    broken.mkdir(parents=True)
+    (broken / "run.json").write_text('{"submission_id": "bad-')
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["runs"])
+    assert listed.exit_code == 0 and listed.output.startswith("good-1") and "bad-1" not in listed.output
+    shown = runner.invoke(cli, ["runs", "show", "bad-1"])
+    assert shown.exit_code == 2
+    assert shown.output.strip().startswith(f"error: the run record {broken / 'run.json'} is unreadable (")
+    assert shown.output.strip().endswith(f"): fix or delete {broken}")
 
 
 def test_runs_cli_lists_and_shows(home, monkeypatch):
@@ -271,9 +300,9 @@ def test_sft_run_record_has_the_submission_and_no_secret(sft_job):
 
     run = runs.load_run(sft_job.submission_id)
     assert run.status == "SUCCEEDED" and run.end_time > run.start_time
-    assert run.git["repo"] and run.git["commit"] and run.runtime_env["env_vars"]["HF_TOKEN"] == "***"
+    assert run.git["repo"] and run.git["commit"] and "HF_TOKEN" not in run.runtime_env["env_vars"]
     assert run.cluster_record["name"] == "ci"
-    assert run.entrypoint.endswith("sft_gsm8k.py 'sft.trainer.loggers=[console,wandb]'")
+    assert run.entrypoint.endswith("-m bridge_ray.launch recipes/sft_gsm8k.py 'sft.trainer.loggers=[console,wandb]'")
     assert run.wandb["mode"] == "offline" and any(Path(run.wandb["dir"]).glob("run-*.wandb"))
     assert "offline: upload with `wandb sync" in CliRunner().invoke(cli, ["runs", "show", sft_job.submission_id]).output
     for text in (sft_job.logs(), _files_text(Path(run.run_dir))):
@@ -298,6 +327,14 @@ def test_sft_run_record_has_outputs_and_feeds_export_and_upload(sft_job, monkeyp
 
     exported = export(sft_job.submission_id, step=3)
     assert runs.load_run(sft_job.submission_id).exports == {"3": str(exported)}
+    # The same through the CLI, as a user runs it (it once crashed on the package's `export` name).
+    out = run_cli("export", sft_job.submission_id, "--step", "6", timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    target = Path(run.output_dir) / "hf_step_6"
+    assert out.stdout.startswith(f"merged into {target}\nNext: bridge-ray upload {target}")
+    assert (target / "config.json").is_file() and runs.load_run(sft_job.submission_id).exports["6"] == str(target)
+    missing = run_cli("export", sft_job.submission_id, "--step", "4")
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no checkpoint for step 4 under ")
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)  # the uploader's own login, as the user's shell would have it
     with HubStandIn() as standin:
         url = hub.upload(sft_job.submission_id, "me/sft-gsm8k-tiny", endpoint=standin.url)

@@ -90,6 +90,14 @@ def test_cli_one_node_up_submit_down(hello):
     assert f"SLURM job {record.slurm['job_id']}: RUNNING" in out.stdout
     assert record.dashboard_url.startswith("http://127.0.0.1:")
     assert 20000 <= record.ports["port"] < 32768
+    # What listens: the HTTP servers on the node's address only, no per-node metrics exporter (see slurm_node).
+    listeners = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines()
+    pids = _ray_pids(record)
+    ours = {int(line.split()[3].rsplit(":", 1)[1]): line.split()[3].rsplit(":", 1)[0] for line in listeners
+            if any(f"pid={p}," in line for p in pids)}
+    for flag in ("dashboard-port", "dashboard-agent-listen-port", "runtime-env-agent-port"):
+        assert ours[record.ports[flag]] not in ("0.0.0.0", "*", "[::]"), (flag, ours)
+    assert record.ports["metrics-export-port"] not in ours
     seen = _submit(hello, "one", "--show", walltime.DEADLINE_ENV, "--show", walltime.VERL_ENV)
     deadline = int(re.search(rf"{walltime.DEADLINE_ENV}=(\d+)", seen).group(1))
     assert abs(deadline - (time.time() + 600)) < 120
@@ -180,16 +188,22 @@ def test_node_that_never_joins_is_named_and_cancelled():
     assert not records.record_path("hang").exists()
 
 
+def _wait_for(predicate, what: str, guard_s: float = 600):
+    """Wait for an event; the guard only ends a hang (it is no estimate of how long the event takes)."""
+    deadline = time.monotonic() + guard_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {guard_s:.0f} s for {what}")
+        time.sleep(0.2)
+
+
 def test_head_dying_later_shows_in_status():
     record = bridge_ray.up("dies", slurm=dict(cpus_per_task=1))
     log = Path(record.slurm["log"])
-    while "will now block forever" not in log.read_text():  # the head's `ray start` has finished
-        time.sleep(0.2)
+    _wait_for(lambda: "will now block forever" in log.read_text(), "the head's `ray start` to finish")
     gcs = [p for p in _ray_pids(record) if b"gcs_server" in Path(f"/proc/{p}/cmdline").read_bytes()]
     os.kill(gcs[0], signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while slurm.squeue(record.slurm["job_id"])[0] in slurm.ACTIVE and time.monotonic() < deadline:
-        time.sleep(0.2)
+    _wait_for(lambda: slurm.squeue(record.slurm["job_id"])[0] not in slurm.ACTIVE, "the allocation to end")
     st = bridge_ray.status("dies")
     assert not st.alive
     assert st.slurm_state == (f"FAILED: the allocation has ended, so this record is stale (logs: {log}); "

@@ -5,25 +5,43 @@ Exit codes: 0 success, 1 the job failed or was stopped, 2 a user error
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 from bridge_ray.errors import BridgeRayError
 
+DEBUG_ENV = "BRIDGE_RAY_DEBUG"
+
 
 class _Group(click.Group):
-    """Prints a BridgeRayError as one line and exits with its code, instead of a traceback."""
+    """Prints a BridgeRayError as one line and exits with its code, instead of a traceback.
+
+    Ctrl-C exits 130 with one line; anything else unexpected is one line too (a bug to report),
+    with the traceback only when ``BRIDGE_RAY_DEBUG`` is set.
+    """
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except BridgeRayError as err:
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"{err.prefix}{err}", err=True)
             tail = getattr(err, "log_tail", "")
             if tail:
                 click.echo(f"--- last log lines of {err.submission_id} ---\n{tail}", err=True)
             sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as err:  # noqa: BLE001 - the last guard between a bug and a user's terminal
+            if os.environ.get(DEBUG_ENV):
+                raise
+            click.echo(f"error: unexpected {type(err).__name__}: {err} (a bridge-ray bug: please report it; "
+                       f"{DEBUG_ENV}=1 shows the traceback)", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -13,10 +13,10 @@ name_option = click.option("--name", default=DEFAULT_CLUSTER, show_default=True,
 
 @click.command("up")
 @name_option
-@click.option("--num-cpus", type=int, help="CPUs the local head offers (default: all).")
-@click.option("--num-gpus", type=int, help="GPUs the local head offers (default: all).")
-@click.option("--port", type=int, help="GCS port (default: a free port).")
-@click.option("--dashboard-port", type=int, help="Jobs API port on 127.0.0.1 (default: a free port).")
+@click.option("--num-cpus", type=click.IntRange(min=0), help="CPUs the local head offers (default: all).")
+@click.option("--num-gpus", type=click.IntRange(min=0), help="GPUs the local head offers (default: all).")
+@click.option("--port", type=click.IntRange(1024, 65535), help="GCS port (default: a free port).")
+@click.option("--dashboard-port", type=click.IntRange(1024, 65535), help="Jobs API port on 127.0.0.1 (default: a free port).")
 @click.option("--address", help="Register an existing cluster's Jobs API URL instead of starting one.")
 @click.option("--token-file", type=click.Path(), help="With --address: that cluster's Ray auth token file.")
 @click.option("--python", default="python", show_default=True, help="With --address: the interpreter job drivers use there.")
@@ -69,10 +69,16 @@ def _print_phase(phase: str, detail: str, when: float) -> None:
 
 @click.command("down")
 @name_option
-def down_command(name):
-    """Stop exactly this cluster's processes and remove its record (safe to repeat)."""
-    record = lib.down(name)
-    click.echo(f"cluster {name!r} is down" if record else f"cluster {name!r} is not recorded; nothing to do")
+@click.option("--force", is_flag=True, help="Stop its running jobs first (recorded STOPPED); also clears an unreadable record.")
+def down_command(name, force):
+    """Stop exactly this cluster's processes and remove its record (safe to repeat); refuses while jobs run."""
+    record = lib.down(name, force=force)
+    if record is None:
+        click.echo(f"cluster {name!r} is not recorded; nothing to do")
+    elif record.backend == "unreadable":
+        click.echo(f"cluster {name!r} is down: its unreadable record is removed and what was started for it stopped")
+    else:
+        click.echo(f"cluster {name!r} is down")
 
 
 @click.command("status")
@@ -85,7 +91,10 @@ def status_command(submission_id, name):
 
         click.echo(Job(submission_id, name).status())
         return
-    click.echo(format_status(lib.status(name)))
+    st = lib.status(name)
+    click.echo(format_status(st))
+    if not st.alive and not st.pending:
+        raise SystemExit(2)
 
 
 def format_status(st: lib.ClusterStatus) -> str:
@@ -97,7 +106,7 @@ def format_status(st: lib.ClusterStatus) -> str:
         lines.append(f"  SLURM job {r.slurm.get('job_id')}: {st.slurm_state}")
     if not st.alive:
         flag = "" if r.name == DEFAULT_CLUSTER else f" --name {r.name}"
-        if st.slurm_state in ("PENDING", "CONFIGURING"):
+        if st.pending:
             lines.append(f"  waiting for the allocation; `bridge-ray down{flag}` cancels it")
             return "\n".join(lines)
         again = f"bridge-ray up --slurm{flag} ..." if r.backend == "slurm" else f"bridge-ray up{flag}"

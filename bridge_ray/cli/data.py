@@ -16,8 +16,8 @@ def data_group():
 @click.option("--synthetic", is_flag=True, help="Generate GSM8K-style problems offline.")
 @click.option("--source", help="Real GSM8K: a local .parquet/.jsonl file, or openai/gsm8k (needs the Hub).")
 @click.option("--val", "val_source", help="With --source: a separate validation file.")
-@click.option("--num-train", type=int, default=2000, show_default=True)
-@click.option("--num-val", type=int, default=128, show_default=True)
+@click.option("--num-train", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--num-val", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def gsm8k_command(out_dir, synthetic, source, val_source, num_train, num_val, seed):
     """Write train/val SFT parquet (messages) and RL parquet (prompt, reward_model, ...)."""
@@ -36,7 +36,8 @@ def gsm8k_command(out_dir, synthetic, source, val_source, num_train, num_val, se
 @data_group.command("to-messages")
 @click.argument("source")
 @click.argument("out_path")
-@click.option("--prompt-key", required=True, help="Column of the prompt; dotted for nested, e.g. extra_info.question.")
+@click.option("--prompt-key", required=True,
+              help="Column of the prompt: a string, or a list of chat turns such as the RL files' `prompt`; dotted for nested.")
 @click.option("--response-key", required=True, help="Column of the response, e.g. extra_info.answer.")
 @click.option("--system-prompt", help="Optional system message for every row.")
 def to_messages_command(source, out_path, prompt_key, response_key, system_prompt):
@@ -54,12 +55,13 @@ def assets_group():
 @assets_group.command("demo")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--shape", type=click.Choice(["tiny", "llama-3.2-1b"]), default="tiny", show_default=True)
-@click.option("--num-train", type=int, default=2000, show_default=True)
-def demo_assets_command(out_dir, shape, num_train):
+@click.option("--num-train", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--num-val", type=click.IntRange(min=1), default=128, show_default=True)
+def demo_assets_command(out_dir, shape, num_train, num_val):
     """Tokenizer, model and synthetic GSM8K data in OUT_DIR (reused when already built)."""
     from bridge_ray.assets import build_demo_assets
 
-    for name, path in build_demo_assets(out_dir, shape=shape, num_train=num_train).items():
+    for name, path in build_demo_assets(out_dir, shape=shape, num_train=num_train, num_val=num_val).items():
         click.echo(f"{name:<9} {path}")
 
 

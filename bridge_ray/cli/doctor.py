@@ -10,7 +10,7 @@ import click
 @click.option("--name", default="default", show_default=True, help="Cluster to check.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--timeout", default=60.0, show_default=True, type=float,
-              help="Seconds each stage (probe, rank start, all-reduce) may take.")
+              help="Seconds the all-reduce may take once its ranks run (probes and ranks get 5 min to start).")
 @click.option("--env", "env", multiple=True, metavar="KEY=VAL",
               help="Try this variable over the detected profile; saved if the all-reduce passes.")
 @click.option("--shared-dir", "shared_dirs", multiple=True, metavar="PATH",

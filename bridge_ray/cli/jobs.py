@@ -8,8 +8,24 @@ import click
 
 from bridge_ray import jobs as lib
 from bridge_ray.cli.cluster import name_option
+from bridge_ray.errors import Interrupted
 from bridge_ray.records import DEFAULT_CLUSTER
 from bridge_ray.runtime_env import parse_env
+
+
+def _flag(name: str) -> str:
+    return "" if name == DEFAULT_CLUSTER else f" --name {name}"
+
+
+def _follow(job: lib.Job) -> str:
+    """Stream the job's log; Ctrl-C leaves the job running and says how to get back to it."""
+    try:
+        return job.follow()
+    except KeyboardInterrupt:
+        flag = _flag(job.cluster)
+        raise Interrupted(f"stopped following; job {job.submission_id} keeps running on cluster {job.cluster!r}: "
+                          f"reattach with `bridge-ray logs {job.submission_id}{flag} --follow`, "
+                          f"stop it with `bridge-ray stop {job.submission_id}{flag}`") from None
 
 
 @click.command("submit", context_settings={"ignore_unknown_options": True})
@@ -21,18 +37,23 @@ from bridge_ray.runtime_env import parse_env
 @click.option("--submission-id", help="Job id to use (default: <recipe>-<time>-<hex>).")
 @click.option("--follow", is_flag=True, help="Stream the log and exit with the job's outcome.")
 @click.option("--dry-run", is_flag=True, help="Print the entrypoint and runtime_env (secrets redacted); submit nothing.")
-def submit_command(recipe, args, name, env_items, excludes, submission_id, follow, dry_run):
-    """Submit RECIPE.py [-- ARGS...] as a Ray job on the recorded cluster."""
+@click.option("--no-check", is_flag=True, help="Skip running the recipe here first to check its arguments.")
+def submit_command(recipe, args, name, env_items, excludes, submission_id, follow, dry_run, no_check):
+    """Submit RECIPE.py [-- ARGS...] as a Ray job on the recorded cluster.
+
+    A recipe that declares config(argv) has its configs built and validated here first, so a
+    bad override is reported at once and nothing is submitted.
+    """
     env = parse_env(env_items)
+    options = dict(cluster=name, env=env, excludes=excludes, submission_id=submission_id, check=not no_check)
     if dry_run:
-        plan = lib.plan(recipe, args, cluster=name, env=env, excludes=excludes, submission_id=submission_id)
-        click.echo(json.dumps(plan.shown(), indent=2))
+        click.echo(json.dumps(lib.plan(recipe, args, **options).shown(), indent=2))
         return
-    job = lib.submit(recipe, args, cluster=name, env=env, excludes=excludes, submission_id=submission_id)
-    flag = "" if name == DEFAULT_CLUSTER else f" --name {name}"
+    job = lib.submit(recipe, args, **options)
+    flag = _flag(name)
     click.echo(f"submitted {job.submission_id} to cluster {name!r}")
     if follow:
-        click.echo(f"{job.submission_id} {job.follow()}")
+        click.echo(f"{job.submission_id} {_follow(job)}")
         return
     click.echo("Next steps:\n"
                f"  bridge-ray logs {job.submission_id}{flag} --follow\n"
@@ -49,7 +70,7 @@ def logs_command(submission_id, name, follow):
     """Print a job's log."""
     job = lib.Job(submission_id, name)
     if follow:
-        job.follow()
+        _follow(job)
         return
     sys.stdout.write(job.logs())
 

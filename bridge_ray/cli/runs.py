@@ -7,9 +7,10 @@ import json
 
 import click
 
-from bridge_ray import export as export_lib
 from bridge_ray import hub
 from bridge_ray import runs as lib
+# Not `from bridge_ray import export`: the package binds that name to the function export.export.
+from bridge_ray.export import export as export_run
 
 
 def _when(ts: float | None) -> str:
@@ -100,7 +101,7 @@ def upload_command(run_or_dir, repo_id, private):
 @click.option("--target-dir", type=click.Path(), help="Where to write the model (default: <output_dir>/hf_step_<N>).")
 def export_command(run, step, target_dir):
     """Merge a checkpoint of RUN into a Hugging Face model folder."""
-    target = export_lib.export(run, step=step, target_dir=target_dir)
+    target = export_run(run, step=step, target_dir=target_dir)
     click.echo(f"merged into {target}\nNext: bridge-ray upload {target} --repo-id OWNER/NAME")
 
 

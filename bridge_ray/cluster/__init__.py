@@ -7,12 +7,17 @@ Everything above this layer only sees a :class:`~bridge_ray.records.ClusterRecor
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import time
 from pathlib import Path
 
-from bridge_ray import records
+from bridge_ray import credentials, records, runs
 from bridge_ray.cluster import health, local
-from bridge_ray.errors import AuthError, ClusterExists, ConfigError
+from bridge_ray.errors import AuthError, ClusterExists, ClusterRecordBroken, ConfigError, JobsRunning
 from bridge_ray.records import DEFAULT_CLUSTER, ClusterRecord
+
+ACTIVE_JOB_STATES = ("PENDING", "RUNNING")
+STOP_WAIT_S = 60.0
 
 
 @dataclasses.dataclass
@@ -34,6 +39,11 @@ class ClusterStatus:
     usage: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     jobs: list[dict] = dataclasses.field(default_factory=list)
     slurm_state: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        """The SLURM allocation is still waiting to start (not a dead head)."""
+        return (self.slurm_state or "").startswith(("PENDING", "CONFIGURING"))
 
 
 def up(name: str = DEFAULT_CLUSTER, *, address: str | None = None, token_file: str | None = None,
@@ -85,8 +95,9 @@ def _clear_stale(name: str) -> None:
             f"cluster {name!r} is already up at {record.dashboard_url}: use it, pick another --name, "
             f"or stop it with `bridge-ray down{'' if name == DEFAULT_CLUSTER else ' --name ' + name}`"
         )
+    runs.mark_lost(name, f"the head of cluster {name!r} at {record.dashboard_url} was found dead by `bridge-ray up`")
     _stop(record)
-    records.delete(name)
+    _forget(name)
 
 
 def _alive_or_auth_error(record: ClusterRecord) -> bool:
@@ -115,17 +126,90 @@ def _stop(record: ClusterRecord) -> None:
         slurm_backend.stop(record)
 
 
-def down(name: str = DEFAULT_CLUSTER) -> ClusterRecord | None:
+def _flag(name: str) -> str:
+    return "" if name == DEFAULT_CLUSTER else f" --name {name}"
+
+
+def _forget(name: str) -> None:
+    records.delete(name)
+    shutil.rmtree(credentials.secrets_dir(name), ignore_errors=True)
+
+
+def _active_jobs(record: ClusterRecord) -> list[dict] | None:
+    """The cluster's PENDING/RUNNING jobs; None when the head does not answer."""
+    try:
+        listed = health.get_json(record, "/api/jobs/", timeout_s=10.0) or []
+    except (OSError, ValueError):
+        return None
+    return [j for j in listed if j.get("status") in ACTIVE_JOB_STATES and j.get("submission_id")]
+
+
+def _stop_jobs(record: ClusterRecord, jobs: list[dict]) -> None:
+    """Stop ``jobs``, wait (bounded) until Ray has them STOPPED, and record each run as STOPPED."""
+    from bridge_ray.cluster.client import client
+
+    c = client(record)
+    ids = [j["submission_id"] for j in jobs]
+    for job_id in ids:
+        c.stop_job(job_id)
+    deadline = time.monotonic() + STOP_WAIT_S
+    while time.monotonic() < deadline and any(c.get_job_status(i).value in ACTIVE_JOB_STATES for i in ids):
+        time.sleep(0.2)
+    for job_id in ids:
+        runs.record_stopped(job_id, f"stopped by `bridge-ray down{_flag(record.name)} --force`")
+
+
+def _stop_unreadable(name: str) -> None:
+    """Stop what was started for a cluster whose record cannot be read: its tagged processes, its allocation."""
+    from bridge_ray.cluster import processes
+    from bridge_ray.cluster import slurm as slurm_backend
+
+    processes.terminate(processes.find_pids(None, tag=str(records.cluster_dir(name))), grace_s=3.0)
+    slurm_backend.cancel_started_in(records.cluster_dir(name))
+
+
+def down(name: str = DEFAULT_CLUSTER, force: bool = False) -> ClusterRecord | None:
     """Stop the named cluster's processes (or cancel its allocation) and remove its record.
 
-    Registered (``address``) clusters are only forgotten, never stopped. Running it
-    twice is fine: the second call finds no record and returns None.
+    A cluster that still runs jobs is left alone unless ``force``: then its jobs are stopped
+    first and their runs recorded as STOPPED. The runs of a cluster whose head no longer answers
+    are recorded as lost. Registered (``address``) clusters are only forgotten, never stopped.
+    Running it twice is fine: the second call finds no record and returns None.
+
+    Raises:
+        JobsRunning: jobs are still running (nothing was stopped); ``force`` stops them.
+        ClusterRecordBroken: the record cannot be read; ``force`` stops what was started for it.
     """
     if not records.record_path(name).exists():
         return None
-    record = records.load(name)
+    try:
+        record = records.load(name)
+    except ClusterRecordBroken:
+        if not force:
+            raise
+        _stop_unreadable(name)
+        _forget(name)
+        return ClusterRecord(name=name, backend="unreadable", gcs_address="", dashboard_url="")
+    if record.backend != "address":
+        try:
+            active = _active_jobs(record)
+        except AuthError:
+            if not force:
+                raise JobsRunning(f"cluster {name!r} refused its token, so its jobs cannot be listed: "
+                                  f"`bridge-ray down{_flag(name)} --force` stops it with whatever runs on it") from None
+            active = None
+        if active and not force:
+            listed = ", ".join(f"{j['submission_id']} ({j['status']})" for j in active)
+            raise JobsRunning(f"cluster {name!r} still runs {len(active)} job(s): {listed}: stop them with "
+                              f"`bridge-ray stop ID{_flag(name)}`, or run `bridge-ray down{_flag(name)} --force` "
+                              "to stop them and take the cluster down")
+        if active:
+            _stop_jobs(record, active)
+        if active is None:
+            runs.mark_lost(name, f"the head of cluster {name!r} at {record.dashboard_url} did not answer "
+                                 "when it was taken down")
     _stop(record)
-    records.delete(name)
+    _forget(name)
     return record
 
 
@@ -143,6 +227,8 @@ def status(name: str = DEFAULT_CLUSTER) -> ClusterStatus:
 
         result.slurm_state = slurm_backend.job_state(record)
     if not result.alive:
+        if not result.pending:
+            runs.mark_lost(name, f"the head of cluster {name!r} at {record.dashboard_url} does not answer")
         return result
     try:
         _fill(result)

@@ -10,9 +10,12 @@ from bridge_ray.cluster.auth import auth_headers
 from bridge_ray.errors import AuthError, BridgeRayError, ClusterStale
 from bridge_ray.records import ClusterRecord
 
+# Never through the shell's HTTP(S)_PROXY: the request carries the cluster's token.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 
 def get_json(record: ClusterRecord, path: str, timeout_s: float = 5.0):
-    """GET ``path`` from the cluster's dashboard with its auth header and decode JSON.
+    """GET ``path`` from the cluster's dashboard with its auth header (never via a proxy) and decode JSON.
 
     Raises:
         AuthError: the head refused the token.
@@ -20,7 +23,7 @@ def get_json(record: ClusterRecord, path: str, timeout_s: float = 5.0):
     """
     request = urllib.request.Request(record.dashboard_url.rstrip("/") + path, headers=auth_headers(record))
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with _OPENER.open(request, timeout=timeout_s) as response:
             return json.loads(response.read() or b"null")
     except urllib.error.HTTPError as err:
         if err.code in (401, 403):
@@ -67,6 +70,15 @@ def wait_ready(record: ClusterRecord, timeout_s: float = 60.0) -> None:
                     f"see the logs under {record.temp_dir}"
                 ) from None
             time.sleep(0.1)
+
+
+def nodes_alive(record: ClusterRecord) -> int:
+    """How many of the cluster's nodes are ALIVE (0 when the head does not answer)."""
+    try:
+        nodes = get_json(record, "/api/v0/nodes?detail=1&limit=10000", timeout_s=10.0)["data"]["result"]["result"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return sum(n.get("state") == "ALIVE" for n in nodes)
 
 
 def _name_flag(record: ClusterRecord) -> str:

@@ -1,4 +1,9 @@
-"""The local backend: a Ray head on this machine, token auth on, loopback only."""
+"""The local backend: a Ray head on this machine, token auth on, loopback only.
+
+What listens: every port Ray opens binds 127.0.0.1 (see ``ray_env``); token auth guards all
+of them but Ray's two Prometheus endpoints (dashboard and autoscaler metrics), which serve
+read-only process metrics on loopback. Nothing listens on another address.
+"""
 from __future__ import annotations
 
 import os
@@ -7,11 +12,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from bridge_ray.cluster import health, processes
 from bridge_ray.cluster.auth import new_token_file
 from bridge_ray.errors import BridgeRayError, PortInUse
+from bridge_ray import records
 from bridge_ray.records import ClusterRecord, cluster_dir
 
 LOOPBACK = "127.0.0.1"
@@ -27,6 +34,11 @@ PORT_FLAGS = (
     "runtime-env-agent-port",
     "metrics-export-port",
 )
+RAY_START_TIMEOUT = "timed out during startup"
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray keeps 127.0.0.1 as the node address
+START_ATTEMPTS = 3
+# Ports Ray takes from the environment only (fixed defaults 44227/44217 would collide between clusters).
+METRICS_PORT_ENV = {"dashboard-metrics-port": "DASHBOARD_METRIC_PORT", "autoscaler-metrics-port": "AUTOSCALER_METRIC_PORT"}
 
 
 def _port_taken(port: int) -> bool:
@@ -39,15 +51,15 @@ def _port_taken(port: int) -> bool:
     return False
 
 
-def choose_ports(requested: dict[str, int | None]) -> dict[str, int]:
-    """Free ports for every flag in PORT_FLAGS; requested ones are checked, not replaced.
+def choose_ports(requested: dict[str, int | None], flags: tuple[str, ...] = PORT_FLAGS) -> dict[str, int]:
+    """Free ports for every flag in ``flags``; requested ones are checked, not replaced.
 
     Raises:
         PortInUse: a requested port is taken.
     """
     ports: dict[str, int] = {}
     held = []
-    for flag in PORT_FLAGS:
+    for flag in flags:
         wanted = requested.get(flag)
         if wanted:
             if _port_taken(wanted):
@@ -72,27 +84,110 @@ def ray_executable() -> str:
     return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
 
 
+def ray_env(tag: str, temp_dir: str, token_path: Path, ports: dict[str, int]) -> dict[str, str]:
+    """The environment of the head's processes (and so of every job they start).
+
+    - Ray replaces a loopback ``--node-ip-address`` with the machine's address, and then binds
+      its gRPC servers (GCS, raylet, object manager, agents, client server) to every interface,
+      unless it runs as a single-machine cluster: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps
+      127.0.0.1 as the node's address (``ray/_private/services.py: get_node_ip_address``), and
+      with it every listener on loopback. It also refuses other nodes joining: a local cluster
+      is one machine.
+    - ``RAY_enable_metrics_collection=0``: no per-node Prometheus exporter (it serves without auth).
+    - Dashboard and autoscaler metrics get free ports, not Ray's fixed ones.
+    - Token auth from the cluster's token file; no 30 s drain on SIGTERM (``down`` stops it all).
+    """
+    metrics = {env: str(ports[name]) for name, env in METRICS_PORT_ENV.items()}
+    return processes.child_env(
+        tag, **{processes.TEMP_DIR_ENV: temp_dir}, **metrics, RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token_path), RAY_USAGE_STATS_ENABLED="0", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+        **{SINGLE_MACHINE_ENV: "0"}, RAY_enable_metrics_collection="0")
+
+
+def attach_here() -> None:
+    """Let this process's Ray driver reach a local head, which listens on 127.0.0.1 only.
+
+    Ray replaces a loopback address with the machine's when it connects (``resolve_ip_for_localhost``)
+    unless it runs as a one-machine cluster, as the head's processes do (``ray_env``).
+    """
+    import ray._private.ray_constants as ray_constants
+
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at import; this process may have imported Ray already
+
+
 def start(name: str, num_cpus: int | None = None, num_gpus: int | None = None,
-          ports: dict[str, int | None] | None = None, timeout_s: float = 60.0) -> ClusterRecord:
+          ports: dict[str, int | None] | None = None, timeout_s: float = 300.0) -> ClusterRecord:
     """Start a Ray head on this machine and return its record (not yet saved).
 
-    The head binds the dashboard/Jobs API to 127.0.0.1, runs with token auth, and uses
-    its own temp dir and free ports, so several clusters can live side by side.
+    Every port binds 127.0.0.1, auth is on, and the head uses its own private temp dir and free
+    ports, so several clusters can live side by side.
 
     Raises:
         PortInUse: a requested port is taken.
         BridgeRayError: ``ray start`` failed or the head did not become healthy in time.
     """
-    folder = cluster_dir(name)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = records.writable_dir(cluster_dir(name))
+    folder.chmod(0o700)  # its token, and the jobs' secrets files
     token_path = new_token_file(folder / "auth_token")
     chosen = choose_ports(ports or {})
+    metrics = choose_ports({}, tuple(METRICS_PORT_ENV))
+    for attempt in range(1, START_ATTEMPTS + 1):
+        record, result, log_path = _ray_start(name, folder, token_path, chosen, metrics, num_cpus, num_gpus)
+        tail = (log_path.read_text().strip().splitlines() or ["(no output)"])[-1]
+        # `ray start` gives the raylet a fixed 30 s to register and then gives up, leaving every process
+        # running: on a busy machine, wait for the registration itself instead of failing.
+        if result.returncode != 0 and RAY_START_TIMEOUT not in tail:
+            stop(record)
+            raise BridgeRayError(f"`ray start` failed (exit {result.returncode}): {tail} — full log: {log_path}")
+        try:
+            health.wait_ready(record, timeout_s=timeout_s)
+            if _registered(record, timeout_s):
+                break
+        except BridgeRayError:
+            pass
+        # The raylet died: it gives the dashboard agent a fixed few seconds to report its ports,
+        # which a busy machine can miss. Its logs are kept; the next attempt starts afresh.
+        logs = _keep_logs(record, folder)
+        stop(record)
+        if attempt == START_ATTEMPTS:
+            raise BridgeRayError(f"the Ray head of cluster {name!r} did not start ({START_ATTEMPTS} attempts; the "
+                                 f"machine may be overloaded): Ray's logs are kept in {logs}")
+    processes.make_private(Path(record.temp_dir), depth=4, files=True)
+    record.pids = pids(record)
+    return record
+
+
+def _registered(record: ClusterRecord, timeout_s: float) -> bool:
+    """Wait until the head's node is ALIVE (True), or its raylet has died (False).
+
+    Raises:
+        BridgeRayError: neither happened within ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not health.nodes_alive(record):
+        if not any(b"/raylet/raylet" in processes.cmdline(p) for p in pids(record)):
+            return False
+        if time.monotonic() > deadline:
+            raise BridgeRayError(f"the Ray node of cluster {record.name!r} did not register within {timeout_s:.0f} s")
+        time.sleep(0.2)
+    return True
+
+
+def _keep_logs(record: ClusterRecord, folder: Path) -> Path:
+    """Copy the head's Ray logs out of its temp dir (which ``stop`` removes) into the cluster's folder."""
+    source = Path(record.temp_dir) / "session_latest" / "logs"
+    kept = folder / "failed-start-logs"
+    shutil.rmtree(kept, ignore_errors=True)
+    if source.is_dir():
+        shutil.copytree(source, kept, ignore_dangling_symlinks=True)
+    return kept
+
+
+def _ray_start(name: str, folder: Path, token_path: Path, chosen: dict[str, int], metrics: dict[str, int],
+               num_cpus: int | None, num_gpus: int | None) -> tuple[ClusterRecord, subprocess.CompletedProcess, Path]:
     # Unix socket paths must stay under ~107 bytes, so the temp dir is short and unique.
-    # Private (0700): Ray's logs under it can hold the job's runtime_env, secrets included.
-    temp_root = Path("/tmp") / f"bridge-ray-{os.getuid()}"
-    temp_root.mkdir(mode=0o700, exist_ok=True)
-    temp_root.chmod(0o700)
-    temp_dir = temp_root / f"{name[:20]}-{secrets.token_hex(3)}"
+    temp_dir = processes.private_root() / f"{name[:20]}-{secrets.token_hex(3)}"
     temp_dir.mkdir(mode=0o700)
     cmd = [ray_executable(), "start", "--head", f"--node-ip-address={LOOPBACK}",
            f"--dashboard-host={LOOPBACK}", "--include-dashboard=true", f"--temp-dir={temp_dir}",
@@ -102,36 +197,26 @@ def start(name: str, num_cpus: int | None = None, num_gpus: int | None = None,
         cmd.append(f"--num-cpus={num_cpus}")
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus}")
-    # No 30 s drain on SIGTERM: `down` tears the whole cluster down, jobs included.
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path),
-               RAY_USAGE_STATS_ENABLED="0", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
-    env.pop("RAY_AUTH_TOKEN", None)
-    env.pop("RAY_ADDRESS", None)
     log_path = folder / "ray-start.log"
     with open(log_path, "w") as log:
-        result = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        result = subprocess.run(cmd, env=ray_env(str(folder), str(temp_dir), token_path, metrics), stdout=log,
+                                stderr=subprocess.STDOUT, umask=processes.UMASK)
     record = ClusterRecord(
         name=name, backend="local", gcs_address=f"{LOOPBACK}:{chosen['port']}",
         dashboard_url=f"http://{LOOPBACK}:{chosen['dashboard-port']}", token_path=str(token_path),
-        ports=chosen, temp_dir=str(temp_dir), python=sys.executable,
+        ports={**chosen, **metrics}, temp_dir=str(temp_dir), python=sys.executable,
     )
-    if result.returncode != 0:
-        stop(record)
-        tail = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
-        raise BridgeRayError(f"`ray start` failed (exit {result.returncode}): {tail[0]} — full log: {log_path}")
-    try:
-        health.wait_ready(record, timeout_s=timeout_s)
-    except BridgeRayError:
-        stop(record)
-        raise
-    record.pids = processes.find_pids(str(temp_dir))
-    return record
+    return record, result, log_path
+
+
+def pids(record: ClusterRecord) -> list[int]:
+    """Every live process of this local cluster (daemons, agents, job drivers and workers)."""
+    return processes.find_pids(record.temp_dir, tag=str(cluster_dir(record.name)))
 
 
 def stop(record: ClusterRecord) -> list[int]:
     """Stop every process of this cluster (and only this one); remove its temp dir."""
-    if not record.temp_dir:
-        return []
-    pids = processes.terminate(processes.find_pids(record.temp_dir), grace_s=3.0)
-    shutil.rmtree(record.temp_dir, ignore_errors=True)
-    return pids
+    stopped = processes.terminate(pids(record), grace_s=3.0)
+    if record.temp_dir:
+        shutil.rmtree(record.temp_dir, ignore_errors=True)
+    return stopped

@@ -1,15 +1,30 @@
 """Find and stop exactly one cluster's processes, never another Ray's.
 
-Ray's daemons carry the cluster's own temp dir on their command line; job drivers
-and workers are their descendants. ``plain ray stop`` would kill every Ray of the
-user on the machine, so bridge-ray never calls it.
+Two marks find them, and either one suffices: Ray's daemons carry the cluster's temp dir on
+their command line, and every process bridge-ray starts for a cluster carries the cluster's
+tag in its environment (``BRIDGE_RAY_CLUSTER_TAG``), which all its descendants inherit: also
+those that outlive their parent (Ray's client server, a runtime-env agent whose raylet died)
+and those whose command line names no temp dir. ``plain ray stop`` would kill every Ray of
+the user on the machine, so bridge-ray never calls it.
+
+Ray's own files are kept private the same way: its processes run with umask 077 and the
+cluster's temp dir sits in a per-user folder of mode 0700 (``private_dir``).
 """
 from __future__ import annotations
 
 import os
 import signal
+import stat
 import time
 from pathlib import Path
+
+from bridge_ray.errors import BridgeRayError
+
+TAG_ENV = "BRIDGE_RAY_CLUSTER_TAG"
+TEMP_DIR_ENV = "BRIDGE_RAY_TEMP_DIR"  # the node's Ray temp dir, for job drivers (``bridge_ray.launch``)
+UMASK = 0o077
+# Variables of the user's shell that would point a Ray process at another cluster or token.
+FOREIGN_RAY_ENV = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
 
 
 def _read(path: Path) -> bytes:
@@ -19,10 +34,15 @@ def _read(path: Path) -> bytes:
         return b""
 
 
+def cmdline(pid: int) -> bytes:
+    """The process's command line (NUL-separated), or b"" once it is gone."""
+    return _read(Path(f"/proc/{pid}/cmdline"))
+
+
 def _ppid(pid: int) -> int:
-    stat = _read(Path(f"/proc/{pid}/stat")).decode(errors="replace")
+    stat_line = _read(Path(f"/proc/{pid}/stat")).decode(errors="replace")
     # The command name sits in parentheses and may hold spaces: split after the last ')'.
-    fields = stat.rsplit(")", 1)[-1].split()
+    fields = stat_line.rsplit(")", 1)[-1].split()
     return int(fields[1]) if len(fields) > 1 else 0
 
 
@@ -30,11 +50,28 @@ def _all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
-def find_pids(marker: str) -> list[int]:
-    """Processes whose command line contains ``marker``, plus all their descendants."""
+def clean_env() -> dict[str, str]:
+    """This process's environment without the variables that point Ray at another cluster or token."""
+    return {k: v for k, v in os.environ.items() if k not in FOREIGN_RAY_ENV}
+
+
+def child_env(tag: str, **extra: str) -> dict[str, str]:
+    """The environment for a process of a cluster: ``clean_env()``, tagged.
+
+    Args:
+        tag: the cluster's tag (``find_pids(..., tag=...)`` finds the process by it).
+        extra: variables to set on top (the cluster's own ``RAY_AUTH_*``, ports, ...).
+    """
+    return {**clean_env(), TAG_ENV: tag, **extra}
+
+
+def find_pids(marker: str | None, tag: str | None = None) -> list[int]:
+    """Processes whose command line contains ``marker`` or whose environment carries ``tag``, and their descendants."""
     pids = _all_pids()
-    needle = marker.encode()
-    found = {p for p in pids if needle in _read(Path(f"/proc/{p}/cmdline"))}
+    needle = marker.encode() if marker else None
+    tagged = f"{TAG_ENV}={tag}\0".encode() if tag else None
+    found = {p for p in pids if (needle and needle in _read(Path(f"/proc/{p}/cmdline")))
+             or (tagged and tagged in _read(Path(f"/proc/{p}/environ")))}
     children: dict[int, list[int]] = {}
     for p in pids:
         children.setdefault(_ppid(p), []).append(p)
@@ -66,3 +103,44 @@ def terminate(pids: list[int], grace_s: float = 10.0) -> list[int]:
         while time.monotonic() < deadline and any(_alive(p) for p in live):
             time.sleep(0.05)
     return pids
+
+
+def private_root() -> Path:
+    """``/tmp/bridge-ray-<uid>``: mode 0700 and owned by this user, or an error saying whose it is.
+
+    Raises:
+        BridgeRayError: the folder exists but is a link, not a folder, or someone else's.
+    """
+    root = Path("/tmp") / f"bridge-ray-{os.getuid()}"
+    try:
+        root.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(root)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise BridgeRayError(f"{root} is not a folder of yours (a link, a file, or owned by uid {info.st_uid}): "
+                             "another user may be trying to read your cluster's files; remove it and run again")
+    os.chmod(root, 0o700)
+    return root
+
+
+def make_private(temp_dir: Path, depth: int = 3, files: bool = False) -> None:
+    """Take group and other permissions off ``temp_dir``'s folders ``depth`` levels down (and files, if ``files``).
+
+    Ray marks its temp, session, log, socket and runtime-resource folders 0777 whenever a node
+    starts and whenever a job's supervisor or worker process starts; so bridge-ray calls this
+    after ``ray start``, in each job's driver (``bridge_ray.launch``) and in each job's worker
+    (``credentials.setup_worker``). Files Ray's processes create are private already (umask 077).
+    """
+    for folder, dirs, names in os.walk(temp_dir):
+        level = len(Path(folder).relative_to(temp_dir).parts)
+        if level >= depth:
+            dirs[:] = []
+        paths = [folder, *(os.path.join(folder, name) for name in names)] if files else [folder]
+        for path in paths:
+            try:
+                mode = os.lstat(path).st_mode
+                if not stat.S_ISLNK(mode) and mode & 0o077:
+                    os.chmod(path, stat.S_IMODE(mode) & 0o700)
+            except OSError:  # removed by Ray meanwhile
+                continue

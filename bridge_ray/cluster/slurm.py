@@ -31,7 +31,7 @@ from typing import Callable
 from bridge_ray import records
 from bridge_ray.cluster import slurm_node
 from bridge_ray.cluster.auth import new_token_file
-from bridge_ray.errors import ConfigError, SlurmError
+from bridge_ray.errors import ConfigError, Interrupted, SlurmError
 from bridge_ray.records import ClusterRecord
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "slurm_bootstrap" / "bridge_ray.sbatch"
@@ -128,6 +128,22 @@ def cancel(job_id: str, timeout_s: float = 60.0) -> str:
     return state
 
 
+def cancel_started_in(folder: Path) -> list[str]:
+    """Cancel this user's SLURM jobs whose working dir is ``folder`` (a cluster's folder); return their ids.
+
+    Finds a cluster's allocation when its record cannot be read: the bootstrap script runs
+    with ``--chdir`` set to the cluster's folder. No-op without SLURM on PATH.
+    """
+    if not shutil.which("squeue"):
+        return []
+    out = subprocess.run(["squeue", "-h", "--me", "-o", "%i|%Z"], capture_output=True, text=True).stdout
+    ids = [line.split("|", 1)[0] for line in out.splitlines()
+           if "|" in line and Path(line.split("|", 1)[1]).resolve() == folder.resolve()]
+    for job_id in ids:
+        cancel(job_id)
+    return ids
+
+
 def _log_tail(path: Path, lines: int = 5) -> str:
     text = path.read_text(errors="replace").strip() if path.exists() else ""
     return " | ".join(text.splitlines()[-lines:])
@@ -164,9 +180,10 @@ def _follow(name: str, job_id: str, request: dict, progress: Progress) -> Cluste
             elif state not in ACTIVE and not slurm_node.read_events(folder)[seen:]:
                 raise SlurmError(f"SLURM job {job_id} ended ({state}) before the cluster was ready: "
                                  f"{_log_tail(log) or 'no output'}; logs kept in {log}")
-            if allocated is not None and now - allocated > 2 * join_s + 60:
+            limit = slurm_node.bootstrap_limit_s(join_s)
+            if allocated is not None and now - allocated > limit:
                 cancel(job_id)
-                raise SlurmError(f"the bootstrap of SLURM job {job_id} was not ready {2 * join_s + 60:.0f} s after "
+                raise SlurmError(f"the bootstrap of SLURM job {job_id} was not ready {limit:.0f} s after "
                                  f"the allocation: cancelled it; logs kept in {log}")
         time.sleep(0.1)
 
@@ -220,7 +237,8 @@ def start(name: str, nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: int 
     _check(nodes, gpus_per_node, cpus_per_task, wait_s, join_timeout_s)
     _require("sbatch")
     text = render(name, **script_options)
-    folder = records.cluster_dir(name)
+    folder = records.writable_dir(records.cluster_dir(name))
+    folder.chmod(0o700)  # its token, and the jobs' secrets files
     for old in folder.glob("slurm-*"):  # progress of earlier allocations; their logs (slurm-N.out) stay
         if old.is_dir():
             shutil.rmtree(old)
@@ -233,7 +251,7 @@ def start(name: str, nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: int 
         return _follow(name, job_id, request, progress or (lambda *_: None))
     except KeyboardInterrupt:
         cancel(job_id)
-        raise
+        raise Interrupted(f"cancelled SLURM job {job_id} before the cluster was up; nothing of it is left") from None
 
 
 def stop(record: ClusterRecord) -> str:

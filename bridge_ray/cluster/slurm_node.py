@@ -11,6 +11,14 @@ Ports: each job owns a block of ``BLOCK`` ports derived from its job id, in 2000
 on a shared node never collide. Nodes of one job that share an address (emulated nodes
 on one host) take distinct slots of the block and distinct temp dirs. A derived port
 that is taken anyway is replaced by a free one; the record holds what was used.
+
+What listens (Ray 2.60): the Jobs API/dashboard, the dashboard agent's HTTP port, the runtime-env
+agent and the client server bind the node's SLURM address (the last two also 127.0.0.1); Ray
+binds its gRPC servers (GCS, raylet, object manager, dashboard agent) to every interface on any
+node whose address is not loopback, with no flag to change it. Every one of them requires the
+cluster's token. The per-node metrics exporter is off (``RAY_enable_metrics_collection=0``); the
+head's two Prometheus endpoints (dashboard and autoscaler metrics, read-only process metrics, no
+auth) listen on every interface on ports from the job's block: Ray has no flag for their address.
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,13 +39,15 @@ from bridge_ray.errors import BridgeRayError
 from bridge_ray.records import ClusterRecord
 
 PORT_FLOOR, BLOCK, NUM_BLOCKS = 20000, 40, 319
-CLUSTER_PORTS = ("port", "dashboard-port", "ray-client-server-port")
+CLUSTER_PORTS = ("port", "dashboard-port", "ray-client-server-port", "dashboard-metrics-port", "autoscaler-metrics-port")
 NODE_PORTS = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
               "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
 MAX_SLOTS = (BLOCK - len(CLUSTER_PORTS)) // len(NODE_PORTS)
 NODE_LABEL = "bridge-ray/slurm-node"
 HEAD_TIMEOUT_S = 120.0
 STOP_GRACE_S = 5.0
+START_ATTEMPTS = 3
+RAY_BLOCKING = "will now block forever"  # what `ray start --block` prints once the node is up
 
 
 def job_dir(name: str, job_id: str | int) -> Path:
@@ -116,20 +127,27 @@ class Node:
     def temp_dir(self, slot: int) -> Path:
         # Short: Ray's unix socket paths must stay under ~107 bytes.
         suffix = f".{slot}" if slot else ""
-        return Path("/tmp") / f"bridge-ray-{os.getuid()}" / f"slurm-{self.job_id}{suffix}"
+        return processes.private_root() / f"slurm-{self.job_id}{suffix}"
 
-    def ray_env(self) -> dict[str, str]:
-        """Env for ``ray start``: the network profile sourced on this node, plus the deadline."""
+    def ray_env(self, temp_dir: Path, ports: dict[str, int]) -> dict[str, str]:
+        """Env for ``ray start``: the network profile sourced on this node, the deadline, the cluster's tag."""
         env = dict(os.environ)
         profile = records.cluster_dir(self.cluster) / "profile.env"
         if profile.is_file():
             dump = subprocess.run(["bash", "-c", '. "$0" >&2 && env -0', str(profile)], check=True,
                                   stdout=subprocess.PIPE).stdout.decode()
             env = dict(item.split("=", 1) for item in dump.split("\0") if "=" in item)
+        env = {k: v for k, v in env.items() if k not in processes.FOREIGN_RAY_ENV}
         env.update(walltime.slurm_env(self.job_id))
-        # Ray drains for 30 s on SIGTERM, longer than SLURM waits before SIGKILL: stop at once instead.
-        env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
-        env.pop("RAY_ADDRESS", None)
+        env.update({env_name: str(ports[name]) for name, env_name in local.METRICS_PORT_ENV.items() if name in ports})
+        env.update({
+            # Per node, not per cluster: emulated nodes of one job share a host, and each cleans up its own.
+            processes.TAG_ENV: str(temp_dir), processes.TEMP_DIR_ENV: str(temp_dir),
+            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": os.environ["RAY_AUTH_TOKEN_PATH"],
+            "RAY_enable_metrics_collection": "0",
+            # Ray drains for 30 s on SIGTERM, longer than SLURM waits before SIGKILL: stop at once instead.
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        })
         return env
 
     def ray_command(self, ip: str, slot: int, ports: dict[str, int]) -> list[str]:
@@ -138,32 +156,65 @@ class Node:
                f"--temp-dir={self.temp_dir(slot)}", f"--num-cpus={cpus}", f"--num-gpus={self.gpus}",
                f"--labels={NODE_LABEL}={self.name}", "--min-worker-port=0", "--max-worker-port=0",
                "--disable-usage-stats"]
-        return cmd + [f"--{flag}={port}" for flag, port in ports.items()]
+        return cmd + [f"--{flag}={port}" for flag, port in ports.items() if flag not in local.METRICS_PORT_ENV]
 
 
-def run_ray(node: Node, cmd: list[str], temp_dir: Path) -> int:
+def run_ray(node: Node, cmd: list[str], temp_dir: Path, ports: dict[str, int]) -> int:
     """Run ``ray start --block`` until SLURM ends it; report a crash; remove the temp dir.
 
-    On SIGTERM (scancel, time limit) Ray gets STOP_GRACE_S to stop, then whatever is left
-    of it is killed, so the temp dir is gone before SLURM's own SIGKILL (KillWait) comes.
+    Ray's files stay private: its processes run with umask 077 in a temp dir under the user's
+    0700 folder. Ray gives its raylet and agents fixed few-second windows to start, which a busy
+    node can miss: a start that fails before Ray says it is up is tried again (START_ATTEMPTS);
+    a Ray that dies after that ends the allocation. On SIGTERM (scancel, time limit) Ray gets
+    STOP_GRACE_S to stop, then whatever is left of it is killed, so the temp dir is gone before
+    SLURM's own SIGKILL (KillWait) comes.
     """
-    proc = subprocess.Popen(cmd, env=node.ray_env())
     stopping: list[float] = []
+    running: list[subprocess.Popen] = []
 
     def forward(signum, _frame):
         stopping.append(time.monotonic())
-        proc.send_signal(signum)
+        for proc in running:
+            proc.send_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
-    while (rc := _wait(proc, 0.5)) is None:
-        if stopping and time.monotonic() - stopping[0] > STOP_GRACE_S:
-            processes.terminate([proc.pid, *processes.find_pids(f"{temp_dir}/")], grace_s=0)
-    processes.terminate(processes.find_pids(f"{temp_dir}/"), grace_s=1)
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    for attempt in range(1, START_ATTEMPTS + 1):
+        rc, started = _run_once(node, cmd, temp_dir, ports, stopping, running)
+        if started or rc == 0 or stopping or attempt == START_ATTEMPTS:
+            break
+        print(f"bridge-ray: Ray on node {node.name} failed while starting (exit {rc}); starting it again",
+              file=sys.stderr, flush=True)
     if rc and not stopping:
         emit(node.folder, "failed", f"Ray on node {node.name} exited with code {rc}")
     return rc
+
+
+def _run_once(node: Node, cmd: list[str], temp_dir: Path, ports: dict[str, int], stopping: list[float],
+              running: list[subprocess.Popen]) -> tuple[int, bool]:
+    """One ``ray start --block``, its output relayed to the allocation's log; (exit code, whether Ray got up)."""
+    temp_dir.mkdir(mode=0o700, exist_ok=True)
+    proc = subprocess.Popen(cmd, env=node.ray_env(temp_dir, ports), umask=processes.UMASK, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    running[:] = [proc]
+    started = threading.Event()
+
+    def relay():
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if RAY_BLOCKING in line:
+                started.set()
+
+    relaying = threading.Thread(target=relay, daemon=True)
+    relaying.start()
+    while (rc := _wait(proc, 0.5)) is None:
+        if stopping and time.monotonic() - stopping[0] > STOP_GRACE_S:
+            processes.terminate([proc.pid, *processes.find_pids(f"{temp_dir}/", tag=str(temp_dir))], grace_s=0)
+    relaying.join(timeout=5)
+    processes.terminate(processes.find_pids(f"{temp_dir}/", tag=str(temp_dir)), grace_s=1)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    return rc, started.is_set()
 
 
 def _wait(proc: subprocess.Popen, timeout_s: float) -> int | None:
@@ -184,7 +235,7 @@ def head() -> int:
     (node.folder / "head.json.tmp").write_text(json.dumps(info))
     os.replace(node.folder / "head.json.tmp", node.folder / "head.json")
     cmd = node.ray_command(ip, slot, ports) + ["--head", f"--dashboard-host={ip}", "--include-dashboard=true"]
-    return run_ray(node, cmd, temp_dir)
+    return run_ray(node, cmd, temp_dir, ports)
 
 
 def _wait_head(node: Node) -> dict:
@@ -214,7 +265,7 @@ def worker() -> int:
     ip, slot = node.place()
     ports = {flag: _usable(port) for flag, port in derived_ports(node.job_id, slot, head=False).items()}
     cmd = node.ray_command(ip, slot, ports) + [f"--address={gcs[0]}:{gcs[1]}"]
-    return run_ray(node, cmd, node.temp_dir(slot))
+    return run_ray(node, cmd, node.temp_dir(slot), ports)
 
 
 def _joined(record: ClusterRecord) -> tuple[set[str], float]:
@@ -222,6 +273,19 @@ def _joined(record: ClusterRecord) -> tuple[set[str], float]:
     alive = [n for n in nodes if n["state"] == "ALIVE"]
     names = {(n.get("labels") or {}).get(NODE_LABEL) for n in alive} - {None}
     return names, sum(n["resources_total"].get("GPU", 0.0) for n in alive)
+
+
+def _joined_or_none(record: ClusterRecord) -> tuple[set[str], float]:
+    """``_joined``, or nobody yet when a busy head drops the request (the caller's deadline decides)."""
+    try:
+        return _joined(record)
+    except (OSError, ValueError, KeyError):
+        return set(), 0.0
+
+
+def bootstrap_limit_s(join_timeout_s: float) -> float:
+    """How long after the allocation the login node waits for ``ready``: the barrier's own deadlines, and slack."""
+    return max(join_timeout_s, HEAD_TIMEOUT_S) + join_timeout_s + 120
 
 
 def _fail(node: Node, detail: str) -> int:
@@ -246,13 +310,19 @@ def barrier() -> int:
         health.wait_ready(record, timeout_s=max(1.0, deadline - time.monotonic()))
     except BridgeRayError:
         return _fail(node, f"the Ray head on node {info['node']} did not come up within {node.head_timeout_s:.0f} s")
+    while info["node"] not in _joined_or_none(record)[0]:  # the head's own raylet registers after its Jobs API
+        if any(e["phase"] == "failed" for e in read_events(node.folder)):
+            return 1
+        if time.monotonic() > deadline:
+            return _fail(node, f"the Ray head on node {info['node']} did not register within {node.head_timeout_s:.0f} s")
+        time.sleep(0.2)
     emit(node.folder, "head up", f"{record.gcs_address} on {info['node']}")
     deadline = time.monotonic() + node.join_timeout_s  # the other nodes' turn starts now
     want_gpus, reported = node.gpus * len(node.nodes), 0
     while True:
         if any(e["phase"] == "failed" for e in read_events(node.folder)):
             return 1
-        names, gpus = _joined(record)
+        names, gpus = _joined_or_none(record)
         if len(names) != reported:
             reported = len(names)
             emit(node.folder, "joined", f"{reported}/{len(node.nodes)} nodes")

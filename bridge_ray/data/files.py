@@ -56,19 +56,42 @@ def read_rows(path: str | Path, columns: list[str] | None = None) -> list[dict]:
         raise ConfigError(f"{path}: no such file; pass an existing .parquet, .jsonl or .json file")
     if path.suffix not in SUFFIXES:
         raise ConfigError(f"{path}: unsupported file type {path.suffix!r}; convert it to .parquet or .jsonl")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+    rows = _read_parquet_rows(path, columns) if path.suffix == ".parquet" else _read_json_rows(path)
+    bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
+    if bad is not None:
+        raise ConfigError(f"{path} row {bad}: a {type(rows[bad]).__name__}, not an object with named fields; "
+                          "each row must be a JSON object")
+    return rows
 
+
+def _read_parquet_rows(path: Path, columns: list[str] | None) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
         present = pq.read_schema(path).names
         wanted = [c for c in columns or [] if c in present] or None
         return pq.read_table(path, columns=wanted).to_pylist()
-    return _read_json_rows(path)
+    except (pa.ArrowException, OSError) as err:
+        what = "is empty" if path.stat().st_size == 0 else f"is not a readable parquet file ({_first_line(err)})"
+        raise ConfigError(f"{path} {what}: write it again, or pass the right file") from None
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _read_json_rows(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text: pass a .jsonl/.json file, or a .parquet one") from None
     if text.lstrip().startswith("["):
-        return json.loads(text)
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON at line {err.lineno} ({err.msg}); fix the file") from None
+        return rows
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -94,10 +117,13 @@ def write_parquet(rows: list[dict], path: str | Path) -> Path:
     import pyarrow.parquet as pq
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    pq.write_table(pa.Table.from_pylist(rows), partial)
-    os.replace(partial, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), partial)
+        os.replace(partial, path)
+    except OSError as err:
+        raise ConfigError(f"cannot write {path} ({err.strerror or err}): choose a writable path") from None
     return path
 
 
@@ -139,11 +165,24 @@ def _messages_problem(messages: Any, key: str) -> str | None:
 
 
 def _pair_problem(row: dict, prompt_key: str, response_key: str) -> str | None:
-    for key in (prompt_key, response_key):
-        value = lookup(row, key)
-        if not isinstance(value, str) or not value.strip():
-            return f'"{key}" must be a non-empty string, but it is {_describe(value)}'
+    prompt = lookup(row, prompt_key)
+    if isinstance(prompt, list) and prompt:  # a chat prompt, e.g. the RL files' "prompt"
+        problem = _messages_problem(prompt, prompt_key)
+        if problem and "no assistant turn" not in problem:
+            return problem
+    elif not isinstance(prompt, str) or not prompt.strip():
+        return f'"{prompt_key}" must be a non-empty string or list of messages, but it is {_describe(prompt)}'
+    response = lookup(row, response_key)
+    if not isinstance(response, str) or not response.strip():
+        return f'"{response_key}" must be a non-empty string, but it is {_describe(response)}'
     return None
+
+
+def _prompt_turns(prompt: str | list) -> list[dict]:
+    """The user turn(s) of a prompt: a string becomes one user turn, a chat prompt is kept as it is."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
 
 
 def _describe(value: Any) -> str:
@@ -213,7 +252,8 @@ def convert_to_messages(
     Args:
         source: A ``.parquet`` or ``.jsonl`` file with prompt and response columns.
         out_path: The parquet to write (one ``messages`` column).
-        prompt_key: Prompt column, dotted for nested fields (``extra_info.question``).
+        prompt_key: Prompt column, dotted for nested fields (``extra_info.question``); a string, or a
+            list of ``{role, content}`` turns such as the RL files' ``prompt`` (the exact prompt PPO samples on).
         response_key: Response column (``extra_info.answer``).
         system_prompt: If given, a system turn opens every conversation.
 
@@ -226,10 +266,8 @@ def convert_to_messages(
     check_sft_file(source, prompt_key=prompt_key, response_key=response_key)
     opening = [{"role": "system", "content": system_prompt}] if system_prompt else []
     rows = [
-        {"messages": opening + [
-            {"role": "user", "content": lookup(row, prompt_key)},
-            {"role": "assistant", "content": lookup(row, response_key)},
-        ]}
+        {"messages": opening + _prompt_turns(lookup(row, prompt_key))
+                     + [{"role": "assistant", "content": lookup(row, response_key)}]}
         for row in read_rows(source)
     ]
     return write_parquet(rows, out_path)

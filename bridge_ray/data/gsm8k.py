@@ -3,7 +3,8 @@
 Both paths write the same four parquets into one folder:
 
 - ``train.parquet`` / ``val.parquet``: SFT rows, a ``messages`` column
-  (user = the question, assistant = the GSM8K answer: reasoning, then ``#### N``);
+  (user = the question followed by verl's instruction ``INSTRUCTION``, exactly the RL prompt, as
+  verl's own GSM8K SFT preprocessing does; assistant = the GSM8K answer: reasoning, then ``#### N``);
 - ``rl_train.parquet`` / ``rl_val.parquet``: RL rows exactly as verl's
   ``examples/data_preprocess/gsm8k.py`` makes them (``data_source`` "openai/gsm8k", so verl's
   rule reward ``verl.utils.reward_score.gsm8k`` scores them).
@@ -128,15 +129,20 @@ def sample_examples(num: int, seed: int = 0) -> list[Example]:
     return [rng.choice(_TEMPLATES)(rng) for _ in range(num)]
 
 
+def prompt(question: str) -> str:
+    """The user turn for a GSM8K question, the same in SFT and RL rows: the question, then verl's instruction."""
+    return f"{question} {INSTRUCTION}"
+
+
 def _sft_row(example: Example) -> dict:
-    return {"messages": [{"role": "user", "content": example.question},
+    return {"messages": [{"role": "user", "content": prompt(example.question)},
                          {"role": "assistant", "content": example.answer}]}
 
 
 def _rl_row(example: Example, split: str, index: int) -> dict:
     return {
         "data_source": HUB_ID,
-        "prompt": [{"role": "user", "content": f"{example.question} {INSTRUCTION}"}],
+        "prompt": [{"role": "user", "content": prompt(example.question)}],
         "ability": "math",
         "reward_model": {"style": "rule", "ground_truth": final_answer(example.answer)},
         "extra_info": {"split": split, "index": index, "answer": example.answer, "question": example.question},
@@ -254,7 +260,7 @@ def convert_gsm8k(
     else:
         examples = examples_from_rows(read_rows(source), source)
         if len(examples) <= num_val:
-            raise ConfigError(f"{source}: {len(examples)} rows cannot spare {num_val} for validation; "
-                              "pass val_source=... or a smaller num_val")
+            raise ConfigError(f"{source}: {len(examples)} rows cannot spare {num_val} for validation: pass a "
+                              "validation file (--val FILE, val_source=) or hold out fewer rows (--num-val N, num_val=)")
         train, val = examples[: len(examples) - num_val], examples[len(examples) - num_val :]
     return write_gsm8k(train, val, out_dir)

@@ -21,8 +21,12 @@ class AllReduceRank:
     """A process that joins a torch.distributed group and times an all-reduce."""
 
     def endpoint(self) -> tuple[str, int]:
-        """This node's Ray address and a free port (rank 0's becomes the rendezvous)."""
+        """This node's Ray address and a free port (rank 0's becomes the rendezvous).
+
+        torch is imported here, in the start-up stage, so the collective's timeout never pays for it.
+        """
         import ray
+        import torch.distributed  # noqa: F401
 
         with socket.socket() as sock:
             sock.bind(("", 0))

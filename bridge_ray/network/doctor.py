@@ -17,6 +17,7 @@ import ray.cloudpickle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from bridge_ray import records
+from bridge_ray.cluster import local
 from bridge_ray.cluster.auth import auth_env
 from bridge_ray.network import collective, probe
 from bridge_ray.network.checks import FAIL, PASS, Check, static_checks
@@ -26,6 +27,9 @@ from bridge_ray.network.profile import (
     save_profile,
 )
 
+# Starting a task's or a rank's process (Ray worker start-up, importing torch) is not what the doctor
+# measures, and on a busy node it takes far longer than any network stage: it gets its own bound.
+STARTUP_S = 300.0
 # Nodes need only ray and torch to run these two modules, not bridge_ray itself.
 ray.cloudpickle.register_pickle_by_value(probe)
 ray.cloudpickle.register_pickle_by_value(collective)
@@ -93,10 +97,11 @@ def _probe_all(nodes: list[_Node], dirs: list[str], timeout_s: float) -> tuple[l
     task = ray.remote(num_cpus=0, max_retries=0)(probe.probe_node)
     refs = {task.options(scheduling_strategy=_on(n)).remote(markers=markers): n for n in nodes}
     try:
-        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        limit = max(timeout_s, STARTUP_S)
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=limit)
         probes, checks = [], []
         for ref, node in refs.items():
-            error = "" if ref in ready else f"no answer within {timeout_s:g} s"
+            error = "" if ref in ready else f"no answer within {limit:g} s"
             if not error:
                 try:
                     found = NodeProbe.from_dict(ray.get(ref))
@@ -176,7 +181,8 @@ def _results(refs: list) -> list[tuple]:
 
 def _allreduce(nodes: list[_Node], probes: list[NodeProbe], profile: ClusterProfile,
                forced: dict[str, str], timeout_s: float, nbytes: int | None) -> tuple[Check, dict]:
-    """All-reduce across the ranks of ``_plan``; every wait is bounded by the timeout."""
+    """All-reduce across the ranks of ``_plan``: ranks start (torch imported) within ``STARTUP_S``, then the
+    collective gets ``timeout_s`` (enforced by the ranks themselves; the wait here only adds slack)."""
     hosts = {p.node_ip: p.hostname for p in probes}
     backend, ranks = _plan(nodes, hosts)
     nbytes = nbytes or (1 << 30 if backend == "nccl" else 16 << 20)
@@ -193,13 +199,13 @@ def _allreduce(nodes: list[_Node], probes: list[NodeProbe], profile: ClusterProf
     ]
     try:
         try:
-            endpoints = ray.get([a.endpoint.remote() for a in actors], timeout=timeout_s)
+            endpoints = ray.get([a.endpoint.remote() for a in actors], timeout=max(timeout_s, STARTUP_S))
         except ray.exceptions.RayError as err:  # GetTimeoutError included
             return Check(name, FAIL, f"could not start {len(ranks)} ranks: {_last_line(str(err))}",
                          "free the GPUs (`bridge-ray list`, `bridge-ray stop`) or raise --timeout"), info
         args = (len(ranks), "%s:%d" % endpoints[0], backend, nbytes, 20 if backend == "nccl" else 5, timeout_s)
         refs = [a.run.remote(r, *args) for r, a in enumerate(actors)]
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s + 5)
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s + 60)
         where = {ref: f"rank {r} on {hosts[ranks[r].ip]}" for r, ref in enumerate(refs)}
         errors = [f"{where[ref]}: {_last_line(res['error'])}" for ref, res in _results(ready) if not res["ok"]]
         if pending:
@@ -221,7 +227,8 @@ def doctor(address: str | None = None, timeout_s: float = 60.0, force_env: dict[
 
     Args:
         address: Ray address to connect to when Ray is not initialised in this process.
-        timeout_s: limit for each stage (probe, rank start, collective); nothing hangs past it.
+        timeout_s: limit of the all-reduce once its ranks run; probes and ranks get at least
+            ``STARTUP_S`` to start. Nothing hangs past these.
         force_env: variables that win over the derived profile in the all-reduce (``--env``).
         shared_dirs: directories every node must see (BRIDGE_RAY_HOME, output dirs).
         nbytes: bytes per all-reduce (default 16 MiB on CPU, 1 GiB on GPU).
@@ -248,9 +255,12 @@ def doctor(address: str | None = None, timeout_s: float = 60.0, force_env: dict[
 
 
 def _use_auth(record: records.ClusterRecord) -> None:
-    """Point this process's Ray at the cluster's token (or auth off, as the record says)."""
+    """Point this process's Ray at the cluster's token (or auth off, as the record says), and at its address."""
     os.environ.update(auth_env(record))
     os.environ.pop("RAY_AUTH_TOKEN", None)
+    if record.backend == "local":
+        # A local head listens on 127.0.0.1 only; Ray would swap a loopback address for the machine's.
+        local.attach_here()
     # Ray caches RAY_AUTH_MODE and the token when it is imported; refresh both, as
     # ray._private.authentication does when it turns token auth on.
     from ray._raylet import AuthenticationTokenLoader, Config
@@ -270,7 +280,7 @@ def run_doctor(name: str = records.DEFAULT_CLUSTER, timeout_s: float = 60.0,
 
     Args:
         name: the cluster record to use.
-        timeout_s: per-stage limit (see ``doctor``).
+        timeout_s: limit of the all-reduce (see ``doctor``).
         env: ``--env`` overrides, tried on top of the saved ones.
         shared_dirs: directories beyond BRIDGE_RAY_HOME that every node must see.
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-import os
 import re
 import shlex
 import time
@@ -265,15 +264,16 @@ def render_env_file(profile: ClusterProfile) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    records.write_text(path, text)
 
 
 def save_profile(name: str, profile: ClusterProfile) -> Path:
-    """Write ``profile.json``, ``overrides.env`` and ``profile.env``; return the JSON's path."""
-    folder = records.cluster_dir(name)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write ``profile.json``, ``overrides.env`` and ``profile.env``; return the JSON's path.
+
+    Raises:
+        HomeNotWritable: the cluster's folder cannot take them.
+    """
+    records.writable_dir(records.cluster_dir(name))
     derived = {k: v for k, v in dataclasses.asdict(profile).items() if k != "overrides"}
     _write(profile_path(name), json.dumps(derived, indent=2, sort_keys=True))
     header = "# KEY=VALUE lines that win over the derived profile (bridge-ray doctor --env adds here)\n"
@@ -287,7 +287,12 @@ def load_profile(name: str) -> ClusterProfile | None:
     path = profile_path(name)
     if not path.exists():
         return None
-    profile = ClusterProfile(**json.loads(path.read_text()))
+    try:
+        profile = ClusterProfile(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"the network profile {path} is unreadable ({err}): run `bridge-ray doctor"
+                          f"{'' if name == records.DEFAULT_CLUSTER else ' --name ' + name}` to write it again, "
+                          "or delete it") from None
     profile.overrides = load_overrides(name)
     return profile
 

@@ -260,15 +260,22 @@ def dry_run(cfg: PPOConfig, reward: Callable | str | None = None) -> dict:
             "reward_py_modules": ship, "notes": notes}
 
 
-def main(cfg: PPOConfig, argv: list[str] | None = None, reward: Callable | str | None = None) -> PPOResult | None:
-    """A recipe's body: apply ``ppo.*`` overrides from ``argv``, then ``run`` (or ``--dry-run``).
+def main(cfg: PPOConfig | Callable[[list[str]], PPOConfig], argv: list[str] | None = None,
+         reward: Callable | str | None = None) -> PPOResult | None:
+    """A recipe's body: the config for ``argv``, then ``run`` (or ``--dry-run``).
+
+    Args:
+        cfg: a config to apply ``ppo.*`` overrides from ``argv`` to, or the recipe's own
+            ``config(argv)`` function, called with ``argv`` as it is.
+        argv: the recipe's arguments (default ``sys.argv[1:]``).
+        reward: as in ``run``.
 
     Errors print as one ``error: ...`` line and exit with their code (2: config/preflight, 1: run).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     dry = "--dry-run" in argv
     try:
-        cfg = apply_overrides(cfg, [a for a in argv if a != "--dry-run"], prefix="ppo")
+        cfg = cfg(argv) if callable(cfg) else apply_overrides(cfg, [a for a in argv if a != "--dry-run"], prefix="ppo")
         if dry:
             print(json.dumps(dry_run(cfg, reward), indent=2, default=str))
             return None

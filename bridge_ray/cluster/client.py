@@ -1,0 +1,53 @@
+"""The one Ray Job Submission client, bound to a cluster record and nothing else.
+
+Ray's ``JobSubmissionClient`` lets the environment redirect it: ``RAY_ADDRESS`` and
+``RAY_API_SERVER_ADDRESS`` replace the address it is given (and it then sends its token
+there), ``RAY_AUTH_*`` can add another cluster's token, and ``requests`` sends every call
+through ``HTTP(S)_PROXY`` / ``ALL_PROXY``. ``RecordClient`` talks to the recorded Jobs API
+URL only, with the recorded token only, and never through a proxy, whatever the shell holds.
+"""
+from __future__ import annotations
+
+from bridge_ray.cluster.auth import auth_headers
+from bridge_ray.records import ClusterRecord
+
+# requests merges the environment's proxies into a call unless the call names them; None drops one.
+NO_PROXIES = {"http": None, "https": None, "all": None}
+
+
+def _client_class():
+    import ray
+    from ray.dashboard.modules.dashboard_sdk import SubmissionClient
+    from ray.job_submission import JobSubmissionClient
+
+    class RecordClient(JobSubmissionClient):
+        """A ``JobSubmissionClient`` pinned to one URL and one set of headers."""
+
+        def __init__(self, url: str, headers: dict[str, str]):
+            self._pinned = (url.rstrip("/"), dict(headers))
+            # JobSubmissionClient.__init__ would resolve the address from RAY_ADDRESS first:
+            # build the base client with our URL, then run the same version check it runs.
+            self._client_ray_version = ray.__version__
+            SubmissionClient.__init__(self, address=self._pinned[0], headers=dict(headers))
+            self._pin()
+            self._check_connection_and_version(
+                min_version="2.0", version_error_message="the cluster must run Ray 2.0 or newer")
+
+        def _pin(self) -> None:
+            self._address, self._headers = self._pinned[0], dict(self._pinned[1])
+
+        def _do_request(self, method, endpoint, **kwargs):
+            self._pin()
+            return super()._do_request(method, endpoint, proxies=NO_PROXIES, **kwargs)
+
+    return RecordClient
+
+
+def client(record: ClusterRecord):
+    """A JobSubmissionClient for the recorded cluster only, authenticated with its token.
+
+    Raises:
+        AuthError: the record's token file is missing.
+        ConnectionError: the head does not answer.
+    """
+    return _client_class()(record.dashboard_url, auth_headers(record))

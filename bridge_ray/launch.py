@@ -1,0 +1,163 @@
+"""How a recipe runs: as a job's driver on the cluster, or checked on the submitting machine.
+
+    python -m bridge_ray.launch RECIPE [ARGS...]           # a job's entrypoint (what `submit` sends)
+    python -m bridge_ray.launch --check RECIPE [ARGS...]   # `submit` runs this here first
+
+As a job's driver it loads the job's secrets (``bridge_ray.credentials``), makes Ray's folders
+private again (Ray's job supervisor marks them 0777 each time it starts), then runs RECIPE as
+``__main__`` with ARGS, exactly as ``python RECIPE ARGS`` would; a bridge-ray error it raises
+ends the job with one ``error: ...`` line and the error's exit code, not a traceback.
+
+With ``--check``, a recipe that declares how its arguments become configs, a top-level
+``config(argv)`` returning an ``SFTConfig``, a ``PPOConfig`` or a tuple of them, is imported
+(not run: its ``__main__`` block stays untouched) and ``config(ARGS)`` is built and validated
+here. So an unknown key, a wrong type or an out-of-range value is reported in a second with
+nothing uploaded. Nothing heavy runs meanwhile: demo assets are located, not built, and
+``ray.init`` stops the check. A recipe without ``config`` is not run here at all. Exit codes:
+0 checked (or nothing to check), 2 a bridge-ray error (printed as ``error: ...``), 3 it cannot
+be checked here (a module this machine lacks), 4 it failed here with another exception; any
+other code is the recipe's own (an argparse error in ``config``, say).
+"""
+from __future__ import annotations
+
+import ast
+import importlib.abc
+import importlib.util
+import os
+import runpy
+import sys
+import traceback
+from pathlib import Path
+
+CANNOT_CHECK, FAILED_HERE = 3, 4
+
+
+class ReachedCluster(BaseException):
+    """Raised by ``ray.init`` in check mode: the recipe got as far as attaching to a cluster."""
+
+
+def _stop(*_args, **_kwargs):
+    raise ReachedCluster()
+
+
+class _StopAtRayInit(importlib.abc.MetaPathFinder):
+    """Replaces ``ray.init`` with ``_stop`` as soon as ``ray`` is imported (it costs seconds to import it ourselves)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "ray":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("ray")
+        run_module = spec.loader.exec_module
+
+        def exec_module(module):
+            run_module(module)
+            module.init = _stop
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _load(recipe: str, args: list[str] | None = None, run_name: str = "__bridge_ray_check__") -> dict:
+    """Execute ``recipe`` as ``python recipe args`` would (its folder first on sys.path); return its globals."""
+    path = os.path.abspath(recipe)
+    sys.argv = [recipe, *(args or [])]
+    sys.path[0] = os.path.dirname(path)
+    return runpy.run_path(path, run_name=run_name)
+
+
+def _run(recipe: str, args: list[str]) -> None:
+    """Run ``recipe`` as ``__main__`` with ``args``."""
+    _load(recipe, args, run_name="__main__")
+
+
+def _where(err: BaseException, recipe: str) -> str:
+    """``" (recipe.py:12)"``: the recipe's own line closest to the error."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(recipe)]
+    return f" ({recipe}:{frames[-1].lineno})" if frames else ""
+
+
+def declares_config(recipe: str) -> bool:
+    """Whether the recipe defines a top-level ``config(argv)`` (read from its source, nothing run)."""
+    tree = ast.parse(Path(recipe).read_bytes(), recipe)
+    return any(isinstance(node, ast.FunctionDef) and node.name == "config" for node in tree.body)
+
+
+def validate(configs) -> None:
+    """Validate what a recipe's ``config(argv)`` returned: one config or a tuple of them.
+
+    Raises:
+        ConfigError: listing every problem, as the training entry points would on the cluster.
+    """
+    from bridge_ray.ppo.config import PPOConfig
+    from bridge_ray.ppo.config import validate as validate_ppo
+    from bridge_ray.sft.config import SFTConfig
+    from bridge_ray.sft.config import validate as validate_sft
+
+    for cfg in configs if isinstance(configs, (tuple, list)) else (configs,):
+        if isinstance(cfg, SFTConfig):
+            validate_sft(cfg)
+        elif isinstance(cfg, PPOConfig):
+            validate_ppo(cfg)
+
+
+def check(recipe: str, args: list[str]) -> int:
+    """Build and validate the recipe's ``config(args)`` here; return the exit code (see the module docstring)."""
+    from bridge_ray import assets
+    from bridge_ray.errors import BridgeRayError
+
+    if not declares_config(recipe):
+        return 0
+    if "ray" in sys.modules:
+        sys.modules["ray"].init = _stop
+    else:
+        sys.meta_path.insert(0, _StopAtRayInit())
+    assets.build_demo_assets = lambda out_dir, *_, **__: assets.demo_asset_paths(out_dir)
+    try:
+        validate(_load(recipe)["config"](list(args)))
+    except ReachedCluster:
+        return 0
+    except BridgeRayError as err:
+        print(f"{err.prefix}{err}", file=sys.stderr)
+        return err.exit_code
+    except ImportError as err:
+        print(f"cannot check {recipe} here: {err}", file=sys.stderr)
+        return CANNOT_CHECK
+    except Exception as err:  # noqa: BLE001 - whatever the recipe raised, reported in one line
+        print(f"{recipe} failed when checked here: {type(err).__name__}: {err}{_where(err, recipe)}", file=sys.stderr)
+        return FAILED_HERE
+    return 0
+
+
+def drive(recipe: str, args: list[str]) -> None:
+    """A job's driver: the job's secrets into the environment, Ray's folders private, then the recipe."""
+    from bridge_ray import credentials
+    from bridge_ray.cluster.processes import TEMP_DIR_ENV, make_private
+    from bridge_ray.errors import BridgeRayError
+
+    credentials.load()
+    if os.environ.get(TEMP_DIR_ENV):
+        make_private(Path(os.environ[TEMP_DIR_ENV]))
+    try:
+        _run(recipe, args)
+    except BridgeRayError as err:  # one line in the job's log, as on the submitting machine
+        print(f"{err.prefix}{(str(err).strip().splitlines() or [''])[0]}", file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bridge_ray.launch [--check] RECIPE [ARGS...]``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    checking = args[:1] == ["--check"]
+    args = args[1:] if checking else args
+    if not args:
+        print("usage: python -m bridge_ray.launch [--check] RECIPE [ARGS...]", file=sys.stderr)
+        return 2
+    if checking:
+        return check(args[0], args[1:])
+    drive(args[0], args[1:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
