@@ -19,6 +19,7 @@ from bridge_ray.ppo.config import (
     RewardConfig,
     RolloutConfig,
     TrainerConfig,
+    resolve_cpu,
     resolve_gpus,
     to_verl_overrides,
     validate,
@@ -26,7 +27,10 @@ from bridge_ray.ppo.config import (
 from bridge_ray.ppo.presets import (
     PRESETS,
     grpo_gsm8k_llama1b,
+    grpo_tiny_cpu,
+    load_preset,
     ppo_gsm8k_llama1b,
+    ppo_tiny_cpu,
     tiny_gsm8k,
 )
 from bridge_ray.ppo.reward import RewardFailed
@@ -58,8 +62,12 @@ __all__ = [
     "apply_overrides",
     "dry_run",
     "grpo_gsm8k_llama1b",
+    "grpo_tiny_cpu",
+    "load_preset",
     "main",
     "ppo_gsm8k_llama1b",
+    "ppo_tiny_cpu",
+    "resolve_cpu",
     "resolve_gpus",
     "run",
     "tiny_gsm8k",

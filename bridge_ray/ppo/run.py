@@ -39,11 +39,13 @@ from pathlib import Path
 from bridge_ray.config import apply_overrides, to_dict
 from bridge_ray.driver import connect
 from bridge_ray.errors import BridgeRayError, ConfigError
-from bridge_ray.platforms import verl_plugin_env
+from bridge_ray.platforms import cpu_ppo_env, verl_plugin_env
+from bridge_ray.platforms.env import EXTERNAL_MODULES_ENV
 from bridge_ray.ppo import reward as rewards
 from bridge_ray.ppo.config import (
     PPOConfig,
     checkpoint_dir,
+    resolve_cpu,
     resolve_gpus,
     to_verl_overrides,
     validate,
@@ -107,7 +109,11 @@ def worker_env(cfg: PPOConfig, config) -> dict[str, str]:
         env[FLASHINFER_SAMPLER_ENV] = "0"
     if "VERL_FILE_LOGGER_PATH" not in os.environ:
         env["VERL_FILE_LOGGER_PATH"] = str(Path(cfg.trainer.output_dir) / "metrics.jsonl")
-    env.update(verl_plugin_env(os.environ))
+    if cfg.trainer.device == "cpu":
+        env.update({key: value for key, value in cpu_ppo_env(cfg.rollout.cpu_kv_cache_gib, os.environ).items()
+                    if key == EXTERNAL_MODULES_ENV or key not in os.environ})
+    else:
+        env.update(verl_plugin_env(os.environ))
     return env
 
 
@@ -202,7 +208,9 @@ def dry_run(cfg: PPOConfig, reward: Callable | str | None = None) -> dict:
     """
     cfg, ship = _with_reward(validate(cfg), reward)
     notes = []
-    if cfg.trainer.nnodes is None or cfg.trainer.gpus_per_node is None:
+    if cfg.trainer.device == "cpu":
+        cfg = resolve_cpu(cfg)
+    elif cfg.trainer.nnodes is None or cfg.trainer.gpus_per_node is None:
         notes.append("trainer.nnodes / gpus_per_node follow the cluster at run time; shown as 1 node x TP GPUs")
         cfg = resolve_gpus(cfg, 1, cfg.rollout.tensor_parallel_size)
     config = compose(cfg)
@@ -216,14 +224,17 @@ def dry_run(cfg: PPOConfig, reward: Callable | str | None = None) -> dict:
 
 
 def main(cfg: PPOConfig, argv: list[str] | None = None, reward: Callable | str | None = None) -> PPOResult | None:
-    """A recipe's body: apply ``ppo.*`` overrides from ``argv``, then ``run`` (or ``--dry-run``).
+    """A recipe's body: ``preset=NAME`` replaces ``cfg``, ``ppo.*`` overrides apply, then ``run`` (or ``--dry-run``).
 
     Errors print as one ``error: ...`` line and exit with their code (2: config/preflight, 1: run).
     """
+    from bridge_ray.ppo.presets import load_preset, split_preset
+
     argv = list(sys.argv[1:] if argv is None else argv)
     dry = "--dry-run" in argv
     try:
-        cfg = apply_overrides(cfg, [a for a in argv if a != "--dry-run"], prefix="ppo")
+        preset, overrides = split_preset([a for a in argv if a != "--dry-run"])
+        cfg = apply_overrides(load_preset(preset) if preset else cfg, overrides, prefix="ppo")
         if dry:
             print(json.dumps(dry_run(cfg, reward), indent=2, default=str))
             return None
