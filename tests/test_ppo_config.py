@@ -175,6 +175,29 @@ def test_cpu_worker_env_loads_the_cpu_plugins_under_the_job_env(model_dir, tmp_p
     assert env["VERL_USE_EXTERNAL_MODULES"].startswith("team.plugin,bridge_ray.platforms.value_model,")
 
 
+def test_resumed_run_keeps_the_metrics_of_earlier_attempts(tmp_path):
+    from bridge_ray.ppo.run import merge_metrics, set_aside_metrics
+
+    def rows(*steps):
+        return "".join(json.dumps({"step": step, "data": {"x": step}}) + "\n" for step in steps)
+
+    (tmp_path / "metrics.jsonl").write_text(rows(1, 2, 3))  # attempt 1 logged 3 steps, checkpointed at 2
+    set_aside_metrics(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text(rows(3, 4))  # verl truncates the file and logs from the checkpoint
+    merge_metrics(tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == rows(1, 2, 3, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+    set_aside_metrics(tmp_path)  # an attempt that dies before verl logs anything keeps the history
+    merge_metrics(tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == rows(1, 2, 3, 4)
+
+
+def test_cpu_kv_cache_must_be_at_least_one_gib(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        ppo.validate(ppo.apply_overrides(ppo.grpo_tiny_cpu("/m", "/d", str(tmp_path)), ["ppo.rollout.cpu_kv_cache_gib=0"]))
+    assert err.value.problems == ["rollout.cpu_kv_cache_gib=0 must be >= 1 (GiB of host memory for vLLM's KV cache on CPU)"]
+
+
 def test_cpu_presets_are_selectable_by_name_and_build_the_demo_assets(bridge_home):
     assert ppo.presets.split_preset(["--", "preset=ppo_tiny_cpu", "ppo.actor.lr=1"]) == ("ppo_tiny_cpu", ["ppo.actor.lr=1"])
     assert ppo.presets.split_preset(["--preset", "x", "a=1"]) == ("x", ["a=1"])

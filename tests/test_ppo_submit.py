@@ -1,7 +1,8 @@
 """PPO/GRPO recipes submitted for real to local Ray clusters: the GPU launch path, without a GPU.
 
 The seed's GPU presets (``trainer.device=gpu``) on a cluster without GPUs fail fast, saying
-what they need and how to run on CPU instead; a cluster that declares 2 fake GPUs reaches the
+what they need and how to run on CPU instead; a CPU preset on a cluster with too few logical
+CPUs fails fast too (verl would wait forever); a cluster that declares 2 fake GPUs reaches the
 later checks (rollout TP, engine, paths); env propagation into the actors verl starts; the
 recipes' dry run. Real PPO/GRPO steps on CPU (vLLM's CPU build): ``test_ppo_cpu.py``.
 """
@@ -84,6 +85,16 @@ def test_ppo_recipe_on_a_cluster_without_gpus_fails_fast(local_cluster):
     assert NO_GPU_MESSAGE in out.stdout + out.stderr
     assert "Job entrypoint command failed with exit code 2" in out.stderr
     assert elapsed < 90
+    assert job_leftovers("ci", out.stdout) == []
+
+
+def test_cpu_preset_on_a_cluster_with_too_few_logical_cpus_fails_fast(local_cluster):
+    out = submit("ci", "recipes/grpo_gsm8k.py", "preset=grpo_tiny_cpu")
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-2000:]
+    assert ("error: PPO on CPU needs 4 logical CPUs in Ray (1 training rank + 3 for TransferQueue and placing verl's "
+            "actors), the cluster has 0 GPUs (1 node, 2 CPUs): start it with `bridge-ray up --num-cpus 4` (logical "
+            "CPUs may exceed the cores)") in out.stdout
+    assert "exit code 2" in out.stderr
     assert job_leftovers("ci", out.stdout) == []
 
 

@@ -214,6 +214,9 @@ def _rollout_problems(cfg: PPOConfig) -> list[str]:
                         "relative to the group, so one sample gives zero gradient; set ppo.rollout.n=5")
     if rollout.temperature <= 0:
         problems.append(f"rollout.temperature={rollout.temperature} must be > 0 for training rollouts")
+    if rollout.cpu_kv_cache_gib < 1:
+        problems.append(f"rollout.cpu_kv_cache_gib={rollout.cpu_kv_cache_gib} must be >= 1 (GiB of host memory for "
+                        "vLLM's KV cache on CPU)")
     return problems
 
 

@@ -21,7 +21,7 @@ reward's code as ``py_modules`` when it lives outside the working_dir.
 Run folder (``trainer.output_dir``, absolute, shared by all nodes)::
 
     config.json        bridge-ray config, verl overrides, the workers' added env
-    metrics.jsonl      verl's per-step metrics (``file`` logger)
+    metrics.jsonl      verl's per-step metrics (``file`` logger), the steps of every attempt of the run
     checkpoints/       verl's global_step_N/{actor,critic} and latest_checkpointed_iteration.txt
     hf/                the merged final actor (Hugging Face format)
     result.json        checkpoint, merged model, sample generation
@@ -52,6 +52,7 @@ from bridge_ray.ppo.config import (
 )
 
 FLASHINFER_SAMPLER_ENV = "VLLM_USE_FLASHINFER_SAMPLER"
+METRICS_FILE = "metrics.jsonl"
 
 
 class PPOFailed(BridgeRayError):
@@ -108,13 +109,47 @@ def worker_env(cfg: PPOConfig, config) -> dict[str, str]:
     if cfg.rollout.engine == "vllm" and FLASHINFER_SAMPLER_ENV not in os.environ:
         env[FLASHINFER_SAMPLER_ENV] = "0"
     if "VERL_FILE_LOGGER_PATH" not in os.environ:
-        env["VERL_FILE_LOGGER_PATH"] = str(Path(cfg.trainer.output_dir) / "metrics.jsonl")
+        env["VERL_FILE_LOGGER_PATH"] = str(Path(cfg.trainer.output_dir) / METRICS_FILE)
     if cfg.trainer.device == "cpu":
         env.update({key: value for key, value in cpu_ppo_env(cfg.rollout.cpu_kv_cache_gib, os.environ).items()
                     if key == EXTERNAL_MODULES_ENV or key not in os.environ})
     else:
         env.update(verl_plugin_env(os.environ))
     return env
+
+
+def _read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    os.replace(tmp, path)
+
+
+def set_aside_metrics(output_dir: Path) -> None:
+    """Move the rows of earlier attempts out of verl's way (``merge_metrics`` puts them back).
+
+    verl's file logger opens ``metrics.jsonl`` with mode ``"wb"``, so a resumed run would
+    truncate the steps logged before it. A file set aside by an attempt that never merged
+    (a killed driver) is kept and extended.
+    """
+    path, aside = output_dir / METRICS_FILE, output_dir / (METRICS_FILE + ".earlier")
+    if path.is_file():
+        _write_rows(aside, _read_rows(aside) + _read_rows(path))
+        path.unlink()
+
+
+def merge_metrics(output_dir: Path) -> None:
+    """``metrics.jsonl`` = the earlier attempts' steps before this attempt's first step, then this attempt's."""
+    path, aside = output_dir / METRICS_FILE, output_dir / (METRICS_FILE + ".earlier")
+    if not aside.is_file():
+        return
+    new = _read_rows(path)
+    first = min((row["step"] for row in new), default=float("inf"))
+    _write_rows(path, [row for row in _read_rows(aside) if row["step"] < first] + new)
+    aside.unlink()
 
 
 def _with_reward(cfg: PPOConfig, reward: Callable | str | None) -> tuple[PPOConfig, list[str]]:
@@ -193,7 +228,12 @@ def run(cfg: PPOConfig, reward: Callable | str | None = None) -> PPOResult:
     (output_dir / "config.json").write_text(json.dumps(
         {"ppo": to_dict(cfg), "verl_overrides": to_verl_overrides(cfg), "task_runner_runtime_env": runtime_env},
         indent=2, default=str))
-    _train(config, runtime_env)
+    if "VERL_FILE_LOGGER_PATH" not in os.environ:
+        set_aside_metrics(output_dir)
+    try:
+        _train(config, runtime_env)
+    finally:
+        merge_metrics(output_dir)
     step_dir, hf_dir, sample = merge_final_actor(cfg) if cfg.trainer.merge_hf else (None, None, "")
     result = PPOResult(output_dir, step_dir, hf_dir, sample)
     (output_dir / "result.json").write_text(json.dumps(dataclasses.asdict(result), indent=2, default=str))
