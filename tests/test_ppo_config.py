@@ -194,12 +194,15 @@ def test_resumed_run_keeps_the_metrics_of_earlier_attempts(tmp_path):
 
 def test_cpu_kv_cache_must_be_at_least_one_gib(tmp_path):
     with pytest.raises(ConfigError) as err:
-        ppo.validate(ppo.apply_overrides(ppo.grpo_tiny_cpu("/m", "/d", str(tmp_path)), ["ppo.rollout.cpu_kv_cache_gib=0"]))
-    assert err.value.problems == ["rollout.cpu_kv_cache_gib=0 must be >= 1 (GiB of host memory for vLLM's KV cache on CPU)"]
+        ppo.validate(ppo.apply_overrides(ppo.grpo_tiny_cpu("/m", "/d", str(tmp_path)),
+                                         ["ppo.rollout.cpu_kv_cache_gib=0"]))
+    assert err.value.problems == [
+        "rollout.cpu_kv_cache_gib=0 must be >= 1 (GiB of host memory for vLLM's KV cache on CPU)"]
 
 
 def test_cpu_presets_are_selectable_by_name_and_build_the_demo_assets(bridge_home):
-    assert ppo.presets.split_preset(["--", "preset=ppo_tiny_cpu", "ppo.actor.lr=1"]) == ("ppo_tiny_cpu", ["ppo.actor.lr=1"])
+    split = ppo.presets.split_preset(["--", "preset=ppo_tiny_cpu", "ppo.actor.lr=1"])
+    assert split == ("ppo_tiny_cpu", ["ppo.actor.lr=1"])
     assert ppo.presets.split_preset(["--preset", "x", "a=1"]) == ("x", ["a=1"])
     cfg = ppo.load_preset("grpo_tiny_cpu")
     demo = bridge_home / "demo"
@@ -236,8 +239,9 @@ def test_gpu_preset_without_gpus_says_what_is_needed_and_how_to_run_on_cpu(tmp_p
         "(e.g. preset=ppo_tiny_cpu or preset=grpo_tiny_cpu)")
     assert err.value.exit_code == 2
     fixed = ppo.apply_overrides(cfg, ["ppo.trainer.nnodes=2", "ppo.trainer.gpus_per_node=8"])
-    with pytest.raises(PreflightError, match=r"^PPO on GPUs \(ppo.trainer.device=gpu\) needs 16 GPUs \(ppo.trainer.nnodes=2 "
-                                             r"x ppo.trainer.gpus_per_node=8\), the cluster has 0 GPUs \(2 nodes, 4 CPUs\)"):
+    with pytest.raises(PreflightError, match=r"^PPO on GPUs \(ppo.trainer.device=gpu\) needs 16 GPUs \(ppo.trainer."
+                                             r"nnodes=2 x ppo.trainer.gpus_per_node=8\), the cluster has 0 GPUs "
+                                             r"\(2 nodes, 4 CPUs\)"):
         preflight.resolve_resources(fixed, [node(0, 2), node(0, 2, "10.0.0.2")])
 
 
@@ -261,6 +265,11 @@ def test_cpu_run_needs_logical_cpus_for_verl_actors(tmp_path):
         "PPO on CPU needs 4 logical CPUs in Ray (1 training rank + 3 for TransferQueue and placing verl's actors), "
         "the cluster has 0 GPUs (1 node, 2 CPUs): start it with `bridge-ray up --num-cpus 4` (logical CPUs may "
         "exceed the cores)"]
+    odd = ppo.apply_overrides(cfg, ["ppo.rollout.engine=sglang", "ppo.rollout.tensor_parallel_size=2"])
+    assert preflight.resource_problems(odd, [node(0, 8)]) == [
+        "PPO on CPU generates with vLLM's CPU build only: set ppo.rollout.engine=vllm (got sglang)",
+        ("rollout tensor_parallel_size=2 does not divide the 1 training rank(s) per node on CPU: set "
+         "ppo.rollout.tensor_parallel_size to one of 1")]
 
 
 def test_cpu_engine_check_names_the_install(monkeypatch):

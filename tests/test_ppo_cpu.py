@@ -37,17 +37,20 @@ def submit(recipe: str, *args: str) -> subprocess.CompletedProcess:
 
         out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
         found = re.search(r"submitted (\S+)", out)
+        job = found.group(1) if found else "?"
         if found:
-            bridge_ray.Job(found.group(1), CLUSTER).stop()
+            bridge_ray.Job(job, CLUSTER).stop()
         pytest.fail(f"{recipe} {' '.join(args)} ran past {RUN_TIMEOUT_S:.0f} s (a vLLM fault during weight sync "
-                    f"hangs verl's driver); stopped job {found.group(1) if found else '?'}. Last output:\n{out[-3000:]}")
+                    f"hangs verl's driver); stopped job {job}. Last output:\n{out[-3000:]}")
 
 
 def steps(log: str) -> dict[int, dict[str, str]]:
-    """verl's console metrics per step: ``{step: {name: value}}``."""
+    """verl PPO's console metrics per step: ``{step: {name: value}}`` (SFT's step lines left out)."""
     rows = {}
     for match in STEP_LINE.finditer(log):
-        rows[int(match.group(1))] = dict(part.split(":", 1) for part in match.group(2).split(" - ") if ":" in part)
+        row = dict(part.split(":", 1) for part in match.group(2).split(" - ") if ":" in part)
+        if "critic/score/mean" in row:
+            rows[int(match.group(1))] = row
     return rows
 
 
@@ -142,7 +145,8 @@ def test_sft_then_grpo_chain_on_cpu_and_rerun_skips_finished_stages(cpu_cluster,
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
     for name in ("sft", "ppo"):
         assert f"[bridge-ray] stage {name}: finished before ({run_dir / name / 'hf'}); skipping" in again.stdout
-    assert "starting" not in again.stdout and steps(again.stdout) == {}
+    assert "stage sft: starting" not in again.stdout and "stage ppo: starting" not in again.stdout
+    assert steps(again.stdout) == {}
 
 
 REWARD_RECIPE = textwrap.dedent('''

@@ -103,14 +103,22 @@ def cpu_slots_needed(cfg: PPOConfig) -> int:
 
 
 def cpu_resource_problems(cfg: PPOConfig, nodes: list[dict]) -> list[str]:
-    """What a CPU run needs that the alive ``nodes`` lack: logical CPUs."""
-    need, have = cpu_slots_needed(cfg), sum(map(_cpus, nodes))
-    if have >= need:
-        return []
-    ranks = cfg.trainer.nnodes * cfg.trainer.gpus_per_node
-    return [f"PPO on CPU needs {need} logical CPUs in Ray ({_plural(ranks, 'training rank')} + {CPU_EXTRA_SLOTS} for "
+    """What a CPU run needs that the alive ``nodes`` lack (logical CPUs), or cannot do on CPU."""
+    need, have, problems = cpu_slots_needed(cfg), sum(map(_cpus, nodes)), []
+    per_node, tp = cfg.trainer.gpus_per_node, cfg.rollout.tensor_parallel_size
+    ranks = cfg.trainer.nnodes * per_node
+    if have < need:
+        problems.append(
+            f"PPO on CPU needs {need} logical CPUs in Ray ({_plural(ranks, 'training rank')} + {CPU_EXTRA_SLOTS} for "
             f"TransferQueue and placing verl's actors), the cluster has {cluster_summary(nodes)}: start it with "
-            f"`bridge-ray up --num-cpus {need}` (logical CPUs may exceed the cores)"]
+            f"`bridge-ray up --num-cpus {need}` (logical CPUs may exceed the cores)")
+    if cfg.rollout.engine != "vllm":
+        problems.append(f"PPO on CPU generates with vLLM's CPU build only: set ppo.rollout.engine=vllm "
+                        f"(got {cfg.rollout.engine})")
+    if per_node % tp:
+        problems.append(f"rollout tensor_parallel_size={tp} does not divide the {per_node} training rank(s) per node "
+                        f"on CPU: set ppo.rollout.tensor_parallel_size to one of {_divisors(per_node)}")
+    return problems
 
 
 def resource_problems(cfg: PPOConfig, nodes: list[dict]) -> list[str]:

@@ -113,7 +113,8 @@ def tiny_gsm8k(algorithm: Literal["ppo", "grpo"], model_dir: str, train_file: st
         data=DataConfig(train_files=(train_file,), val_files=(val_file,) if val_file else (), train_batch_size=16,
                         max_prompt_length=256, max_response_length=64, num_loader_workers=2),
         reward=RewardConfig(function=DIGIT_BONUS_REWARD, num_workers=2),
-        trainer=TrainerConfig(output_dir=output_dir, device="gpu", total_epochs=1, total_steps=total_steps, save_freq=-1,
+        trainer=TrainerConfig(output_dir=output_dir, device="gpu", total_epochs=1, total_steps=total_steps,
+                              save_freq=-1,
                               test_freq=-1, val_before_train=False, loggers=("console",),
                               experiment_name=f"{algorithm}-tiny"),
     )
