@@ -75,7 +75,7 @@ def cpu_ppo_env(kv_cache_gib: int, environ: dict[str, str] | None = None) -> dic
         kv_cache_gib: vLLM's KV cache size in GiB.
         environ: the environment to extend (default ``os.environ``).
     """
-    environ = os.environ if environ is None else environ
-    modules = external_modules(VALUE_MODEL_MODULE, CPU_PLATFORM_MODULE, CPU_ROLLOUT_MODULE,
+    environ, env = os.environ if environ is None else environ, cpu_env()
+    modules = external_modules(*env[EXTERNAL_MODULES_ENV].split(","), CPU_ROLLOUT_MODULE,
                                existing=environ.get(EXTERNAL_MODULES_ENV))
-    return {**cpu_env(), EXTERNAL_MODULES_ENV: modules, "VLLM_TARGET_DEVICE": "cpu", KV_CACHE_ENV: str(kv_cache_gib)}
+    return {**env, EXTERNAL_MODULES_ENV: modules, "VLLM_TARGET_DEVICE": "cpu", KV_CACHE_ENV: str(kv_cache_gib)}
