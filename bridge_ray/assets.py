@@ -26,7 +26,9 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 STAMP_NAME = "bridge_ray_assets.json"
-STAMP_VERSION = 2  # 2: the SFT rows carry the RL prompt (question + instruction)
+# 2: the SFT rows carry the RL prompt (question + instruction); 3: the tiny shape's heads became 2 x 32
+# (vLLM's CPU attention supports head sizes 32, 64, 80, ... only).
+STAMP_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +47,9 @@ class LlamaShape:
 
 
 LLAMA_SHAPES = {
+    # Head dim 32: the smallest head size vLLM's CPU attention runs (the PPO/GRPO rollout on CPU).
     "tiny": LlamaShape(
-        hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
+        hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128,
         max_position_embeddings=1024, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         tie_word_embeddings=True,
     ),

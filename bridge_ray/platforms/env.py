@@ -12,6 +12,8 @@ import os
 EXTERNAL_MODULES_ENV = "VERL_USE_EXTERNAL_MODULES"
 CPU_PLATFORM_MODULE = "bridge_ray.platforms.cpu"
 VALUE_MODEL_MODULE = "bridge_ray.platforms.value_model"
+CPU_ROLLOUT_MODULE = "bridge_ray.platforms.cpu_rollout"
+KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
 
 
 def external_modules(*modules: str, existing: str | None = None) -> str:
@@ -56,3 +58,24 @@ def cpu_env() -> dict[str, str]:
         "VERL_PLATFORM": "cpu",
         "VERL_ENGINE_DEVICE": "cuda",
     }
+
+
+def cpu_ppo_env(kv_cache_gib: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Env vars for verl's PPO/GRPO on CPU with vLLM's CPU build, keeping modules ``environ`` names.
+
+    ``cpu_env()``, plus:
+
+    - ``bridge_ray.platforms.cpu_rollout`` among verl's external modules (placement and
+      offload on CPU);
+    - ``VLLM_TARGET_DEVICE=cpu``: vLLM's CPU platform, whatever else the host has;
+    - ``VLLM_CPU_KVCACHE_SPACE``: the KV cache in GiB of host memory (vLLM CPU reads its
+      ``gpu_memory_utilization`` as a share of all host RAM otherwise).
+
+    Args:
+        kv_cache_gib: vLLM's KV cache size in GiB.
+        environ: the environment to extend (default ``os.environ``).
+    """
+    environ, env = os.environ if environ is None else environ, cpu_env()
+    modules = external_modules(*env[EXTERNAL_MODULES_ENV].split(","), CPU_ROLLOUT_MODULE,
+                               existing=environ.get(EXTERNAL_MODULES_ENV))
+    return {**env, EXTERNAL_MODULES_ENV: modules, "VLLM_TARGET_DEVICE": "cpu", KV_CACHE_ENV: str(kv_cache_gib)}

@@ -19,6 +19,7 @@ from bridge_ray.ppo.config import (
     RewardConfig,
     RolloutConfig,
     TrainerConfig,
+    resolve_cpu,
     resolve_gpus,
     to_verl_overrides,
     validate,
@@ -26,11 +27,14 @@ from bridge_ray.ppo.config import (
 from bridge_ray.ppo.presets import (
     PRESETS,
     grpo_gsm8k_llama1b,
+    grpo_tiny_cpu,
+    load_preset,
     ppo_gsm8k_llama1b,
+    ppo_tiny_cpu,
     tiny_gsm8k,
 )
 from bridge_ray.ppo.reward import RewardFailed
-from bridge_ray.ppo.run import PPOFailed, PPOResult, dry_run, main, run
+from bridge_ray.ppo.run import PPOFailed, PPOResult, dry_run, from_args, main, run
 
 
 def apply_overrides(cfg: PPOConfig, overrides: list[str]) -> PPOConfig:
@@ -57,9 +61,14 @@ __all__ = [
     "TrainerConfig",
     "apply_overrides",
     "dry_run",
+    "from_args",
     "grpo_gsm8k_llama1b",
+    "grpo_tiny_cpu",
+    "load_preset",
     "main",
     "ppo_gsm8k_llama1b",
+    "ppo_tiny_cpu",
+    "resolve_cpu",
     "resolve_gpus",
     "run",
     "tiny_gsm8k",

