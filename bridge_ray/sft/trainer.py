@@ -49,14 +49,10 @@ class SFTResult:
     sample: str
 
 
-# Ray Train's controller drains each worker's one-slot report queue once per health check
-# (2 s by default), so a per-step ray.train.report would cap training at 0.5 steps/s.
-TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-
-
 def connect() -> None:
-    """Attach to the running cluster, with Ray Train's poll interval short enough for per-step reports."""
-    driver.connect({TRAIN_POLL_ENV: "0.05"})
+    """Attach to the running cluster (Ray Train keeps its own 2 s health-check interval: workers
+    report once, at the end, so nothing waits on the controller's poll)."""
+    driver.connect()
 
 
 def worker_env(cfg: SFTConfig) -> dict[str, str]:
