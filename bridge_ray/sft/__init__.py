@@ -10,6 +10,7 @@ from __future__ import annotations
 from bridge_ray.sft.config import (
     PRESETS,
     DataConfig,
+    Hardware,
     ModelConfig,
     OptimConfig,
     SFTConfig,
@@ -17,13 +18,15 @@ from bridge_ray.sft.config import (
     WorkersConfig,
     home_dir,
     parse_args,
+    resolve,
     run_dir,
     sft_gsm8k_llama1b,
+    sft_gsm8k_llama1b_seed,
     sft_tiny_cpu,
     to_verl_overrides,
     validate,
 )
-from bridge_ray.sft.trainer import SFTResult, TrainingFailed, fit
+from bridge_ray.sft.trainer import SFTResult, TrainingFailed, dry_run, fit, main
 
 
 def apply_overrides(cfg: SFTConfig, overrides: list[str]) -> SFTConfig:
@@ -36,6 +39,7 @@ def apply_overrides(cfg: SFTConfig, overrides: list[str]) -> SFTConfig:
 __all__ = [
     "PRESETS",
     "DataConfig",
+    "Hardware",
     "ModelConfig",
     "OptimConfig",
     "SFTConfig",
@@ -44,11 +48,15 @@ __all__ = [
     "TrainingFailed",
     "WorkersConfig",
     "apply_overrides",
+    "dry_run",
     "fit",
     "home_dir",
+    "main",
     "parse_args",
+    "resolve",
     "run_dir",
     "sft_gsm8k_llama1b",
+    "sft_gsm8k_llama1b_seed",
     "sft_tiny_cpu",
     "to_verl_overrides",
     "validate",
