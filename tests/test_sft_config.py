@@ -84,7 +84,7 @@ H200_PLAIN = sft.Hardware(gpu="NVIDIA H200", torch_varlen=True, triton=True)
      "flash_attention_2", "liger", 16384),
     (sft.Hardware(gpu="Tesla V100", triton=True), "sdpa", "fused", 4096),  # no varlen kernel before sm80
     (sft.Hardware(gpu="some GPU"), "sdpa", "none", 4096),
-    (None, "torch_varlen", "fused", 16384),  # unprobed (dry runs): sft.config.UNPROBED_GPU
+    (None, "torch_varlen", "fused", 16384),  # unprobed (dry runs): hardware.UNPROBED_GPU
 ], ids=["h200", "h200+liger", "flash-attn+liger", "v100", "bare", "unprobed"])
 def test_auto_picks_the_fastest_correct_settings(hardware, attention, kernels, tokens):
     cfg = validate(sft.resolve(sft.sft_gsm8k_llama1b(), hardware))

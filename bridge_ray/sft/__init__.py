@@ -10,7 +10,6 @@ from __future__ import annotations
 from bridge_ray.sft.config import (
     PRESETS,
     DataConfig,
-    Hardware,
     ModelConfig,
     OptimConfig,
     SFTConfig,
@@ -18,7 +17,6 @@ from bridge_ray.sft.config import (
     WorkersConfig,
     home_dir,
     parse_args,
-    resolve,
     run_dir,
     sft_gsm8k_llama1b,
     sft_gsm8k_llama1b_seed,
@@ -26,6 +24,7 @@ from bridge_ray.sft.config import (
     to_verl_overrides,
     validate,
 )
+from bridge_ray.sft.hardware import Hardware, resolve
 from bridge_ray.sft.trainer import SFTResult, TrainingFailed, dry_run, fit, main
 
 

@@ -3,11 +3,8 @@
 ``to_verl_overrides`` is the only place that knows verl's Hydra key names; a unit
 test composes its output against verl's own ``sft_trainer_engine`` config.
 
-Speed settings may say ``"auto"``: ``resolve(cfg, hardware)`` turns them into the fastest
-correct choice for what the workers' hosts offer (``Hardware``, probed on a worker by
-``bridge_ray.sft.hardware``). On GPUs: packing with flash-attn when it imports, else torch's
-own varlen kernel (``bridge_ray.platforms.attention``), else sdpa; liger-kernel when it
-imports, else verl's fused Triton kernels. CPU workers get what runs on gloo: sdpa, no kernels.
+Speed settings may say ``"auto"``: ``bridge_ray.sft.hardware.resolve(cfg, hardware)`` turns
+them into the fastest correct choice for what the workers' hosts offer.
 
 Example:
     >>> cfg = apply_overrides(sft_gsm8k_llama1b(), ["sft.optim.lr=1e-5"], prefix="sft")
@@ -24,18 +21,13 @@ from typing import Literal, Optional, Union
 from bridge_ray.config import trainer_problems
 from bridge_ray.errors import ConfigError
 from bridge_ray.records import home_dir
-
-
+from bridge_ray.sft.hardware import Hardware, resolve
 
 Attention = Literal["auto", "flash_attention_2", "torch_varlen", "sdpa", "eager"]
 Kernels = Literal["auto", "liger", "fused", "liger+fused", "none"]
 # Attention that only runs on packed batches, or only on CUDA.
 PACKED_ONLY = ("torch_varlen",)
 GPU_ONLY_ATTENTION = ("flash_attention_2", "torch_varlen")
-# Tokens per worker micro batch when max_tokens_per_worker="auto": varlen kernels cost O(sum of
-# sample lengths^2); sdpa on a packed row builds a dense T x T mask, so it gets a smaller row.
-AUTO_TOKENS_VARLEN = 16384
-AUTO_TOKENS_SDPA = 4096
 # The transformers attention plugin behind "torch_varlen" (verl's model.external_lib).
 ATTENTION_PLUGIN = "bridge_ray.platforms.attention"
 
@@ -226,59 +218,6 @@ def sft_gsm8k_llama1b_seed(
 PRESETS = {"sft_tiny_cpu": sft_tiny_cpu, "sft_gsm8k_llama1b": sft_gsm8k_llama1b,
            "sft_gsm8k_llama1b_seed": sft_gsm8k_llama1b_seed}
 
-
-@dataclass(frozen=True)
-class Hardware:
-    """What a training worker's host offers the fast paths (``bridge_ray.sft.hardware.probe``).
-
-    ``gpu`` is the device name (None on CPU); each flag says whether that piece imports and,
-    for ``torch_varlen``, whether the GPU runs torch's varlen kernel (compute capability >= 8.0).
-    """
-
-    gpu: Optional[str] = None
-    flash_attn: bool = False
-    torch_varlen: bool = False
-    liger: bool = False
-    triton: bool = False
-
-
-# What GPU workers are assumed to offer when nobody probed them (dry runs): a CUDA build of
-# torch >= 2.10 on an Ampere-or-newer GPU, and neither flash-attn nor liger-kernel.
-UNPROBED_GPU = Hardware(gpu="unprobed", torch_varlen=True, triton=True)
-
-
-def _auto_attention(hw: Hardware, packed: bool) -> str:
-    if hw.flash_attn:
-        return "flash_attention_2"
-    return "torch_varlen" if packed and hw.torch_varlen else "sdpa"
-
-
-def _auto_kernels(hw: Hardware) -> str:
-    if hw.liger:
-        return "liger"
-    return "fused" if hw.triton else "none"
-
-
-def resolve(cfg: SFTConfig, hardware: Hardware | None = None) -> SFTConfig:
-    """``cfg`` with every ``auto`` replaced by the fastest correct choice for ``hardware``.
-
-    CPU workers get sdpa and no kernels whatever ``hardware`` says; GPU workers without a
-    probe are taken to be ``UNPROBED_GPU``. A resolved config comes back unchanged.
-
-    Args:
-        cfg: A config whose speed fields may say ``auto``.
-        hardware: What the workers' hosts offer (``bridge_ray.sft.hardware.probe``).
-    """
-    hw = (hardware or UNPROBED_GPU) if cfg.workers.use_gpu else Hardware()
-    model, data = cfg.model, cfg.data
-    if model.attn_implementation == "auto":
-        model = dataclasses.replace(model, attn_implementation=_auto_attention(hw, model.use_remove_padding))
-    if model.kernels == "auto":
-        model = dataclasses.replace(model, kernels=_auto_kernels(hw))
-    if data.max_tokens_per_worker == "auto":
-        tokens = (AUTO_TOKENS_SDPA if model.attn_implementation in ("sdpa", "eager") else AUTO_TOKENS_VARLEN)
-        data = dataclasses.replace(data, max_tokens_per_worker=tokens if model.use_remove_padding else None)
-    return dataclasses.replace(cfg, model=model, data=data)
 
 
 def _batch_problems(data: DataConfig, workers: WorkersConfig) -> list[str]:

@@ -1,17 +1,85 @@
-"""What the training workers' hosts offer the fast SFT paths, probed where they run.
+"""What the training workers' hosts offer the fast SFT paths, and what ``auto`` picks there.
+
+``resolve(cfg, hardware)`` replaces every ``auto`` speed setting. On GPUs: flash-attn when it
+imports, else torch's own varlen kernel (``bridge_ray.platforms.attention``), else sdpa;
+liger-kernel when it imports, else verl's fused Triton kernels; a token budget that suits the
+attention. CPU workers get what runs on gloo: sdpa, no kernels.
 
 ``probe()`` answers for this process (imports, the visible GPU); ``probe_workers(cfg)`` runs
 it as a one-GPU Ray task, on a fresh worker process that exits afterwards (its CUDA context
-with it), so the driver can resolve a config's ``auto`` settings before training starts.
+with it), so the driver can resolve a config before training starts.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
-from bridge_ray.sft.config import Hardware, SFTConfig
+if TYPE_CHECKING:
+    from bridge_ray.sft.config import SFTConfig
+
+# Tokens per worker micro batch when max_tokens_per_worker="auto": varlen kernels cost O(sum of
+# sample lengths^2); sdpa on a packed row builds a dense T x T mask, so it gets a smaller row.
+AUTO_TOKENS_VARLEN = 16384
+AUTO_TOKENS_SDPA = 4096
 
 # torch's varlen kernel is a flash kernel: Ampere (8.0) or newer.
 MIN_VARLEN_CAPABILITY = (8, 0)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What a training worker's host offers the fast paths (``bridge_ray.sft.hardware.probe``).
+
+    ``gpu`` is the device name (None on CPU); each flag says whether that piece imports and,
+    for ``torch_varlen``, whether the GPU runs torch's varlen kernel (compute capability >= 8.0).
+    """
+
+    gpu: Optional[str] = None
+    flash_attn: bool = False
+    torch_varlen: bool = False
+    liger: bool = False
+    triton: bool = False
+
+
+# What GPU workers are assumed to offer when nobody probed them (dry runs): a CUDA build of
+# torch >= 2.10 on an Ampere-or-newer GPU, and neither flash-attn nor liger-kernel.
+UNPROBED_GPU = Hardware(gpu="unprobed", torch_varlen=True, triton=True)
+
+
+def _auto_attention(hw: Hardware, packed: bool) -> str:
+    if hw.flash_attn:
+        return "flash_attention_2"
+    return "torch_varlen" if packed and hw.torch_varlen else "sdpa"
+
+
+def _auto_kernels(hw: Hardware) -> str:
+    if hw.liger:
+        return "liger"
+    return "fused" if hw.triton else "none"
+
+
+def resolve(cfg: SFTConfig, hardware: Hardware | None = None) -> SFTConfig:
+    """``cfg`` with every ``auto`` replaced by the fastest correct choice for ``hardware``.
+
+    CPU workers get sdpa and no kernels whatever ``hardware`` says; GPU workers without a
+    probe are taken to be ``UNPROBED_GPU``. A resolved config comes back unchanged.
+
+    Args:
+        cfg: A config whose speed fields may say ``auto``.
+        hardware: What the workers' hosts offer (``bridge_ray.sft.hardware.probe``).
+    """
+    hw = (hardware or UNPROBED_GPU) if cfg.workers.use_gpu else Hardware()
+    model, data = cfg.model, cfg.data
+    if model.attn_implementation == "auto":
+        model = dataclasses.replace(model, attn_implementation=_auto_attention(hw, model.use_remove_padding))
+    if model.kernels == "auto":
+        model = dataclasses.replace(model, kernels=_auto_kernels(hw))
+    if data.max_tokens_per_worker == "auto":
+        tokens = (AUTO_TOKENS_SDPA if model.attn_implementation in ("sdpa", "eager") else AUTO_TOKENS_VARLEN)
+        data = dataclasses.replace(data, max_tokens_per_worker=tokens if model.use_remove_padding else None)
+    return dataclasses.replace(cfg, model=model, data=data)
 
 
 def _imports(module: str) -> bool:
