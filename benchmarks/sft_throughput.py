@@ -178,8 +178,14 @@ def run_side(args, variant: str, pair: int, side: str, env: dict) -> dict:
                "--timed-worker", str(steps_file), "--", *sft.to_verl_overrides(cfg)]
         (run_dir / "verl_overrides.json").write_text(json.dumps(cmd[cmd.index("--") + 1:], indent=1))
         rc = run_logged(cmd, run_dir / "run.log", dict(env, **worker_env(cfg)), args.timeout)
+    return write_run_summary(run_dir, args, dict(variant=variant, pair=pair, side=side, rc=rc, wall_s=time.time() - t0))
+
+
+def write_run_summary(run_dir: Path, args, run: dict) -> dict:
+    """Summarise one run folder's step rows into its ``summary.json`` (``run``: variant, pair, side, rc, ...)."""
+    steps_file = run_dir / ("torchrun_steps.jsonl" if run["side"] == "torchrun" else "steps.jsonl")
     rows = [json.loads(line) for line in steps_file.read_text().splitlines()] if steps_file.exists() else []
-    summary = dict(summarize(rows, args), variant=variant, pair=pair, side=side, rc=rc, wall_s=time.time() - t0)
+    summary = dict(summarize(rows, args), **run)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -199,8 +205,11 @@ def summarize(rows: list[dict], args) -> dict:
     peaks = [row["peak_memory_gb"] for row in rows if row.get("peak_memory_gb") is not None]
     mfu = (tps * flops_per_token(args.model, seq_len) / (args.peak_tflops * 1e12)
            if args.peak_tflops and seq_len else None)
+    # Per-step rates' median: robust to a noisy neighbour stalling a few steps (shared CPU machines).
+    step_rates = [row["tokens"] / row["step_time_s"] / gpus for row in steady[1:]]
     return {"steps": len(rows), "steady_steps": len(steady) - 1, "s_per_step": seconds / (len(steady) - 1),
-            "tokens_per_s_per_gpu": tps, "mean_sample_tokens": seq_len, "mfu_torchtitan": mfu,
+            "tokens_per_s_per_gpu": tps, "tokens_per_s_per_gpu_median_step": statistics.median(step_rates),
+            "mean_sample_tokens": seq_len, "mfu_torchtitan": mfu,
             "peak_memory_gb": max(peaks) if peaks else None,
             "first_loss": rows[0]["loss"], "final_loss": rows[-1]["loss"], "losses": [row["loss"] for row in rows]}
 
@@ -240,17 +249,20 @@ def build_summary(out: Path) -> dict:
         pairs = {}
         for run in runs:
             pairs.setdefault(run["pair"], {})[run["side"]] = run
-        ratios, same_overrides = [], []
+        ratios, median_ratios, same_overrides = [], [], []
         base_ratios = []
         for k, sides in sorted(pairs.items()):
             a, b, c = (sides.get(s, {}).get("tokens_per_s_per_gpu") for s in ALL_SIDES)
             if a and b:
                 ratios.append(a / b)
+                median_ratios.append(sides["bridge"]["tokens_per_s_per_gpu_median_step"]
+                                     / sides["torchrun"]["tokens_per_s_per_gpu_median_step"])
             if c and b:
                 base_ratios.append(c / b)
             same_overrides.append(overrides_match(variant_dir / f"pair-{k}-bridge", variant_dir / f"pair-{k}-torchrun"))
         entry = {"pairs": len(pairs), "ratio_bridge_over_torchrun_per_pair": ratios,
                  "ratio_median": statistics.median(ratios) if ratios else None,
+                 "ratio_of_median_steps_per_pair": median_ratios,
                  "overrides_identical": same_overrides}
         if base_ratios:
             entry["ratio_base_over_torchrun_per_pair"] = base_ratios
@@ -258,7 +270,8 @@ def build_summary(out: Path) -> dict:
         for side in [s for s in ALL_SIDES if any(r["side"] == s for r in runs)]:
             ok = [r for r in runs if r["side"] == side and "tokens_per_s_per_gpu" in r]
             entry[side] = {key: statistics.median([r[key] for r in ok]) if ok and ok[0].get(key) is not None else None
-                           for key in ("tokens_per_s_per_gpu", "s_per_step", "mfu_torchtitan", "peak_memory_gb",
+                           for key in ("tokens_per_s_per_gpu", "tokens_per_s_per_gpu_median_step", "s_per_step",
+                                       "mfu_torchtitan", "peak_memory_gb",
                                        "mean_sample_tokens", "final_loss")}
             entry[side]["runs"] = len(ok)
         report["variants"][variant_dir.name] = entry
@@ -312,11 +325,16 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=420, help="seconds per run before its process group is killed")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak per GPU (default 989.4 on GPUs)")
     parser.add_argument("--summary", action="store_true", help="only rebuild OUT/summary.json from the runs found")
+    parser.add_argument("--recompute", action="store_true", help="with --summary: re-summarise each run's step rows")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.summary:
-        return print(json.dumps(build_summary(args.out), indent=2))
     args.peak_tflops = args.peak_tflops or (None if args.cpu else 989.4)
+    if args.summary:
+        if args.recompute:  # with the same --skip/--cpu/--gpus/--model/--peak-tflops as the runs
+            for path in args.out.glob("*/pair-*/summary.json"):
+                old = json.loads(path.read_text())
+                write_run_summary(path.parent, args, {k: old[k] for k in ("variant", "pair", "side", "rc", "wall_s")})
+        return print(json.dumps(build_summary(args.out), indent=2))
     from bridge_ray import sft
 
     args.hardware = sft.Hardware(**probe_host())

@@ -215,6 +215,8 @@ def test_dry_run_shows_the_resolved_fast_settings(bridge_home):
     assert "data.max_token_len_per_gpu=16384" in shown["verl_overrides"]
     assert shown["speed"] == ("speed (GPU workers): packed micro batches of up to 16384 tokens, attention torch_varlen, "
                               "kernels fused, gradient checkpointing off, FSDP reshard after forward off")
+    seed = sft.dry_run(sft.sft_gsm8k_llama1b_seed())
+    assert seed["speed"].startswith("speed (GPU workers): padded micro batches of 8 samples, attention sdpa, kernels none")
 
 
 def test_validation_collects_every_problem():

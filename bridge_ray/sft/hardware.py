@@ -123,10 +123,12 @@ def probe_workers(cfg: SFTConfig) -> Hardware:
 def describe(cfg: SFTConfig, hardware: Hardware | None) -> str:
     """One line: the speed settings a resolved ``cfg`` trains with, and what they were chosen for."""
     model, tokens = cfg.model, cfg.data.max_tokens_per_worker
-    batch = (f"packed micro batches of up to {tokens} tokens" if tokens and model.use_remove_padding
-             else f"micro batches of {cfg.data.micro_batch_size_per_worker} samples"
-             + (", packed" if model.use_remove_padding else ", padded"))
-    where = f"probed {hardware.gpu}" if hardware and hardware.gpu else ("CPU workers" if not cfg.workers.use_gpu else "GPU workers")
-    return (f"speed ({where}): {batch}, attention {model.attn_implementation}, kernels {model.kernels}, "
-            f"gradient checkpointing {'on' if model.gradient_checkpointing else 'off'}, "
+    size = f"up to {tokens} tokens" if tokens else f"{cfg.data.micro_batch_size_per_worker} samples"
+    layout = "packed" if model.use_remove_padding else "padded"
+    if hardware and hardware.gpu:
+        where = f"probed {hardware.gpu}"
+    else:
+        where = "GPU workers" if cfg.workers.use_gpu else "CPU workers"
+    return (f"speed ({where}): {layout} micro batches of {size}, attention {model.attn_implementation}, "
+            f"kernels {model.kernels}, gradient checkpointing {'on' if model.gradient_checkpointing else 'off'}, "
             f"FSDP reshard after forward {'on' if cfg.workers.reshard_after_forward else 'off'}")
