@@ -5,10 +5,11 @@ seed's run, ``default`` the fast preset as it resolves on this host), each pair 
 back to back, the order alternating from pair to pair:
   bridge:   ``bridge-ray submit recipes/sft_gsm8k.py --follow`` on a local ``bridge-ray up`` cluster
             (Ray Job -> TorchTrainer -> verl's SFTTrainer); per-step times are the worker's own
-            (rank 0's ``steps.jsonl``, ``time.perf_counter`` between consecutive steps);
+            (rank 0's ``steps.jsonl``: ``time.perf_counter`` and ``time.process_time`` between
+            consecutive steps);
   torchrun: ``torchrun --standalone -m`` this file's ``--timed-worker`` mode, which is
             ``python -m verl.trainer.sft_trainer`` (same Hydra compose, same ``SFTTrainer.fit``)
-            plus one ``perf_counter`` stamp per step on rank 0, with exactly the verl overrides
+            plus the same two stamps per step on rank 0, with exactly the verl overrides
             bridge-ray wrote to its run's ``config.json`` (checked equal, paths aside).
 Steady state = the steps after ``--skip``: tokens / (t_last - t_skip). Peak memory is verl's
 ``perf/max_memory_allocated_gb``. MFU follows torchtitan: FLOPs/token = 6·N + 12·L·H·Q·T, N the
@@ -74,7 +75,7 @@ def exe(name: str) -> str:
 # ---- the torchrun side's worker: verl's own entry point plus a per-step clock ------------------
 
 def timed_worker(steps_file: str, overrides: list[str]) -> None:
-    """``verl.trainer.sft_trainer.main`` with one ``perf_counter`` row per step (rank 0), nothing else."""
+    """``verl.trainer.sft_trainer.main`` with one timed row per step (rank 0), nothing else."""
     import torch.distributed
     from hydra import compose, initialize_config_module
     from verl.trainer.sft_trainer import SFTTrainer
@@ -89,18 +90,19 @@ def timed_worker(steps_file: str, overrides: list[str]) -> None:
     trainer = SFTTrainer(config=config)
     if torch.distributed.get_rank() == 0:
         client, train_batch, out = trainer.training_client, trainer.training_client.train_batch, open(steps_file, "a")
-        last = [time.perf_counter(), trainer.resume_global_step]
+        last = [time.perf_counter(), trainer.resume_global_step, time.process_time()]
 
         def timed_train_batch(data, *args, **kwargs):
             output = train_batch(data, *args, **kwargs)
-            now, metrics = time.perf_counter(), tu.get(output, "metrics")
+            now, cpu, metrics = time.perf_counter(), time.process_time(), tu.get(output, "metrics")
             last[1] += 1
             out.write(json.dumps({"step": last[1], "tokens": int(sum(tu.get(data, "global_token_num"))),
                                   "samples": len(tu.get(data, "global_token_num")), "step_time_s": now - last[0],
+                                  "cpu_time_s": cpu - last[2],
                                   "loss": float(metrics["loss"]),
                                   "peak_memory_gb": metrics.get("perf/max_memory_allocated_gb")}) + "\n")
             out.flush()
-            last[0] = now
+            last[0], last[2] = now, cpu
             return output
 
         client.train_batch = timed_train_batch
@@ -207,8 +209,12 @@ def summarize(rows: list[dict], args) -> dict:
            if args.peak_tflops and seq_len else None)
     # Per-step rates' median: robust to a noisy neighbour stalling a few steps (shared CPU machines).
     step_rates = [row["tokens"] / row["step_time_s"] / gpus for row in steady[1:]]
+    # Rank 0's process CPU seconds a step (all its threads): what the step costs the host, whatever
+    # share of the CPUs the process got.
+    cpu = [row["cpu_time_s"] for row in steady[1:] if row.get("cpu_time_s") is not None]
     return {"steps": len(rows), "steady_steps": len(steady) - 1, "s_per_step": seconds / (len(steady) - 1),
             "tokens_per_s_per_gpu": tps, "tokens_per_s_per_gpu_median_step": statistics.median(step_rates),
+            "cpu_s_per_step_median": statistics.median(cpu) if cpu else None,
             "mean_sample_tokens": seq_len, "mfu_torchtitan": mfu,
             "peak_memory_gb": max(peaks) if peaks else None,
             "first_loss": rows[0]["loss"], "final_loss": rows[-1]["loss"], "losses": [row["loss"] for row in rows]}
@@ -271,6 +277,7 @@ def build_summary(out: Path) -> dict:
             ok = [r for r in runs if r["side"] == side and "tokens_per_s_per_gpu" in r]
             entry[side] = {key: statistics.median([r[key] for r in ok]) if ok and ok[0].get(key) is not None else None
                            for key in ("tokens_per_s_per_gpu", "tokens_per_s_per_gpu_median_step", "s_per_step",
+                                       "cpu_s_per_step_median",
                                        "mfu_torchtitan", "peak_memory_gb",
                                        "mean_sample_tokens", "final_loss")}
             entry[side]["runs"] = len(ok)

@@ -49,7 +49,7 @@ class StepHook:
         self.pending: dict | None = None
         self.val_losses: list[float] = []
         self.last_row: dict = {}
-        self.last_time = time.perf_counter()
+        self.last_time, self.last_cpu = time.perf_counter(), time.process_time()
 
     def install(self) -> None:
         """Wrap this trainer's ``train_batch``/``infer_batch`` (instance attributes, verl untouched)."""
@@ -74,17 +74,18 @@ class StepHook:
     def _record(self, data, output) -> None:
         from verl.utils import tensordict_utils as tu
 
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         metrics = _metrics(output)
         lengths = tu.get(data, "global_token_num")
         tokens = int(sum(lengths))
-        seconds = now - self.last_time
-        self.last_time = now
+        seconds, cpu_seconds = now - self.last_time, cpu - self.last_cpu
+        self.last_time, self.last_cpu = now, cpu
         self.step += 1
         self.pending = {
             "step": self.step, "total_steps": self.trainer.total_training_steps,
             "loss": float(metrics["loss"]), "lr": metrics.get("lr"), "grad_norm": metrics.get("grad_norm"),
             "mfu": metrics.get("mfu"), "tokens": tokens, "samples": len(lengths), "step_time_s": seconds,
+            "cpu_time_s": cpu_seconds,
             "peak_memory_gb": metrics.get("perf/max_memory_allocated_gb"),
             "tokens_per_s": tokens / seconds, "tokens_per_s_per_worker": tokens / seconds / self.world_size,
         }
