@@ -150,3 +150,15 @@ def test_verl_loads_the_plugin_through_model_external_lib(tmp_path):
 def test_probe_on_this_cpu_machine_finds_no_gpu():
     assert not torch.cuda.is_available()  # this tier runs on the CPU machine
     assert hardware.probe() == sft.Hardware()
+
+
+def test_models_with_sliding_windows_are_refused(reference):
+    model = tiny_llama()
+    model.config._attn_implementation = "torch_varlen"
+    _, positions = packed([3, 3])
+    layer = model.model.layers[0].self_attn
+    q = torch.zeros(1, 4, 6, 16)
+    with pytest.raises(ValueError, match=r"^attention 'torch_varlen' does not do sliding_window \(this model uses it\): "
+                                         r"set sft.model.attn_implementation=sdpa or flash_attention_2$"):
+        attention.varlen_attention_forward(layer, q, q[:, :2], q[:, :2], None, position_ids=positions,
+                                           sliding_window=4)

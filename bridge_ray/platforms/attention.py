@@ -92,7 +92,8 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
 
     Raises:
         ValueError: for input that is not one packed row with position ids (padded batches and
-            generation with a KV cache need ``sdpa``), or attention dropout during training.
+            generation with a KV cache need ``sdpa``), attention dropout during training, or a
+            model that needs sliding windows, logit soft-capping or attention sinks.
     """
     if query.shape[0] != 1 or position_ids is None or key.shape[2] != query.shape[2]:
         raise ValueError(f"attention {ATTENTION_NAME!r} takes one packed row with position_ids and no KV cache, got "
@@ -100,6 +101,10 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
                          "attn_implementation=sdpa")
     if dropout and module.training:
         raise ValueError(f"attention {ATTENTION_NAME!r} has no attention dropout: set the model's attention_dropout=0")
+    unsupported = [name for name in ("sliding_window", "softcap", "s_aux") if kwargs.get(name) is not None]
+    if unsupported:
+        raise ValueError(f"attention {ATTENTION_NAME!r} does not do {', '.join(unsupported)} (this model uses it): "
+                         "set sft.model.attn_implementation=sdpa or flash_attention_2")
     cu_seqlens, max_len = boundaries(position_ids)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     packed = [t[0].transpose(0, 1).contiguous() for t in (query, key, value)]  # (T, H, D); no copy from q/k/v_proj
