@@ -355,7 +355,12 @@ def main() -> None:
     subprocess.run([exe("bridge-ray"), "down", "--name", "bench"], env=env)  # one a killed command left behind
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: kill the run, stop the cluster
     up = [exe("bridge-ray"), "up", "--name", "bench"] + (["--num-cpus=2"] if args.cpu else [f"--num-gpus={args.gpus}"])
-    subprocess.run(up, env=env, check=True)
+    for attempt in range(3):  # `ray start` can time out on an overloaded machine
+        if subprocess.run(up, env=env).returncode == 0:
+            break
+        subprocess.run([exe("bridge-ray"), "down", "--name", "bench"], env=env)
+    else:
+        sys.exit("bridge-ray up failed 3 times")
     try:
         for pair in pair_range(args.pairs):
             for variant in args.variants.split(","):
