@@ -30,11 +30,11 @@ class StepHook:
     step's metrics are held until validation is done and written when the next step starts
     (or by ``finish()`` after the last step): rank 0 prints one line and appends a row to
     ``<output_dir>/steps.jsonl``. Nothing per step leaves the process: ``ray.train.report`` is
-    a cross-rank barrier through a Ray actor plus a hand-off to Ray Train's controller, which
-    cost 15-50 ms a step on a loaded 2-core machine and a fixed 0.1-0.3 s a step on the GPU
-    host; it runs once, in ``finish()``, with the final row. Fault tolerance does not need
-    it: Ray Train restarts the worker group on a failure and verl resumes from its own
-    checkpoint.
+    a cross-rank barrier through a Ray actor plus a hand-off to Ray Train's controller; per step
+    it made steps 10 % slower on the CPU machine and 0.1-0.3 s slower on the GPU host
+    (``benchmarks/RESULTS.md``). It runs once, in ``finish()``, with the final row. Fault
+    tolerance does not need it: Ray Train restarts the worker group on a failure and verl
+    resumes from its own checkpoint.
 
     ``BRIDGE_RAY_TEST_KILL_AT_STEP=k`` (tests only) makes the highest rank ``os._exit(1)``
     right after step k, once per output_dir (a marker file records it), to exercise
