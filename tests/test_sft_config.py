@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +13,8 @@ from bridge_ray.errors import ConfigError, PreflightError
 from bridge_ray.platforms import cpu_env
 from bridge_ray.sft.config import validate
 from bridge_ray.sft.preflight import check_resources
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny(**changes) -> sft.SFTConfig:
@@ -26,8 +31,8 @@ def compose(overrides: list[str]):
 
 @pytest.mark.parametrize("preset", [
     lambda: sft.sft_tiny_cpu("/m", "/d/train.parquet", "/d/val.parquet", "/out"),
-    sft.sft_gsm8k_llama1b,
-], ids=["sft_tiny_cpu", "sft_gsm8k_llama1b"])
+    sft.sft_gsm8k_llama1b_seed,
+], ids=["sft_tiny_cpu", "sft_gsm8k_llama1b_seed"])
 def test_overrides_compose_against_verl(preset):
     cfg = validate(preset())
     verl = compose(sft.to_verl_overrides(cfg))
@@ -36,30 +41,98 @@ def test_overrides_compose_against_verl(preset):
     assert verl.data.train_batch_size == cfg.data.global_batch_size
     assert verl.data.micro_batch_size_per_gpu == cfg.data.micro_batch_size_per_worker
     assert verl.data.pad_mode == "no_padding" and verl.data.use_dynamic_bsz is False
-    assert verl.model.override_config.attn_implementation == "sdpa"
+    assert verl.model.override_config.attn_implementation == "sdpa" and verl.model.external_lib is None
     assert verl.model.use_remove_padding is False
+    assert verl.model.use_liger is False and verl.model.use_fused_kernels is False
     assert verl.engine.strategy == "fsdp2" and verl.engine.use_torch_compile is False
+    assert verl.engine.reshard_after_forward is True
     assert verl.optim.lr == cfg.optim.lr
     assert verl.trainer.default_local_dir == cfg.trainer.output_dir + "/checkpoints"
     assert verl.trainer.resume_mode == "auto"
     assert list(verl.trainer.logger) == list(cfg.trainer.loggers)
 
 
-def test_gsm8k_llama1b_preset_matches_the_seed():
-    cfg = sft.sft_gsm8k_llama1b()
+def test_seed_preset_keeps_the_seeds_settings():
+    cfg = sft.sft_gsm8k_llama1b_seed()
     assert cfg.model.path.endswith("Llama-3.2-1B-Instruct")
     assert cfg.data.micro_batch_size_per_worker == 8 and cfg.trainer.total_epochs == 2
     assert cfg.workers.use_gpu and cfg.trainer.output_dir.startswith("/")
     verl = compose(sft.to_verl_overrides(cfg))
+    assert verl.model.enable_gradient_checkpointing is True
     assert verl.trainer.device == "cuda" and verl.trainer.total_training_steps is None
     assert verl.data.val_files[0].endswith("gsm8k/val.parquet")
 
 
-def test_cpu_preset_targets_cpu_and_no_val_is_null():
-    cfg = sft.sft_tiny_cpu("/m", "/d/train.parquet", None, "/out")
+def test_gpu_preset_is_fast_by_default_on_the_same_batches():
+    fast, seed = sft.sft_gsm8k_llama1b(), sft.sft_gsm8k_llama1b_seed()
+    assert (fast.model.attn_implementation, fast.model.kernels, fast.data.max_tokens_per_worker) == ("auto",) * 3
+    assert fast.model.use_remove_padding and not fast.model.gradient_checkpointing
+    assert not fast.workers.reshard_after_forward
+    # the same samples in the same steps: global batch, epochs, optimiser, seed
+    for group in ("optim", "trainer"):
+        assert getattr(fast, group) == getattr(seed, group)
+    assert (fast.data.global_batch_size, fast.data.train_files) == (seed.data.global_batch_size, seed.data.train_files)
+
+
+H200_PLAIN = sft.Hardware(gpu="NVIDIA H200", torch_varlen=True, triton=True)
+
+
+@pytest.mark.parametrize("hardware, attention, kernels, tokens", [
+    (H200_PLAIN, "torch_varlen", "fused", 16384),
+    (sft.Hardware(gpu="NVIDIA H200", torch_varlen=True, triton=True, liger=True), "torch_varlen", "liger", 16384),
+    (sft.Hardware(gpu="NVIDIA H100", flash_attn=True, torch_varlen=True, triton=True, liger=True),
+     "flash_attention_2", "liger", 16384),
+    (sft.Hardware(gpu="Tesla V100", triton=True), "sdpa", "fused", 4096),  # no varlen kernel before sm80
+    (sft.Hardware(gpu="some GPU"), "sdpa", "none", 4096),
+    (None, "torch_varlen", "fused", 16384),  # unprobed (dry runs): hardware.UNPROBED_GPU
+], ids=["h200", "h200+liger", "flash-attn+liger", "v100", "bare", "unprobed"])
+def test_auto_picks_the_fastest_correct_settings(hardware, attention, kernels, tokens):
+    cfg = validate(sft.resolve(sft.sft_gsm8k_llama1b(), hardware))
+    assert (cfg.model.attn_implementation, cfg.model.kernels, cfg.data.max_tokens_per_worker) == (attention, kernels, tokens)
+    assert sft.resolve(cfg, hardware) == cfg
+
+
+def test_auto_on_cpu_workers_keeps_what_runs_on_gloo():
+    cfg = tiny(**{"model.attn_implementation": "auto", "model.kernels": "auto", "model.use_remove_padding": "true",
+                  "data.max_tokens_per_worker": "auto"})
+    got = validate(sft.resolve(cfg, sft.Hardware(gpu="NVIDIA H200", flash_attn=True, liger=True, triton=True)))
+    assert (got.model.attn_implementation, got.model.kernels, got.data.max_tokens_per_worker) == ("sdpa", "none", 4096)
+
+
+def test_auto_without_packing_stays_padded():
+    cfg = sft.apply_overrides(sft.sft_gsm8k_llama1b(), ["sft.model.use_remove_padding=false"])
+    got = sft.resolve(cfg, H200_PLAIN)
+    assert (got.model.attn_implementation, got.data.max_tokens_per_worker) == ("sdpa", None)
+
+
+@pytest.mark.parametrize("attention", ["flash_attention_2", "torch_varlen", "sdpa", "eager"])
+@pytest.mark.parametrize("kernels", ["liger", "fused", "liger+fused", "none"])
+def test_every_speed_field_composes_against_verl(attention, kernels):
+    """Each new field reaches verl's own Hydra config under the key and with the value verl reads."""
+    from verl.utils.config import omega_conf_to_dataclass
+
+    cfg = validate(sft.apply_overrides(sft.sft_gsm8k_llama1b(), [
+        f"sft.model.attn_implementation={attention}", f"sft.model.kernels={kernels}", "sft.data.max_tokens_per_worker=8192",
+        "sft.model.gradient_checkpointing=true", "sft.workers.reshard_after_forward=true"]))
     verl = compose(sft.to_verl_overrides(cfg))
-    assert verl.trainer.device == "cpu" and verl.data.val_files is None
-    assert verl.trainer.total_training_steps == 6
+    assert verl.model.override_config.attn_implementation == attention
+    assert verl.model.external_lib == ("bridge_ray.platforms.attention" if attention == "torch_varlen" else None)
+    assert verl.model.use_remove_padding is True and verl.model.enable_gradient_checkpointing is True
+    assert verl.model.use_liger is (kernels in ("liger", "liger+fused"))
+    assert verl.model.use_fused_kernels is (kernels in ("fused", "liger+fused"))
+    if verl.model.use_fused_kernels:
+        assert verl.model.fused_kernel_options.impl_backend == ("liger" if kernels == "liger+fused" else "triton")
+    assert verl.data.use_dynamic_bsz is True and verl.data.max_token_len_per_gpu == 8192
+    engine = omega_conf_to_dataclass(verl.engine)  # verl's FSDPEngineConfig: types checked by verl
+    assert engine.reshard_after_forward is True
+
+
+def test_fast_preset_composes_against_verl():
+    verl = compose(sft.to_verl_overrides(sft.resolve(sft.sft_gsm8k_llama1b(), H200_PLAIN)))
+    assert verl.model.override_config.attn_implementation == "torch_varlen"
+    assert verl.model.use_remove_padding is True and verl.model.enable_gradient_checkpointing is False
+    assert verl.data.use_dynamic_bsz is True and verl.data.max_token_len_per_gpu == 16384
+    assert verl.engine.reshard_after_forward is False
 
 
 def test_dotted_overrides_apply_and_stay_frozen():
@@ -88,9 +161,22 @@ def test_unknown_override_names_the_group_keys():
     ({"data.micro_batch_size_per_worker": "3"}, "per-worker batch 4 must be divisible by "
                                                 "data.micro_batch_size_per_worker=3"),
     ({"data.pad_mode": "right"}, "data.pad_mode='right': verl 0.9.1's FSDP engine trains only with no_padding"),
-    ({"model.use_remove_padding": "true"}, "model.use_remove_padding=true needs model.attn_implementation="
-                                           "flash_attention_2 (flash-attn varlen); set "
-                                           "sft.model.use_remove_padding=false for sdpa"),
+    ({"model.attn_implementation": "flash_attention_2"}, "model.attn_implementation=flash_attention_2 runs on GPUs "
+                                                          "only: set sft.model.attn_implementation=sdpa for CPU workers "
+                                                          "(workers.gpus_per_worker=0)"),
+    ({"model.attn_implementation": "torch_varlen", "model.use_remove_padding": "true"},
+     "model.attn_implementation=torch_varlen runs on GPUs only: set sft.model.attn_implementation=sdpa for CPU "
+     "workers (workers.gpus_per_worker=0)"),
+    ({"model.kernels": "liger"}, "model.kernels=liger runs on GPUs only (Triton): set sft.model.kernels=none for CPU "
+                                 "workers (workers.gpus_per_worker=0)"),
+    ({"data.max_tokens_per_worker": "256"}, "data.max_tokens_per_worker=256 is below data.max_length=512: a whole "
+                                            "sample must fit in one micro batch; raise it, or set "
+                                            "sft.data.max_tokens_per_worker=null"),
+    ({"model.attn_implementation": "flash-attn"}, "model.attn_implementation='flash-attn' is not one of 'auto', "
+                                                  "'flash_attention_2', 'torch_varlen', 'sdpa', 'eager'"),
+    ({"model.kernels": "triton"}, "model.kernels='triton' is not one of 'auto', 'liger', 'fused', 'liger+fused', "
+                                  "'none'"),
+    ({"data.max_tokens_per_worker": "lots"}, "data.max_tokens_per_worker='lots' is not an integer"),
     ({"trainer.save_freq": "0"}, "trainer.save_freq=0: use -1 (off) or a step count >= 1"),
     ({"trainer.loggers": "[console,mlflow]"}, "trainer.loggers has ['mlflow']: choose from "
                                               "console, wandb, file, tensorboard"),
@@ -101,6 +187,36 @@ def test_validation_messages(changes, message):
     with pytest.raises(ConfigError) as err:
         validate(tiny(**changes))
     assert message in err.value.problems
+
+
+def test_varlen_attention_needs_packing_on_gpus():
+    cfg = sft.apply_overrides(sft.sft_gsm8k_llama1b(), ["sft.model.attn_implementation=torch_varlen",
+                                                        "sft.model.use_remove_padding=false"])
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert err.value.problems == ["model.attn_implementation=torch_varlen needs packed batches: set "
+                                  "sft.model.use_remove_padding=true, or sft.model.attn_implementation=sdpa"]
+
+
+def test_invalid_combination_is_one_line_and_exit_2_from_the_recipe(bridge_home):
+    """What a user sees running the recipe with a bad combination: one line, exit 2, nothing started."""
+    out = subprocess.run([sys.executable, str(REPO / "recipes" / "sft_gsm8k.py"), "--dry-run", "preset=sft_gsm8k_llama1b",
+                          "sft.model.attn_implementation=torch_varlen", "sft.model.use_remove_padding=false"],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == ["error: model.attn_implementation=torch_varlen needs packed batches: set "
+                                       "sft.model.use_remove_padding=true, or sft.model.attn_implementation=sdpa"]
+    assert out.stdout == ""
+
+
+def test_dry_run_shows_the_resolved_fast_settings(bridge_home):
+    shown = sft.dry_run(sft.sft_gsm8k_llama1b())
+    assert shown["sft"]["model"]["attn_implementation"] == "torch_varlen" and shown["probed_at_run_time"] is True
+    assert "data.max_token_len_per_gpu=16384" in shown["verl_overrides"]
+    assert shown["speed"] == ("speed (GPU workers): packed micro batches of up to 16384 tokens, attention torch_varlen, "
+                              "kernels fused, gradient checkpointing off, FSDP reshard after forward off")
+    seed = sft.dry_run(sft.sft_gsm8k_llama1b_seed())
+    assert seed["speed"].startswith("speed (GPU workers): padded micro batches of 8 samples, attention sdpa, kernels none")
 
 
 def test_validation_collects_every_problem():
@@ -187,7 +303,8 @@ def test_recipe_args(argv, expected):
 
 
 def test_unknown_preset():
-    with pytest.raises(ConfigError, match="unknown preset 'llama70b': choose from sft_gsm8k_llama1b, sft_tiny_cpu"):
+    with pytest.raises(ConfigError, match="unknown preset 'llama70b': choose from sft_gsm8k_llama1b, "
+                                          "sft_gsm8k_llama1b_seed, sft_tiny_cpu"):
         sft.parse_args(["preset=llama70b"], default_preset="sft_tiny_cpu")
 
 

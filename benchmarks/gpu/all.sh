@@ -10,7 +10,7 @@ eval "$(bash benchmarks/gpu/install.sh "$parts")" || exit 1
 echo "== install $(( $(date +%s) - t0 )) s"
 export VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 mkdir -p /tmp/o
-(CUDA_VISIBLE_DEVICES=0 timeout "${SFT_BUDGET:-520}" bash benchmarks/gpu/sft.sh /tmp/o/sft 1 "${SFT_VARIANTS:-seed,mb32_nockpt}") \
+(CUDA_VISIBLE_DEVICES=0 timeout "${SFT_BUDGET:-520}" bash benchmarks/gpu/sft.sh /tmp/o/sft assets "pairs=${SFT_VARIANTS:-seed,default}@0" summary) \
   > /tmp/o/sft.txt 2>&1 &
 (CUDA_VISIBLE_DEVICES=1 GPUS=1 STEPS="${PPO_STEPS:-6}" RUN_TIMEOUT="${RUN_TIMEOUT:-220}" timeout "${PPO_BUDGET:-520}" \
   bash benchmarks/gpu_ppo.sh /tmp/o/ppo ${PPO_STAGES:-assets grpo-plain grpo-bridge summary}) > /tmp/o/ppo.txt 2>&1 &

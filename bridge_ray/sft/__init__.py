@@ -19,11 +19,13 @@ from bridge_ray.sft.config import (
     parse_args,
     run_dir,
     sft_gsm8k_llama1b,
+    sft_gsm8k_llama1b_seed,
     sft_tiny_cpu,
     to_verl_overrides,
     validate,
 )
-from bridge_ray.sft.trainer import SFTResult, TrainingFailed, fit
+from bridge_ray.sft.hardware import Hardware, resolve
+from bridge_ray.sft.trainer import SFTResult, TrainingFailed, dry_run, fit, from_args, main
 
 
 def apply_overrides(cfg: SFTConfig, overrides: list[str]) -> SFTConfig:
@@ -36,6 +38,7 @@ def apply_overrides(cfg: SFTConfig, overrides: list[str]) -> SFTConfig:
 __all__ = [
     "PRESETS",
     "DataConfig",
+    "Hardware",
     "ModelConfig",
     "OptimConfig",
     "SFTConfig",
@@ -44,11 +47,16 @@ __all__ = [
     "TrainingFailed",
     "WorkersConfig",
     "apply_overrides",
+    "dry_run",
     "fit",
+    "from_args",
     "home_dir",
+    "main",
     "parse_args",
+    "resolve",
     "run_dir",
     "sft_gsm8k_llama1b",
+    "sft_gsm8k_llama1b_seed",
     "sft_tiny_cpu",
     "to_verl_overrides",
     "validate",

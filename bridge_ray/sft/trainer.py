@@ -20,15 +20,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from bridge_ray import driver, hub, runs, tracking, walltime
 from bridge_ray.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
-from bridge_ray.config import to_dict
+from bridge_ray.config import apply_overrides, to_dict
 from bridge_ray.errors import BridgeRayError
 from bridge_ray.platforms import cpu_env
-from bridge_ray.sft.config import SFTConfig, checkpoint_dir, to_verl_overrides, validate
+from bridge_ray.sft import hardware
+from bridge_ray.sft.config import PRESETS, SFTConfig, checkpoint_dir, parse_args, to_verl_overrides, validate
+from bridge_ray.sft.hardware import resolve
 from bridge_ray.sft.worker import KILL_AT_STEP_ENV, STEPS_FILE
 
 
@@ -49,14 +53,10 @@ class SFTResult:
     sample: str
 
 
-# Ray Train's controller drains each worker's one-slot report queue once per health check
-# (2 s by default), so a per-step ray.train.report would cap training at 0.5 steps/s.
-TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-
-
 def connect() -> None:
-    """Attach to the running cluster, with Ray Train's poll interval short enough for per-step reports."""
-    driver.connect({TRAIN_POLL_ENV: "0.05"})
+    """Attach to the running cluster (Ray Train keeps its own 2 s health-check interval: workers
+    report once, at the end, so nothing waits on the controller's poll)."""
+    driver.connect()
 
 
 def worker_env(cfg: SFTConfig) -> dict[str, str]:
@@ -154,9 +154,12 @@ def fit(cfg: SFTConfig) -> SFTResult:
     runs.record_job(output_dir, loggers=cfg.trainer.loggers)
     cfg = prepare_data(cfg)
     preflight(cfg)
+    hw = hardware.probe_workers(cfg) if hardware.needs_probe(cfg) else None
+    cfg = validate(resolve(cfg, hw))
+    print(f"[bridge-ray] {hardware.describe(cfg, hw)}", flush=True)
     (output_dir / "config.json").write_text(json.dumps(
-        {"sft": to_dict(cfg), "verl_overrides": to_verl_overrides(cfg), "worker_env": worker_env(cfg)},
-        indent=2, default=str))
+        {"sft": to_dict(cfg), "verl_overrides": to_verl_overrides(cfg), "worker_env": worker_env(cfg),
+         "hardware": to_dict(hw) if hw else None}, indent=2, default=str))
     try:
         result = build_trainer(cfg).fit()
     except Exception as err:  # Ray Train raises ControllerError / WorkerGroupError with the worker traceback
@@ -174,3 +177,58 @@ def fit(cfg: SFTConfig) -> SFTResult:
     runs.update_run(hf_model=str(hf_dir))
     hub.upload_after_run(hf_dir, cfg.trainer.hub_repo_id, cfg.trainer.hub_private)
     return SFTResult(output_dir, checkpoint, hf_dir, metrics, sample)
+
+
+def dry_run(cfg: SFTConfig) -> dict:
+    """What ``fit(cfg)`` would hand verl, composed against verl's own config; nothing starts.
+
+    ``auto`` settings resolve as for ``UNPROBED_GPU`` workers; a real run probes its workers.
+    """
+    from bridge_ray.sft.worker import compose_verl_config
+
+    validate(cfg)
+    resolved = validate(resolve(cfg))
+    overrides = to_verl_overrides(resolved)
+    compose_verl_config(overrides)
+    return {"sft": to_dict(resolved), "verl_overrides": overrides, "speed": hardware.describe(resolved, None),
+            "probed_at_run_time": hardware.needs_probe(cfg)}
+
+
+def from_args(argv: list[str], configs: dict[str, Callable[[], SFTConfig]] | None = None,
+              default_preset: str = "sft_tiny_cpu") -> SFTConfig:
+    """The config a recipe's arguments ask for: ``preset=NAME`` (see ``main``) and ``sft.*`` overrides.
+
+    ``--dry-run`` is ignored here (``main`` acts on it). A recipe's ``config(argv)`` returns this so
+    ``bridge-ray submit`` checks the arguments before submitting.
+
+    Raises:
+        ConfigError: an unknown preset or key, or a bad value.
+    """
+    preset, overrides = parse_args([a for a in argv if a != "--dry-run"], default_preset)
+    return apply_overrides({**PRESETS, **(configs or {})}[preset](), overrides, prefix="sft")
+
+
+def main(argv: list[str] | None = None, configs: dict[str, Callable[[], SFTConfig]] | None = None,
+         default_preset: str = "sft_tiny_cpu") -> SFTResult | None:
+    """A recipe's body: ``preset=NAME`` and ``sft.*`` overrides from ``argv``, then ``fit`` (or ``--dry-run``).
+
+    Errors print as one ``error: ...`` line and exit with their code (2: config/preflight, 1: run).
+
+    Args:
+        argv: the recipe's arguments (default ``sys.argv[1:]``).
+        configs: preset name -> a function building it, for presets the recipe builds itself
+            (e.g. on demo assets); the others come from ``PRESETS``.
+        default_preset: the preset without ``preset=``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = from_args(argv, configs, default_preset)
+        if "--dry-run" in argv:
+            print(json.dumps(dry_run(cfg), indent=2, default=str))
+            return None
+        result = fit(cfg)
+    except BridgeRayError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)
+    print(f"run folder: {result.output_dir}\nmerged Hugging Face model: {result.hf_model}", flush=True)
+    return result

@@ -1,0 +1,134 @@
+"""What the training workers' hosts offer the fast SFT paths, and what ``auto`` picks there.
+
+``resolve(cfg, hardware)`` replaces every ``auto`` speed setting. On GPUs: flash-attn when it
+imports, else torch's own varlen kernel (``bridge_ray.platforms.attention``), else sdpa;
+liger-kernel when it imports, else verl's fused Triton kernels; a token budget that suits the
+attention. CPU workers get what runs on gloo: sdpa, no kernels.
+
+``probe()`` answers for this process (imports, the visible GPU); ``probe_workers(cfg)`` runs
+it as a one-GPU Ray task, on a fresh worker process that exits afterwards (its CUDA context
+with it), so the driver can resolve a config before training starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from bridge_ray.sft.config import SFTConfig
+
+# Tokens per worker micro batch when max_tokens_per_worker="auto": varlen kernels cost O(sum of
+# sample lengths^2); sdpa on a packed row builds a dense T x T mask, so it gets a smaller row.
+AUTO_TOKENS_VARLEN = 16384
+AUTO_TOKENS_SDPA = 4096
+
+# torch's varlen kernel is a flash kernel: Ampere (8.0) or newer.
+MIN_VARLEN_CAPABILITY = (8, 0)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What a training worker's host offers the fast paths (``bridge_ray.sft.hardware.probe``).
+
+    ``gpu`` is the device name (None on CPU); each flag says whether that piece imports and,
+    for ``torch_varlen``, whether the GPU runs torch's varlen kernel (compute capability >= 8.0).
+    """
+
+    gpu: Optional[str] = None
+    flash_attn: bool = False
+    torch_varlen: bool = False
+    liger: bool = False
+    triton: bool = False
+
+
+# What GPU workers are assumed to offer when nobody probed them (dry runs): a CUDA build of
+# torch >= 2.10 on an Ampere-or-newer GPU, and neither flash-attn nor liger-kernel.
+UNPROBED_GPU = Hardware(gpu="unprobed", torch_varlen=True, triton=True)
+
+
+def _auto_attention(hw: Hardware, packed: bool) -> str:
+    if hw.flash_attn:
+        return "flash_attention_2"
+    return "torch_varlen" if packed and hw.torch_varlen else "sdpa"
+
+
+def _auto_kernels(hw: Hardware) -> str:
+    if hw.liger:
+        return "liger"
+    return "fused" if hw.triton else "none"
+
+
+def resolve(cfg: SFTConfig, hardware: Hardware | None = None) -> SFTConfig:
+    """``cfg`` with every ``auto`` replaced by the fastest correct choice for ``hardware``.
+
+    CPU workers get sdpa and no kernels whatever ``hardware`` says; GPU workers without a
+    probe are taken to be ``UNPROBED_GPU``. A resolved config comes back unchanged.
+
+    Args:
+        cfg: A config whose speed fields may say ``auto``.
+        hardware: What the workers' hosts offer (``bridge_ray.sft.hardware.probe``).
+    """
+    hw = (hardware or UNPROBED_GPU) if cfg.workers.use_gpu else Hardware()
+    model, data = cfg.model, cfg.data
+    if model.attn_implementation == "auto":
+        model = dataclasses.replace(model, attn_implementation=_auto_attention(hw, model.use_remove_padding))
+    if model.kernels == "auto":
+        model = dataclasses.replace(model, kernels=_auto_kernels(hw))
+    if data.max_tokens_per_worker == "auto":
+        tokens = (AUTO_TOKENS_SDPA if model.attn_implementation in ("sdpa", "eager") else AUTO_TOKENS_VARLEN)
+        data = dataclasses.replace(data, max_tokens_per_worker=tokens if model.use_remove_padding else None)
+    return dataclasses.replace(cfg, model=model, data=data)
+
+
+def _imports(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except Exception:  # a broken install (undefined symbols, wrong CUDA) counts as absent
+        return False
+    return True
+
+
+def probe() -> Hardware:
+    """What this process can use: its first visible GPU, flash-attn, torch's varlen kernel, liger, triton."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return Hardware()
+    return Hardware(
+        gpu=torch.cuda.get_device_name(0),
+        flash_attn=_imports("flash_attn"),
+        torch_varlen=(torch.cuda.get_device_capability(0) >= MIN_VARLEN_CAPABILITY
+                      and _imports("torch.nn.attention.varlen")),
+        liger=_imports("liger_kernel.transformers"),
+        triton=_imports("triton"),
+    )
+
+
+def needs_probe(cfg: SFTConfig) -> bool:
+    """Whether ``cfg`` has an ``auto`` setting that depends on the GPU workers' hosts."""
+    return cfg.workers.use_gpu and "auto" in (cfg.model.attn_implementation, cfg.model.kernels,
+                                               cfg.data.max_tokens_per_worker)
+
+
+def probe_workers(cfg: SFTConfig) -> Hardware:
+    """``probe()`` in a Ray task holding one of the GPUs the workers will use (connected driver only)."""
+    import ray
+
+    task = ray.remote(num_cpus=0, num_gpus=1, max_calls=1)(probe)
+    return ray.get(task.remote())
+
+
+def describe(cfg: SFTConfig, hardware: Hardware | None) -> str:
+    """One line: the speed settings a resolved ``cfg`` trains with, and what they were chosen for."""
+    model, tokens = cfg.model, cfg.data.max_tokens_per_worker
+    size = f"up to {tokens} tokens" if tokens else f"{cfg.data.micro_batch_size_per_worker} samples"
+    layout = "packed" if model.use_remove_padding else "padded"
+    if hardware and hardware.gpu:
+        where = f"probed {hardware.gpu}"
+    else:
+        where = "GPU workers" if cfg.workers.use_gpu else "CPU workers"
+    return (f"speed ({where}): {layout} micro batches of {size}, attention {model.attn_implementation}, "
+            f"kernels {model.kernels}, gradient checkpointing {'on' if model.gradient_checkpointing else 'off'}, "
+            f"FSDP reshard after forward {'on' if cfg.workers.reshard_after_forward else 'off'}")
