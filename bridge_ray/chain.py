@@ -64,6 +64,7 @@ def chain_tiny_cpu(run_dir: str, text_files, val_files, conversations) -> ChainC
     """Tiny everything on 2 CPU workers: a 320-piece tokenizer, the tiny pretrain and instruct presets."""
     from bridge_ray.instruct import instruct_tiny_cpu
 
+    text_files, val_files = tuple(text_files), tuple(val_files)
     return ChainConfig(
         run_dir=run_dir,
         tokenizer=TokenizerConfig(files=tuple(text_files), vocab_size=320, input_sentence_size=0),
@@ -75,7 +76,7 @@ def chain_1b(run_dir: str, text_files, conversations, num_gpus: int = 8) -> Chai
     """The older workflow's run on GPUs: a 32k unigram tokenizer, the 1B shape, instruction tuning."""
     from bridge_ray.instruct import instruct_1b
 
-    instruct = instruct_1b("", "")
+    instruct, text_files = instruct_1b("", ""), tuple(text_files)
     return ChainConfig(
         run_dir=run_dir,
         tokenizer=TokenizerConfig(files=tuple(text_files), vocab_size=32000, num_cpus=16),
@@ -122,6 +123,8 @@ def validate(cfg: ChainConfig) -> ChainConfig:
                         "message rows or messages files)")
     if cfg.conversations_mode not in ("top", "all"):
         problems.append(f"conversations_mode={cfg.conversations_mode!r}: use top or all")
+    if problems:
+        raise ConfigError(problems)
     planned = plan(cfg)
     for check, stage in ((tokenizer.validate, planned.tokenizer), (pretrain.validate, planned.pretrain),
                          (sft.validate, planned.instruct)):

@@ -38,7 +38,9 @@ def test_presets_compose_against_verls_config(preset, tmp_path):
     assert config.optim.lr_scheduler_type == "cosine" and list(config.optim.betas) == [0.9, 0.95]
     assert config.optim.lr_warmup_steps == cfg.optim.warmup_steps
     assert config.trainer.total_training_steps == cfg.trainer.total_steps and config.trainer.total_epochs == 3
-    assert config.engine.dtype == ("float32" if preset == "pretrain_tiny_cpu" else "bfloat16")
+    precision = config.engine.get("mixed_precision")
+    assert (dict(precision) if precision else None) == ({"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
+                                                        if preset == "pretrain_tiny_cpu" else None)
     assert config.model.use_fused_kernels is (preset != "pretrain_tiny_cpu")
 
 

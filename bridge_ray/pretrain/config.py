@@ -22,6 +22,10 @@ from bridge_ray.sft.config import WorkersConfig
 
 DATASET_MODULE = "pkg://bridge_ray.pretrain.dataset"
 DATASET_CLASS = "PackedTextDataset"
+# verl's FSDP engine computes in bf16 (params) / fp32 (reductions) unless ``engine.mixed_precision``
+# says otherwise; ``engine.dtype`` does not reach FSDP. fp32 also turns its autocast off.
+FP32_PARAMS = {"bfloat16": [], "float32": [f"+engine.mixed_precision.{name}=fp32"
+                                          for name in ("param_dtype", "reduce_dtype", "buffer_dtype")]}
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ def pretrain_tiny_cpu(tokenizer_path: str, train_files, val_files, output_dir: s
         model=ModelConfig(shape="tiny", tokenizer_path=tokenizer_path, dtype="float32"),
         data=DataConfig(train_files=tuple(train_files), val_files=tuple(val_files), seq_len=128,
                         global_batch_size=8, micro_batch_size_per_worker=4),
-        optim=OptimConfig(lr=3e-3, warmup_steps=2, weight_decay=0.01),
+        optim=OptimConfig(lr=1e-2, warmup_steps=2, weight_decay=0.01),
         workers=WorkersConfig(num_workers=2, cpus_per_worker=1),
         trainer=TrainerConfig(output_dir=output_dir, total_steps=16, save_freq=8, test_freq=8,
                               experiment_name="tiny-cpu"),
@@ -277,7 +281,7 @@ def to_verl_overrides(cfg: PretrainConfig, train_shards, val_shards=(), total_ep
         "data.pad_mode=no_padding",
         f"data.num_workers={data.num_loader_workers}",
         f"engine.strategy={workers.strategy}",
-        f"engine.dtype={model.dtype}",
+        *FP32_PARAMS[model.dtype],
         f"engine.use_torch_compile={workers.use_torch_compile}",
         f"optim.lr={optim.lr}",
         f"optim.betas=[{optim.beta1},{optim.beta2}]",
