@@ -188,8 +188,10 @@ def run(cfg: ChainConfig) -> dict[str, pipeline.StageRecord]:
         Whatever a stage raises (it stays unfinished; a rerun starts it again).
     """
     from bridge_ray import instruct, pretrain, runs, tokenizer
+    from bridge_ray.sft.trainer import connect
 
     cfg = plan(validate(cfg))
+    connect()  # the training stages' way of attaching (the tokenizer's would not set Ray Train's env)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     records = {

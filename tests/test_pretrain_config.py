@@ -13,7 +13,7 @@ from bridge_ray import pretrain
 from bridge_ray.errors import ConfigError
 from bridge_ray.pretrain.dataset import PackedTextDataset
 from bridge_ray.pretrain.model import SHAPES, flops_per_token, num_params, peak_flops
-from bridge_ray.pretrain.tokens import read_shard, shard_path, tokenize_file
+from bridge_ray.pretrain.tokens import shard_path, tokenize_file
 
 REPO = Path(__file__).resolve().parents[1]
 
