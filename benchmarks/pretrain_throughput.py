@@ -29,6 +29,7 @@ GPU's dense bf16 peak (989.4 TFLOP/s for H100/H200 SXM).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -43,7 +44,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SIDES = ("bridge", "torchrun")
-GPU = {"shape": "1b", "seq_len": 2048, "vocab": 32000, "docs": 40000, "steps": 20, "skip": 5,
+GPU = {"shape": "1b", "seq_len": 2048, "vocab": 32000, "docs": 20000, "steps": 20, "skip": 5,
        "overrides": ["pretrain.data.global_batch_size=64", "pretrain.data.micro_batch_size_per_worker=8",
                      "pretrain.optim.warmup_steps=5"]}
 CPU = {"shape": "tiny", "seq_len": 128, "vocab": 400, "docs": 1500, "steps": 8, "skip": 2,
@@ -63,12 +64,12 @@ def lexicon_text(out: Path, num_docs: int, seed: int = 0) -> list[Path]:
     rng = random.Random(seed)
     syllables = [a + b for a in "bcdfghjklmnprstvwz" for b in ("a", "e", "i", "o", "u", "ai", "ou", "an", "er")]
     words = list({"".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(80000)})[:60000]
-    weights = [1 / (rank + 10) for rank in range(len(words))]
+    cumulative = list(itertools.accumulate(1 / (rank + 10) for rank in range(len(words))))
     out.mkdir(parents=True, exist_ok=True)
     shards = [out / f"text-{i}.jsonl" for i in range(2)]
     with open(shards[0], "w") as a, open(shards[1], "w") as b:
         for i in range(num_docs):
-            sentences = [" ".join(rng.choices(words, weights, k=rng.randint(6, 20))).capitalize() + "."
+            sentences = [" ".join(rng.choices(words, cum_weights=cumulative, k=rng.randint(6, 20))).capitalize() + "."
                          for _ in range(rng.randint(10, 30))]
             (a if i % 2 else b).write(json.dumps({"text": " ".join(sentences)}) + "\n")
     return shards

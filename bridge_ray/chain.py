@@ -60,6 +60,15 @@ class ChainConfig:
     hub_private: bool = False
 
 
+@dataclass(frozen=True)
+class UploadTarget:
+    """What the upload stage's record hashes: the repo, its visibility and the model folder sent."""
+
+    repo_id: str
+    private: bool
+    model: str
+
+
 def chain_tiny_cpu(run_dir: str, text_files, val_files, conversations) -> ChainConfig:
     """Tiny everything on 2 CPU workers: a 320-piece tokenizer, the tiny pretrain and instruct presets."""
     from bridge_ray.instruct import instruct_tiny_cpu
@@ -202,7 +211,7 @@ def run(cfg: ChainConfig) -> dict[str, pipeline.StageRecord]:
     }
     runs.update_run(hf_model=records["instruct"].output)
     if cfg.hub_repo_id:
-        target = {"repo_id": cfg.hub_repo_id, "private": cfg.hub_private, "model": records["instruct"].output}
+        target = UploadTarget(cfg.hub_repo_id, cfg.hub_private, records["instruct"].output)
         records["upload"] = _stage(run_dir, "upload", target, lambda: _upload(cfg))
     return records
 

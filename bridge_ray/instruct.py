@@ -26,7 +26,8 @@ def _for_chat(cfg: SFTConfig, experiment: str) -> SFTConfig:
     """``cfg`` reading the flattened conversations (written by ``prepare``), cut at max_length, no validation."""
     train = (str(Path(cfg.trainer.output_dir) / "data" / "train.parquet"),)
     data = dataclasses.replace(cfg.data, train_files=train, val_files=(), truncation=TRUNCATION)
-    trainer = dataclasses.replace(cfg.trainer, test_freq=-1, experiment_name=experiment, project_name="bridge-ray-instruct")
+    trainer = dataclasses.replace(cfg.trainer, test_freq=-1, experiment_name=experiment,
+                                  project_name="bridge-ray-instruct")
     return dataclasses.replace(cfg, data=data, trainer=trainer)
 
 

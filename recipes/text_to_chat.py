@@ -36,7 +36,8 @@ def config(argv: list[str]) -> chain.ChainConfig:
     run_dir = str(records.home_dir() / "outputs" / preset.replace("chain_", "text-to-chat-").replace("_", "-"))
     if preset == "chain_tiny_cpu":
         train, val = demo_text(DEMO / "text", create=False)
-        cfg = chain.chain_tiny_cpu(run_dir, map(str, train), map(str, val), [str(DEMO / "conversations" / "trees.jsonl")])
+        trees = str(DEMO / "conversations" / "trees.jsonl")
+        cfg = chain.chain_tiny_cpu(run_dir, map(str, train), map(str, val), [trees])
     else:
         cfg = chain.PRESETS[preset](run_dir, (), ())
     return chain.apply_overrides(cfg, overrides)

@@ -50,7 +50,8 @@ def _rows(path: Path) -> Iterator[dict]:
                 try:
                     yield json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ConfigError(f"{path}: line {number} is not valid JSON ({err.msg}); fix or remove it") from None
+                    raise ConfigError(f"{path}: line {number} is not valid JSON ({err.msg}); "
+                                      "fix or remove it") from None
 
 
 def _trees_from_rows(rows: list[dict]) -> list[dict]:
@@ -118,7 +119,8 @@ def flatten(root: dict, mode: Mode = "top", lang: str | None = None) -> list[lis
     return found
 
 
-def iter_conversations(paths: Sequence[str | Path], mode: Mode = "top", lang: str | None = None) -> Iterator[list[dict]]:
+def iter_conversations(paths: Sequence[str | Path], mode: Mode = "top",
+                       lang: str | None = None) -> Iterator[list[dict]]:
     """Message lists from OpenAssistant trees, message rows or ``messages`` files.
 
     Raises:

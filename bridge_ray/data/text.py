@@ -189,7 +189,8 @@ def demo_text(root: str | Path, num_docs: int = 3000, num_val_docs: int = 200, s
     train = [root / "train" / f"text-{i:05d}.jsonl" for i in range(2)]
     val = [root / "val" / "text-00000.jsonl"]
     stamp_file = root / "bridge_ray_text.json"
-    if not create or stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp and all(p.is_file() for p in train + val):
+    current = stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp
+    if not create or current and all(p.is_file() for p in train + val):
         return train, val
     generate_synthetic_text(root / "train", num_docs=num_docs, num_shards=2, seed=seed)
     generate_synthetic_text(root / "val", num_docs=num_val_docs, num_shards=1, seed=seed + 1)

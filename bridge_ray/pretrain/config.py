@@ -160,7 +160,8 @@ def parse_args(argv: list[str], default_preset: str) -> tuple[str, list[str]]:
 
 def _batch_problems(data: DataConfig, workers: WorkersConfig) -> list[str]:
     if data.global_batch_size < 1 or data.micro_batch_size_per_worker < 1 or workers.num_workers < 1:
-        return ["pretrain.data.global_batch_size, data.micro_batch_size_per_worker and workers.num_workers must be >= 1"]
+        return ["pretrain.data.global_batch_size, data.micro_batch_size_per_worker and workers.num_workers "
+                "must be >= 1"]
     per_worker, rest = divmod(data.global_batch_size, workers.num_workers)
     if rest or per_worker % data.micro_batch_size_per_worker:
         return [f"pretrain.data.global_batch_size={data.global_batch_size} must split into workers.num_workers="
@@ -183,7 +184,8 @@ def _model_problems(model: ModelConfig, workers: WorkersConfig) -> list[str]:
 
 
 def _data_problems(data: DataConfig) -> list[str]:
-    problems = [] if data.train_files else ["pretrain.data.train_files is empty: set pretrain.data.train_files=[/abs/a.jsonl]"]
+    problems = [] if data.train_files else [
+        "pretrain.data.train_files is empty: set pretrain.data.train_files=[/abs/a.jsonl]"]
     problems += [f"pretrain.data.{name}: {path} must be an absolute path"
                  for name in ("train_files", "val_files") for path in getattr(data, name) if not os.path.isabs(path)]
     if data.seq_len < 8:

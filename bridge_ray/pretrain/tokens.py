@@ -62,7 +62,8 @@ def _current(source: Path, target: Path, digest: str) -> TokenShard | None:
     return read_shard(target) if all(meta.get(k) == v for k, v in wanted.items()) else None
 
 
-def tokenize_file(source: str | Path, tokenizer_dir: str | Path, out_dir: str | Path, text_key: str = "text") -> TokenShard:
+def tokenize_file(source: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
+                  text_key: str = "text") -> TokenShard:
     """Tokenize one file into ``shard_path(source, out_dir)``, streaming; reuse it when still current."""
     import numpy as np
     from transformers import AutoTokenizer

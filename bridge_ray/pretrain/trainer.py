@@ -85,8 +85,9 @@ def prepare(cfg: PretrainConfig):
     from bridge_ray.pretrain.tokens import tokenize_files
 
     data = cfg.data
-    train = tokenize_files(data.train_files, cfg.model.tokenizer_path, tokens_dir(cfg), data.text_key, data.tokenize_cpus)
-    val = tokenize_files(data.val_files, cfg.model.tokenizer_path, tokens_dir(cfg), data.text_key, data.tokenize_cpus)
+    tokenize = lambda files: tokenize_files(files, cfg.model.tokenizer_path, tokens_dir(cfg),  # noqa: E731
+                                            data.text_key, data.tokenize_cpus)
+    train, val = tokenize(data.train_files), tokenize(data.val_files)
     sequences = _num_sequences(train, data.seq_len)
     if sequences < data.global_batch_size:
         raise ConfigError(f"pretrain.data.train_files hold {sum(s.num_tokens for s in train)} tokens, {sequences} "
@@ -127,7 +128,8 @@ def add_model_mfu(output_dir: Path, metrics: dict) -> dict:
     from bridge_ray.pretrain.model import flops_per_token, peak_flops
     from bridge_ray.pretrain.worker import DEVICE_FILE
 
-    device = json.loads((output_dir / DEVICE_FILE).read_text())["device"] if (output_dir / DEVICE_FILE).is_file() else None
+    device_file = output_dir / DEVICE_FILE
+    device = json.loads(device_file.read_text())["device"] if device_file.is_file() else None
     seq_len = json.loads((output_dir / "config.json").read_text())["pretrain"]["data"]["seq_len"]
     per_token = flops_per_token(json.loads((output_dir / "init" / "config.json").read_text()), seq_len)
     peak = peak_flops(device)
