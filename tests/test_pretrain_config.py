@@ -1,0 +1,113 @@
+"""Unit tier: pretraining configs against verl's own Hydra config, token shards, packed windows, FLOPs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bridge_ray import pretrain
+from bridge_ray.errors import ConfigError
+from bridge_ray.pretrain.dataset import PackedTextDataset
+from bridge_ray.pretrain.model import SHAPES, flops_per_token, num_params, peak_flops
+from bridge_ray.pretrain.tokens import shard_path, tokenize_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny(tmp_path, *overrides) -> pretrain.PretrainConfig:
+    cfg = pretrain.pretrain_tiny_cpu(str(tmp_path / "tok"), [str(tmp_path / "a.jsonl")], [], str(tmp_path / "run"))
+    return pretrain.apply_overrides(cfg, list(overrides))
+
+
+@pytest.mark.parametrize("preset", sorted(pretrain.PRESETS))
+def test_presets_compose_against_verls_config(preset, tmp_path):
+    from bridge_ray.sft.worker import compose_verl_config
+
+    make = pretrain.PRESETS[preset]
+    cfg = (make(str(tmp_path / "tok"), [str(tmp_path / "a.jsonl")], [], str(tmp_path / "run"))
+           if preset == "pretrain_tiny_cpu" else make(str(tmp_path / "tok"), [str(tmp_path / "a.jsonl")], str(tmp_path / "run")))
+    overrides = pretrain.to_verl_overrides(pretrain.validate(cfg), [str(tmp_path / "a.bin")], [], total_epochs=3)
+    config = compose_verl_config(overrides)
+    assert config.data.custom_cls.path == "pkg://bridge_ray.pretrain.dataset"
+    assert config.data.custom_cls.name == "PackedTextDataset"
+    assert config.data.max_length == cfg.data.seq_len and config.model.use_remove_padding is False
+    assert config.optim.lr_scheduler_type == "cosine" and list(config.optim.betas) == [0.9, 0.95]
+    assert config.optim.lr_warmup_steps == cfg.optim.warmup_steps
+    assert config.trainer.total_training_steps == cfg.trainer.total_steps and config.trainer.total_epochs == 3
+    precision = config.engine.get("mixed_precision")
+    assert (dict(precision) if precision else None) == ({"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
+                                                        if preset == "pretrain_tiny_cpu" else None)
+    assert config.model.use_fused_kernels is (preset != "pretrain_tiny_cpu")
+
+
+def test_bad_values_are_listed_together(tmp_path):
+    cfg = tiny(tmp_path, "model.shape=huge", "data.global_batch_size=6", "optim.warmup_steps=20",
+               "model.fused_kernels=true", "trainer.output_dir=run")
+    with pytest.raises(ConfigError) as err:
+        pretrain.validate(cfg)
+    assert err.value.problems == [
+        "pretrain.model.shape='huge' is not known: choose from tiny, 0.1b, 1b",
+        "pretrain.model.fused_kernels=true needs GPU workers (Triton): set it false on CPU",
+        "pretrain.data.global_batch_size=6 must split into workers.num_workers=2 equal shares, each a multiple of "
+        "data.micro_batch_size_per_worker=4",
+        "pretrain.trainer.output_dir='run' must be an absolute path (relative paths land in Ray's unpacked working_dir)",
+        "pretrain.optim.warmup_steps=20 must be below trainer.total_steps=16",
+    ]
+
+
+def test_token_shards_and_packed_windows(tmp_path):
+    from transformers import AutoTokenizer
+
+    from bridge_ray.assets import build_tokenizer
+
+    build_tokenizer(tmp_path / "tok", ["hello world, once upon a time"] * 50, vocab_size=300)
+    source = tmp_path / "a.jsonl"
+    source.write_text("".join(json.dumps({"text": f"doc {i} hello world"}) + "\n" for i in range(20)))
+    shard = tokenize_file(source, tmp_path / "tok", tmp_path / "tokens")
+    assert shard.path == shard_path(source, tmp_path / "tokens") and shard.dtype == "uint16" and shard.num_documents == 20
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    tokens = np.memmap(shard.path, dtype=shard.dtype, mode="r")
+    first = [tok.bos_token_id, *tok("doc 0 hello world", add_special_tokens=False).input_ids, tok.eos_token_id]
+    assert tokens[:len(first)].tolist() == first and len(tokens) == shard.num_tokens
+    mtime = shard.path.stat().st_mtime_ns
+    assert tokenize_file(source, tmp_path / "tok", tmp_path / "tokens") == shard  # reused, not rewritten
+    assert shard.path.stat().st_mtime_ns == mtime
+    # two shards read as one stream: windows of 8 overlapping by one token, across the shard boundary
+    second = tokenize_file(write(tmp_path / "b.jsonl", ["b1 b2", "b3"]), tmp_path / "tok", tmp_path / "tokens")
+    data = PackedTextDataset([str(shard.path), str(second.path)], config={"max_length": 8})
+    stream = np.concatenate([tokens, np.memmap(second.path, dtype=second.dtype, mode="r")])
+    assert len(data) == (len(stream) - 1) // 7
+    for i in range(len(data)):
+        item = data[i]
+        assert item["input_ids"].tolist() == stream[i * 7:i * 7 + 8].tolist()
+        assert item["loss_mask"].tolist() == [0] + [1] * 7 and item["position_ids"].tolist() == list(range(8))
+    assert len(PackedTextDataset([str(shard.path)], config={"max_length": 8}, max_samples=3)) == 3
+
+
+def write(path, texts):
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return path
+
+
+def test_model_flops_follow_torchtitans_convention():
+    llama_1b = {"hidden_size": 2048, "num_hidden_layers": 16, "intermediate_size": 8192, "num_attention_heads": 32,
+                "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": True}
+    assert num_params(llama_1b) == 1_235_814_400  # meta-llama/Llama-3.2-1B
+    assert flops_per_token(llama_1b, 2048) == 6 * 1_235_814_400 + 12 * 16 * 32 * 64 * 2048
+    assert peak_flops("NVIDIA H200") == 989.4e12 and peak_flops("CPU") is None
+    assert set(SHAPES) == {"tiny", "0.1b", "1b"}
+
+
+def test_recipe_dry_run_and_bad_override(tmp_path):
+    env = {**__import__("os").environ, "BRIDGE_RAY_HOME": str(tmp_path)}
+    shown = subprocess.run([sys.executable, "recipes/pretrain.py", "--dry-run", "pretrain.trainer.total_steps=4",
+                            "pretrain.optim.warmup_steps=1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "trainer.total_training_steps=4" in json.loads(shown.stdout)["verl_overrides"]
+    bad = subprocess.run([sys.executable, "recipes/pretrain.py", "pretrain.data.seq_len=4", "preset=pretrain_tiny_cpu"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert (bad.returncode, bad.stderr) == (2, "error: pretrain.data.seq_len=4 must be >= 8\n")
