@@ -9,7 +9,8 @@ private again (Ray's job supervisor marks them 0777 each time it starts), then r
 ends the job with one ``error: ...`` line and the error's exit code, not a traceback.
 
 With ``--check``, a recipe that declares how its arguments become configs, a top-level
-``config(argv)`` returning an ``SFTConfig``, a ``PPOConfig`` or a tuple of them, is imported
+``config(argv)`` returning a config (``SFTConfig``, ``PPOConfig``, ``TokenizerConfig``,
+``PretrainConfig``, ``ChainConfig``) or a tuple of them, is imported
 (not run: its ``__main__`` block stays untouched) and ``config(ARGS)`` is built and validated
 here. So an unknown key, a wrong type or an out-of-range value is reported in a second with
 nothing uploaded. Nothing heavy runs meanwhile: demo assets are located, not built, and
@@ -83,22 +84,27 @@ def declares_config(recipe: str) -> bool:
     return any(isinstance(node, ast.FunctionDef) and node.name == "config" for node in tree.body)
 
 
+# Each config type a recipe may return, and the check its entry point runs on the cluster.
+VALIDATORS = (
+    ("bridge_ray.sft.config", "SFTConfig", "validate"),
+    ("bridge_ray.ppo.config", "PPOConfig", "validate"),
+    ("bridge_ray.tokenizer", "TokenizerConfig", "validate"),
+    ("bridge_ray.pretrain.config", "PretrainConfig", "validate"),
+    ("bridge_ray.chain", "ChainConfig", "validate"),
+)
+
+
 def validate(configs) -> None:
     """Validate what a recipe's ``config(argv)`` returned: one config or a tuple of them.
 
     Raises:
         ConfigError: listing every problem, as the training entry points would on the cluster.
     """
-    from bridge_ray.ppo.config import PPOConfig
-    from bridge_ray.ppo.config import validate as validate_ppo
-    from bridge_ray.sft.config import SFTConfig
-    from bridge_ray.sft.config import validate as validate_sft
-
     for cfg in configs if isinstance(configs, (tuple, list)) else (configs,):
-        if isinstance(cfg, SFTConfig):
-            validate_sft(cfg)
-        elif isinstance(cfg, PPOConfig):
-            validate_ppo(cfg)
+        kind = (type(cfg).__module__, type(cfg).__name__)
+        for module_name, class_name, check in VALIDATORS:
+            if kind == (module_name, class_name):  # its module is imported already: it made the object
+                getattr(sys.modules[module_name], check)(cfg)
 
 
 def check(recipe: str, args: list[str]) -> int:

@@ -143,6 +143,17 @@ def test_the_local_check_builds_and_validates_what_the_recipe_declares(tmp_path)
     assert _check("connects.py", cwd=tmp_path).returncode == 0  # ray.init ends the check, never starts a Ray
 
 
+def test_the_local_check_covers_tokenizer_pretrain_and_chain_recipes():
+    """Every recipe's config type is validated here, before anything is uploaded."""
+    bad = _check("recipes/train_tokenizer.py", "tokenizer.vocab_size=10")
+    assert bad.returncode == 2 and "tokenizer.vocab_size=10 is too small" in bad.stderr
+    bad = _check("recipes/pretrain.py", "pretrain.trainer.output_dir=relative")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+    bad = _check("recipes/text_to_chat.py", "run_dir=relative")
+    assert (bad.returncode, bad.stderr.strip()) == (
+        2, "error: run_dir='relative' must be an absolute path (relative paths land in Ray's working_dir)")
+
+
 def test_a_secret_in_env_flags_is_refused():
     with pytest.raises(ConfigError) as err:
         runtime_env.parse_env(["WANDB_API_KEY=abc", "NCCL_DEBUG=INFO"])
