@@ -13,6 +13,8 @@
 #   grpo-plain, grpo-bridge   the same for GRPO
 #   ppo-resume   the ppo-bridge run submitted again with STEPS+2 and the same output dir: verl resumes
 #   ppo-stop     PPO saving every 2 steps, `bridge-ray stop` after step 4, submitted again: resumes from step 4
+#   chain        recipes/sft_then_ppo.py (SFT 20 steps on the GPU, merge, 4 GRPO steps from it), then submitted
+#                again: both stages are skipped
 #   summary      summary.md: the table for benchmarks/RESULTS.md
 # Both sides load bridge-ray's critic-loader plugin through verl's VERL_USE_EXTERNAL_MODULES (no flash-attn on
 # the host; verl 0.9.1 hard-codes it for the critic). Results accumulate in $WORK/out across calls (a warm
@@ -53,15 +55,16 @@ for stage in "${stages[@]}"; do
                    --tag ppo_resume > /dev/null || rc=1 ;;
     ppo-stop)    timeout 590 "${bench[@]}" --steps 6 --save-freq 2 --stop-after 4 --algo ppo --mode bridge \
                    $unset_vllm --tag ppo_stop --work "$work/stop" > /dev/null || rc=1 ;;
+    chain)       timeout 590 "${bench[@]}" --steps 4 --algo grpo --mode chain $unset_vllm --tag chain > /dev/null || rc=1 ;;
     summary)     python3 benchmarks/ppo_throughput.py --summarize "$out" | tee "$out/summary.md" ;;
-    *) echo "unknown stage $stage: use assets ppo-plain ppo-bridge grpo-plain grpo-bridge ppo-resume ppo-stop summary"
+    *) echo "unknown stage $stage: use assets ppo-plain ppo-bridge grpo-plain grpo-bridge ppo-resume ppo-stop chain summary"
        exit 2 ;;
   esac
   tag="${stage/-/_}"; case "$stage" in *-plain|*-bridge) tag="$tag${SUFFIX:-}" ;; esac
   [ -f "$out/results.json" ] && python3 - "$out/results.json" "$tag" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])).get(sys.argv[2])
-keys = ("side", "rc", "num_steps", "first_step", "resumed", "step_time_s", "train_throughput_tok_s_gpu",
+keys = ("side", "rc", "rerun_rc", "rerun_skipped", "num_steps", "first_step", "resumed", "step_time_s", "train_throughput_tok_s_gpu",
         "rollout_throughput_tok_s", "first_step_at_s", "phases_s", "peak_gpu_mem_mib", "merged_hf_actor",
         "overrides_identical_to_plain", "critic_vf_loss")
 if r:

@@ -63,7 +63,7 @@ def bridge_cycle(project: Path, env: dict) -> dict:
     running = _wait_status(client, job_id, ("RUNNING",), t)
     done = _wait_status(client, job_id, ("SUCCEEDED",), t)
     t = time.perf_counter()
-    _run([br, "down", "--name", "bench"], env)
+    _run([br, "down", "--name", "bench", "--force"], env)
     return {"up": up, "running": running, "done": done, "down": time.perf_counter() - t}
 
 

@@ -370,7 +370,7 @@ def bridge_commands(algo: str, args: list[str], gpus: int, submission_id: str) -
             "submit": br + ["submit", f"recipes/{algo}_gsm8k.py", "--name", CLUSTER, *EXCLUDES,
                             "--submission-id", submission_id, "--follow", "--", *args],
             "stop": br + ["stop", submission_id, "--name", CLUSTER],
-            "down": br + ["down", "--name", CLUSTER]}
+            "down": br + ["down", "--name", CLUSTER, "--force"]}
 
 
 def run_plain(cfg, args: argparse.Namespace, tag: str) -> dict:
@@ -448,6 +448,45 @@ def run_bridge(algo: str, cfg, args: argparse.Namespace, tag: str) -> dict:
             "first_step_incl_up_s": round(first + up_s, 1) if first is not None else None, **extra, **summary, **gpu}
 
 
+def chain_args(files: dict, cfg, run_dir: Path, sft_steps: int) -> list[str]:
+    """``recipes/sft_then_ppo.py`` arguments: SFT of the bench model on the synthetic SFT rows (one GPU
+    worker, the GPU preset's fast defaults), then GRPO as ``cfg`` from the merged SFT model."""
+    from bridge_ray import sft
+
+    base = sft.sft_gsm8k_llama1b()
+    sft_cfg = dataclasses.replace(
+        base, model=dataclasses.replace(base.model, path=files["model"]),
+        data=dataclasses.replace(base.data, train_files=(files["train"],), val_files=(files["val"],),
+                                 global_batch_size=16, max_length=512),
+        workers=dataclasses.replace(base.workers, num_workers=cfg.trainer.gpus_per_node),
+        trainer=dataclasses.replace(base.trainer, total_steps=sft_steps, test_freq=-1))
+    return ["--run-dir", str(run_dir), *recipe_args(base, sft_cfg, "sft"), *recipe_args(PRESETS["grpo"](), cfg)]
+
+
+def run_chain(cfg, args: argparse.Namespace, tag: str, files: dict) -> dict:
+    """``recipes/sft_then_ppo.py`` through bridge-ray (up, submit --follow, down), then submitted again:
+    the rerun must skip both finished stages."""
+    run_dir = args.work / "chain"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    env, log = base_env(args.work, not args.unset_vllm_env), args.out / f"{tag}.log"
+    br = [sys.executable, "-m", "bridge_ray"]
+    submit = br + ["submit", "recipes/sft_then_ppo.py", "--name", CLUSTER, *EXCLUDES, "--follow", "--",
+                   *chain_args(files, cfg, run_dir, args.sft_steps)]
+    stamped_run(br + ["down", "--name", CLUSTER, "--force"], log, env, 120)
+    t0 = time.time()
+    rc, _ = stamped_run(br + ["up", "--name", CLUSTER, "--num-gpus", str(cfg.trainer.gpus_per_node)], log, env, 180)
+    rc, lines = stamped_run(submit, log, env, args.timeout) if rc == 0 else (rc, [])
+    first_wall = time.time() - t0
+    rc2, again = stamped_run(submit, log, env, 300) if rc == 0 else (None, [])
+    stamped_run(br + ["down", "--name", CLUSTER, "--force"], log, env, 120)
+    stages = json.loads((run_dir / "stages.json").read_text()) if (run_dir / "stages.json").exists() else {}
+    skipped = [line.split("stage ", 1)[1].split(":")[0] for _, line in again if "finished before" in line]
+    sft_steps = [line for _, line in lines if "[bridge-ray] sft step" in line or "step:" in line and "loss" in line]
+    return {"side": "bridge-ray chain", "rc": rc, "wall_s": round(first_wall, 1), "stages": stages,
+            "rerun_rc": rc2, "rerun_skipped": skipped, "command": shlex.join(submit),
+            "sft_lines": len(sft_steps), **_bridge_summary(lines, cfg)}
+
+
 def dry_run(algo: str, cfg) -> dict:
     """Everything but the verl step: both command lines, and the recipe's overrides equal plain's."""
     args = recipe_args(PRESETS[algo](), cfg)
@@ -500,7 +539,9 @@ def gpu_count() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algo", choices=("grpo", "ppo"), default="grpo")
-    parser.add_argument("--mode", choices=("both", "plain", "bridge"), default="both")
+    parser.add_argument("--mode", choices=("both", "plain", "bridge", "chain"), default="both",
+                        help="chain: recipes/sft_then_ppo.py (SFT, then GRPO from it) through bridge-ray, run twice")
+    parser.add_argument("--sft-steps", type=int, default=20, help="chain: SFT steps before GRPO")
     parser.add_argument("--out", type=Path, help="logs and JSON (a few files)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bridge-ray-ppo-bench"), help="assets, runs (big)")
     parser.add_argument("--shape", choices=("small", "tiny", "llama-3.2-1b"), default="small")
@@ -539,13 +580,23 @@ def main() -> None:
     cfg = bench_config(args.algo, files, args.work / f"run-{args.algo}", args.steps, args.gpus or gpu_count())
     extra = args.overrides + ([f"ppo.trainer.save_freq={args.save_freq}"] if args.save_freq else [])
     cfg = apply_overrides(cfg, extra, prefix="ppo") if extra else cfg
+    if args.mode == "chain" and args.algo != "grpo":
+        parser.error("--mode chain runs GRPO after SFT (recipes/sft_then_ppo.py): use --algo grpo")
     if args.dry_run:
         print(json.dumps(dry_run(args.algo, cfg), indent=2))
+        if args.mode == "chain":
+            proc = subprocess.run([sys.executable, "recipes/sft_then_ppo.py", "--dry-run",
+                                   *chain_args(files, cfg, args.work / "chain", args.sft_steps)], cwd=REPO,
+                                  env=base_env(args.work), capture_output=True, text=True, timeout=300, check=False)
+            print("chain dry run rc", proc.returncode, (proc.stdout + proc.stderr)[-1500:])
         return
-    sides = {"plain": ["plain"], "bridge": ["bridge"], "both": ["plain", "bridge"]}[args.mode]
+    sides = {"plain": ["plain"], "bridge": ["bridge"], "both": ["plain", "bridge"], "chain": ["chain"]}[args.mode]
     for side in sides:  # plain first: verl's own ray.init must not find the bridge-ray cluster
         tag = args.tag or f"{args.algo}_{side}"
-        result = run_plain(cfg, args, tag) if side == "plain" else run_bridge(args.algo, cfg, args, tag)
+        if side == "chain":
+            result = run_chain(cfg, args, tag, files)
+        else:
+            result = run_plain(cfg, args, tag) if side == "plain" else run_bridge(args.algo, cfg, args, tag)
         result.update(tag=tag, algo=args.algo, shape=args.shape, steps_asked=args.steps)
         path = args.out / RESULTS
         results = json.loads(path.read_text()) if path.exists() else {}

@@ -178,7 +178,7 @@ def run_side(args, spec: dict) -> dict:
             rc = run_logged([exe("bridge-ray"), "submit", "recipes/pretrain.py", "--name", "bench", "--follow", "--",
                              *recipe_args(args, spec, prepared, run_dir)], log, env, args.timeout)
         finally:
-            run_logged([exe("bridge-ray"), "down", "--name", "bench"], log, env, 120)
+            run_logged([exe("bridge-ray"), "down", "--name", "bench", "--force"], log, env, 120)
         steps_file = run_dir / "steps.jsonl"
     else:
         overrides = torchrun_overrides(args, spec, prepared, run_dir, env)

@@ -352,13 +352,13 @@ def main() -> None:
         assets = build_demo_assets(args.out / "assets", shape="tiny", num_train=1024, num_val=8)
         args.model, args.data = str(assets["model"]), str(assets["train"].parent)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    subprocess.run([exe("bridge-ray"), "down", "--name", "bench"], env=env)  # one a killed command left behind
+    subprocess.run([exe("bridge-ray"), "down", "--name", "bench", "--force"], env=env)  # one a killed command left behind
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: kill the run, stop the cluster
     up = [exe("bridge-ray"), "up", "--name", "bench"] + (["--num-cpus=2"] if args.cpu else [f"--num-gpus={args.gpus}"])
     for attempt in range(3):  # `ray start` can time out on an overloaded machine
         if subprocess.run(up, env=env).returncode == 0:
             break
-        subprocess.run([exe("bridge-ray"), "down", "--name", "bench"], env=env)
+        subprocess.run([exe("bridge-ray"), "down", "--name", "bench", "--force"], env=env)
     else:
         sys.exit("bridge-ray up failed 3 times")
     try:
@@ -369,7 +369,7 @@ def main() -> None:
                     result = run_side(args, variant, pair, side, env)
                     print(json.dumps({k: v for k, v in result.items() if k != "losses"}), flush=True)
     finally:
-        subprocess.run([exe("bridge-ray"), "down", "--name", "bench"], env=env)
+        subprocess.run([exe("bridge-ray"), "down", "--name", "bench", "--force"], env=env)
     print(json.dumps(build_summary(args.out), indent=2))
 
 
