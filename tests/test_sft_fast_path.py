@@ -14,9 +14,10 @@ the speed settings differ. Losses come from verl's own console lines.
   uses that model and data, else a tiny Llama; with ``BRIDGE_RAY_TEST_RESULTS=DIR`` it writes
   the two loss curves to ``DIR/sft_loss_parity.json``.
 
-Tolerances: the first step's loss within 1e-2 (absolute); every later step within 2 % of the
-padded path's loss (bf16, different kernels and reduction orders: the curves drift apart a
-little, they do not diverge).
+Tolerances: the first step's loss within one bf16 spacing (2^-7 of the loss: verl computes it
+in bf16, and a packed batch sums it in another order — on CPU the two sides have differed by
+1/64 at a loss of 6.4); every later step within 2 % of the padded path's loss (different kernels
+and reduction orders: the curves drift apart a little, they do not diverge).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 from sft_helpers import build_assets, losses_from_log  # noqa: E402
 
-FIRST_STEP_ABS = 1e-2
+FIRST_STEP_REL = 2**-7  # bf16's spacing, relative
 CURVE_REL = 0.02
 
 
@@ -52,7 +53,7 @@ def torchrun_losses(cfg: sft.SFTConfig, cwd: Path, env: dict, nproc: int, timeou
 
 def assert_same_curve(fast: dict[int, float], seed: dict[int, float], steps: int) -> None:
     assert sorted(fast) == sorted(seed) == list(range(1, steps + 1))
-    assert abs(fast[1] - seed[1]) <= FIRST_STEP_ABS, (fast[1], seed[1])
+    assert abs(fast[1] - seed[1]) <= FIRST_STEP_REL * abs(seed[1]), (fast[1], seed[1])
     for step in seed:
         assert abs(fast[step] - seed[step]) <= CURVE_REL * abs(seed[step]), (step, fast[step], seed[step])
 

@@ -1,10 +1,13 @@
 """Find and stop exactly one cluster's processes, never another Ray's.
 
-Two marks find them, and either one suffices: Ray's daemons carry the cluster's temp dir on
-their command line, and every process bridge-ray starts for a cluster carries the cluster's
-tag in its environment (``BRIDGE_RAY_CLUSTER_TAG``), which all its descendants inherit: also
-those that outlive their parent (Ray's client server, a runtime-env agent whose raylet died)
-and those whose command line names no temp dir. ``plain ray stop`` would kill every Ray of
+Three marks find them, and any one suffices: Ray's daemons carry the cluster's temp dir on
+their command line; every process bridge-ray starts for a cluster carries the cluster's tag
+in its environment (``BRIDGE_RAY_CLUSTER_TAG``), which all its descendants inherit, also those
+that outlive their parent (Ray's client server) and those whose command line names no temp
+dir; and every Ray process holds its log files, under the temp dir, open. The last mark is
+for processes that rename themselves (``ray::RuntimeEnvAgent``: setproctitle overwrites both
+the command line and what ``/proc/PID/environ`` shows) and outlive their raylet, which leaves
+them neither mark nor a parent of the cluster's. ``plain ray stop`` would kill every Ray of
 the user on the machine, so bridge-ray never calls it.
 
 Ray's own files are kept private the same way: its processes run with umask 077 and the
@@ -65,13 +68,32 @@ def child_env(tag: str, **extra: str) -> dict[str, str]:
     return {**clean_env(), TAG_ENV: tag, **extra}
 
 
+def _holds_file_under(pid: int, folder: str) -> bool:
+    """Whether ``pid`` has a file under ``folder`` open (False for other users' processes: unreadable)."""
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        names = os.listdir(fds)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            if os.readlink(fds / name).startswith(folder):
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
+
+
 def find_pids(marker: str | None, tag: str | None = None) -> list[int]:
-    """Processes whose command line contains ``marker`` or whose environment carries ``tag``, and their descendants."""
+    """Processes whose command line contains ``marker``, that hold a file under the folder ``marker``
+    open, or whose environment carries ``tag``; and their descendants."""
     pids = _all_pids()
     needle = marker.encode() if marker else None
     tagged = f"{TAG_ENV}={tag}\0".encode() if tag else None
+    under = marker.rstrip("/") + "/" if marker and marker.startswith("/") else None
     found = {p for p in pids if (needle and needle in _read(Path(f"/proc/{p}/cmdline")))
-             or (tagged and tagged in _read(Path(f"/proc/{p}/environ")))}
+             or (tagged and tagged in _read(Path(f"/proc/{p}/environ")))
+             or (under and _holds_file_under(p, under))}
     children: dict[int, list[int]] = {}
     for p in pids:
         children.setdefault(_ppid(p), []).append(p)
@@ -81,8 +103,17 @@ def find_pids(marker: str | None, tag: str | None = None) -> list[int]:
             if child not in found:
                 found.add(child)
                 stack.append(child)
-    found.discard(os.getpid())
-    return sorted(found)
+    return sorted(found - _self_and_ancestors())
+
+
+def _self_and_ancestors() -> set[int]:
+    """This process and those above it: a caller that attached to the cluster (its driver's log
+    files under the temp dir) is never among what it stops."""
+    chain, pid = set(), os.getpid()
+    while pid > 1 and pid not in chain:
+        chain.add(pid)
+        pid = _ppid(pid)
+    return chain
 
 
 def _alive(pid: int) -> bool:

