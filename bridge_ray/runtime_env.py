@@ -22,7 +22,10 @@ DEFAULT_EXCLUDES = (
     "*.safetensors", "*.pt", "*.pth", "*.bin", "wandb", "outputs",
 )
 RAY_PACKAGE_LIMIT = 100 * 1024 * 1024
-_SECRET_RE = re.compile(r"TOKEN|SECRET|PASSWORD|API_KEY|_KEY$|CREDENTIAL", re.IGNORECASE)
+# Words of an env var's name (split at "_") that make it a credential; a name ending in KEY is one too.
+# Whole words, so TOKENIZERS_PARALLELISM or MAX_TOKENS are plain settings.
+_SECRET_WORDS = frozenset({"TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "CREDENTIALS",
+                           "APIKEY"})
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROJECT_MARKERS = ("setup.cfg", "pyproject.toml", "setup.py", ".git")
 
@@ -57,8 +60,14 @@ def allowed_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def is_secret(key: str) -> bool:
-    """Whether an env var name looks like a credential (``HF_TOKEN``, ``WANDB_API_KEY``, ...)."""
-    return bool(_SECRET_RE.search(key))
+    """Whether an env var name looks like a credential (``HF_TOKEN``, ``WANDB_API_KEY``, ...).
+
+    Example:
+        >>> [is_secret(k) for k in ("HF_TOKEN", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY", "TOKENIZERS_PARALLELISM")]
+        [True, True, True, False]
+    """
+    words = key.upper().split("_")
+    return bool(_SECRET_WORDS.intersection(words)) or words[-1] == "KEY"
 
 
 def redact(runtime_env: dict) -> dict:

@@ -207,3 +207,14 @@ def test_a_renamed_process_holding_the_clusters_files_is_found_and_the_caller_ne
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("key,secret", [
+    ("HF_TOKEN", True), ("HUGGING_FACE_HUB_TOKEN", True), ("WANDB_API_KEY", True), ("AWS_SECRET_ACCESS_KEY", True),
+    ("DB_PASSWORD", True), ("SSH_KEY", True), ("GOOGLE_APPLICATION_CREDENTIALS", True), ("ray_auth_token", True),
+    ("TOKENIZERS_PARALLELISM", False), ("MAX_TOKENS", False), ("NCCL_IB_HCA", False), ("RAY_AUTH_MODE", False),
+    ("KEYBOARD", False),
+])
+def test_secret_names_are_whole_words(key, secret):
+    """A setting such as TOKENIZERS_PARALLELISM passes with --env and shows in a dry run; credentials never do."""
+    assert runtime_env.is_secret(key) is secret

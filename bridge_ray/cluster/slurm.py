@@ -1,6 +1,6 @@
 """The slurm backend: one bootstrap allocation that starts Ray once.
 
-``start`` renders ``slurm_bootstrap/bridge_ray.sbatch``, submits it with ``sbatch``
+``start`` renders ``slurm_bootstrap/bridge_ray.sbatch`` (``bridge_ray/cluster/slurm_bootstrap/``), submits it with ``sbatch``
 and follows it through its phases (queued → allocated → head up → k/N nodes joined →
 ready); the nodes write the cluster record themselves (``slurm_node.barrier``).
 From then on every job goes through the Ray Job client like on any other backend.
@@ -34,7 +34,8 @@ from bridge_ray.cluster.auth import new_token_file
 from bridge_ray.errors import ConfigError, Interrupted, SlurmError
 from bridge_ray.records import ClusterRecord
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "slurm_bootstrap" / "bridge_ray.sbatch"
+# Shipped inside the package (a wheel has no checkout); ``slurm_bootstrap/`` at the top links to it.
+TEMPLATE = Path(__file__).resolve().parent / "slurm_bootstrap" / "bridge_ray.sbatch"
 ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING")
 # Pending reasons that waiting never resolves: the request itself is wrong.
 HOPELESS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "AccountNotAllowed",

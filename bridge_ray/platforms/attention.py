@@ -86,6 +86,19 @@ class _Boundaries:
 boundaries = _Boundaries()
 
 
+_announced = False
+
+
+def _announce(module, cu_seqlens: torch.Tensor, query: torch.Tensor) -> None:
+    """One line per process, at the first call: the kernel really runs, and on what (speed checks read it)."""
+    global _announced
+    if _announced:
+        return
+    _announced = True
+    print(f"[bridge-ray] attention {ATTENTION_NAME}: first packed row of {cu_seqlens.numel() - 1} samples, "
+          f"{query.shape[2]} tokens ({type(module).__name__}, {query.device}, {query.dtype})", flush=True)
+
+
 def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
                              scaling: float | None = None, position_ids: torch.Tensor | None = None, **kwargs):
     """transformers attention interface: ``(B, H, S, D)`` in, ``(B, S, H, D)`` and no weights out.
@@ -106,6 +119,7 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
         raise ValueError(f"attention {ATTENTION_NAME!r} does not do {', '.join(unsupported)} (this model uses it): "
                          "set sft.model.attn_implementation=sdpa or flash_attention_2")
     cu_seqlens, max_len = boundaries(position_ids)
+    _announce(module, cu_seqlens, query)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     packed = [t[0].transpose(0, 1).contiguous() for t in (query, key, value)]  # (T, H, D); no copy from q/k/v_proj
     out = varlen_kernel(*packed, cu_seqlens, max_len, scale)
