@@ -9,23 +9,32 @@ Example:
     >>> job.wait()
     >>> bridge_ray.down()
 
-Training entry points live in ``bridge_ray.sft`` (``fit``) and ``bridge_ray.ppo`` (``run``);
+Errors a caller may catch are all here (and in ``bridge_ray.errors``); each says what went wrong
+and how to fix it. Training entry points live in ``bridge_ray.sft`` (``fit``) and ``bridge_ray.ppo`` (``run``);
 ``bridge_ray.network.run_doctor`` checks a cluster's network.
 """
 from bridge_ray.cluster import ClusterStatus, down, status, up
 from bridge_ray.errors import (
     BridgeRayError,
+    CheckpointError,
+    ClusterLost,
     ClusterNotFound,
     ClusterStale,
     ConfigError,
+    HubError,
     JobFailed,
+    JobNotFound,
+    PPOFailed,
     PreflightError,
+    RewardFailed,
+    RunNotFound,
+    TrainingFailed,
 )
 from bridge_ray.export import export
 from bridge_ray.hub import upload
-from bridge_ray.jobs import Job, list_jobs, submit
+from bridge_ray.jobs import Job, list_jobs, list_runs, load_run, submit
 from bridge_ray.records import ClusterRecord
-from bridge_ray.runs import RunRecord, list_runs, load_run
+from bridge_ray.runs import RunRecord
 
 __all__ = [
     "up",
@@ -42,9 +51,17 @@ __all__ = [
     "ClusterRecord",
     "ClusterStatus",
     "BridgeRayError",
+    "CheckpointError",
+    "ClusterLost",
     "ClusterNotFound",
     "ClusterStale",
     "ConfigError",
+    "HubError",
     "JobFailed",
+    "JobNotFound",
+    "PPOFailed",
     "PreflightError",
+    "RewardFailed",
+    "RunNotFound",
+    "TrainingFailed",
 ]

@@ -20,16 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bridge_ray.errors import BridgeRayError
+from bridge_ray.errors import CheckpointError
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 _STEP_DIR = re.compile(r"^global_step_(\d+)$")
-
-
-class CheckpointError(BridgeRayError):
-    """A checkpoint is missing, cannot be merged, or the merged model does not load."""
-
-    exit_code = 1
 
 
 def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:

@@ -95,3 +95,41 @@ class JobFailed(BridgeRayError):
         self.log_tail = log_tail
         detail = f": {message}" if message else ""
         super().__init__(f"job {submission_id} {status}{detail}")
+
+
+class RunNotFound(BridgeRayError):
+    """No run record under that id."""
+
+
+class RunRecordBroken(BridgeRayError):
+    """A run's ``run.json`` cannot be read."""
+
+
+class HubError(BridgeRayError):
+    """The Hub refused or failed the upload."""
+
+    exit_code = 1
+
+
+class PPOFailed(BridgeRayError):
+    """verl's PPO trainer raised; the message ends with its last error line."""
+
+    exit_code = 1
+
+
+class RewardFailed(BridgeRayError):
+    """The custom reward raised or returned something that is not a number; the job fails."""
+
+    exit_code = 1
+
+
+class TrainingFailed(BridgeRayError):
+    """Ray Train gave up on the run (a worker error, or more failures than ``max_failures``)."""
+
+    exit_code = 1
+
+
+class CheckpointError(BridgeRayError):
+    """A checkpoint is missing, cannot be merged, or the merged model does not load."""
+
+    exit_code = 1

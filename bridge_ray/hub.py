@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from bridge_ray import runs
-from bridge_ray.errors import BridgeRayError, ConfigError
+from bridge_ray.errors import ConfigError, HubError
 
 IGNORE_PATTERNS = ("*.tmp", "*.temp", "*.partial", "*.incomplete", "*.lock", "*~", "*.swp", ".DS_Store",
                    "__pycache__/*", ".ipynb_checkpoints/*", "tmp*/*")
@@ -22,12 +22,6 @@ WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 CARD_MARKER = "<!-- model card written by bridge-ray -->"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
-
-
-class HubError(BridgeRayError):
-    """The Hub refused or failed the upload."""
-
-    exit_code = 1
 
 
 def _first_line(err: Exception) -> str:

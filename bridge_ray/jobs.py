@@ -7,7 +7,6 @@ same jobs.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import re
 import secrets
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from bridge_ray import credentials, records, runs, runtime_env
+from bridge_ray.runtime_env import SubmitPlan
 from bridge_ray.cluster import client as cluster_client
 from bridge_ray.cluster import health
 from bridge_ray.cluster.processes import clean_env
@@ -35,26 +35,6 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 def client(record: ClusterRecord):
     """A JobSubmissionClient for the recorded cluster only, authenticated with its token."""
     return cluster_client.client(record)
-
-
-@dataclasses.dataclass
-class SubmitPlan:
-    """Everything ``submit`` would send; ``--dry-run`` prints it (secrets redacted).
-
-    ``secrets`` never enter the runtime_env: they travel in a 0600 file (``bridge_ray.credentials``).
-    """
-
-    cluster: str
-    submission_id: str
-    entrypoint: str
-    runtime_env: dict
-    metadata: dict
-    secrets: dict = dataclasses.field(default_factory=dict)
-
-    def shown(self) -> dict:
-        return {"cluster": self.cluster, "submission_id": self.submission_id, "entrypoint": self.entrypoint,
-                "runtime_env": runtime_env.redact(self.runtime_env), "metadata": self.metadata,
-                "secrets (sent in a 0600 file)": {k: "***" for k in sorted(self.secrets)}}
 
 
 def _lost(record: ClusterRecord, doing: str) -> ClusterLost:
@@ -99,13 +79,19 @@ class Job:
     def __init__(self, submission_id: str, cluster: str = DEFAULT_CLUSTER):
         self.submission_id = submission_id
         self.cluster = cluster
+        self._connection = None
 
     def __repr__(self) -> str:
         return f"Job({self.submission_id!r}, cluster={self.cluster!r})"
 
     def _session(self, doing: str):
-        record = records.load(self.cluster)
-        return record, _connected(record, doing)
+        """The cluster's record and one Jobs API client, made on first use and kept: polling costs
+        one request a poll, not a record read, a health probe and a new client each time. A head
+        that stops answering later is caught where each call is made (``_call``)."""
+        if self._connection is None:
+            record = records.load(self.cluster)
+            self._connection = (record, _connected(record, doing))
+        return self._connection
 
     def info(self):
         """Ray's JobDetails for this job. Raises JobNotFound for an unknown id."""
@@ -189,19 +175,67 @@ class Job:
                 return state
             time.sleep(poll_s)
         logs = self.logs() if state != "SUCCEEDED" else ""
-        run = runs.finish_run(self.submission_id, state, info.message or "", logs,
-                              end_time=info.end_time / 1000 if info.end_time else None)
+        run = self.record_end(info, logs)
         if state != "SUCCEEDED":
             tail = "" if streamed else "\n".join(logs.rstrip().splitlines()[-LOG_TAIL_LINES:])
             message = run.message if run else runs.first_line(info.message or "")
             raise JobFailed(self.submission_id, state, message, log_tail=tail)
         return state
 
+    def record_end(self, info, logs: str | None = None) -> "runs.RunRecord | None":
+        """Write the ended job's outcome (``info``: its JobDetails; ``logs``: its log, read here when
+        None and needed) into its run record: the one end-of-run path, for ``wait`` and for a
+        refresh of a run nobody saw ending."""
+        state = str(info.status.value)
+        if logs is None:
+            logs = self.logs() if state != "SUCCEEDED" else ""
+        return runs.finish_run(self.submission_id, state, info.message or "", logs,
+                               end_time=info.end_time / 1000 if info.end_time else None)
+
     def stop(self) -> bool:
         """Ask Ray to stop the job; True if it was still running."""
         self.info()
         record, c = self._session(f"stopping job {self.submission_id}")
         return _call(record, f"stopping job {self.submission_id}", c.stop_job, self.submission_id)
+
+
+def refresh_run(run: runs.RunRecord) -> runs.RunRecord:
+    """Ask the cluster about a run not seen ending; record its end if it has ended."""
+    try:
+        job = Job(run.submission_id, run.cluster)
+        info = job.info()
+        state = str(info.status.value)
+        if state in TERMINAL:
+            return job.record_end(info)
+        run.status = state
+    except ClusterLost:  # its runs were just recorded as lost
+        return runs.read_run(Path(run.run_dir))
+    except BridgeRayError as err:
+        run.message = f"status not refreshed: {err}"
+    return run
+
+
+def load_run(submission_id: str | None = None, refresh: bool = False) -> runs.RunRecord:
+    """The record of one run (an exact id or a unique prefix; None for the latest).
+
+    Args:
+        submission_id: the run's submission id, or the start of it; None for the latest run.
+        refresh: ask the cluster for the status of a run not yet seen ending.
+
+    Raises:
+        RunNotFound: with the command that lists the runs.
+
+    Example:
+        >>> run = bridge_ray.load_run("sft-gsm8k-20261125-1730")
+        >>> run.status, run.last_step, run.hf_model
+    """
+    run = runs.load_run(submission_id)
+    return refresh_run(run) if refresh and run.status not in TERMINAL else run
+
+
+def list_runs(refresh: bool = False) -> list[runs.RunRecord]:
+    """Every recorded run, oldest first; ``refresh`` asks the clusters about those not seen ending."""
+    return [refresh_run(run) if refresh and run.status not in TERMINAL else run for run in runs.list_runs()]
 
 
 def _name_flag(cluster: str) -> str:

@@ -33,13 +33,10 @@ import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bridge_ray import credentials, records, runtime_env, tracking
-from bridge_ray.errors import BridgeRayError, ClusterLost
-
-if TYPE_CHECKING:
-    from bridge_ray.jobs import SubmitPlan
+from bridge_ray.runtime_env import SubmitPlan
+from bridge_ray.errors import RunNotFound, RunRecordBroken
 
 RUN_DIR_ENV = "BRIDGE_RAY_RUN_DIR"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -55,14 +52,6 @@ FAILURES = (  # (class, pattern): the first that matches the log names the failu
     ("time limit", r"DUE TO TIME LIMIT|TIME LIMIT|time limit reached|wall ?time limit"),
 )
 CLUSTER_LOST = "cluster lost"
-
-
-class RunNotFound(BridgeRayError):
-    """No run record under that id."""
-
-
-class RunRecordBroken(BridgeRayError):
-    """A run's ``run.json`` cannot be read."""
 
 
 def _record(folder: Path) -> RunRecord:
@@ -204,7 +193,7 @@ def git_state(project: Path, folder: Path, secrets: list[str]) -> dict:
     return state
 
 
-def start_run(plan: "SubmitPlan", record: records.ClusterRecord) -> Path:
+def start_run(plan: SubmitPlan, record: records.ClusterRecord) -> Path:
     """Write the run record of a submission about to be sent; return its folder.
 
     Written before the job is submitted, so a home that cannot take it stops the submission
@@ -355,32 +344,14 @@ def _with_outputs(run: RunRecord) -> RunRecord:
     return run
 
 
-def _refresh(run: RunRecord) -> RunRecord:
-    """Ask the cluster about a run not seen ending; record its end if it has ended."""
-    from bridge_ray.jobs import Job
+def load_run(submission_id: str | None = None) -> RunRecord:
+    """The record of one run (an exact id or a unique prefix; None for the latest), as it is on disk.
 
-    try:
-        job = Job(run.submission_id, run.cluster)
-        info = job.info()
-        state = str(info.status.value)
-        if state in TERMINAL:
-            logs = job.logs() if state != "SUCCEEDED" else ""
-            end = info.end_time / 1000 if info.end_time else None
-            return finish_run(run.submission_id, state, info.message or "", logs, end_time=end)
-        run.status = state
-    except ClusterLost:  # its runs were just recorded as lost
-        return read_run(Path(run.run_dir))
-    except BridgeRayError as err:
-        run.message = f"status not refreshed: {err}"
-    return run
-
-
-def load_run(submission_id: str | None = None, refresh: bool = False) -> RunRecord:
-    """The record of one run (an exact id or a unique prefix; None for the latest).
+    ``bridge_ray.load_run(..., refresh=True)`` (``bridge_ray.jobs``) also asks the cluster about a
+    run not yet seen ending.
 
     Args:
         submission_id: the run's submission id, or the start of it; None for the latest run.
-        refresh: ask the cluster for the status of a run not yet seen ending.
 
     Raises:
         RunNotFound: with the command that lists the runs.
@@ -402,8 +373,7 @@ def load_run(submission_id: str | None = None, refresh: bool = False) -> RunReco
             what = "several runs start with" if matches else "no run"
             raise RunNotFound(f"{what} {submission_id!r} in {runs_root()}: list the runs with `bridge-ray runs`")
         folder = matches[0]
-    run = read_run(folder)
-    return _refresh(run) if refresh and run.status not in TERMINAL else run
+    return read_run(folder)
 
 
 def find_run(submission_id: str) -> RunRecord | None:
@@ -419,12 +389,12 @@ def read_run(folder: Path) -> RunRecord:
     return _with_outputs(run)
 
 
-def list_runs(refresh: bool = False) -> list[RunRecord]:
-    """Every recorded run, oldest first."""
+def list_runs() -> list[RunRecord]:
+    """Every recorded run, oldest first, as it is on disk."""
     found = []
     for path in sorted(runs_root().glob("*/run.json")):
         try:
-            found.append(load_run(path.parent.name, refresh=refresh))
+            found.append(load_run(path.parent.name))
         except RunRecordBroken:  # one unreadable record never hides the others
             continue
     return sorted(found, key=lambda run: run.start_time or 0)

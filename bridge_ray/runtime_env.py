@@ -8,6 +8,7 @@ plan is shown or recorded.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import re
@@ -168,3 +169,23 @@ def build(recipe: Path, env: dict[str, str], profile_env: dict[str, str] | None 
     check_package_size(root, all_excludes + gitignore_patterns(root))
     env_vars = {**(profile_env or {}), **allowed_env(), "PYTHONUNBUFFERED": "1", **env}
     return {"working_dir": str(root), "excludes": list(all_excludes), "env_vars": env_vars}
+
+
+@dataclasses.dataclass
+class SubmitPlan:
+    """Everything ``submit`` would send; ``--dry-run`` prints it (secrets redacted).
+
+    ``secrets`` never enter the runtime_env: they travel in a 0600 file (``bridge_ray.credentials``).
+    """
+
+    cluster: str
+    submission_id: str
+    entrypoint: str
+    runtime_env: dict
+    metadata: dict
+    secrets: dict = dataclasses.field(default_factory=dict)
+
+    def shown(self) -> dict:
+        return {"cluster": self.cluster, "submission_id": self.submission_id, "entrypoint": self.entrypoint,
+                "runtime_env": redact(self.runtime_env), "metadata": self.metadata,
+                "secrets (sent in a 0600 file)": {k: "***" for k in sorted(self.secrets)}}

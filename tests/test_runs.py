@@ -186,7 +186,7 @@ def test_load_and_list_runs(home):
 
 def test_refresh_records_the_runs_of_a_dead_head_as_lost(home):
     _started(home)
-    run = runs.load_run("r-1", refresh=True)
+    run = jobs.load_run("r-1", refresh=True)
     assert (run.status, run.failure) == ("FAILED", "cluster lost")
     assert run.message == "the head of cluster 'unit' at http://127.0.0.1:1 stopped answering"
     # A head that comes back and reports the real end still wins over the mark.
@@ -197,7 +197,7 @@ def test_refresh_records_the_runs_of_a_dead_head_as_lost(home):
 def test_refresh_leaves_a_run_of_an_unrecorded_cluster_as_recorded(home):
     _started(home)
     records.delete("unit")
-    run = runs.load_run("r-1", refresh=True)
+    run = jobs.load_run("r-1", refresh=True)
     assert run.status == "PENDING" and run.message.startswith("status not refreshed: no cluster named 'unit'")
 
 

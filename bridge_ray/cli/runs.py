@@ -7,7 +7,7 @@ import json
 
 import click
 
-from bridge_ray import hub
+from bridge_ray import hub, jobs
 from bridge_ray import runs as lib
 # Not `from bridge_ray import export`: the package binds that name to the function export.export.
 from bridge_ray.export import export as export_run
@@ -67,7 +67,7 @@ def runs_group(ctx):
 @runs_group.command("list")
 def list_command():
     """List every recorded run, oldest first."""
-    for run in lib.list_runs(refresh=True):
+    for run in jobs.list_runs(refresh=True):
         step = "-" if run.last_step is None else run.last_step
         click.echo(f"{run.submission_id}  {run.status:<9}  {_when(run.start_time)}  {_duration(run):>8}  "
                    f"step {step:<6}  {run.cluster:<10}  {run.recipe}" + (f"  ({run.failure})" if run.failure else ""))
@@ -78,7 +78,7 @@ def list_command():
 @click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
 def show_command(submission_id, as_json):
     """Show everything about one run (default: the latest)."""
-    run = lib.load_run(submission_id, refresh=True)
+    run = jobs.load_run(submission_id, refresh=True)
     click.echo(json.dumps(dataclasses.asdict(run), indent=2, default=str) if as_json else describe(run))
 
 

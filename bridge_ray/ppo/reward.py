@@ -24,16 +24,10 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bridge_ray.errors import BridgeRayError, ConfigError
+from bridge_ray.errors import ConfigError, RewardFailed
 
 FAILURE_MARKER = "[bridge-ray reward failure]"
 FAILURE_END = "[end of reward failure]"
-
-
-class RewardFailed(BridgeRayError):
-    """The custom reward raised or returned something that is not a number; the job fails."""
-
-    exit_code = 1
 
 
 def _installed(module_name: str, path: Path) -> bool:

@@ -39,7 +39,7 @@ from pathlib import Path
 from bridge_ray import runs
 from bridge_ray.config import apply_overrides, to_dict
 from bridge_ray.driver import connect
-from bridge_ray.errors import BridgeRayError, ConfigError
+from bridge_ray.errors import BridgeRayError, ConfigError, PPOFailed
 from bridge_ray.platforms import cpu_ppo_env, verl_plugin_env
 from bridge_ray.platforms.env import EXTERNAL_MODULES_ENV
 from bridge_ray.ppo import reward as rewards
@@ -56,12 +56,6 @@ from bridge_ray.ppo.config import (
 FLASHINFER_SAMPLER_ENV = "VLLM_USE_FLASHINFER_SAMPLER"
 METRICS_FILE_ENV = "VERL_FILE_LOGGER_PATH"
 METRICS_FILE = "metrics.jsonl"
-
-
-class PPOFailed(BridgeRayError):
-    """verl's PPO trainer raised; the message ends with its last error line."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)

@@ -28,18 +28,12 @@ from typing import Callable
 from bridge_ray import driver, hub, runs, tracking, walltime
 from bridge_ray.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
 from bridge_ray.config import apply_overrides, to_dict
-from bridge_ray.errors import BridgeRayError
+from bridge_ray.errors import BridgeRayError, TrainingFailed
 from bridge_ray.platforms import cpu_env
 from bridge_ray.sft import hardware
 from bridge_ray.sft.config import PRESETS, SFTConfig, checkpoint_dir, parse_args, to_verl_overrides, validate
 from bridge_ray.sft.hardware import resolve
 from bridge_ray.sft.worker import KILL_AT_STEP_ENV, STEPS_FILE
-
-
-class TrainingFailed(BridgeRayError):
-    """Ray Train gave up on the run (a worker error, or more failures than ``max_failures``)."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)
