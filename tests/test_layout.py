@@ -93,3 +93,15 @@ def test_only_the_cli_imports_the_cli():
     outside = {name: sorted(d for d in deps if d.startswith("bridge_ray.cli"))
                for name, deps in imports().items() if not name.startswith("bridge_ray.cli") and name != "bridge_ray.__main__"}
     assert {k: v for k, v in outside.items() if v} == {}
+
+
+def test_the_cli_and_the_library_import_no_heavy_package():
+    """Ray, torch, verl and transformers load where they are used, not with the CLI: ``submit
+    --dry-run`` and ``status`` stay quick (``benchmarks/submit_dry_run.py`` times it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, bridge_ray, bridge_ray.cli, bridge_ray.jobs, bridge_ray.network, bridge_ray.sft, bridge_ray.ppo; "
+            "print(sorted(m for m in ('ray', 'torch', 'verl', 'transformers', 'vllm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

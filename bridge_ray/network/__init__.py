@@ -5,7 +5,6 @@ an all-reduce and saves it beside the record; ``profile_env(name)`` is what each
 runtime_env gets; the SLURM bootstrap sources ``env_file_path(name)`` before ``ray start``.
 """
 from bridge_ray.network.checks import Check
-from bridge_ray.network.doctor import DoctorReport, doctor, render_table, run_doctor, to_json
 from bridge_ray.network.probe import NodeProbe, probe_node
 from bridge_ray.network.profile import (
     VERL_PPO_RESERVED_KEYS,
@@ -20,6 +19,20 @@ from bridge_ray.network.profile import (
     without_reserved,
 )
 
+# The doctor drives a Ray cluster and imports Ray (~0.4 s): loaded when first used, so that
+# `submit` (which needs only ``profile_env``) stays quick.
+# ``bridge_ray.network.doctor`` is the module; its function of that name is ``doctor.doctor``.
+_DOCTOR = ("DoctorReport", "render_table", "run_doctor", "to_json")
+
+
+def __getattr__(name: str):
+    if name in _DOCTOR:
+        import importlib
+
+        return getattr(importlib.import_module("bridge_ray.network.doctor"), name)
+    raise AttributeError(f"module 'bridge_ray.network' has no attribute {name!r}")
+
+
 __all__ = [
     "Check",
     "ClusterProfile",
@@ -27,7 +40,6 @@ __all__ = [
     "NodeProbe",
     "VERL_PPO_RESERVED_KEYS",
     "derive_profile",
-    "doctor",
     "env_file_path",
     "load_profile",
     "node_env",
