@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bridge_ray import credentials, records, runs, runtime_env
+from bridge_ray import credentials, records, runs, runtime_env, settings
 from bridge_ray.runtime_env import SubmitPlan
 from bridge_ray.cluster import client as cluster_client
 from bridge_ray.cluster import health
@@ -313,6 +313,9 @@ def plan(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluster:
     path = check_recipe(recipe)
     record = records.load(cluster)
     env_block = runtime_env.build(path, env or {}, profile_env(cluster), excludes)
+    entity = settings.value("wandb.entity", path.parent)
+    if entity and "WANDB_ENTITY" not in env_block["env_vars"]:  # your shell's or --env's wins
+        env_block["env_vars"]["WANDB_ENTITY"] = entity
     project = Path(env_block["working_dir"])
     if check:
         check_args(record, project, path, list(args), env_block["env_vars"])

@@ -48,7 +48,7 @@ def test_the_wheel_ships_the_slurm_bootstrap(wheel_site, tmp_path):
                     "--nodes", "2")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("#!/bin/bash\n# bridge-ray bootstrap:")
-    assert "#SBATCH --nodes=2" in out.stdout and "-m bridge_ray.cluster.slurm_node head" in out.stdout
+    assert "#SBATCH --nodes=2" in out.stdout and "-m bridge_ray.cluster.slurm_node \"$3\"" in out.stdout
     assert str(REPO) not in out.stdout.replace(sys.executable, "")  # nothing from the checkout
 
 

@@ -107,9 +107,15 @@ def test_cli_one_node_up_submit_down(hello):
     _assert_gone(record)
 
 
-def test_two_nodes_sft_one_cpu_worker_per_node():
-    record = bridge_ray.up("two", slurm=dict(nodes=2, cpus_per_task=1))
+def test_two_nodes_sft_one_cpu_worker_per_node(hello, tmp_path):
+    marks = tmp_path / "setup-ran"
+    setup = ("export BRIDGE_RAY_SETUP_MARK=$SLURMD_NODENAME", f'echo "$SLURMD_NODENAME" >> {marks}')
+    record = bridge_ray.up("two", slurm=dict(nodes=2, cpus_per_task=1, setup=setup))
     assert record.slurm["nodes"] == ["n1", "n2"]
+    # The setup lines ran in the batch shell (n1) and before Ray on each node; what they export reaches jobs there.
+    assert sorted(marks.read_text().split()) == ["n1", "n1", "n2"]
+    seen = _submit(hello, "two", "--show", "BRIDGE_RAY_SETUP_MARK")
+    assert sorted(re.findall(r"BRIDGE_RAY_SETUP_MARK=(n\d)", seen)) == ["n1", "n2"], seen
     st = bridge_ray.status("two")
     alive = [n for n in st.nodes if n["state"] == "ALIVE"]
     assert sorted(n["labels"][slurm.slurm_node.NODE_LABEL] for n in alive) == ["n1", "n2"]

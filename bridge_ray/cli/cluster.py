@@ -21,28 +21,36 @@ name_option = click.option("--name", default=DEFAULT_CLUSTER, show_default=True,
 @click.option("--token-file", type=click.Path(), help="With --address: that cluster's Ray auth token file.")
 @click.option("--python", default="python", show_default=True, help="With --address: the interpreter job drivers use there.")
 @click.option("--slurm", is_flag=True, help="Start the cluster in one SLURM allocation (options below).")
-@click.option("--nodes", type=int, default=1, show_default=True, help="--slurm: nodes, one Ray node each.")
-@click.option("--gpus-per-node", type=int, default=0, show_default=True, help="--slurm: GPUs per node.")
+@click.option("--nodes", type=int, help="--slurm: nodes, one Ray node each (default 1, or slurm.nodes in the config file).")
+@click.option("--gpus-per-node", type=int, help="--slurm: GPUs per node (default 0, or slurm.gpus_per_node).")
 @click.option("--cpus-per-task", type=int, help="--slurm: CPUs per node for Ray (SLURM's default otherwise).")
 @click.option("--partition", help="--slurm: the partition.")
 @click.option("--nodelist", help="--slurm: use exactly these nodes, e.g. 'gpu[01-02]'.")
 @click.option("--time", help="--slurm: time limit, e.g. 04:00:00; jobs checkpoint before it ends.")
 @click.option("--account", help="--slurm: the account to charge.")
 @click.option("--sbatch-arg", "sbatch_args", multiple=True, help="--slurm: another sbatch option, e.g. --sbatch-arg=--exclusive (repeatable).")
+@click.option("--setup", "setup", multiple=True, help="--slurm: a shell line every node runs before Ray starts, e.g. "
+              "--setup 'module load hpcx/2.18.1' (repeatable; replaces slurm.setup of the config file).")
+@click.option("--setup-file", type=click.File("r"), help="--slurm: a file of such lines (after any --setup).")
 @click.option("--wait", "wait_s", type=float, default=600, show_default=True, help="--slurm: seconds the allocation may stay pending.")
 @click.option("--keep-pending", is_flag=True, help="--slurm: leave a still-pending allocation queued instead of cancelling it.")
 @click.option("--dry-run", is_flag=True, help="--slurm: print the sbatch script and submit nothing.")
 @click.option("--check", is_flag=True, help="Then run `bridge-ray doctor` (probe + all-reduce); exit 1 on a FAIL.")
 def up_command(name, num_cpus, num_gpus, port, dashboard_port, address, token_file, python, slurm, wait_s,
-               keep_pending, dry_run, check, **script_options):
-    """Start a Ray cluster on this machine or in a SLURM allocation (or register one) and record where it is."""
+               keep_pending, dry_run, check, setup_file, **script_options):
+    """Start a Ray cluster on this machine or in a SLURM allocation (or register one) and record where it is.
+
+    With --slurm, options not given come from the config file (`bridge-ray config`).
+    """
     from bridge_ray.cluster import slurm as slurm_lib
 
     ctx = click.get_current_context()
-    given = [p for p in (*script_options, "wait_s", "keep_pending", "dry_run")
+    given = [p for p in (*script_options, "wait_s", "keep_pending", "dry_run", "setup_file")
              if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
     if given and not slurm:
         raise click.UsageError(f"--{given[0].replace('_', '-')} needs --slurm")
+    if slurm:
+        script_options = _with_settings(script_options, setup_file)
     if dry_run:
         click.echo(slurm_lib.render(name, **script_options), nl=False)
         return
@@ -63,8 +71,37 @@ def up_command(name, num_cpus, num_gpus, port, dashboard_port, address, token_fi
                f"| bridge-ray down{flag}")
 
 
+def _with_settings(options: dict, setup_file) -> dict:
+    """``up --slurm``'s options: each one not given on the command line from the config file."""
+    from bridge_ray import settings
+
+    found = settings.effective()
+    lines = list(options["setup"]) + ([line.rstrip("\n") for line in setup_file if line.strip()] if setup_file else [])
+    merged = dict(options, setup=tuple(lines))
+    for key in ("partition", "account", "time", "nodes", "gpus_per_node", "cpus_per_task", "setup", "sbatch_args"):
+        if merged[key] in (None, ()):
+            default = found[f"slurm.{key}"].value
+            merged[key] = tuple(default) if isinstance(default, list) else default
+    return merged
+
+
 def _print_phase(phase: str, detail: str, when: float) -> None:
     click.echo(f"{datetime.datetime.fromtimestamp(when):%H:%M:%S} {phase:<10} {detail}")
+
+
+@click.command("config")
+def config_command():
+    """Show the defaults `up --slurm` and `submit` take from the config files, and where each came from."""
+    from bridge_ray import settings
+
+    found = settings.effective()
+    project = settings.project_file()
+    click.echo(f"user file:    {settings.user_file()}{'' if settings.user_file().is_file() else ' (none)'}")
+    click.echo(f"project file: {project or f'(none: {settings.PROJECT_FILE} here or in a folder above)'}")
+    width = max(len(key) for key in found)
+    for key, setting in found.items():
+        shown = setting.value if not isinstance(setting.value, list) else ("; ".join(setting.value) or "[]")
+        click.echo(f"{key:<{width}}  {'-' if shown is None else shown}  ({setting.source})")
 
 
 @click.command("down")
@@ -126,4 +163,4 @@ def format_status(st: lib.ClusterStatus) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = (up_command, down_command, status_command)
+COMMANDS = (up_command, down_command, status_command, config_command)

@@ -20,6 +20,7 @@ Example:
 """
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bridge_ray import records
+from bridge_ray import records, runtime_env
 from bridge_ray.cluster import slurm_node
 from bridge_ray.cluster.auth import new_token_file
 from bridge_ray.errors import ConfigError, Interrupted, SlurmError
@@ -41,6 +42,7 @@ ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUE
 HOPELESS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "AccountNotAllowed",
             "InvalidAccount", "InvalidQOS", "QOSNotAllowed", "BadConstraints", "account not known")
 Progress = Callable[[str, str, float], None]
+SETUP_END = "BRIDGE_RAY_SETUP_END"  # the here-document's end marker in the template
 
 
 def _require(tool: str) -> str:
@@ -63,17 +65,47 @@ def _check(nodes: int, gpus_per_node: int, cpus_per_task: int | None, wait_s: fl
         raise ConfigError(problems)
 
 
+def _check_setup(setup: tuple[str, ...] | list[str]) -> None:
+    """Raises ConfigError for a setup line that breaks the script or puts a secret into it."""
+    for line in setup:
+        if "\n" in line or line.strip() == SETUP_END:
+            raise ConfigError(f"setup line {line!r} cannot be used: give one shell line each (repeat --setup), "
+                              f"and never {SETUP_END!r}")
+        assigned = re.findall(r"(?:^|[\s;])(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=", line)
+        secret = next((key for key in assigned if runtime_env.is_secret(key)), None)
+        if secret:
+            raise ConfigError(f"setup line sets {secret}, a secret: the batch script is kept by SLURM and in the "
+                              f"cluster's folder; export {secret} in your shell before `bridge-ray submit` instead "
+                              "(jobs get it in a 0600 file)")
+
+
+def _setup_block(setup: tuple[str, ...] | list[str]) -> str:
+    """The script's lines that write the setup lines to a file every node sources before Ray starts."""
+    if not setup:
+        return "SETUP=/dev/null  # no setup lines (up --slurm --setup LINE, --setup-file, slurm.setup)"
+    fail = ("trap 'rc=$?; echo \"bridge-ray: a setup line failed on $(hostname) (exit $rc): $BASH_COMMAND -- fix it "
+            "in --setup, --setup-file or slurm.setup (bridge-ray config)\" >&2' ERR")
+    return "\n".join([
+        "# Setup lines (--setup, --setup-file, slurm.setup): every node runs them, then starts Ray from that shell.",
+        'SETUP="$PWD/node-setup-$SLURM_JOB_ID.sh"', f"cat > \"$SETUP\" <<'{SETUP_END}'", fail, "set -eE", *setup,
+        "set +eE", "trap - ERR", SETUP_END, 'set +u; source "$SETUP"; set -u'])
+
+
 def render(name: str, nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: int | None = None,
            partition: str | None = None, nodelist: str | None = None, time: str | None = None,
            account: str | None = None, sbatch_args: tuple[str, ...] | list[str] = (),
-           join_timeout_s: float = 300.0) -> str:
+           setup: tuple[str, ...] | list[str] = (), join_timeout_s: float = 300.0) -> str:
     """The bootstrap batch script for cluster ``name`` (what ``up --slurm --dry-run`` prints).
 
+    ``setup``: shell lines every node runs before it starts Ray (``module load ...``,
+    ``conda activate ...``), in the shell that then starts it.
+
     Raises:
-        ConfigError: a count is out of range.
+        ConfigError: a count is out of range, or a setup line would end the script's here-document.
     """
     records.check_name(name)
     _check(nodes, gpus_per_node, cpus_per_task, 0, join_timeout_s)
+    _check_setup(setup)
     options = [("partition", partition), ("account", account), ("time", time), ("nodelist", nodelist),
                ("cpus-per-task", cpus_per_task), ("gpus-per-node", gpus_per_node or None)]
     lines = [f"#SBATCH --{flag}={value}" for flag, value in options if value is not None]
@@ -86,6 +118,7 @@ def render(name: str, nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: int
         "home": shlex.quote(str(records.home_dir())), "name": shlex.quote(name),
         "gpus_per_node": gpus_per_node, "join_timeout_s": int(join_timeout_s),
         "token_path": shlex.quote(str(folder / "auth_token")), "python": shlex.quote(sys.executable),
+        "setup_block": _setup_block(setup),
     }
     # The extra #SBATCH lines replace their placeholder's whole line, so none leaves a blank line.
     text = TEMPLATE.read_text().replace("{{sbatch_lines}}\n", "{{sbatch_lines}}")
@@ -213,7 +246,7 @@ def _check_pending(name: str, job_id: str, reason: str, request: dict, waited_s:
 def start(name: str, nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: int | None = None,
           partition: str | None = None, nodelist: str | None = None, time: str | None = None,
           account: str | None = None, sbatch_args: tuple[str, ...] | list[str] = (), wait_s: float = 600.0,
-          keep_pending: bool = False, join_timeout_s: float = 300.0,
+          keep_pending: bool = False, join_timeout_s: float = 300.0, setup: tuple[str, ...] | list[str] = (),
           progress: Progress | None = None) -> ClusterRecord:
     """Submit the bootstrap allocation and return the record once every node has joined.
 
@@ -224,6 +257,7 @@ def start(name: str, nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: int 
         cpus_per_task: CPUs per node for Ray (``--cpus-per-task``; SLURM's default otherwise).
         partition, nodelist, time, account: the sbatch options of the same name.
         sbatch_args: more sbatch options, verbatim (``--exclusive``, ``--qos=high``).
+        setup: shell lines every node runs before Ray starts (``module load hpcx/2.18.1``).
         wait_s: how long the allocation may stay pending before it is cancelled.
         keep_pending: keep a still-pending allocation queued (and recorded) instead.
         join_timeout_s: how long the head may take to answer once allocated, then the other nodes to join.
@@ -234,7 +268,7 @@ def start(name: str, nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: int 
     """
     script_options = dict(nodes=nodes, gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task,
                           partition=partition, nodelist=nodelist, time=time, account=account,
-                          sbatch_args=tuple(sbatch_args), join_timeout_s=join_timeout_s)
+                          sbatch_args=tuple(sbatch_args), setup=tuple(setup), join_timeout_s=join_timeout_s)
     _check(nodes, gpus_per_node, cpus_per_task, wait_s, join_timeout_s)
     _require("sbatch")
     text = render(name, **script_options)
@@ -243,6 +277,8 @@ def start(name: str, nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: int 
     for old in folder.glob("slurm-*"):  # progress of earlier allocations; their logs (slurm-N.out) stay
         if old.is_dir():
             shutil.rmtree(old)
+    for old in folder.glob("node-setup-*.sh"):  # earlier allocations' setup lines
+        old.unlink()
     new_token_file(folder / "auth_token")
     script = folder / "bootstrap.sbatch"
     script.write_text(text)
