@@ -1,5 +1,8 @@
 """``export(run, step=None)``: merge a chosen checkpoint of a run into a Hugging Face model.
 
+Any run that checkpoints with verl's FSDP layout: SFT (``global_step_N``) and PPO/GRPO (its
+``global_step_N/actor``; the critic is not exported).
+
 The same code as the automatic merge at the end of SFT (``bridge_ray.checkpoints``): verl's
 ``model_merger`` on a ``global_step_N`` folder, then a load-and-generate check with transformers.
 It runs on this machine, which must see the run's output dir (the shared filesystem) and have
@@ -75,7 +78,9 @@ def export(run: str | Path, step: int | None = None, target_dir: str | Path | No
         raise err
     number = int(_STEP.match(checkpoint.name).group(1))
     target = Path(target_dir) if target_dir else output_dir / f"hf_step_{number}"
-    merge_to_hf(checkpoint, target, env=_merge_env())
+    # PPO/GRPO steps hold the actor (and the critic) in folders of their own: the actor is the model.
+    weights = checkpoint / "actor" if (checkpoint / "actor").is_dir() else checkpoint
+    merge_to_hf(weights, target, env=_merge_env())
     check_hf_model(target)
     if record is not None:
         runs.amend(record, exports={**record.exports, str(number): str(target)})

@@ -16,7 +16,14 @@ fi
 # instead of failing it. Each PPO-on-CPU job has its own limit (tests/test_ppo_cpu.py); this one
 # is the backstop. SIGINT first, so pytest still tears its clusters down.
 limit=${BRIDGE_RAY_TEST_TIMEOUT_S:-3600}
-timeout --signal=INT --kill-after=120 "$limit" "$PY" -m pytest -q -m "$marker" "$@"
+# Two pytest workers, each taking whole files (module-scoped clusters and the SLURM tier stay in one
+# process): many integration tests wait on Ray, SLURM or a network timeout more than they compute
+# (~40 % of the 2 cores idle in test_cluster + test_hardening alone), so two files overlap well.
+# BRIDGE_RAY_TEST_WORKERS=0 runs everything in this process, one test after another.
+workers=${BRIDGE_RAY_TEST_WORKERS:-2}
+parallel=()
+[ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadfile)
+timeout --signal=INT --kill-after=120 "$limit" "$PY" -m pytest -q -m "$marker" "${parallel[@]}" "$@"
 rc=$?
 [ "$rc" = 124 ] && echo "tests/run.sh: the suite ran past ${limit} s and was stopped (BRIDGE_RAY_TEST_TIMEOUT_S)" >&2
 exit "$rc"

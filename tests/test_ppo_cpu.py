@@ -1,6 +1,10 @@
 """PPO and GRPO taking real steps on CPU: real Ray, real verl ``main_ppo``, real vLLM (its CPU build).
 
-    .venv/bin/python -m pytest tests/test_ppo_cpu.py -q      # ~15 min on an idle 2-core machine
+    .venv/bin/python -m pytest tests/test_ppo_cpu.py -q      # ~8 min on an idle 2-core machine
+
+Five jobs, each a real run: PPO with a critic (then its record and ``export``), the same run
+resubmitted with one more step (resume), ``sft_then_ppo.py --tiny`` (SFT -> merge -> GRPO, the
+GRPO checks read it) and its rerun (stages skipped), and a recipe whose own reward fails.
 
 One local Ray head with 4 logical CPUs (what a CPU run needs: 1 training rank + 3) runs every
 job, one after another: a run holds ~6-8 GB of host memory. The tiny model and synthetic data
@@ -78,9 +82,14 @@ def cpu_cluster():
     bridge_ray.down(CLUSTER)
 
 
-def test_ppo_recipe_takes_real_steps_with_a_critic_on_cpu(cpu_cluster, tmp_path):
-    run_dir = tmp_path / "ppo"
-    out = submit("recipes/ppo_gsm8k.py", "preset=ppo_tiny_cpu", f"ppo.trainer.output_dir={run_dir}")
+@pytest.fixture(scope="module")
+def ppo_run(cpu_cluster, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ppo") / "run"
+    return run_dir, submit("recipes/ppo_gsm8k.py", "preset=ppo_tiny_cpu", f"ppo.trainer.output_dir={run_dir}")
+
+
+def test_ppo_recipe_takes_real_steps_with_a_critic_on_cpu(ppo_run):
+    run_dir, out = ppo_run
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     logged = steps(out.stdout)
     assert sorted(logged) == [1, 2]
@@ -93,17 +102,46 @@ def test_ppo_recipe_takes_real_steps_with_a_critic_on_cpu(cpu_cluster, tmp_path)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["ppo"]["trainer"]["device"] == "cpu"
     assert config["task_runner_runtime_env"]["env_vars"]["VLLM_TARGET_DEVICE"] == "cpu"
+    # The run record, as for SFT: output dir, metrics, merged model; and export merges a step's actor.
+    import bridge_ray
+
+    submission = re.search(r"submitted (\S+)", out.stdout).group(1)
+    run = bridge_ray.load_run(submission)
+    assert (run.output_dir, run.hf_model, run.last_step) == (str(run_dir), str(run_dir / "hf"), 2)
+    assert "critic/vf_loss" in run.metrics and "critic/score/mean" in run.metrics
+    exported = run_cli("export", submission, "--step", "2", timeout=300)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    assert (run_dir / "hf_step_2" / "config.json").is_file()
+    assert bridge_ray.load_run(submission).exports == {"2": str(run_dir / "hf_step_2")}
+
+
+def test_same_run_with_more_steps_resumes_from_its_checkpoint(ppo_run):
+    run_dir, first = ppo_run
+    assert first.returncode == 0
+    out = submit("recipes/ppo_gsm8k.py", "preset=ppo_tiny_cpu", f"ppo.trainer.output_dir={run_dir}",
+                 "ppo.trainer.total_steps=3")
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert f"[bridge-ray] resumed from step 2 ({run_dir / 'checkpoints' / 'global_step_2'})" in out.stdout
+    assert f"Resuming from {run_dir / 'checkpoints' / 'global_step_2'}" in out.stdout
+    assert sorted(steps(out.stdout)) == [3]
+    assert sorted(metrics(run_dir)) == [1, 2, 3]  # the earlier attempt's steps kept, this one's after them
+    assert_merged_actor_generates(run_dir, 3)
+
+
+CHAIN_ARGS = ("--tiny", "sft.trainer.total_steps=2", "sft.trainer.save_freq=2", "sft.trainer.test_freq=-1")
 
 
 @pytest.fixture(scope="module")
-def grpo_run(cpu_cluster, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("grpo") / "run"
-    return run_dir, submit("recipes/grpo_gsm8k.py", "preset=grpo_tiny_cpu", f"ppo.trainer.output_dir={run_dir}")
+def chain_run(cpu_cluster, tmp_path_factory):
+    """recipes/sft_then_ppo.py --tiny: SFT, merge, then GRPO (``grpo_tiny_cpu``) from the merged model."""
+    run_dir = tmp_path_factory.mktemp("chain") / "chain"
+    return run_dir, submit("recipes/sft_then_ppo.py", "--run-dir", str(run_dir), *CHAIN_ARGS)
 
 
-def test_grpo_recipe_takes_real_steps_on_cpu(grpo_run):
-    run_dir, out = grpo_run
+def test_grpo_takes_real_steps_on_cpu_from_the_sft_model(chain_run):
+    run_dir, out = chain_run
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "[bridge-ray] stage sft: starting" in out.stdout and "[bridge-ray] stage ppo: starting" in out.stdout
     logged = steps(out.stdout)
     assert sorted(logged) == [1, 2]
     for row in logged.values():
@@ -112,36 +150,19 @@ def test_grpo_recipe_takes_real_steps_on_cpu(grpo_run):
         assert float(row["actor/grad_norm"]) > 0
         # vLLM (CPU) and the FSDP actor compute the same log-probs: weight sync works
         assert float(row["training/rollout_probs_diff_mean"]) < 1e-3
-    assert_merged_actor_generates(run_dir, 2)
-
-
-def test_same_run_with_more_steps_resumes_from_its_checkpoint(grpo_run):
-    run_dir, first = grpo_run
-    assert first.returncode == 0
-    out = submit("recipes/grpo_gsm8k.py", "preset=grpo_tiny_cpu", f"ppo.trainer.output_dir={run_dir}",
-                 "ppo.trainer.total_steps=3")
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-    assert f"Resuming from {run_dir / 'checkpoints' / 'global_step_2'}" in out.stdout
-    assert sorted(steps(out.stdout)) == [3]
-    assert sorted(metrics(run_dir)) == [1, 2, 3]
-    assert_merged_actor_generates(run_dir, 3)
-
-
-def test_sft_then_grpo_chain_on_cpu_and_rerun_skips_finished_stages(cpu_cluster, tmp_path):
-    run_dir = tmp_path / "chain"
-    args = ("--tiny", "--run-dir", str(run_dir), "sft.trainer.total_steps=2", "sft.trainer.save_freq=2",
-            "sft.trainer.test_freq=-1")
-    first = submit("recipes/sft_then_ppo.py", *args)
-    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
-    assert "[bridge-ray] stage sft: starting" in first.stdout and "[bridge-ray] stage ppo: starting" in first.stdout
-    assert sorted(steps(first.stdout)) == [1, 2]
     stages = json.loads((run_dir / "stages.json").read_text())
     assert {name: row["output"] for name, row in stages.items()} == {"sft": str(run_dir / "sft" / "hf"),
                                                                     "ppo": str(run_dir / "ppo" / "hf")}
     ppo_config = json.loads((run_dir / "ppo" / "config.json").read_text())
     assert ppo_config["ppo"]["model"]["path"] == str(run_dir / "sft" / "hf")  # GRPO started from the SFT model
+    assert ppo_config["ppo"]["algorithm"]["name"] == "grpo"
     assert_merged_actor_generates(run_dir / "ppo", 2)
-    again = submit("recipes/sft_then_ppo.py", *args)
+
+
+def test_a_chain_rerun_skips_finished_stages(chain_run):
+    run_dir, first = chain_run
+    assert first.returncode == 0
+    again = submit("recipes/sft_then_ppo.py", "--run-dir", str(run_dir), *CHAIN_ARGS)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
     for name in ("sft", "ppo"):
         assert f"[bridge-ray] stage {name}: finished before ({run_dir / name / 'hf'}); skipping" in again.stdout
