@@ -174,7 +174,7 @@ class Job:
             if deadline is not None and time.monotonic() > deadline:
                 return state
             time.sleep(poll_s)
-        logs = self.logs() if state != "SUCCEEDED" else ""
+        logs = self.logs()
         run = self.record_end(info, logs)
         if state != "SUCCEEDED":
             tail = "" if streamed else "\n".join(logs.rstrip().splitlines()[-LOG_TAIL_LINES:])
@@ -188,7 +188,7 @@ class Job:
         refresh of a run nobody saw ending."""
         state = str(info.status.value)
         if logs is None:
-            logs = self.logs() if state != "SUCCEEDED" else ""
+            logs = self.logs()
         return runs.finish_run(self.submission_id, state, info.message or "", logs,
                                end_time=info.end_time / 1000 if info.end_time else None)
 

@@ -40,6 +40,7 @@ from bridge_ray.errors import RunNotFound, RunRecordBroken
 
 RUN_DIR_ENV = "BRIDGE_RAY_RUN_DIR"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+JOB_LOG = "job.log"  # the job's whole log, written when its end is recorded
 LOG_TAIL_LINES = 20
 PACKAGES = ("torch", "ray", "verl", "transformers", "vllm", "bridge-ray", "wandb", "huggingface_hub")
 COPIED_FILES = ("config.json", "metrics.json")
@@ -238,6 +239,12 @@ def first_line(message: str) -> str:
     return re.sub(r",? last available logs.*$", "", (message.strip().splitlines() or [""])[0])
 
 
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
 def finish_run(submission_id: str, status: str, message: str = "", logs: str = "",
                end_time: float | None = None) -> RunRecord | None:
     """Record the end of a run (safe to call again; the first end is kept). None if it has no record.
@@ -246,7 +253,8 @@ def finish_run(submission_id: str, status: str, message: str = "", logs: str = "
         submission_id: the job.
         status: its terminal status.
         message: Ray's message for it.
-        logs: the job's log (a failed run keeps its last lines and a failure class).
+        logs: the job's whole log: kept in the run folder (``job.log``, secrets scrubbed); a failed
+            run's record also keeps its last lines and a failure class.
         end_time: when it ended (UNIX seconds; default now).
     """
     folder = run_dir(submission_id)
@@ -266,6 +274,8 @@ def finish_run(submission_id: str, status: str, message: str = "", logs: str = "
     fields = {"status": status, "message": scrub(message, secrets), "end_time": end_time or time.time(),
               "failure": classify_failure("\n".join(lines[-500:])) if status != "SUCCEEDED" else None,
               "log_tail": scrub("\n".join(lines[-LOG_TAIL_LINES:]), secrets) if status != "SUCCEEDED" else ""}
+    if logs:
+        _write_private(folder / JOB_LOG, scrub(logs, secrets))
     _copy_outputs(folder, current.output_dir)
     run = _with_outputs(RunRecord.from_dict({**dataclasses.asdict(current), **fields}))
     fields.update(last_step=run.last_step, metrics=run.metrics, wandb=run.wandb)

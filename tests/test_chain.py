@@ -24,7 +24,7 @@ SHORT = ["pretrain.trainer.total_steps=6", "pretrain.trainer.save_freq=-1", "pre
 
 
 def submit(run_dir: Path, hub: HubStandIn, *extra: str):
-    return run_cli("submit", "recipes/text_to_chat.py", "--name", "ci", "--follow",
+    return run_cli("submit", "recipes/text_to_chat.py", "--name", "ci", "--follow", "--verbose",
                    "--env", f"HF_ENDPOINT={hub.url}",
                    "--", f"run_dir={run_dir}", "hub_repo_id=me/tiny-chat", *SHORT, *extra,
                    env={"HF_TOKEN": FAKE_TOKEN}, timeout=1500)  # a secret goes from the shell, in a 0600 file

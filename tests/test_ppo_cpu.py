@@ -35,7 +35,7 @@ def submit(recipe: str, *args: str) -> subprocess.CompletedProcess:
     """``bridge-ray submit RECIPE --follow -- ARGS`` with a hard limit; on timeout the job is stopped."""
     try:
         return run_cli("submit", recipe, "--name", CLUSTER, "--exclude", ".gpu", "--exclude", ".gl", "--follow",
-                       "--", *args, timeout=RUN_TIMEOUT_S)
+                       "--verbose", "--", *args, timeout=RUN_TIMEOUT_S)  # verl's own step lines are read
     except subprocess.TimeoutExpired as err:
         import bridge_ray
 

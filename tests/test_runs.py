@@ -310,6 +310,31 @@ def test_sft_run_record_has_the_submission_and_no_secret(sft_job):
 
 
 @pytest.mark.integration
+def test_the_console_shows_progress_and_the_whole_log_stays_in_the_run_folder(sft_job):
+    """The non-TTY format of a real SFT job: its own lines and one line per step; `--all` and the run
+    folder's job.log hold everything verl and Ray printed."""
+    import re
+    import stat
+
+    from conftest import run_cli
+
+    shown = run_cli("logs", sft_job.submission_id, "--name", "ci")
+    everything = run_cli("logs", sft_job.submission_id, "--name", "ci", "--all")
+    assert shown.returncode == everything.returncode == 0, shown.stderr + everything.stderr
+    lines = shown.stdout.splitlines()
+    step = re.compile(r"^\[bridge-ray\] step (\d+)/6 loss \d+\.\d{4}( val_loss \d+\.\d{4})? lr \S+ tokens/s \d+ "
+                      r"\(\d+/worker\)( mfu \d\.\d{4})? \d+\.\d\ds \| elapsed \d+m\d\ds( eta \d+m\d\ds)?$")
+    assert [int(step.match(line).group(1)) for line in lines if step.match(line)] == [1, 2, 3, 4, 5, 6], lines
+    # Nothing of verl's or Ray's: bridge-ray's lines and the recipe's own result (sft.main prints it).
+    assert [line.split(":")[0] for line in lines if not line.startswith("[bridge-ray] ")] == [
+        "run folder", "merged Hugging Face model"]
+    assert len(everything.stdout.splitlines()) > 3 * len(lines)
+    kept = runs.run_dir(sft_job.submission_id) / "job.log"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert kept.read_text().splitlines()[-20:] == everything.stdout.splitlines()[-20:]
+
+
+@pytest.mark.integration
 def test_sft_run_record_has_outputs_and_feeds_export_and_upload(sft_job, monkeypatch):
     """What the job records (packages, output dir, steps, merged model), then export and upload from it."""
     from test_hub import FAKE_TOKEN, HubStandIn

@@ -17,15 +17,53 @@ def _flag(name: str) -> str:
     return "" if name == DEFAULT_CLUSTER else f" --name {name}"
 
 
-def _follow(job: lib.Job) -> str:
-    """Stream the job's log; Ctrl-C leaves the job running and says how to get back to it."""
+class _Screen:
+    """A terminal's live progress: the latest step line stays on the bottom line, redrawn in place;
+    every other line is printed above it."""
+
+    def __init__(self):
+        self.status = ""
+
+    def __call__(self, line: str) -> None:
+        import shutil
+
+        width = shutil.get_terminal_size().columns - 1
+        if line.startswith("[bridge-ray] step "):
+            self.status = line[:width]
+            sys.stdout.write("\r\x1b[2K" + self.status)
+        else:
+            sys.stdout.write("\r\x1b[2K" + line + "\n" + self.status)
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        if self.status:
+            sys.stdout.write("\n")
+            self.status = ""
+
+
+def _follow(job: lib.Job, verbose: bool = False) -> str:
+    """Stream the job's log (``verbose``: all of it; else what ``ConsoleView`` keeps); Ctrl-C leaves
+    the job running and says how to get back to it. A failure whose error the view did not show
+    ends with the log's last lines."""
+    from bridge_ray.errors import JobFailed
+    from bridge_ray.progress import ConsoleView
+
+    screen = _Screen() if not verbose and sys.stdout.isatty() else None
+    view = None if verbose else ConsoleView(screen or (lambda line: click.echo(line)))
     try:
-        return job.follow()
+        return job.follow(click.echo if view is None else view.feed)
+    except JobFailed as err:
+        if view is not None and not view.showed_error:
+            err.log_tail = "\n".join(job.logs().rstrip().splitlines()[-lib.LOG_TAIL_LINES:])
+        raise
     except KeyboardInterrupt:
         flag = _flag(job.cluster)
         raise Interrupted(f"stopped following; job {job.submission_id} keeps running on cluster {job.cluster!r}: "
                           f"reattach with `bridge-ray logs {job.submission_id}{flag} --follow`, "
                           f"stop it with `bridge-ray stop {job.submission_id}{flag}`") from None
+    finally:
+        if screen is not None:
+            screen.close()
 
 
 @click.command("submit", context_settings={"ignore_unknown_options": True})
@@ -35,10 +73,11 @@ def _follow(job: lib.Job) -> str:
 @click.option("--env", "env_items", multiple=True, metavar="KEY=VALUE", help="Extra env var for the job (repeatable).")
 @click.option("--exclude", "excludes", multiple=True, metavar="PATTERN", help="More working_dir excludes (repeatable).")
 @click.option("--submission-id", help="Job id to use (default: <recipe>-<time>-<hex>).")
-@click.option("--follow", is_flag=True, help="Stream the log and exit with the job's outcome.")
+@click.option("--follow", is_flag=True, help="Stream the job's progress and exit with its outcome.")
+@click.option("--verbose", is_flag=True, help="With --follow: everything verl and Ray print, not only the progress.")
 @click.option("--dry-run", is_flag=True, help="Print the entrypoint and runtime_env (secrets redacted); submit nothing.")
 @click.option("--no-check", is_flag=True, help="Skip running the recipe here first to check its arguments.")
-def submit_command(recipe, args, name, env_items, excludes, submission_id, follow, dry_run, no_check):
+def submit_command(recipe, args, name, env_items, excludes, submission_id, follow, verbose, dry_run, no_check):
     """Submit RECIPE.py [-- ARGS...] as a Ray job on the recorded cluster.
 
     A recipe that declares config(argv) has its configs built and validated here first, so a
@@ -53,7 +92,7 @@ def submit_command(recipe, args, name, env_items, excludes, submission_id, follo
     flag = _flag(name)
     click.echo(f"submitted {job.submission_id} to cluster {name!r}")
     if follow:
-        click.echo(f"{job.submission_id} {_follow(job)}")
+        click.echo(f"{job.submission_id} {_follow(job, verbose)}")
         return
     click.echo("Next steps:\n"
                f"  bridge-ray logs {job.submission_id}{flag} --follow\n"
@@ -66,13 +105,20 @@ def submit_command(recipe, args, name, env_items, excludes, submission_id, follo
 @click.argument("submission_id")
 @name_option
 @click.option("--follow", is_flag=True, help="Stream until the job ends; exit with its outcome.")
-def logs_command(submission_id, name, follow):
-    """Print a job's log."""
+@click.option("--all", "--verbose", "everything", is_flag=True,
+              help="The whole log: everything verl and Ray print, not only the progress.")
+def logs_command(submission_id, name, follow, everything):
+    """Print a job's progress (its own lines and one per training step); --all for the whole log."""
+    from bridge_ray.progress import ConsoleView
+
     job = lib.Job(submission_id, name)
     if follow:
-        _follow(job)
+        _follow(job, everything)
         return
-    sys.stdout.write(job.logs())
+    if everything:
+        sys.stdout.write(job.logs())
+        return
+    ConsoleView(lambda line: click.echo(line)).feed(job.logs())
 
 
 @click.command("stop")
