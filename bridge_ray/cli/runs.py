@@ -4,10 +4,12 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+from pathlib import Path
 
 import click
 
 from bridge_ray import hub, jobs
+from bridge_ray.errors import ConfigError
 from bridge_ray import runs as lib
 # Not `from bridge_ray import export`: the package binds that name to the function export.export.
 from bridge_ray.export import export as export_run
@@ -51,9 +53,28 @@ def describe(run: lib.RunRecord) -> str:
         f"hub         {run.hub_url or '-'}",
         f"run dir     {run.run_dir}   (config.json, metrics.json, packages.json, run.json)",
     ]
+    lines += _figures(run)
     if run.log_tail:
         lines.append("--- last log lines ---\n" + run.log_tail)
     return "\n".join(lines)
+
+
+def _figures(run: lib.RunRecord) -> list[str]:
+    """The figures that matter, from the run's curves: loss/reward first, last, best; throughput; wall time."""
+    from bridge_ray import curves
+
+    found = curves.summary(curves.of_run(run))
+    lines = []
+    for name in ("loss", "val_loss", "reward", "critic_loss"):
+        if name in found:
+            f = found[name]
+            lines.append(f"{name:<12}first {f['first']:.4g}   last {f['last']:.4g}   best {f['best']:.4g} (step {f['best_step']})")
+    for name in ("tokens_per_s", "mfu"):
+        if name in found:
+            lines.append(f"{name:<12}mean {found[name]['mean']:.4g}   last {found[name]['last']:.4g}")
+    if lines:
+        lines.append(f"{'wall time':<12}{_duration(run)}   (curves: `bridge-ray runs plot {run.submission_id}`)")
+    return lines
 
 
 @click.group("runs", invoke_without_command=True)
@@ -80,6 +101,23 @@ def show_command(submission_id, as_json):
     """Show everything about one run (default: the latest)."""
     run = jobs.load_run(submission_id, refresh=True)
     click.echo(json.dumps(dataclasses.asdict(run), indent=2, default=str) if as_json else describe(run))
+
+
+@runs_group.command("plot")
+@click.argument("submission_ids", nargs=-1, required=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="The PNG to write (default: the first run's folder, metrics.png).")
+def plot_command(submission_ids, out):
+    """Draw the loss / reward curves of a run, or of several overlaid (`runs plot A B`), into a PNG."""
+    from bridge_ray import curves
+
+    runs = [jobs.load_run(submission_id) for submission_id in submission_ids]
+    drawn = {run.submission_id: curves.of_run(run) for run in runs}
+    empty = [name for name, found in drawn.items() if not found]
+    if empty:
+        raise ConfigError(f"run {empty[0]} has logged no step yet (no metrics.json or metrics.jsonl in its output "
+                          "dir): plot it once it has")
+    target = curves.plot(drawn, out or Path(runs[0].run_dir) / "metrics.png")
+    click.echo(f"wrote {target}")
 
 
 @click.command("upload")
