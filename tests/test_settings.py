@@ -6,6 +6,8 @@ run on every node before Ray starts is ``test_slurm.py``'s (the real SLURM tier)
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -115,8 +117,8 @@ def test_the_wandb_entity_reaches_submitted_jobs_unless_the_shell_sets_one(where
     record = records.ClusterRecord(name="unit", backend="address", gcs_address="", dashboard_url="http://127.0.0.1:9")
     env = {"BRIDGE_RAY_HOME": str(home)}
     subprocess.run([sys.executable, "-c", "import sys, bridge_ray.records as r, json; "
-                    f"r.save(r.ClusterRecord(**json.loads(sys.argv[1])))",
-                    __import__("json").dumps(record.__dict__)], env={**os.environ, **env}, check=True)
+                    "r.save(r.ClusterRecord(**json.loads(sys.argv[1])))",
+                    json.dumps(dataclasses.asdict(record))], env={**os.environ, **env}, check=True)
     base = ("submit", "recipe.py", "--name", "unit", "--dry-run", "--no-check")
     clean = {k: v for k, v in os.environ.items() if k != "WANDB_ENTITY"}
     out = subprocess.run([sys.executable, "-m", "bridge_ray", *base], cwd=project, capture_output=True, text=True,
