@@ -8,13 +8,14 @@ Run:
     bridge-ray submit recipes/sft_then_ppo.py --follow -- --tiny
         # offline tiny Llama, all on CPU (what `make demo` runs): SFT on 2 CPU workers, then GRPO
         # with vLLM's CPU build; the model and data are built once under $BRIDGE_RAY_HOME/demo
-    bridge-ray submit recipes/sft_then_ppo.py --follow -- --tiny /abs/assets --run-dir /abs/runs/chain
+    bridge-ray submit recipes/sft_then_ppo.py --follow -- --tiny --assets /abs/assets --run-dir /abs/runs/chain
     python recipes/sft_then_ppo.py --dry-run        # both stages' verl overrides; no cluster
 """
 import argparse
 import sys
 
 from bridge_ray import assets, pipeline, ppo, sft
+from bridge_ray.errors import ConfigError
 
 
 def tiny_configs(assets_dir: str, run_dir: str):
@@ -27,12 +28,15 @@ def _arguments(argv: list[str]):
     """(SFT config, PPO config, run dir, the remaining arguments) from the recipe's arguments."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", help="absolute folder for both stages")
-    parser.add_argument("--tiny", metavar="ASSETS_DIR", nargs="?", const=str(sft.home_dir() / "demo"),
-                        help="the offline tiny model and data, built here (default $BRIDGE_RAY_HOME/demo); all on CPU")
+    parser.add_argument("--tiny", action="store_true", help="the offline tiny model and data, all on CPU")
+    parser.add_argument("--assets", help="with --tiny: absolute folder for its model and data (default "
+                                         "$BRIDGE_RAY_HOME/demo), built there once")
     args, rest = parser.parse_known_args(argv)
+    if args.assets and not (args.tiny and args.assets.startswith("/")):
+        raise ConfigError(f"--assets {args.assets}: give an absolute folder, with --tiny (the job runs on the cluster)")
     run_dir = args.run_dir or str(pipeline.default_run_dir("sft-then-grpo-tiny" if args.tiny else "sft-then-grpo"))
     if args.tiny:
-        return (*tiny_configs(args.tiny, run_dir), run_dir, rest)
+        return (*tiny_configs(args.assets or str(sft.home_dir() / "demo"), run_dir), run_dir, rest)
     return sft.sft_gsm8k_llama1b(), ppo.grpo_gsm8k_llama1b(), run_dir, rest
 
 
@@ -42,4 +46,9 @@ def config(argv: list[str]):
 
 
 if __name__ == "__main__":
-    pipeline.main(*_arguments(sys.argv[1:]))
+    try:
+        stages = _arguments(sys.argv[1:])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    pipeline.main(*stages)

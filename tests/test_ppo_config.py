@@ -463,3 +463,24 @@ def test_pipeline_skips_finished_stages_and_refuses_changed_ones(tmp_path):
         pipeline._stage(tmp_path, "ppo", changed, train("ppo"))
     _, ppo_cfg = pipeline.plan(ppo.ppo_gsm8k_llama1b(), cfg, tmp_path)  # any config with trainer.output_dir
     assert ppo_cfg.model.path == str(tmp_path / "sft" / "hf") and ppo_cfg.trainer.output_dir == str(tmp_path / "ppo")
+
+
+def test_the_chain_recipe_keeps_overrides_after_tiny_and_wants_absolute_assets(tmp_path):
+    """`--tiny sft.trainer.total_steps=2` once made the override the assets folder (``--tiny [DIR]``)."""
+    import os
+    import subprocess
+
+    from conftest import REPO
+
+    env = {**os.environ, "BRIDGE_RAY_HOME": str(tmp_path)}
+    recipe = str(REPO / "recipes" / "sft_then_ppo.py")
+    out = subprocess.run([sys.executable, recipe, "--dry-run", "--tiny", "sft.trainer.total_steps=2"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    plan = json.loads(out.stdout[out.stdout.index("{"):])
+    assert "trainer.total_training_steps=2" in plan["sft_verl_overrides"]
+    assert not (tmp_path / "sft.trainer.total_steps=2").exists()
+    bad = subprocess.run([sys.executable, recipe, "--dry-run", "--tiny", "--assets", "rel"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert (bad.returncode, bad.stderr.strip()) == (
+        2, "error: --assets rel: give an absolute folder, with --tiny (the job runs on the cluster)")
