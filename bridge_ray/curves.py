@@ -101,12 +101,13 @@ def plot(runs: dict[str, dict[str, list[tuple[int, float]]]], path: str | Path) 
                 points = curves.get(series) if series else None
                 if points:
                     ax.plot(*zip(*points), style, marker="o", markersize=3,
-                            label=f"{label} {series}" if len(runs) > 1 or series == "val_loss" else series)
+                            label=f"{label} {series}" if len(runs) > 1 else series)
         ax.set_xlabel("step")
         ax.set_title(name.replace("_", " "))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    fig.suptitle(", ".join(runs), fontsize=9)
     fig.tight_layout()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

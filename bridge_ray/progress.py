@@ -30,6 +30,7 @@ RAY_REPEATED = re.compile(r"\s*\[repeated \d+x across cluster\].*$")
 VERL_STEP = re.compile(r"^step:(\d+) - (.*)$")
 TQDM_TOTAL = re.compile(r"^Training Progress:.*\|\s*\d+/(\d+) \[")
 BRIDGE_STEP = re.compile(r"^\[bridge-ray\] step (\d+)/(\d+) ")
+PPO_KEYS = frozenset({"critic/score/mean", "actor/pg_loss"})  # what tells verl's PPO step line from its SFT one
 STEP_TIME = re.compile(r" (\d+(?:\.\d+)?)s$")  # a step line ends with the step's own time
 # Driver lines that are noise to a person: progress bars, Ray's and Python's logger lines.
 DRIVER_NOISE = (
@@ -82,6 +83,7 @@ class ConsoleView:
         self.total: int | None = None
         self.elapsed = 0.0
         self.timed_steps = 0
+        self.last_step, self.last_total = 0, None
         self.recent: deque[str] = deque(maxlen=8)
         self.hidden = 0
         self.showed_error = False
@@ -120,6 +122,8 @@ class ConsoleView:
         verl = VERL_STEP.match(stripped)
         if verl:
             metrics = dict(part.split(":", 1) for part in verl.group(2).split(" - ") if ":" in part)
+            if not PPO_KEYS.intersection(metrics):  # verl's SFT trainer: bridge-ray's own step line says it
+                return None
             step = int(verl.group(1))
             return self._timed(ppo_step_line(step, self.total, metrics), step, self.total)
         if from_actor:  # verl's, vLLM's and Ray's actors: only their error and warning lines
@@ -134,6 +138,9 @@ class ConsoleView:
         From the steps' own clocks, not this process's: the log arrives in batches, and ``logs``
         reads a finished job's log at once.
         """
+        if step <= self.last_step or total != self.last_total:  # a new stage (the chain) or a new attempt
+            self.elapsed, self.timed_steps = 0.0, 0
+        self.last_step, self.last_total = step, total
         took = STEP_TIME.search(line)
         if took:
             self.elapsed += float(took.group(1))

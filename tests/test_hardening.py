@@ -594,6 +594,7 @@ def test_a_failed_job_prints_its_error_once(local_cluster):
     job_id = out.stdout.split()[1]
     assert last_line(out.stderr) == f"error: job {job_id} FAILED: Job entrypoint command failed with exit code 1"
     assert "--- last log lines" not in shown  # the log was just streamed
+    assert "packaging.py" not in out.stderr and "dashboard_sdk.py" not in out.stderr  # Ray's upload log is quiet
 
 
 def test_a_submission_id_that_is_taken_or_a_path_is_refused_and_loses_nothing(local_cluster):

@@ -14,6 +14,7 @@ Running entrypoint for job ppo-1: python -m bridge_ray.launch recipes/ppo_gsm8k.
 {C}(TaskRunnerV1 pid=6879){R}   warnings.warn(f"torchtitan engine is not available: {{e!r}}", stacklevel=1)
 {C}(TaskRunnerV1 pid=6879){R} Training Progress:   0%|          | 0/3 [00:00<?, ?it/s]
 Loading weights: 100%|██████████| 20/20 [00:00<00:00, 21564.54it/s]
+{C}(RayTrainWorker pid=70){R} step:1 - train/loss:6.3 - train/lr(1e-3):0.001
 {C}(TaskRunnerV1 pid=6879){R} step:1 - actor/pg_loss:0.0117 - critic/vf_loss:0.52 - critic/score/mean:1.0006 - perf/throughput:62.4 - timing_s/step:20.0
 {C}(TaskRunnerV1 pid=6879){R} step:2 - actor/pg_loss:-0.002 - critic/vf_loss:0.31 - critic/score/mean:1.01 - perf/throughput:70.0 - timing_s/step:10.0
 {C}(SimpleStorageUnit pid=7012){R} WARNING - target_num_threads 8 should not exceed 2 [repeated 56x across cluster] (Ray deduplicates logs by default.)
@@ -40,7 +41,7 @@ def test_a_ppo_log_is_its_own_lines_and_one_line_per_step():
         "error: something an actor says is wrong",
         "[bridge-ray] merged /runs/ppo/checkpoints/global_step_3/actor -> /runs/ppo/hf; sample generation: 'x'",
     ]
-    assert console.showed_error and console.hidden == 7
+    assert console.showed_error and console.hidden == 8
 
 
 def test_the_recipes_own_output_and_its_traceback_show_and_a_line_shows_once():
@@ -56,6 +57,15 @@ def test_the_recipes_own_output_and_its_traceback_show_and_a_line_shows_once():
                      "Traceback (most recent call last):", '  File "recipe.py", line 3, in <module>',
                      "ValueError: failing on purpose"]
     assert console.showed_error
+
+
+def test_a_new_stage_starts_its_own_clock():
+    log = ("[bridge-ray] step 1/2 loss 6.0 5.00s\n[bridge-ray] step 2/2 loss 5.0 5.00s\n"
+           f"{C}(TaskRunnerV1 pid=1){R} Training Progress:   0%|          | 0/3 [00:00<?, ?it/s]\n"
+           f"{C}(TaskRunnerV1 pid=1){R} step:1 - actor/pg_loss:0.1 - critic/score/mean:0.5 - timing_s/step:2.0\n")
+    shown, _ = view(log)
+    assert [line.split(" | ")[1] for line in shown] == ["elapsed 0m05s eta 0m05s", "elapsed 0m10s",
+                                                        "elapsed 0m02s eta 0m04s"]
 
 
 def test_nothing_error_like_shown_leaves_the_tail_to_the_caller():

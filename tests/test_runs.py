@@ -334,7 +334,7 @@ def test_the_console_shows_progress_and_the_whole_log_stays_in_the_run_folder(sf
     assert kept.read_text().splitlines()[-20:] == everything.stdout.splitlines()[-20:]
     # `runs show` ends with the figures that matter; `runs plot` draws the curves.
     shown = run_cli("runs", "show", sft_job.submission_id).stdout
-    assert re.search(r"^loss {8}first \S+ {3}last \S+ {3}best \S+ \(step \d\)$", shown, re.M), shown
+    assert re.search(r"^loss {9}first \S+ {3}last \S+ {3}best \S+ \(step \d\)$", shown, re.M), shown
     assert re.search(r"^tokens_per_s mean \S+ {3}last \S+$", shown, re.M), shown
     plotted = run_cli("runs", "plot", sft_job.submission_id)
     png = runs.run_dir(sft_job.submission_id) / "metrics.png"

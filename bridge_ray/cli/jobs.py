@@ -66,6 +66,20 @@ def _follow(job: lib.Job, verbose: bool = False) -> str:
             screen.close()
 
 
+def _quiet_ray_client() -> None:
+    """Ray's client logs each step of packaging and uploading the working_dir (INFO and WARNING lines
+    about files it leaves out) and the closing of the log stream; bridge-ray sizes and checks the
+    upload itself. Only Ray's errors show."""
+    import logging
+
+    import ray.dashboard.modules.dashboard_sdk  # noqa: F401 - these two set their loggers to INFO when imported
+    import ray.dashboard.modules.job.sdk  # noqa: F401
+
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
+                 "ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 @click.command("submit", context_settings={"ignore_unknown_options": True})
 @click.argument("recipe")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -74,7 +88,7 @@ def _follow(job: lib.Job, verbose: bool = False) -> str:
 @click.option("--exclude", "excludes", multiple=True, metavar="PATTERN", help="More working_dir excludes (repeatable).")
 @click.option("--submission-id", help="Job id to use (default: <recipe>-<time>-<hex>).")
 @click.option("--follow", is_flag=True, help="Stream the job's progress and exit with its outcome.")
-@click.option("--verbose", is_flag=True, help="With --follow: everything verl and Ray print, not only the progress.")
+@click.option("--verbose", is_flag=True, help="Everything verl and Ray print (with --follow), and Ray's upload log.")
 @click.option("--dry-run", is_flag=True, help="Print the entrypoint and runtime_env (secrets redacted); submit nothing.")
 @click.option("--no-check", is_flag=True, help="Skip running the recipe here first to check its arguments.")
 def submit_command(recipe, args, name, env_items, excludes, submission_id, follow, verbose, dry_run, no_check):
@@ -88,6 +102,8 @@ def submit_command(recipe, args, name, env_items, excludes, submission_id, follo
     if dry_run:
         click.echo(json.dumps(lib.plan(recipe, args, **options).shown(), indent=2))
         return
+    if not verbose:
+        _quiet_ray_client()
     job = lib.submit(recipe, args, **options)
     flag = _flag(name)
     click.echo(f"submitted {job.submission_id} to cluster {name!r}")

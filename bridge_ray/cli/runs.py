@@ -68,12 +68,12 @@ def _figures(run: lib.RunRecord) -> list[str]:
     for name in ("loss", "val_loss", "reward", "critic_loss"):
         if name in found:
             f = found[name]
-            lines.append(f"{name:<12}first {f['first']:.4g}   last {f['last']:.4g}   best {f['best']:.4g} (step {f['best_step']})")
+            lines.append(f"{name:<12} first {f['first']:.4g}   last {f['last']:.4g}   best {f['best']:.4g} (step {f['best_step']})")
     for name in ("tokens_per_s", "mfu"):
         if name in found:
-            lines.append(f"{name:<12}mean {found[name]['mean']:.4g}   last {found[name]['last']:.4g}")
+            lines.append(f"{name:<12} mean {found[name]['mean']:.4g}   last {found[name]['last']:.4g}")
     if lines:
-        lines.append(f"{'wall time':<12}{_duration(run)}   (curves: `bridge-ray runs plot {run.submission_id}`)")
+        lines.append(f"{'wall time':<12} {_duration(run)}   (curves: `bridge-ray runs plot {run.submission_id}`)")
     return lines
 
 
