@@ -29,6 +29,8 @@ from bridge_ray.records import DEFAULT_CLUSTER, ClusterRecord
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 LOG_TAIL_LINES = 20
 CHECK_TIMEOUT_S = 300.0
+NO_AGENT = "No available agent to submit job"  # Ray's 500 while the head's job agent is not ready
+AGENT_WAIT_S = 60.0
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -371,8 +373,7 @@ def submit(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluste
     runs.start_run(p, record)
     try:
         credentials.write(cluster, p.submission_id, p.secrets)
-        _call(record, f"submitting job {p.submission_id}", c.submit_job, entrypoint=p.entrypoint,
-              submission_id=p.submission_id, runtime_env=p.runtime_env, metadata=p.metadata)
+        _send(record, c, p)
     except KeyboardInterrupt:
         raise _interrupted_submit(record, c, p.submission_id) from None
     except Exception as err:
@@ -383,6 +384,22 @@ def submit(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluste
             raise BridgeRayError(f"cluster {cluster!r} refused job {p.submission_id}: {said}; nothing was submitted") from None
         raise
     return Job(p.submission_id, cluster)
+
+
+def _send(record: ClusterRecord, c, p: SubmitPlan) -> None:
+    """POST the job; while the head's job agent is not ready yet (a node just joined, a busy
+    machine: Ray answers 500 "No available agent to submit job"), try again for up to
+    ``AGENT_WAIT_S``. Nothing was accepted before such an answer, so trying again submits once."""
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            _call(record, f"submitting job {p.submission_id}", c.submit_job, entrypoint=p.entrypoint,
+                  submission_id=p.submission_id, runtime_env=p.runtime_env, metadata=p.metadata)
+            return
+        except RuntimeError as err:
+            if NO_AGENT not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def _interrupted_submit(record: ClusterRecord, c, submission_id: str) -> Interrupted:

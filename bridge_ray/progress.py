@@ -87,6 +87,7 @@ class ConsoleView:
         self.recent: deque[str] = deque(maxlen=8)
         self.hidden = 0
         self.showed_error = False
+        self.showed_output = False  # any line of the job's own besides bridge-ray's progress
 
     def feed(self, chunk: str) -> None:
         for line in chunk.splitlines():
@@ -110,6 +111,7 @@ class ConsoleView:
         if ours:
             self.recent.append(key)
         self.showed_error = self.showed_error or bool(ERROR_LIKE.match(shown))
+        self.showed_output = self.showed_output or not shown.startswith("[bridge-ray]")
         self.write(shown)
 
     def _shown(self, body: str, from_actor: bool) -> str | None:

@@ -218,3 +218,31 @@ def test_a_renamed_process_holding_the_clusters_files_is_found_and_the_caller_ne
 def test_secret_names_are_whole_words(key, secret):
     """A setting such as TOKENIZERS_PARALLELISM passes with --env and shows in a dry run; credentials never do."""
     assert runtime_env.is_secret(key) is secret
+
+
+def test_submit_waits_for_the_heads_job_agent_and_nothing_else(monkeypatch):
+    """Ray answers 500 "No available agent to submit job" while a fresh head's job agent starts (seen on
+    a loaded machine right after a node joined); nothing was accepted, so bridge-ray asks again."""
+    from bridge_ray import jobs
+    from bridge_ray.runtime_env import SubmitPlan
+
+    calls = []
+
+    class Client:
+        def __init__(self, answers):
+            self.answers = answers
+
+        def submit_job(self, **kwargs):
+            calls.append(kwargs["submission_id"])
+            if self.answers:
+                raise RuntimeError(self.answers.pop(0))
+
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    record = records.ClusterRecord(name="unit", backend="address", gcs_address="", dashboard_url="http://x:1")
+    plan = SubmitPlan("unit", "id-1", "python x.py", {}, {})
+    busy = "Request failed with status code 500: No available agent to submit job, please try again later.."
+    jobs._send(record, Client([busy, busy]), plan)
+    assert calls == ["id-1"] * 3
+    with pytest.raises(RuntimeError, match="status code 400"):
+        jobs._send(record, Client(["Request failed with status code 400: bad runtime_env"]), plan)
+    assert len(calls) == 4

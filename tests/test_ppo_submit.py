@@ -175,7 +175,7 @@ ENV_PROBE = textwrap.dedent('''
 def test_verl_ppo_env_reaches_the_actors_verl_starts(local_cluster, tmp_path):
     (tmp_path / "env_probe.py").write_text(ENV_PROBE)
     out = run_cli("submit", str(tmp_path / "env_probe.py"), "--name", "ci", "--env", "NCCL_DEBUG=INFO", "--follow",
-                  timeout=240)
+                  timeout=600)  # a hang guard: on a loaded 2-core machine this job has taken 4 min
     assert out.returncode == 0, out.stdout + out.stderr
     added = json.loads(out.stdout.split("ADDED=", 1)[1].splitlines()[0])
     seen = json.loads(out.stdout.split("SEEN=", 1)[1].splitlines()[0])

@@ -44,17 +44,22 @@ class _Screen:
 def _follow(job: lib.Job, verbose: bool = False) -> str:
     """Stream the job's log (``verbose``: all of it; else what ``ConsoleView`` keeps); Ctrl-C leaves
     the job running and says how to get back to it. A failure whose error the view did not show
-    ends with the log's last lines."""
-    from bridge_ray.errors import JobFailed
+    ends with the log's last lines. Ray's client logs nothing but its errors (``--verbose``: all)."""
+    from bridge_ray.errors import BridgeRayError, JobFailed
     from bridge_ray.progress import ConsoleView
 
+    if not verbose:
+        _quiet_ray_client()
     screen = _Screen() if not verbose and sys.stdout.isatty() else None
     view = None if verbose else ConsoleView(screen or (lambda line: click.echo(line)))
     try:
         return job.follow(click.echo if view is None else view.feed)
     except JobFailed as err:
-        if view is not None and not view.showed_error:
-            err.log_tail = "\n".join(job.logs().rstrip().splitlines()[-lib.LOG_TAIL_LINES:])
+        if view is not None and not view.showed_output:  # nothing of the job's own said why: its last lines do
+            try:
+                err.log_tail = "\n".join(job.logs().rstrip().splitlines()[-lib.LOG_TAIL_LINES:])
+            except BridgeRayError:  # the cluster went away meanwhile: the failure itself is the news
+                pass
         raise
     except KeyboardInterrupt:
         flag = _flag(job.cluster)
