@@ -95,6 +95,25 @@ def test_only_the_cli_imports_the_cli():
     assert {k: v for k, v in outside.items() if v} == {}
 
 
+def test_the_cli_imports_no_ray_or_trainer_package():
+    """``cli`` -> library -> ray/verl: a command reaches Ray, torch or verl through a library call, even
+    inside a function (where the test below, which imports modules without running commands, can't see it)."""
+    heavy = {"ray", "torch", "verl", "vllm", "transformers"}
+    found = {}
+    for name, path in modules().items():
+        if not name.startswith("bridge_ray.cli") and name != "bridge_ray.__main__":
+            continue
+        tops = set()
+        for node in runtime_nodes(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                tops |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                tops.add((node.module or "").split(".")[0])
+        if tops & heavy:
+            found[name] = sorted(tops & heavy)
+    assert found == {}
+
+
 def test_the_cli_and_the_library_import_no_heavy_package():
     """Ray, torch, verl and transformers load where they are used, not with the CLI: ``submit
     --dry-run`` and ``status`` stay quick (``benchmarks/submit_dry_run.py`` times it)."""

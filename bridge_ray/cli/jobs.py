@@ -8,6 +8,7 @@ import click
 
 from bridge_ray import jobs as lib
 from bridge_ray.cli.cluster import name_option
+from bridge_ray.cluster.client import quiet_ray_client
 from bridge_ray.errors import Interrupted
 from bridge_ray.records import DEFAULT_CLUSTER
 from bridge_ray.runtime_env import parse_env
@@ -49,7 +50,7 @@ def _follow(job: lib.Job, verbose: bool = False) -> str:
     from bridge_ray.progress import ConsoleView
 
     if not verbose:
-        _quiet_ray_client()
+        quiet_ray_client()
     screen = _Screen() if not verbose and sys.stdout.isatty() else None
     view = None if verbose else ConsoleView(screen or (lambda line: click.echo(line)))
     try:
@@ -69,20 +70,6 @@ def _follow(job: lib.Job, verbose: bool = False) -> str:
     finally:
         if screen is not None:
             screen.close()
-
-
-def _quiet_ray_client() -> None:
-    """Ray's client logs each step of packaging and uploading the working_dir (INFO and WARNING lines
-    about files it leaves out) and the closing of the log stream; bridge-ray sizes and checks the
-    upload itself. Only Ray's errors show."""
-    import logging
-
-    import ray.dashboard.modules.dashboard_sdk  # noqa: F401 - these two set their loggers to INFO when imported
-    import ray.dashboard.modules.job.sdk  # noqa: F401
-
-    for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
-                 "ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @click.command("submit", context_settings={"ignore_unknown_options": True})
@@ -108,7 +95,7 @@ def submit_command(recipe, args, name, env_items, excludes, submission_id, follo
         click.echo(json.dumps(lib.plan(recipe, args, **options).shown(), indent=2))
         return
     if not verbose:
-        _quiet_ray_client()
+        quiet_ray_client()
     job = lib.submit(recipe, args, **options)
     flag = _flag(name)
     click.echo(f"submitted {job.submission_id} to cluster {name!r}")

@@ -15,6 +15,23 @@ from bridge_ray.records import ClusterRecord
 NO_PROXIES = {"http": None, "https": None, "all": None}
 
 
+def quiet_ray_client() -> None:
+    """Leave only Ray's errors in the client's log.
+
+    Ray's client logs each step of packaging and uploading the working_dir (INFO and WARNING
+    lines about files it leaves out) and the closing of the log stream; bridge-ray sizes and
+    checks the upload itself, so those lines only hide the job's own.
+    """
+    import logging
+
+    import ray.dashboard.modules.dashboard_sdk  # noqa: F401 - these two set their loggers to INFO when imported
+    import ray.dashboard.modules.job.sdk  # noqa: F401
+
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
+                 "ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def _client_class():
     import ray
     from ray.dashboard.modules.dashboard_sdk import SubmissionClient
