@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bridge_ray.ppo.run import METRICS_FILE, read_metrics
+
 # name shown -> the keys that hold it (SFT/pretrain history first, then verl's PPO metrics)
 SERIES = {
     "loss": ("loss", "actor/pg_loss"),
@@ -35,16 +37,7 @@ def _rows(folder: Path) -> list[dict]:
             return list(json.loads(history.read_text()).get("history") or [])
         except ValueError:
             return []
-    verl = folder / "metrics.jsonl"
-    rows = []
-    if verl.is_file():
-        for line in verl.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:  # a line being written
-                continue
-            rows.append({"step": row["step"], **row.get("data", {})})
-    return rows
+    return [{"step": row["step"], **row.get("data", {})} for row in read_metrics(folder / METRICS_FILE)]
 
 
 def of_folder(folder: str | Path) -> dict[str, list[tuple[int, float]]]:

@@ -169,9 +169,9 @@ def test_the_last_step_metrics_go_into_the_run_record(model_dir, tmp_path, monke
             {"step": 2, "data": {"critic/vf_loss": 0.25, "critic/vpred_mean": 0.1, "critic/score/mean": 0.3,
                                  "note": "text is left out"}}]
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "da')
     assert record_last_step(cfg) == {"step": 2, "critic/vf_loss": 0.25, "critic/vpred_mean": 0.1,
-                                     "critic/score/mean": 0.3}
+                                     "critic/score/mean": 0.3}  # step 3's line is still being written
     record = json.loads((run_dir / "run.json").read_text())
     assert record["last_step"] == 2 and record["metrics"]["critic/vf_loss"] == 0.25
 
@@ -226,6 +226,10 @@ def test_resumed_run_keeps_the_metrics_of_earlier_attempts(tmp_path):
     set_aside_metrics(tmp_path)  # an attempt that dies before verl logs anything keeps the history
     merge_metrics(tmp_path)
     assert (tmp_path / "metrics.jsonl").read_text() == rows(1, 2, 3, 4)
+    set_aside_metrics(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text(rows(5) + '{"step": 6, "da')  # killed while writing step 6
+    merge_metrics(tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == rows(1, 2, 3, 4, 5)
 
 
 def test_cpu_kv_cache_must_be_at_least_one_gib(tmp_path):

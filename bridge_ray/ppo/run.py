@@ -107,11 +107,10 @@ def record_last_step(cfg: PPOConfig) -> dict | None:
     Returns:
         ``{"step": N, ...metrics}``, or None when verl logged no step to the file logger.
     """
-    path = metrics_file(cfg)
-    lines = path.read_text().splitlines() if path.is_file() else []
-    if not lines:
+    rows = read_metrics(metrics_file(cfg))
+    if not rows:
         return None
-    last = json.loads(lines[-1])
+    last = rows[-1]
     metrics = {"step": last["step"], **{k: v for k, v in last["data"].items() if isinstance(v, (int, float))}}
     runs.update_run(last_step=last["step"], metrics=metrics)
     return metrics
@@ -136,8 +135,21 @@ def worker_env(cfg: PPOConfig, config) -> dict[str, str]:
     return env
 
 
-def _read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` (``{"step": N, "data": {...}}``), oldest first; [] when there is none.
+
+    verl appends one line per step while the run goes on, so the last line may be half-written
+    (and a killed attempt's stays so): a line that does not parse is left out.
+    """
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line being written, or a blank one
+            continue
+    return rows
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
@@ -155,7 +167,7 @@ def set_aside_metrics(output_dir: Path) -> None:
     """
     path, aside = output_dir / METRICS_FILE, output_dir / (METRICS_FILE + ".earlier")
     if path.is_file():
-        _write_rows(aside, _read_rows(aside) + _read_rows(path))
+        _write_rows(aside, read_metrics(aside) + read_metrics(path))
         path.unlink()
 
 
@@ -164,9 +176,9 @@ def merge_metrics(output_dir: Path) -> None:
     path, aside = output_dir / METRICS_FILE, output_dir / (METRICS_FILE + ".earlier")
     if not aside.is_file():
         return
-    new = _read_rows(path)
+    new = read_metrics(path)
     first = min((row["step"] for row in new), default=float("inf"))
-    _write_rows(path, [row for row in _read_rows(aside) if row["step"] < first] + new)
+    _write_rows(path, [row for row in read_metrics(aside) if row["step"] < first] + new)
     aside.unlink()
 
 
