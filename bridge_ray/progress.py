@@ -41,7 +41,6 @@ DRIVER_NOISE = (
     re.compile(r"^Running entrypoint for job "),
     re.compile(r"^\[validate_config\] "),
 )
-ERROR_LIKE = re.compile(r"^(error: |Traceback \(most recent call last\)|[\w.]+(Error|Exception|Failed)(: |$))")
 
 
 def _duration(seconds: float) -> str:
@@ -86,7 +85,6 @@ class ConsoleView:
         self.last_step, self.last_total = 0, None
         self.recent: deque[str] = deque(maxlen=8)
         self.hidden = 0
-        self.showed_error = False
         self.showed_output = False  # any line of the job's own besides bridge-ray's progress
 
     def feed(self, chunk: str) -> None:
@@ -110,7 +108,6 @@ class ConsoleView:
             return
         if ours:
             self.recent.append(key)
-        self.showed_error = self.showed_error or bool(ERROR_LIKE.match(shown))
         self.showed_output = self.showed_output or not shown.startswith("[bridge-ray]")
         self.write(shown)
 
