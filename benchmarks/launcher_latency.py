@@ -95,7 +95,7 @@ def plain_cycle(project: Path, env: dict, token_path: Path, ray_stop: bool) -> d
     if ray_stop:
         _run([str(BIN / "ray"), "stop"], env)
     else:
-        processes.terminate(processes.find_pids(str(temp_dir)))
+        processes.terminate(processes.find_pids(str(temp_dir), by_open_files=True))
     return {"up": up, "running": running, "done": done, "down": time.perf_counter() - t}
 
 

@@ -391,7 +391,7 @@ def run_plain(cfg, args: argparse.Namespace, tag: str) -> dict:
     gpu = monitor.stop()
     from bridge_ray.cluster import processes
 
-    processes.terminate(processes.find_pids(str(ray_tmp)))
+    processes.terminate(processes.find_pids(str(ray_tmp), by_open_files=True))
     shutil.rmtree(ray_tmp, ignore_errors=True)
     if run_dir.exists():
         aside = run_dir.with_name(run_dir.name + "-plain")

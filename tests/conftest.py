@@ -69,7 +69,7 @@ def plain_ray_head(tmp_path_factory):
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     url = f"http://127.0.0.1:{ports['dashboard-port']}"
     yield url, temp_dir
-    processes.terminate(processes.find_pids(str(temp_dir)))
+    processes.terminate(processes.find_pids(str(temp_dir), by_open_files=True))
 
 
 @pytest.fixture(scope="module")

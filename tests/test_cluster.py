@@ -44,7 +44,7 @@ def test_up_status_list_down_via_cli():
     assert again.stderr.strip().startswith("error: cluster 'life' is already up at http://127.0.0.1:")
     down = run_cli("down", "--name", "life")
     assert down.returncode == 0 and "cluster 'life' is down" in down.stdout
-    assert processes.find_pids(record.temp_dir) == []
+    assert processes.find_pids(record.temp_dir, by_open_files=True) == []
     assert not records.record_path("life").exists()
     assert run_cli("down", "--name", "life").stdout.strip() == "cluster 'life' is not recorded; nothing to do"
     for path in REPO.rglob("*"):  # the token never lands in the project
@@ -210,7 +210,7 @@ def test_two_clusters_side_by_side(local_cluster):
             assert bridge_ray.submit("recipes/hello_cluster.py", cluster=name).wait(timeout_s=120) == "SUCCEEDED"
     finally:
         bridge_ray.down("second")
-    assert processes.find_pids(second.temp_dir) == []
+    assert processes.find_pids(second.temp_dir, by_open_files=True) == []
     assert bridge_ray.status("ci").alive
 
 

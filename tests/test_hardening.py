@@ -99,7 +99,7 @@ def spare(bridge_home):
     name = f"spare{secrets.token_hex(2)}"
     record = bridge_ray.up(name, num_cpus=2)
     yield record
-    processes.terminate(local.pids(record), grace_s=1)
+    processes.terminate(local.pids(record, by_open_files=True), grace_s=1)
     records.delete(name)
 
 
@@ -367,7 +367,7 @@ def test_down_refuses_while_jobs_run_and_force_stops_them_first(spare, tmp_path)
     assert follow.returncode == 1 and "Traceback" not in stderr, stderr
     assert last_line(stderr).startswith(f"error: job {job_id} STOPPED")
     # Nothing of the cluster is left: no process (the Ray client server included), no listener.
-    assert local.pids(spare) == [] and not Path(spare.temp_dir).exists()
+    assert local.pids(spare, by_open_files=True) == [] and not Path(spare.temp_dir).exists()
     assert listeners_on(spare.ports) == []
     assert not records.record_path(name).exists()
 
@@ -442,7 +442,7 @@ def test_a_dead_head_is_one_line_everywhere_and_marks_its_runs(spare, tmp_path):
         assert "does not answer" in shown or "stopped answering" in shown, (args, shown)
     down = run_cli("down", "--name", name)
     assert (down.returncode, down.stdout.strip()) == (0, f"cluster {name!r} is down")
-    assert local.pids(spare) == [] and listeners_on(spare.ports) == []  # the runtime-env agent too
+    assert local.pids(spare, by_open_files=True) == [] and listeners_on(spare.ports) == []  # the runtime-env agent too
 
 
 # ---- 7. Ctrl-C while following: the job keeps running, exit 130 -----------------------------
@@ -553,7 +553,7 @@ def test_down_force_stops_a_cluster_whose_record_was_corrupted(spare):
     assert local.pids(spare)
     out = run_cli("down", "--name", spare.name, "--force")
     assert out.returncode == 0, out.stderr
-    assert local.pids(spare) == [] and listeners_on(spare.ports) == []
+    assert local.pids(spare, by_open_files=True) == [] and listeners_on(spare.ports) == []
 
 
 # ---- 12. the upload check follows links, as Ray's packaging does -----------------------------

@@ -185,7 +185,7 @@ def test_secrets_file_is_private_and_loads_over_the_inherited_env(tmp_path, monk
     assert os.environ.get(credentials.ENV_FILE_ENV) is None
 
 
-def test_a_renamed_process_holding_the_clusters_files_is_found_and_the_caller_never(tmp_path):
+def test_a_renamed_process_holding_the_clusters_files_is_found_by_a_stop_and_the_caller_never(tmp_path):
     """Like ``ray::RuntimeEnvAgent`` after its raylet died: no temp dir on its command line, no tag
     readable, no parent of the cluster's; only its open log file under the temp dir marks it."""
     import subprocess
@@ -202,8 +202,9 @@ def test_a_renamed_process_holding_the_clusters_files_is_found_and_the_caller_ne
     try:
         assert holder.stdout.readline().strip() == "open"
         with open(temp_dir / "logs" / "driver.log", "w"):  # this process holds one too: never found
-            assert processes.find_pids(str(temp_dir)) == [holder.pid]
-        assert processes.find_pids(str(tmp_path / "cluster-tem")) == []  # a folder, not a prefix of a name
+            assert processes.find_pids(str(temp_dir), by_open_files=True) == [holder.pid]
+        assert processes.find_pids(str(temp_dir)) == []  # open files are read only when asked (a stop)
+        assert processes.find_pids(str(tmp_path / "cluster-tem"), by_open_files=True) == []  # a folder, not a prefix
     finally:
         holder.kill()
         holder.wait()

@@ -290,6 +290,6 @@ def test_doctor_reports_nccl_bus_bandwidth_on_gpus(tmp_path):
         if num_gpus > 1:
             assert report["busbw_gbps"] > 10 and "channels" in report["transport"]
     finally:
-        processes.terminate(processes.find_pids(str(temp)))
+        processes.terminate(processes.find_pids(str(temp), by_open_files=True))
         shutil.rmtree(temp, ignore_errors=True)
         records.delete("gpu")

@@ -64,7 +64,8 @@ def _active_jobs() -> list[str]:
 
 def _ray_pids(record: records.ClusterRecord) -> list[int]:
     temp_dir = f"/tmp/bridge-ray-{os.getuid()}/slurm-{record.slurm['job_id']}"
-    return processes.find_pids(f"{temp_dir}/") + processes.find_pids(f"{temp_dir}.")  # slot 0, slots 1+
+    return (processes.find_pids(f"{temp_dir}/", by_open_files=True)  # slot 0
+            + processes.find_pids(f"{temp_dir}.", by_open_files=True))  # slots 1+
 
 
 def _assert_gone(record: records.ClusterRecord) -> None:

@@ -209,14 +209,15 @@ def _ray_start(name: str, folder: Path, token_path: Path, chosen: dict[str, int]
     return record, result, log_path
 
 
-def pids(record: ClusterRecord) -> list[int]:
-    """Every live process of this local cluster (daemons, agents, job drivers and workers)."""
-    return processes.find_pids(record.temp_dir, tag=str(cluster_dir(record.name)))
+def pids(record: ClusterRecord, by_open_files: bool = False) -> list[int]:
+    """Every live process of this local cluster (daemons, agents, job drivers and workers);
+    ``by_open_files`` also finds the renamed ones its raylet left behind (``processes.find_pids``)."""
+    return processes.find_pids(record.temp_dir, tag=str(cluster_dir(record.name)), by_open_files=by_open_files)
 
 
 def stop(record: ClusterRecord) -> list[int]:
     """Stop every process of this cluster (and only this one); remove its temp dir."""
-    stopped = processes.terminate(pids(record), grace_s=3.0)
+    stopped = processes.terminate(pids(record, by_open_files=True), grace_s=3.0)
     if record.temp_dir:
         shutil.rmtree(record.temp_dir, ignore_errors=True)
     return stopped

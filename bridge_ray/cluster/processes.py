@@ -7,8 +7,10 @@ that outlive their parent (Ray's client server) and those whose command line nam
 dir; and every Ray process holds its log files, under the temp dir, open. The last mark is
 for processes that rename themselves (``ray::RuntimeEnvAgent``: setproctitle overwrites both
 the command line and what ``/proc/PID/environ`` shows) and outlive their raylet, which leaves
-them neither mark nor a parent of the cluster's. ``plain ray stop`` would kill every Ray of
-the user on the machine, so bridge-ray never calls it.
+them neither mark nor a parent of the cluster's. Reading it means reading every process's open
+files, so only stopping a cluster asks for it (``find_pids(..., by_open_files=True)``); while a
+cluster runs, such a process is still its raylet's descendant. ``plain ray stop`` would kill
+every Ray of the user on the machine, so bridge-ray never calls it.
 
 Ray's own files are kept private the same way: its processes run with umask 077 and the
 cluster's temp dir sits in a per-user folder of mode 0700 (``private_dir``).
@@ -84,26 +86,38 @@ def _holds_file_under(pid: int, folder: str) -> bool:
     return False
 
 
-def find_pids(marker: str | None, tag: str | None = None) -> list[int]:
-    """Processes whose command line contains ``marker``, that hold a file under the folder ``marker``
-    open, or whose environment carries ``tag``; and their descendants."""
+def find_pids(marker: str | None, tag: str | None = None, by_open_files: bool = False) -> list[int]:
+    """Processes whose command line contains ``marker`` or whose environment carries ``tag``, and
+    their descendants; never this process or its ancestors.
+
+    Args:
+        marker: text of the command line; an absolute folder (the cluster's temp dir) for ``by_open_files``.
+        tag: the cluster's tag (``child_env``).
+        by_open_files: also the processes left that hold a file under the folder ``marker`` open, and
+            their descendants: the renamed orphans a stop must not miss (see the module docstring).
+    """
     pids = _all_pids()
-    needle = marker.encode() if marker else None
-    tagged = f"{TAG_ENV}={tag}\0".encode() if tag else None
-    under = marker.rstrip("/") + "/" if marker and marker.startswith("/") else None
-    found = {p for p in pids if (needle and needle in _read(Path(f"/proc/{p}/cmdline")))
-             or (tagged and tagged in _read(Path(f"/proc/{p}/environ")))
-             or (under and _holds_file_under(p, under))}
     children: dict[int, list[int]] = {}
     for p in pids:
         children.setdefault(_ppid(p), []).append(p)
-    stack = list(found)
+    needle = marker.encode() if marker else None
+    tagged = f"{TAG_ENV}={tag}\0".encode() if tag else None
+    found = _with_descendants({p for p in pids if (needle and needle in _read(Path(f"/proc/{p}/cmdline")))
+                               or (tagged and tagged in _read(Path(f"/proc/{p}/environ")))}, children)
+    under = marker.rstrip("/") + "/" if marker and marker.startswith("/") else None
+    if by_open_files and under:
+        found |= _with_descendants({p for p in pids if p not in found and _holds_file_under(p, under)}, children)
+    return sorted(found - _self_and_ancestors())
+
+
+def _with_descendants(pids: set[int], children: dict[int, list[int]]) -> set[int]:
+    found, stack = set(pids), list(pids)
     while stack:
         for child in children.get(stack.pop(), []):
             if child not in found:
                 found.add(child)
                 stack.append(child)
-    return sorted(found - _self_and_ancestors())
+    return found
 
 
 def _self_and_ancestors() -> set[int]:

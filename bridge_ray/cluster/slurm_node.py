@@ -210,11 +210,16 @@ def _run_once(node: Node, cmd: list[str], temp_dir: Path, ports: dict[str, int],
     relaying.start()
     while (rc := _wait(proc, 0.5)) is None:
         if stopping and time.monotonic() - stopping[0] > STOP_GRACE_S:
-            processes.terminate([proc.pid, *processes.find_pids(f"{temp_dir}/", tag=str(temp_dir))], grace_s=0)
+            processes.terminate([proc.pid, *_node_pids(temp_dir)], grace_s=0)
     relaying.join(timeout=5)
-    processes.terminate(processes.find_pids(f"{temp_dir}/", tag=str(temp_dir)), grace_s=1)
+    processes.terminate(_node_pids(temp_dir), grace_s=1)
     shutil.rmtree(temp_dir, ignore_errors=True)
     return rc, started.is_set()
+
+
+def _node_pids(temp_dir: Path) -> list[int]:
+    """This node's Ray processes, the renamed ones its raylet left behind included (a stop must not miss them)."""
+    return processes.find_pids(f"{temp_dir}/", tag=str(temp_dir), by_open_files=True)
 
 
 def _wait(proc: subprocess.Popen, timeout_s: float) -> int | None:
