@@ -91,14 +91,30 @@ def timed_worker(steps_file: str, overrides: list[str]) -> None:
     if torch.distributed.get_rank() == 0:
         client, train_batch, out = trainer.training_client, trainer.training_client.train_batch, open(steps_file, "a")
         last = [time.perf_counter(), trainer.resume_global_step, time.process_time()]
+        # BENCH_PROFILE=A-B: torch.profiler over steps A..B on rank 0; tables beside the steps file.
+        span = os.environ.get("BENCH_PROFILE")
+        first, final = (int(x) for x in span.split("-")) if span else (0, -1)
+        prof = [None]
 
         def timed_train_batch(data, *args, **kwargs):
+            entered = time.perf_counter()
+            if last[1] + 1 == first:
+                prof[0] = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                             torch.profiler.ProfilerActivity.CUDA])
+                prof[0].start()
             output = train_batch(data, *args, **kwargs)
             now, cpu, metrics = time.perf_counter(), time.process_time(), tu.get(output, "metrics")
             last[1] += 1
+            if prof[0] is not None and last[1] == final:
+                prof[0].stop()
+                folder = Path(steps_file).parent
+                averages = prof[0].key_averages()
+                for key in ("self_cuda_time_total", "self_cpu_time_total", "cpu_time_total"):
+                    (folder / f"profile_{key}.txt").write_text(averages.table(sort_by=key, row_limit=60))
+                prof[0] = None
             out.write(json.dumps({"step": last[1], "tokens": int(sum(tu.get(data, "global_token_num"))),
                                   "samples": len(tu.get(data, "global_token_num")), "step_time_s": now - last[0],
-                                  "cpu_time_s": cpu - last[2],
+                                  "in_train_batch_s": now - entered, "cpu_time_s": cpu - last[2],
                                   "loss": float(metrics["loss"]),
                                   "peak_memory_gb": metrics.get("perf/max_memory_allocated_gb")}) + "\n")
             out.flush()
