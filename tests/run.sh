@@ -19,10 +19,11 @@ limit=${BRIDGE_RAY_TEST_TIMEOUT_S:-3600}
 # Two pytest workers, each taking whole files (module-scoped clusters and the SLURM tier stay in one
 # process): many integration tests wait on Ray, SLURM or a network timeout more than they compute
 # (~40 % of the 2 cores idle in test_cluster + test_hardening alone), so two files overlap well.
+# The slowest files go first (tests/conftest.py SLOWEST_FIRST), so neither worker idles at the end.
 # BRIDGE_RAY_TEST_WORKERS=0 runs everything in this process, one test after another.
 workers=${BRIDGE_RAY_TEST_WORKERS:-2}
 parallel=()
-[ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadfile)
+[ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadfile --no-loadscope-reorder)
 timeout --signal=INT --kill-after=120 "$limit" "$PY" -m pytest -q -m "$marker" "${parallel[@]}" "$@"
 rc=$?
 [ "$rc" = 124 ] && echo "tests/run.sh: the suite ran past ${limit} s and was stopped (BRIDGE_RAY_TEST_TIMEOUT_S)" >&2

@@ -2,9 +2,10 @@
 
     .venv/bin/python -m pytest tests/test_ppo_cpu.py -q      # ~8 min on an idle 2-core machine
 
-Five jobs, each a real run: PPO with a critic (then its record and ``export``), the same run
-resubmitted with one more step (resume), ``sft_then_ppo.py --tiny`` (SFT -> merge -> GRPO, the
-GRPO checks read it) and its rerun (stages skipped), and a recipe whose own reward fails.
+Four jobs, each a real run: PPO with a critic (then its record and ``export``),
+``sft_then_ppo.py --tiny`` (SFT -> merge -> GRPO, the GRPO checks read it) and its rerun (stages
+skipped), and the PPO run resubmitted with more steps through a recipe whose own reward fails after
+one step (resume and the recipe's reward, one start-up).
 
 One local Ray head with 4 logical CPUs (what a CPU run needs: 1 training rank + 3) runs every
 job, one after another: a run holds ~6-8 GB of host memory. The tiny model and synthetic data
@@ -115,19 +116,6 @@ def test_ppo_recipe_takes_real_steps_with_a_critic_on_cpu(ppo_run):
     assert bridge_ray.load_run(submission).exports == {"2": str(run_dir / "hf_step_2")}
 
 
-def test_same_run_with_more_steps_resumes_from_its_checkpoint(ppo_run):
-    run_dir, first = ppo_run
-    assert first.returncode == 0
-    out = submit("recipes/ppo_gsm8k.py", "preset=ppo_tiny_cpu", f"ppo.trainer.output_dir={run_dir}",
-                 "ppo.trainer.total_steps=3")
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-    assert f"[bridge-ray] resumed from step 2 ({run_dir / 'checkpoints' / 'global_step_2'})" in out.stdout
-    assert f"Resuming from {run_dir / 'checkpoints' / 'global_step_2'}" in out.stdout
-    assert sorted(steps(out.stdout)) == [3]
-    assert sorted(metrics(run_dir)) == [1, 2, 3]  # the earlier attempt's steps kept, this one's after them
-    assert_merged_actor_generates(run_dir, 3)
-
-
 CHAIN_ARGS = ("--tiny", "sft.trainer.total_steps=2", "sft.trainer.save_freq=2", "sft.trainer.test_freq=-1")
 
 
@@ -171,8 +159,8 @@ def test_a_chain_rerun_skips_finished_stages(chain_run):
 
 
 REWARD_RECIPE = textwrap.dedent('''
-    """GRPO on CPU with this recipe's own reward. It scores the first step (16 samples: 4 prompts x 4),
-    then raises: one run shows the reward used and a failing reward failing the job."""
+    """PPO on CPU with this recipe's own reward. It scores one step (4 samples), then raises: one run
+    shows the reward used and a failing reward failing the job."""
     import itertools
     import sys
 
@@ -182,27 +170,37 @@ REWARD_RECIPE = textwrap.dedent('''
 
 
     def reward(data_source, solution_str, ground_truth, extra_info=None):
-        if next(CALLS) >= 16:
+        if next(CALLS) >= 4:
             raise ValueError("this reward fails on purpose after the first step")
         return 1.0 + 0.1 * sum(c.isdigit() for c in solution_str) / max(1, len(solution_str))
 
 
     if __name__ == "__main__":
-        ppo.main(ppo.grpo_tiny_cpu(output_dir=sys.argv[1]), sys.argv[2:], reward=reward)
+        ppo.main(ppo.ppo_tiny_cpu(output_dir=sys.argv[1]), sys.argv[2:], reward=reward)
 ''')
+RAISE_LINE = REWARD_RECIPE.splitlines().index(
+    '        raise ValueError("this reward fails on purpose after the first step")') + 1
 
 
-def test_recipe_reward_is_used_and_a_failing_one_fails_the_job_with_its_traceback(cpu_cluster, tmp_path):
+def test_resume_with_more_steps_and_a_failing_recipe_reward(ppo_run, tmp_path):
+    """Two checks in one job (one start-up less in CI). The PPO run above is submitted again with 4
+    steps and the same output dir, through a recipe with its own reward: it resumes from step 2's
+    checkpoint, step 3 is scored by this reward (every score >= 1, which only it gives), and the
+    first sample of step 4 raises, so the job fails with the reward's own traceback."""
+    run_dir, first = ppo_run
+    assert first.returncode == 0
     recipe = tmp_path / "reward_recipe.py"
     recipe.write_text(REWARD_RECIPE)
-    run_dir = tmp_path / "run"
-    out = submit(str(recipe), str(run_dir), "ppo.trainer.merge_hf=false")
+    out = submit(str(recipe), str(run_dir), "ppo.trainer.total_steps=4")
     assert out.returncode == 1, out.stdout[-4000:] + out.stderr[-2000:]
-    first = steps(out.stdout)[1]
-    assert float(first["critic/score/min"]) >= 1.0  # only this recipe's reward scores >= 1
-    assert 2 not in steps(out.stdout)
+    assert f"[bridge-ray] resumed from step 2 ({run_dir / 'checkpoints' / 'global_step_2'})" in out.stdout
+    assert f"Resuming from {run_dir / 'checkpoints' / 'global_step_2'}" in out.stdout
+    logged = steps(out.stdout)
+    assert sorted(logged) == [3]
+    assert float(logged[3]["critic/score/min"]) >= 1.0  # only this recipe's reward scores >= 1
+    assert sorted(metrics(run_dir)) == [1, 2, 3]  # the earlier attempt's steps kept, this one's after them
     shown = out.stdout + out.stderr
     assert "error: reward reward_recipe.py:reward raised on sample " in shown
-    assert re.search(r'File "\S+/reward_recipe\.py", line 14, in reward', shown)  # the job's copy of the recipe
+    assert re.search(rf'File "\S+/reward_recipe\.py", line {RAISE_LINE}, in reward', shown)  # the job's copy
     assert "ValueError: this reward fails on purpose after the first step" in shown
     assert "Job entrypoint command failed with exit code 1" in out.stderr
