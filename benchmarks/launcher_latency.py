@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ray.job_submission import JobSubmissionClient
 
-from bridge_ray import records
+from bridge_ray.cluster import records
 from bridge_ray.cluster import local, processes
 
 BIN = Path(sys.executable).parent

@@ -65,7 +65,7 @@ SMALL = {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "
 
 def build_assets(work: Path, shape: str) -> dict[str, str]:
     """Synthetic GSM8K RL parquets + a random-init Llama of ``shape`` with the demo tokenizer (cached)."""
-    from bridge_ray.assets import build_demo_assets
+    from bridge_ray.models.assets import build_demo_assets
 
     files = {k: str(v) for k, v in build_demo_assets(work / "assets", shape="tiny" if shape == "small" else shape,
                                                      num_train=1024, num_val=64).items()}
@@ -76,7 +76,7 @@ def build_assets(work: Path, shape: str) -> dict[str, str]:
         import torch
         from transformers import AutoTokenizer, LlamaForCausalLM
 
-        from bridge_ray.assets import llama_config
+        from bridge_ray.models.assets import llama_config
 
         tokenizer = AutoTokenizer.from_pretrained(files["model"])
         config = llama_config("tiny", tokenizer)
@@ -239,7 +239,7 @@ PHASES = {  # first line matching each marker, in either side's log
 
 def snapshot_processes(path: Path) -> None:
     """Every Ray/Python process's title, thread count, CPU affinity and run-relevant env (secrets masked)."""
-    from bridge_ray.runtime_env import is_secret
+    from bridge_ray.jobs.runtime_env import is_secret
 
     rows = []
     for pid in filter(str.isdigit, os.listdir("/proc")):

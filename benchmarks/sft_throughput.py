@@ -363,7 +363,7 @@ def main() -> None:
     args.hardware = sft.Hardware(**probe_host())
     (args.out / "hardware.json").write_text(json.dumps(dataclasses.asdict(args.hardware), indent=2))
     if args.cpu and not args.model:
-        from bridge_ray.assets import build_demo_assets
+        from bridge_ray.models.assets import build_demo_assets
 
         assets = build_demo_assets(args.out / "assets", shape="tiny", num_train=1024, num_val=8)
         args.model, args.data = str(assets["model"]), str(assets["train"].parent)

@@ -14,6 +14,7 @@ and how to fix it. Training entry points live in ``bridge_ray.sft`` (``fit``) an
 ``bridge_ray.network.run_doctor`` checks a cluster's network.
 """
 from bridge_ray.cluster import ClusterStatus, down, status, up
+from bridge_ray.cluster.records import ClusterRecord
 from bridge_ray.errors import (
     BridgeRayError,
     CheckpointError,
@@ -30,10 +31,9 @@ from bridge_ray.errors import (
     RunNotFound,
     TrainingFailed,
 )
-from bridge_ray.export import export
-from bridge_ray.hub import upload
 from bridge_ray.jobs import Job, list_jobs, list_runs, load_run, submit
-from bridge_ray.records import ClusterRecord
+from bridge_ray.models.export import export
+from bridge_ray.models.hub import upload
 from bridge_ray.runs import RunRecord
 
 __all__ = [

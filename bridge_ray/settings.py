@@ -25,8 +25,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from bridge_ray.cluster.records import home_dir
 from bridge_ray.errors import ConfigError
-from bridge_ray.records import home_dir
 
 PROJECT_FILE = "bridge-ray.yaml"
 USER_FILE = "config.yaml"

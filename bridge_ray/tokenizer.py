@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from bridge_ray.assets import BOS, CHAT_TEMPLATE, EOS, EOT, HEADER_END, HEADER_START, PAD
 from bridge_ray.errors import BridgeRayError, ConfigError
+from bridge_ray.models.assets import BOS, CHAT_TEMPLATE, EOS, EOT, HEADER_END, HEADER_START, PAD
 
 UNK = "<unk>"
 USER_SYMBOLS = (HEADER_START, HEADER_END, EOT)
@@ -218,7 +218,8 @@ def train(cfg: TokenizerConfig) -> TokenizerResult:
     """
     import ray
 
-    from bridge_ray import driver, runs
+    from bridge_ray import runs
+    from bridge_ray.cluster import driver
     from bridge_ray.data.text import check_text_files
 
     validate(cfg)

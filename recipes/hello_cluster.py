@@ -6,7 +6,7 @@ Run:
 """
 import argparse
 
-from bridge_ray.report import cluster_report
+from bridge_ray.cluster.report import cluster_report
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -17,7 +17,8 @@ import argparse
 import json
 import sys
 
-from bridge_ray import instruct, records, sft
+from bridge_ray import instruct, sft
+from bridge_ray.cluster import records
 from bridge_ray.data.conversations import generate_synthetic_conversations
 from bridge_ray.errors import BridgeRayError
 

@@ -17,7 +17,8 @@ of the test prompt ("Once upon a time,"). Keys: ``pretrain.<model|data|optim|wor
 """
 import sys
 
-from bridge_ray import pretrain, records, tokenizer
+from bridge_ray import pretrain, tokenizer
+from bridge_ray.cluster import records
 from bridge_ray.data.text import demo_text
 
 DEMO = records.home_dir() / "demo"

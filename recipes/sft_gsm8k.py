@@ -27,7 +27,7 @@ from bridge_ray import sft
 
 def demo_config() -> sft.SFTConfig:
     """The tiny CPU preset on demo assets built (or reused) under $BRIDGE_RAY_HOME/demo."""
-    from bridge_ray.assets import build_demo_assets
+    from bridge_ray.models.assets import build_demo_assets
 
     assets = build_demo_assets(sft.home_dir() / "demo", shape="tiny")
     return sft.sft_tiny_cpu(str(assets["model"]), str(assets["train"]), str(assets["val"]),

@@ -14,8 +14,10 @@ Run:
 import argparse
 import sys
 
-from bridge_ray import assets, pipeline, ppo, sft
+from bridge_ray import ppo, sft
 from bridge_ray.errors import ConfigError
+from bridge_ray.models import assets
+from bridge_ray.pipelines import sft_then_ppo, stages
 
 
 def tiny_configs(assets_dir: str, run_dir: str):
@@ -34,7 +36,7 @@ def _arguments(argv: list[str]):
     args, rest = parser.parse_known_args(argv)
     if args.assets and not (args.tiny and args.assets.startswith("/")):
         raise ConfigError(f"--assets {args.assets}: give an absolute folder, with --tiny (the job runs on the cluster)")
-    run_dir = args.run_dir or str(pipeline.default_run_dir("sft-then-grpo-tiny" if args.tiny else "sft-then-grpo"))
+    run_dir = args.run_dir or str(stages.default_run_dir("sft-then-grpo-tiny" if args.tiny else "sft-then-grpo"))
     if args.tiny:
         return (*tiny_configs(args.assets or str(sft.home_dir() / "demo"), run_dir), run_dir, rest)
     return sft.sft_gsm8k_llama1b(), ppo.grpo_gsm8k_llama1b(), run_dir, rest
@@ -42,13 +44,13 @@ def _arguments(argv: list[str]):
 
 def config(argv: list[str]):
     """Both stages' configs these arguments ask for (`bridge-ray submit` checks them here before submitting)."""
-    return pipeline.stage_configs(*_arguments(argv))
+    return sft_then_ppo.stage_configs(*_arguments(argv))
 
 
 if __name__ == "__main__":
     try:
-        stages = _arguments(sys.argv[1:])
+        arguments = _arguments(sys.argv[1:])
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    pipeline.main(*stages)
+    sft_then_ppo.main(*arguments)

@@ -18,32 +18,33 @@ Keys: ``run_dir``, ``tokenizer.*``, ``pretrain.*``, ``instruct.*`` (an SFT confi
 """
 import sys
 
-from bridge_ray import chain, records
+from bridge_ray.cluster import records
 from bridge_ray.data.conversations import generate_synthetic_conversations
 from bridge_ray.data.text import demo_text
 from bridge_ray.errors import ConfigError
+from bridge_ray.pipelines import text_to_chat
 
 DEMO = records.home_dir() / "demo"
 
 
-def config(argv: list[str]) -> chain.ChainConfig:
+def config(argv: list[str]) -> text_to_chat.ChainConfig:
     """The chain these arguments ask for: ``preset=chain_tiny_cpu`` (default) or ``preset=chain_1b``."""
     presets = [a.split("=", 1)[1] for a in argv if a.startswith("preset=")]
     overrides = [a for a in argv if not a.startswith("preset=") and a != "--"]
     preset = presets[-1] if presets else "chain_tiny_cpu"
-    if preset not in chain.PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}: choose from {', '.join(chain.PRESETS)}")
+    if preset not in text_to_chat.PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}: choose from {', '.join(text_to_chat.PRESETS)}")
     run_dir = str(records.home_dir() / "outputs" / preset.replace("chain_", "text-to-chat-").replace("_", "-"))
     if preset == "chain_tiny_cpu":
         train, val = demo_text(DEMO / "text", create=False)
         trees = str(DEMO / "conversations" / "trees.jsonl")
-        cfg = chain.chain_tiny_cpu(run_dir, map(str, train), map(str, val), [trees])
+        cfg = text_to_chat.chain_tiny_cpu(run_dir, map(str, train), map(str, val), [trees])
     else:
-        cfg = chain.PRESETS[preset](run_dir, (), ())
-    return chain.apply_overrides(cfg, overrides)
+        cfg = text_to_chat.PRESETS[preset](run_dir, (), ())
+    return text_to_chat.apply_overrides(cfg, overrides)
 
 
-def write_demo(cfg: chain.ChainConfig) -> None:
+def write_demo(cfg: text_to_chat.ChainConfig) -> None:
     """The demo text and conversations, when the chain uses them and they are not there yet."""
     if any(f.startswith(str(DEMO)) for f in cfg.tokenizer.files + cfg.pretrain.data.train_files):
         demo_text(DEMO / "text")
@@ -53,4 +54,4 @@ def write_demo(cfg: chain.ChainConfig) -> None:
 
 
 if __name__ == "__main__":
-    chain.main(config, sys.argv[1:], before=write_demo)
+    text_to_chat.main(config, sys.argv[1:], before=write_demo)

@@ -15,7 +15,8 @@ input_sentence_size, shuffle_input_sentence, character_coverage, num_cpus, num_t
 """
 import sys
 
-from bridge_ray import records, tokenizer
+from bridge_ray import tokenizer
+from bridge_ray.cluster import records
 from bridge_ray.data.text import demo_text
 
 DEMO = records.home_dir() / "demo" / "text"

@@ -81,7 +81,7 @@ def two_node_cluster():
     os.environ["RAY_AUTH_MODE"] = "disabled"
     from ray.cluster_utils import Cluster
     from bridge_ray.cluster import health, local
-    from bridge_ray.records import ClusterRecord
+    from bridge_ray.cluster.records import ClusterRecord
 
     port = local.choose_ports({})["dashboard-port"]
     cluster = Cluster(initialize_head=True, head_node_args={

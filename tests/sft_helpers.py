@@ -5,7 +5,7 @@ import json
 import re
 from pathlib import Path
 
-from bridge_ray.assets import build_demo_assets
+from bridge_ray.models.assets import build_demo_assets
 
 LOSS_LINE = re.compile(r"step:(\d+) - .*?train/loss:([0-9.eE+-]+)")
 

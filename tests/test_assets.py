@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge_ray.assets import build_demo_assets, build_llama, llama_config
 from bridge_ray.errors import ConfigError
+from bridge_ray.models.assets import build_demo_assets, build_llama, llama_config
 
 CONVERSATION = [{"role": "user", "content": "What is 12 * 34?"},
                 {"role": "assistant", "content": "12 * 34 = <<12*34=408>>408\n#### 408"}]

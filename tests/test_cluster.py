@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import bridge_ray
-from bridge_ray import records
+from bridge_ray.cluster import records
 from bridge_ray.cluster import local, processes
 from conftest import REPO, run_cli
 
@@ -238,7 +238,7 @@ def test_dry_run_redacts_secrets_and_submits_nothing(local_cluster):
     assert plan["secrets (sent in a 0600 file)"] == {"HF_TOKEN": "***", "WANDB_API_KEY": "***"}
     assert plan["runtime_env"]["env_vars"]["NCCL_DEBUG"] == "INFO"
     assert "hf_supersecret" not in out.stdout + out.stderr and "wandbsecret" not in out.stdout + out.stderr
-    assert plan["entrypoint"].endswith("-m bridge_ray.launch recipes/hello_cluster.py")
+    assert plan["entrypoint"].endswith("-m bridge_ray.jobs.launch recipes/hello_cluster.py")
     assert _job_ids("ci") == before
 
 

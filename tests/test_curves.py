@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bridge_ray import curves
+from bridge_ray.runs import curves
 
 
 @pytest.fixture

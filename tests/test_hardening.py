@@ -24,8 +24,10 @@ from pathlib import Path
 import pytest
 
 import bridge_ray
-from bridge_ray import credentials, records, runs
+from bridge_ray import runs
+from bridge_ray.cluster import records
 from bridge_ray.cluster import local, processes
+from bridge_ray.jobs import credentials
 from conftest import REPO, run_cli
 
 pytestmark = pytest.mark.integration
@@ -171,7 +173,7 @@ import hashlib, json, os, sys, time
 from pathlib import Path
 
 import ray
-from bridge_ray import driver
+from bridge_ray.cluster import driver
 
 KEYS = ("HF_TOKEN", "WANDB_API_KEY")
 
@@ -498,7 +500,7 @@ def test_good_overrides_pass_the_check_without_building_anything(local_cluster, 
     out = run_cli("submit", "recipes/sft_gsm8k.py", "--name", "ci", "--dry-run", "--", "sft.optim.lr=1e-4",
                   env={"BRIDGE_RAY_HOME": str(home)})
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["entrypoint"].endswith("-m bridge_ray.launch recipes/sft_gsm8k.py sft.optim.lr=1e-4")
+    assert json.loads(out.stdout)["entrypoint"].endswith("-m bridge_ray.jobs.launch recipes/sft_gsm8k.py sft.optim.lr=1e-4")
     assert not (home / "demo").exists()  # the check locates the demo assets; the job builds them
 
 

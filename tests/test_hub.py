@@ -20,11 +20,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from bridge_ray import hub, runs
+from bridge_ray import runs
 from bridge_ray.cli import cli
+from bridge_ray.cluster.records import ClusterRecord
 from bridge_ray.errors import ConfigError
 from bridge_ray.jobs import SubmitPlan
-from bridge_ray.records import ClusterRecord
+from bridge_ray.models import hub
 from conftest import run_cli
 
 FAKE_TOKEN = "hf_standinFAKEtoken1234567890"
@@ -121,7 +122,7 @@ def no_login(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama with its tokenizer: a folder transformers loads."""
-    from bridge_ray.assets import build_llama, build_tokenizer, default_corpus
+    from bridge_ray.models.assets import build_llama, build_tokenizer, default_corpus
 
     folder = tmp_path_factory.mktemp("merged") / "hf"
     build_tokenizer(folder, default_corpus(200), vocab_size=512)

@@ -5,10 +5,10 @@ import dataclasses
 
 import pytest
 
-from bridge_ray import records, runtime_env
+from bridge_ray.cluster import records
 from bridge_ray.config import apply_overrides
 from bridge_ray.errors import ClusterNotFound, ConfigError, RecipeError, WorkingDirTooLarge
-from bridge_ray.jobs import check_recipe
+from bridge_ray.jobs import check_recipe, runtime_env
 
 
 def test_parse_env_accepts_key_value_and_pins_malformed_message():
@@ -127,7 +127,7 @@ def _check(*args: str, cwd=None):
 
     from conftest import REPO
 
-    return subprocess.run([sys.executable, "-m", "bridge_ray.launch", "--check", *args], cwd=cwd or REPO,
+    return subprocess.run([sys.executable, "-m", "bridge_ray.jobs.launch", "--check", *args], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -163,7 +163,7 @@ def test_a_secret_in_env_flags_is_refused():
 
 
 def test_secrets_split_from_the_runtime_env():
-    from bridge_ray import credentials
+    from bridge_ray.jobs import credentials
 
     plain, hidden = credentials.split({"HF_TOKEN": "t", "NCCL_DEBUG": "INFO", "MY_PASSWORD": "p", "X_KEY": "k"})
     assert plain == {"NCCL_DEBUG": "INFO"} and hidden == {"HF_TOKEN": "t", "MY_PASSWORD": "p", "X_KEY": "k"}
@@ -173,7 +173,7 @@ def test_secrets_file_is_private_and_loads_over_the_inherited_env(tmp_path, monk
     import os
     import stat
 
-    from bridge_ray import credentials
+    from bridge_ray.jobs import credentials
 
     monkeypatch.setenv("BRIDGE_RAY_HOME", str(tmp_path))
     path = credentials.write("c1", "job-1", {"HF_TOKEN": "hf_new"})
@@ -224,8 +224,8 @@ def test_secret_names_are_whole_words(key, secret):
 def test_submit_waits_for_the_heads_job_agent_and_nothing_else(monkeypatch):
     """Ray answers 500 "No available agent to submit job" while a fresh head's job agent starts (seen on
     a loaded machine right after a node joined); nothing was accepted, so bridge-ray asks again."""
-    from bridge_ray import jobs
-    from bridge_ray.runtime_env import SubmitPlan
+    from bridge_ray.jobs import submission
+    from bridge_ray.jobs.runtime_env import SubmitPlan
 
     calls = []
 
@@ -238,12 +238,12 @@ def test_submit_waits_for_the_heads_job_agent_and_nothing_else(monkeypatch):
             if self.answers:
                 raise RuntimeError(self.answers.pop(0))
 
-    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    monkeypatch.setattr(submission.time, "sleep", lambda s: None)
     record = records.ClusterRecord(name="unit", backend="address", gcs_address="", dashboard_url="http://x:1")
     plan = SubmitPlan("unit", "id-1", "python x.py", {}, {})
     busy = "Request failed with status code 500: No available agent to submit job, please try again later.."
-    jobs._send(record, Client([busy, busy]), plan)
+    submission._send(record, Client([busy, busy]), plan)
     assert calls == ["id-1"] * 3
     with pytest.raises(RuntimeError, match="status code 400"):
-        jobs._send(record, Client(["Request failed with status code 400: bad runtime_env"]), plan)
+        submission._send(record, Client(["Request failed with status code 400: bad runtime_env"]), plan)
     assert len(calls) == 4

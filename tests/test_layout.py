@@ -120,7 +120,8 @@ def test_the_cli_and_the_library_import_no_heavy_package():
     import subprocess
     import sys
 
-    code = ("import sys, bridge_ray, bridge_ray.cli, bridge_ray.jobs, bridge_ray.network, bridge_ray.sft, bridge_ray.ppo; "
+    code = ("import sys, bridge_ray, bridge_ray.cli, bridge_ray.jobs, bridge_ray.network, bridge_ray.sft, bridge_ray.ppo, "
+            "bridge_ray.runs.curves, bridge_ray.pipelines.sft_then_ppo, bridge_ray.pipelines.text_to_chat; "
             "print(sorted(m for m in ('ray', 'torch', 'verl', 'transformers', 'vllm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge_ray import records
+from bridge_ray.cluster import records
 from bridge_ray.cluster import local
 from bridge_ray.network import profile_env
 from bridge_ray.network.checks import Check

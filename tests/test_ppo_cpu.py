@@ -66,7 +66,7 @@ def metrics(run_dir) -> dict[int, dict]:
 
 
 def assert_merged_actor_generates(run_dir, step: int) -> None:
-    from bridge_ray.checkpoints import check_hf_model
+    from bridge_ray.models.checkpoints import check_hf_model
 
     result = json.loads((run_dir / "result.json").read_text())
     assert result["checkpoint"] == str(run_dir / "checkpoints" / f"global_step_{step}")

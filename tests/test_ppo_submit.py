@@ -36,7 +36,7 @@ def submit(cluster: str, recipe: str, *args: str, timeout: float = 240) -> subpr
 def job_leftovers(cluster: str, output: str) -> list[dict]:
     """Actors and placement groups of the job in ``output`` that are still alive on the cluster."""
     import bridge_ray
-    from bridge_ray import records
+    from bridge_ray.cluster import records
     from bridge_ray.cluster.auth import auth_env
 
     submission_id = output.split("submitted ", 1)[1].split()[0]

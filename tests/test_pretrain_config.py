@@ -62,7 +62,7 @@ def test_bad_values_are_listed_together(tmp_path):
 def test_token_shards_and_packed_windows(tmp_path):
     from transformers import AutoTokenizer
 
-    from bridge_ray.assets import build_tokenizer
+    from bridge_ray.models.assets import build_tokenizer
 
     build_tokenizer(tmp_path / "tok", ["hello world, once upon a time"] * 50, vocab_size=300)
     source = tmp_path / "a.jsonl"

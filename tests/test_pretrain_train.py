@@ -72,7 +72,7 @@ def test_loss_falls_with_warmup_and_cosine(run):
 def test_exports_a_model_that_loads_and_generates(run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bridge_ray.checkpoints import check_hf_model
+    from bridge_ray.models.checkpoints import check_hf_model
 
     assert run.checkpoint.name == "global_step_8" and (run.hf_model / "model.safetensors").is_file()
     model = AutoModelForCausalLM.from_pretrained(run.hf_model)

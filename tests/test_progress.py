@@ -1,14 +1,14 @@
-"""The console a person reads while a job runs (``bridge_ray.progress.ConsoleView``), on log lines
+"""The console a person reads while a job runs (``bridge_ray.jobs.progress.ConsoleView``), on log lines
 as Ray delivers them: ANSI colours, ``(Actor pid=N)`` prefixes, tqdm bars, Ray's logger lines.
 A real SFT job's log is checked the same way in test_runs.py."""
 from __future__ import annotations
 
-from bridge_ray.progress import ConsoleView
+from bridge_ray.jobs.progress import ConsoleView
 
 C = "\x1b[36m"
 R = "\x1b[0m"
 PPO_LOG = f"""2026-12-05 06:09:53,415\tINFO job_manager.py:581 -- Runtime env is setting up.
-Running entrypoint for job ppo-1: python -m bridge_ray.launch recipes/ppo_gsm8k.py preset=ppo_tiny_cpu
+Running entrypoint for job ppo-1: python -m bridge_ray.jobs.launch recipes/ppo_gsm8k.py preset=ppo_tiny_cpu
 [bridge-ray] starting at step 1 (no checkpoint under /runs/ppo/checkpoints)
 {C}(TaskRunnerV1 pid=6879){R} /site/verl/workers/engine/__init__.py:32: UserWarning: torchtitan engine is not available
 {C}(TaskRunnerV1 pid=6879){R}   warnings.warn(f"torchtitan engine is not available: {{e!r}}", stacklevel=1)

@@ -18,11 +18,13 @@ import pytest
 from click.testing import CliRunner
 from conftest import run_cli
 
-from bridge_ray import jobs, records, runs, tracking
-from bridge_ray.checkpoints import CheckpointError
+from bridge_ray import jobs, runs
 from bridge_ray.cli import cli
-from bridge_ray.export import export
-from bridge_ray.records import ClusterRecord
+from bridge_ray.cluster import records
+from bridge_ray.cluster.records import ClusterRecord
+from bridge_ray.jobs import tracking
+from bridge_ray.models.checkpoints import CheckpointError
+from bridge_ray.models.export import export
 
 FAKE_HF = "hf_FAKEtokenForRunRecordTests0001"
 FAKE_WANDB = "wandbFAKEkey0123456789abcdef0123456789ab"
@@ -302,7 +304,7 @@ def test_sft_run_record_has_the_submission_and_no_secret(sft_job):
     assert run.status == "SUCCEEDED" and run.end_time > run.start_time
     assert run.git["repo"] and run.git["commit"] and "HF_TOKEN" not in run.runtime_env["env_vars"]
     assert run.cluster_record["name"] == "ci"
-    assert run.entrypoint.endswith("-m bridge_ray.launch recipes/sft_gsm8k.py 'sft.trainer.loggers=[console,wandb]'")
+    assert run.entrypoint.endswith("-m bridge_ray.jobs.launch recipes/sft_gsm8k.py 'sft.trainer.loggers=[console,wandb]'")
     assert run.wandb["mode"] == "offline" and any(Path(run.wandb["dir"]).glob("run-*.wandb"))
     assert "offline: upload with `wandb sync" in CliRunner().invoke(cli, ["runs", "show", sft_job.submission_id]).output
     for text in (sft_job.logs(), _files_text(Path(run.run_dir))):
@@ -346,7 +348,7 @@ def test_sft_run_record_has_outputs_and_feeds_export_and_upload(sft_job, monkeyp
     """What the job records (packages, output dir, steps, merged model), then export and upload from it."""
     from test_hub import FAKE_TOKEN, HubStandIn
 
-    from bridge_ray import hub
+    from bridge_ray.models import hub
 
     run = runs.load_run(sft_job.submission_id)
     assert {"python", "torch", "ray", "verl", "transformers", "vllm"} <= set(run.packages or {})

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from bridge_ray import records
+from bridge_ray.cluster import records
 
 
 def cli(project, home, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -116,7 +116,7 @@ def test_the_wandb_entity_reaches_submitted_jobs_unless_the_shell_sets_one(where
     (project / "recipe.py").write_text("print('hello')\n")
     record = records.ClusterRecord(name="unit", backend="address", gcs_address="", dashboard_url="http://127.0.0.1:9")
     env = {"BRIDGE_RAY_HOME": str(home)}
-    subprocess.run([sys.executable, "-c", "import sys, bridge_ray.records as r, json; "
+    subprocess.run([sys.executable, "-c", "import sys, bridge_ray.cluster.records as r, json; "
                     "r.save(r.ClusterRecord(**json.loads(sys.argv[1])))",
                     json.dumps(dataclasses.asdict(record))], env={**os.environ, **env}, check=True)
     base = ("submit", "recipe.py", "--name", "unit", "--dry-run", "--no-check")

@@ -124,7 +124,7 @@ def test_generation_is_refused_with_the_fix(reference):
 def test_verl_loads_the_plugin_through_model_external_lib(tmp_path):
     """A fresh process: verl's model config imports ``model.external_lib`` before it asks transformers
     for ``torch_varlen`` (nothing else imports the plugin there)."""
-    from bridge_ray.assets import build_tokenizer, build_llama
+    from bridge_ray.models.assets import build_tokenizer, build_llama
 
     model_dir = tmp_path / "model"
     build_tokenizer(model_dir, ["what is 2 + 3? The answer is 5."] * 8, vocab_size=300)

@@ -275,7 +275,7 @@ def test_connect_without_cluster_says_how_to_fix(monkeypatch):
         raise ConnectionError("Could not find any running Ray instance")
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", refuse)  # bridge_ray.driver.connect
+    monkeypatch.setattr(ray, "init", refuse)  # bridge_ray.cluster.driver.connect
     with pytest.raises(PreflightError, match=r"no Ray cluster to attach to \(Could not find any running Ray "
                                              r"instance\): submit with `bridge-ray submit` or start one with "
                                              r"`bridge-ray up`"):

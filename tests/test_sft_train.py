@@ -77,7 +77,7 @@ def test_run_writes_config_metrics_and_steps(ray_run):
 
 
 def test_merged_checkpoint_loads_and_generates(ray_run):
-    from bridge_ray.checkpoints import check_hf_model, latest_checkpoint
+    from bridge_ray.models.checkpoints import check_hf_model, latest_checkpoint
 
     assert ray_run.checkpoint.name == "global_step_6"
     assert latest_checkpoint(ray_run.output_dir / "checkpoints") == ray_run.checkpoint
@@ -99,7 +99,7 @@ def test_killed_worker_resumes_from_checkpoint(ray_run, assets, tmp_path, monkey
 def test_walltime_saves_before_the_deadline_and_a_resubmit_resumes(ray_run, assets, tmp_path, monkeypatch):
     import time
 
-    from bridge_ray import walltime
+    from bridge_ray.cluster import walltime
 
     # A deadline closer than one step + a save: the first step becomes the last, and verl saves it.
     monkeypatch.setenv(walltime.DEADLINE_ENV, str(int(time.time() + walltime.SAVE_S)))

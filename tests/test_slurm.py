@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import bridge_ray
-from bridge_ray import records, walltime
+from bridge_ray.cluster import records, walltime
 from bridge_ray.cluster import processes, slurm
 from bridge_ray.errors import SlurmError
 from conftest import run_cli

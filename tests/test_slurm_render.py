@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge_ray import records, walltime
+from bridge_ray.cluster import records, walltime
 from bridge_ray.cluster import slurm, slurm_node
 from bridge_ray.errors import ConfigError, SlurmError
 from conftest import run_cli

@@ -21,7 +21,7 @@ torch_dtype = torch.float32
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from bridge_ray.assets import build_demo_assets
+    from bridge_ray.models.assets import build_demo_assets
 
     return build_demo_assets(tmp_path_factory.mktemp("assets"), num_train=8, num_val=4)["model"]
 

@@ -6,7 +6,7 @@ import datetime
 import click
 
 from bridge_ray import cluster as lib
-from bridge_ray.records import DEFAULT_CLUSTER
+from bridge_ray.cluster.records import DEFAULT_CLUSTER
 
 name_option = click.option("--name", default=DEFAULT_CLUSTER, show_default=True, help="Which cluster.")
 

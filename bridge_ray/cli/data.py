@@ -59,7 +59,7 @@ def assets_group():
 @click.option("--num-val", type=click.IntRange(min=1), default=128, show_default=True)
 def demo_assets_command(out_dir, shape, num_train, num_val):
     """Tokenizer, model and synthetic GSM8K data in OUT_DIR (reused when already built)."""
-    from bridge_ray.assets import build_demo_assets
+    from bridge_ray.models.assets import build_demo_assets
 
     for name, path in build_demo_assets(out_dir, shape=shape, num_train=num_train, num_val=num_val).items():
         click.echo(f"{name:<9} {path}")

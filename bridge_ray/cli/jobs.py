@@ -9,9 +9,9 @@ import click
 from bridge_ray import jobs as lib
 from bridge_ray.cli.cluster import name_option
 from bridge_ray.cluster.client import quiet_ray_client
+from bridge_ray.cluster.records import DEFAULT_CLUSTER
 from bridge_ray.errors import Interrupted
-from bridge_ray.records import DEFAULT_CLUSTER
-from bridge_ray.runtime_env import parse_env
+from bridge_ray.jobs.runtime_env import parse_env
 
 
 def _flag(name: str) -> str:
@@ -47,7 +47,7 @@ def _follow(job: lib.Job, verbose: bool = False) -> str:
     the job running and says how to get back to it. A failure whose error the view did not show
     ends with the log's last lines. Ray's client logs nothing but its errors (``--verbose``: all)."""
     from bridge_ray.errors import BridgeRayError, JobFailed
-    from bridge_ray.progress import ConsoleView
+    from bridge_ray.jobs.progress import ConsoleView
 
     if not verbose:
         quiet_ray_client()
@@ -117,7 +117,7 @@ def submit_command(recipe, args, name, env_items, excludes, submission_id, follo
               help="The whole log: everything verl and Ray print, not only the progress.")
 def logs_command(submission_id, name, follow, everything):
     """Print a job's progress (its own lines and one per training step); --all for the whole log."""
-    from bridge_ray.progress import ConsoleView
+    from bridge_ray.jobs.progress import ConsoleView
 
     job = lib.Job(submission_id, name)
     if follow:

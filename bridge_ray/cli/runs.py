@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from bridge_ray import hub, jobs
-from bridge_ray.errors import ConfigError
+from bridge_ray import jobs
 from bridge_ray import runs as lib
-# Not `from bridge_ray import export`: the package binds that name to the function export.export.
-from bridge_ray.export import export as export_run
+from bridge_ray.errors import ConfigError
+from bridge_ray.models import hub
+from bridge_ray.models.export import export as export_run
 
 
 def _when(ts: float | None) -> str:
@@ -61,7 +61,7 @@ def describe(run: lib.RunRecord) -> str:
 
 def _figures(run: lib.RunRecord) -> list[str]:
     """The figures that matter, from the run's curves: loss/reward first, last, best; throughput; wall time."""
-    from bridge_ray import curves
+    from bridge_ray.runs import curves
 
     found = curves.summary(curves.of_run(run))
     lines = []
@@ -108,7 +108,7 @@ def show_command(submission_id, as_json):
 @click.option("--out", type=click.Path(dir_okay=False), help="The PNG to write (default: the first run's folder, metrics.png).")
 def plot_command(submission_ids, out):
     """Draw the loss / reward curves of a run, or of several overlaid (`runs plot A B`), into a PNG."""
-    from bridge_ray import curves
+    from bridge_ray.runs import curves
 
     runs = [jobs.load_run(submission_id) for submission_id in submission_ids]
     drawn = {run.submission_id: curves.of_run(run) for run in runs}

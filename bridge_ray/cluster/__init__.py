@@ -2,7 +2,11 @@
 
 Backends: ``local`` (a Ray head on this machine, the default), ``slurm`` (one
 bootstrap allocation) and ``address`` (an existing cluster registered by URL).
-Everything above this layer only sees a :class:`~bridge_ray.records.ClusterRecord`.
+Everything above this layer only sees a :class:`~bridge_ray.cluster.records.ClusterRecord`.
+
+Beside the backends (``local``, ``slurm`` with ``slurm_node``, ``processes``, ``auth``, ``health``,
+``client``): ``records`` (where each cluster lives), and what a job sees of its cluster from the
+inside: ``driver`` (attach to it), ``walltime`` (when its allocation ends), ``report`` (its nodes).
 """
 from __future__ import annotations
 
@@ -11,10 +15,12 @@ import shutil
 import time
 from pathlib import Path
 
-from bridge_ray import credentials, records, runs
+from bridge_ray import runs
+from bridge_ray.cluster import records
 from bridge_ray.cluster import health, local
+from bridge_ray.cluster.records import DEFAULT_CLUSTER, ClusterRecord
 from bridge_ray.errors import AuthError, ClusterExists, ClusterRecordBroken, ConfigError, JobsRunning
-from bridge_ray.records import DEFAULT_CLUSTER, ClusterRecord
+from bridge_ray.jobs import credentials
 
 ACTIVE_JOB_STATES = ("PENDING", "RUNNING")
 STOP_WAIT_S = 60.0

@@ -10,8 +10,8 @@ import os
 import secrets
 from pathlib import Path
 
+from bridge_ray.cluster.records import ClusterRecord
 from bridge_ray.errors import AuthError
-from bridge_ray.records import ClusterRecord
 
 
 def new_token_file(path: Path) -> Path:

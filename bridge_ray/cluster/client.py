@@ -9,7 +9,7 @@ URL only, with the recorded token only, and never through a proxy, whatever the 
 from __future__ import annotations
 
 from bridge_ray.cluster.auth import auth_headers
-from bridge_ray.records import ClusterRecord
+from bridge_ray.cluster.records import ClusterRecord
 
 # requests merges the environment's proxies into a call unless the call names them; None drops one.
 NO_PROXIES = {"http": None, "https": None, "all": None}

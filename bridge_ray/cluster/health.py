@@ -7,8 +7,8 @@ import urllib.error
 import urllib.request
 
 from bridge_ray.cluster.auth import auth_headers
+from bridge_ray.cluster.records import ClusterRecord
 from bridge_ray.errors import AuthError, BridgeRayError, ClusterStale
-from bridge_ray.records import ClusterRecord
 
 # Never through the shell's HTTP(S)_PROXY: the request carries the cluster's token.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from bridge_ray.cluster import health, processes
+from bridge_ray.cluster import records
 from bridge_ray.cluster.auth import new_token_file
+from bridge_ray.cluster.records import ClusterRecord, cluster_dir
 from bridge_ray.errors import BridgeRayError, PortInUse
-from bridge_ray import records
-from bridge_ray.records import ClusterRecord, cluster_dir
 
 LOOPBACK = "127.0.0.1"
 # Ray's flags for every port a head opens; each gets a free port unless the user chose one.

@@ -26,7 +26,7 @@ from pathlib import Path
 from bridge_ray.errors import BridgeRayError
 
 TAG_ENV = "BRIDGE_RAY_CLUSTER_TAG"
-TEMP_DIR_ENV = "BRIDGE_RAY_TEMP_DIR"  # the node's Ray temp dir, for job drivers (``bridge_ray.launch``)
+TEMP_DIR_ENV = "BRIDGE_RAY_TEMP_DIR"  # the node's Ray temp dir, for job drivers (``bridge_ray.jobs.launch``)
 UMASK = 0o077
 # Variables of the user's shell that would point a Ray process at another cluster or token.
 FOREIGN_RAY_ENV = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
@@ -174,7 +174,7 @@ def make_private(temp_dir: Path, depth: int = 3, files: bool = False) -> None:
 
     Ray marks its temp, session, log, socket and runtime-resource folders 0777 whenever a node
     starts and whenever a job's supervisor or worker process starts; so bridge-ray calls this
-    after ``ray start``, in each job's driver (``bridge_ray.launch``) and in each job's worker
+    after ``ray start``, in each job's driver (``bridge_ray.jobs.launch``) and in each job's worker
     (``credentials.setup_worker``). Files Ray's processes create are private already (umask 077).
     """
     for folder, dirs, names in os.walk(temp_dir):

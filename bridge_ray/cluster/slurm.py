@@ -29,11 +29,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bridge_ray import records, runtime_env
+from bridge_ray.cluster import records
 from bridge_ray.cluster import slurm_node
 from bridge_ray.cluster.auth import new_token_file
+from bridge_ray.cluster.records import ClusterRecord
 from bridge_ray.errors import ConfigError, Interrupted, SlurmError
-from bridge_ray.records import ClusterRecord
+from bridge_ray.jobs import runtime_env
 
 # Shipped inside the package (a wheel has no checkout); ``slurm_bootstrap/`` at the top links to it.
 TEMPLATE = Path(__file__).resolve().parent / "slurm_bootstrap" / "bridge_ray.sbatch"

@@ -33,10 +33,10 @@ import threading
 import time
 from pathlib import Path
 
-from bridge_ray import records, walltime
+from bridge_ray.cluster import records, walltime
 from bridge_ray.cluster import health, local, processes
+from bridge_ray.cluster.records import ClusterRecord
 from bridge_ray.errors import BridgeRayError
-from bridge_ray.records import ClusterRecord
 
 PORT_FLOOR, BLOCK, NUM_BLOCKS = 20000, 40, 319
 CLUSTER_PORTS = ("port", "dashboard-port", "ray-client-server-port", "dashboard-metrics-port", "autoscaler-metrics-port")

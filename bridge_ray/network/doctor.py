@@ -16,7 +16,7 @@ import ray
 import ray.cloudpickle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from bridge_ray import records
+from bridge_ray.cluster import records
 from bridge_ray.cluster import local
 from bridge_ray.cluster.auth import auth_env
 from bridge_ray.network import collective, probe

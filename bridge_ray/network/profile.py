@@ -22,7 +22,7 @@ import shlex
 import time
 from pathlib import Path
 
-from bridge_ray import records
+from bridge_ray.cluster import records
 from bridge_ray.errors import ConfigError
 from bridge_ray.network.probe import IbPort, NodeProbe
 

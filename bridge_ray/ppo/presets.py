@@ -12,6 +12,8 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
+from bridge_ray.cluster.records import home_dir
+from bridge_ray.errors import ConfigError
 from bridge_ray.ppo.config import (
     ActorConfig,
     AlgorithmConfig,
@@ -24,8 +26,6 @@ from bridge_ray.ppo.config import (
     RolloutConfig,
     TrainerConfig,
 )
-from bridge_ray.errors import ConfigError
-from bridge_ray.records import home_dir
 
 DIGIT_BONUS_REWARD = "bridge_ray.ppo.reward:gsm8k_digit_bonus"
 
@@ -97,7 +97,7 @@ def tiny_gsm8k(algorithm: Literal["ppo", "grpo"], model_dir: str, train_file: st
 
     Args:
         algorithm: ``"ppo"`` (GAE + critic, KL in reward) or ``"grpo"`` (KL in loss).
-        model_dir: Local HF model folder (``bridge_ray.assets.build_demo_assets``).
+        model_dir: Local HF model folder (``bridge_ray.models.assets.build_demo_assets``).
         train_file: RL parquet; val_file: RL parquet or None.
         output_dir: Absolute run folder.
         total_steps: Steps to run.
@@ -122,7 +122,7 @@ def tiny_gsm8k(algorithm: Literal["ppo", "grpo"], model_dir: str, train_file: st
 
 def _tiny_cpu(algorithm: Literal["ppo", "grpo"], model_dir, data_dir, output_dir, total_steps) -> PPOConfig:
     if model_dir is None or data_dir is None:
-        from bridge_ray.assets import build_demo_assets
+        from bridge_ray.models.assets import build_demo_assets
 
         files = build_demo_assets(home_dir() / "demo", shape="tiny")
         model_dir, data_dir = model_dir or files["model"], data_dir or files["rl_train"].parent

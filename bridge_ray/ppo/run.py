@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge_ray import runs
+from bridge_ray.cluster.driver import connect
 from bridge_ray.config import apply_overrides, to_dict
-from bridge_ray.driver import connect
 from bridge_ray.errors import BridgeRayError, ConfigError, PPOFailed
 from bridge_ray.platforms import cpu_ppo_env, verl_plugin_env
 from bridge_ray.platforms.env import EXTERNAL_MODULES_ENV
@@ -209,7 +209,7 @@ def _train(config, runtime_env: dict, output_dir: Path) -> None:
 
 def merge_final_actor(cfg: PPOConfig) -> tuple[Path, Path, str]:
     """Merge the newest ``global_step_N/actor`` into ``output_dir/hf`` and generate a few tokens with it."""
-    from bridge_ray.checkpoints import (
+    from bridge_ray.models.checkpoints import (
         CheckpointError,
         check_hf_model,
         latest_checkpoint,
@@ -231,7 +231,7 @@ def announce_resume(cfg: PPOConfig) -> int:
     Returns:
         The step verl resumes from (0: a fresh start).
     """
-    from bridge_ray.checkpoints import latest_checkpoint
+    from bridge_ray.models.checkpoints import latest_checkpoint
 
     step_dir = latest_checkpoint(checkpoint_dir(cfg)) if cfg.trainer.resume_mode == "auto" else None
     if step_dir is None:

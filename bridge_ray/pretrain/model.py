@@ -14,8 +14,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from bridge_ray.assets import LLAMA_SHAPES, LlamaShape
 from bridge_ray.errors import ConfigError
+from bridge_ray.models.assets import LLAMA_SHAPES, LlamaShape
 
 ROPE = {"rope_type": "default", "rope_theta": 10000.0}
 SHAPES: dict[str, LlamaShape] = {

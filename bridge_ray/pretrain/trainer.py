@@ -20,10 +20,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge_ray import hub, runs, tracking
-from bridge_ray.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
+from bridge_ray import runs
 from bridge_ray.config import output_dir_problem, to_dict
 from bridge_ray.errors import BridgeRayError, ConfigError, PreflightError
+from bridge_ray.jobs import tracking
+from bridge_ray.models import hub
+from bridge_ray.models.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
 from bridge_ray.pretrain.config import (PretrainConfig, checkpoint_dir, epochs_for, init_dir, to_verl_overrides,
                                         tokens_dir, validate)
 from bridge_ray.sft.trainer import TrainingFailed, connect, worker_env, write_metrics

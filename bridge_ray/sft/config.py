@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Union
 
+from bridge_ray.cluster.records import home_dir
 from bridge_ray.config import trainer_problems
 from bridge_ray.errors import ConfigError
-from bridge_ray.records import home_dir
 from bridge_ray.sft.hardware import resolve
 
 Attention = Literal["auto", "flash_attention_2", "torch_varlen", "sdpa", "eager"]

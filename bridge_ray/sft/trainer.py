@@ -25,10 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from bridge_ray import driver, hub, runs, tracking, walltime
-from bridge_ray.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
+from bridge_ray import runs
+from bridge_ray.cluster import driver, walltime
 from bridge_ray.config import apply_overrides, to_dict
 from bridge_ray.errors import BridgeRayError, TrainingFailed
+from bridge_ray.jobs import tracking
+from bridge_ray.models import hub
+from bridge_ray.models.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
 from bridge_ray.platforms import cpu_env
 from bridge_ray.sft import hardware
 from bridge_ray.sft.config import PRESETS, SFTConfig, checkpoint_dir, parse_args, to_verl_overrides, validate

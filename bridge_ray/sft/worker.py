@@ -115,7 +115,7 @@ class StepHook:
         verl's SFT trainer has no checkpoint-before-expiry hook (its PPO trainer does). All ranks
         agree through one all-reduce, and only when a deadline (``BRIDGE_RAY_DEADLINE``) is set.
         """
-        from bridge_ray import walltime
+        from bridge_ray.cluster import walltime
 
         if walltime.deadline() is None:
             return

@@ -17,14 +17,15 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bridge_ray import credentials, records, runs, runtime_env, settings
-from bridge_ray.runtime_env import SubmitPlan
+from bridge_ray import runs, settings
 from bridge_ray.cluster import client as cluster_client
-from bridge_ray.cluster import health
+from bridge_ray.cluster import health, records
 from bridge_ray.cluster.processes import clean_env
+from bridge_ray.cluster.records import DEFAULT_CLUSTER, ClusterRecord
 from bridge_ray.errors import (BridgeRayError, ClusterLost, ClusterStale, ConfigError, Interrupted, JobFailed,
                                JobNotFound, RecipeError)
-from bridge_ray.records import DEFAULT_CLUSTER, ClusterRecord
+from bridge_ray.jobs import credentials, runtime_env
+from bridge_ray.jobs.runtime_env import SubmitPlan
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 LOG_TAIL_LINES = 20
@@ -262,7 +263,7 @@ def check_recipe(recipe: str | Path) -> Path:
 
 def check_args(record: ClusterRecord, project: Path, recipe: Path, args: list[str] | tuple[str, ...],
                env: dict[str, str]) -> None:
-    """Build and validate the configs the recipe declares (its ``config(argv)``) here (``bridge_ray.launch --check``).
+    """Build and validate the configs the recipe declares (its ``config(argv)``) here (``bridge_ray.jobs.launch --check``).
 
     A bad override then fails here, in a second, instead of on the cluster after the upload.
     A recipe without ``config(argv)`` is not run here at all.
@@ -271,12 +272,12 @@ def check_args(record: ClusterRecord, project: Path, recipe: Path, args: list[st
         ConfigError: the recipe refused its arguments (the recipe's own message).
         RecipeError: it failed here for another reason, or did not get to the cluster in time.
     """
-    from bridge_ray import launch  # not at import: `python -m bridge_ray.launch` must find it unimported
+    from bridge_ray.jobs import launch  # not at import: `python -m bridge_ray.jobs.launch` must find it unimported
 
     python = record.python if os.path.isfile(record.python) else sys.executable
     rel = str(recipe.relative_to(project))
     try:
-        out = subprocess.run([python, "-m", "bridge_ray.launch", "--check", rel, *args], cwd=project,
+        out = subprocess.run([python, "-m", "bridge_ray.jobs.launch", "--check", rel, *args], cwd=project,
                              env={**clean_env(), **env}, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise RecipeError(f"{rel}'s config({shlex.join(args)}) did not return within {CHECK_TIMEOUT_S:.0f} s when "
@@ -322,7 +323,7 @@ def plan(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluster:
     if check:
         check_args(record, project, path, list(args), env_block["env_vars"])
     rel = path.relative_to(project)
-    entrypoint = shlex.join([record.python, "-m", "bridge_ray.launch", str(rel), *args])
+    entrypoint = shlex.join([record.python, "-m", "bridge_ray.jobs.launch", str(rel), *args])
     if submission_id and not _ID_RE.match(submission_id):
         raise ConfigError(f"--submission-id {submission_id!r} is not valid: use letters, digits, '.', '_' or '-' "
                           "(at most 128, starting with a letter or digit)")

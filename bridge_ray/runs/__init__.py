@@ -16,6 +16,9 @@ The submitter writes the record at submit time (``start_run``) and when it sees 
 ``BRIDGE_RAY_RUN_DIR``. Every write is a locked read-modify-write, so neither loses the other's.
 No secret value is ever written here: runtime_env values are redacted and log lines and diffs are
 scrubbed of the secret values the submitter knows.
+
+What is read back from a run sits beside this module: ``curves`` (its loss, reward and throughput
+per step, the figures that matter, a plot).
 """
 from __future__ import annotations
 
@@ -34,9 +37,10 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from bridge_ray import credentials, records, runtime_env, tracking
-from bridge_ray.runtime_env import SubmitPlan
+from bridge_ray.cluster import records
 from bridge_ray.errors import RunNotFound, RunRecordBroken
+from bridge_ray.jobs import credentials, runtime_env, tracking
+from bridge_ray.jobs.runtime_env import SubmitPlan
 
 RUN_DIR_ENV = "BRIDGE_RAY_RUN_DIR"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")

@@ -12,14 +12,14 @@ match the config): use a new run_dir, or delete that stage's record from ``stage
 An unfinished stage is started again and resumes from its own last checkpoint.
 
 Example:
-from bridge_ray import pipeline, ppo, sft
-    >>> stages = pipeline.sft_then_ppo(sft.sft_gsm8k_llama1b(), ppo.grpo_gsm8k_llama1b(), "/shared/runs/chain")
+    >>> from bridge_ray import ppo, sft
+    >>> from bridge_ray.pipelines.sft_then_ppo import sft_then_ppo
+    >>> stages = sft_then_ppo(sft.sft_gsm8k_llama1b(), ppo.grpo_gsm8k_llama1b(), "/shared/runs/chain")
     >>> stages["ppo"].output            # the merged PPO actor
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -27,49 +27,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bridge_ray.config import apply_overrides, to_dict
-from bridge_ray.records import home_dir
+from bridge_ray.config import apply_overrides
 from bridge_ray.errors import BridgeRayError, ConfigError
-
-RECORDS_FILE = "stages.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class StageRecord:
-    """A finished stage: its name, config hash, merged HF model folder and finish time."""
-
-    name: str
-    config_hash: str
-    output: str
-    finished_at: float
-
-
-def default_run_dir(name: str) -> Path:
-    """``$BRIDGE_RAY_HOME/outputs/<name>`` (``~/.bridge-ray`` when unset), absolute; run records stay in runs/."""
-    return home_dir() / "outputs" / name
-
-
-def config_hash(cfg) -> str:
-    """A short stable hash of a config dataclass."""
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def load_records(run_dir: str | Path) -> dict[str, StageRecord]:
-    """The stage records of ``run_dir`` (empty when none finished)."""
-    path = Path(run_dir) / RECORDS_FILE
-    if not path.is_file():
-        return {}
-    return {name: StageRecord(**row) for name, row in json.loads(path.read_text()).items()}
-
-
-def save_record(run_dir: str | Path, record: StageRecord) -> None:
-    """Add or replace one stage's record (atomically)."""
-    rows = {name: dataclasses.asdict(r) for name, r in load_records(run_dir).items()}
-    rows[record.name] = dataclasses.asdict(record)
-    path = Path(run_dir) / RECORDS_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rows, indent=2))
-    os.replace(tmp, path)
+from bridge_ray.pipelines.stages import RECORDS_FILE, StageRecord, config_hash, load_records, save_record
 
 
 def finished(run_dir: str | Path, name: str, cfg) -> StageRecord | None:

@@ -3,7 +3,7 @@
 Any run that checkpoints with verl's FSDP layout: SFT (``global_step_N``) and PPO/GRPO (its
 ``global_step_N/actor``; the critic is not exported).
 
-The same code as the automatic merge at the end of SFT (``bridge_ray.checkpoints``): verl's
+The same code as the automatic merge at the end of SFT (``bridge_ray.models.checkpoints``): verl's
 ``model_merger`` on a ``global_step_N`` folder, then a load-and-generate check with transformers.
 It runs on this machine, which must see the run's output dir (the shared filesystem) and have
 ``bridge-ray[train]`` installed.
@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from bridge_ray import runs
-from bridge_ray.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
+from bridge_ray.models.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
 
 _STEP = re.compile(r"^global_step_(\d+)$")
 

@@ -1,9 +1,9 @@
 """How a recipe runs: as a job's driver on the cluster, or checked on the submitting machine.
 
-    python -m bridge_ray.launch RECIPE [ARGS...]           # a job's entrypoint (what `submit` sends)
-    python -m bridge_ray.launch --check RECIPE [ARGS...]   # `submit` runs this here first
+    python -m bridge_ray.jobs.launch RECIPE [ARGS...]           # a job's entrypoint (what `submit` sends)
+    python -m bridge_ray.jobs.launch --check RECIPE [ARGS...]   # `submit` runs this here first
 
-As a job's driver it loads the job's secrets (``bridge_ray.credentials``), makes Ray's folders
+As a job's driver it loads the job's secrets (``bridge_ray.jobs.credentials``), makes Ray's folders
 private again (Ray's job supervisor marks them 0777 each time it starts), then runs RECIPE as
 ``__main__`` with ARGS, exactly as ``python RECIPE ARGS`` would; a bridge-ray error it raises
 ends the job with one ``error: ...`` line and the error's exit code, not a traceback.
@@ -90,7 +90,7 @@ VALIDATORS = (
     ("bridge_ray.ppo.config", "PPOConfig", "validate"),
     ("bridge_ray.tokenizer", "TokenizerConfig", "validate"),
     ("bridge_ray.pretrain.config", "PretrainConfig", "validate"),
-    ("bridge_ray.chain", "ChainConfig", "validate"),
+    ("bridge_ray.pipelines.text_to_chat", "ChainConfig", "validate"),
 )
 
 
@@ -109,7 +109,7 @@ def validate(configs) -> None:
 
 def check(recipe: str, args: list[str]) -> int:
     """Build and validate the recipe's ``config(args)`` here; return the exit code (see the module docstring)."""
-    from bridge_ray import assets
+    from bridge_ray.models import assets
     from bridge_ray.errors import BridgeRayError
 
     if not declares_config(recipe):
@@ -137,7 +137,7 @@ def check(recipe: str, args: list[str]) -> int:
 
 def drive(recipe: str, args: list[str]) -> None:
     """A job's driver: the job's secrets into the environment, Ray's folders private, then the recipe."""
-    from bridge_ray import credentials
+    from bridge_ray.jobs import credentials
     from bridge_ray.cluster.processes import TEMP_DIR_ENV, make_private
     from bridge_ray.errors import BridgeRayError
 
@@ -152,12 +152,12 @@ def drive(recipe: str, args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bridge_ray.launch [--check] RECIPE [ARGS...]``."""
+    """``python -m bridge_ray.jobs.launch [--check] RECIPE [ARGS...]``."""
     args = list(sys.argv[1:] if argv is None else argv)
     checking = args[:1] == ["--check"]
     args = args[1:] if checking else args
     if not args:
-        print("usage: python -m bridge_ray.launch [--check] RECIPE [ARGS...]", file=sys.stderr)
+        print("usage: python -m bridge_ray.jobs.launch [--check] RECIPE [ARGS...]", file=sys.stderr)
         return 2
     if checking:
         return check(args[0], args[1:])

@@ -3,7 +3,7 @@
 Only variables on the allow-list (plus the cluster's network profile and the
 user's ``--env``) travel; never all of ``os.environ``. Secrets travel (a job needs
 ``HF_TOKEN``) but never in the runtime_env, which Ray puts on worker command lines:
-``bridge_ray.credentials`` carries them in a 0600 file; they are redacted wherever a
+``bridge_ray.jobs.credentials`` carries them in a 0600 file; they are redacted wherever a
 plan is shown or recorded.
 """
 from __future__ import annotations
@@ -175,7 +175,7 @@ def build(recipe: Path, env: dict[str, str], profile_env: dict[str, str] | None 
 class SubmitPlan:
     """Everything ``submit`` would send; ``--dry-run`` prints it (secrets redacted).
 
-    ``secrets`` never enter the runtime_env: they travel in a 0600 file (``bridge_ray.credentials``).
+    ``secrets`` never enter the runtime_env: they travel in a 0600 file (``bridge_ray.jobs.credentials``).
     """
 
     cluster: str

@@ -5,7 +5,7 @@ of the machine) and into ``runtime_env_agent.log``. So ``submit`` keeps secret-l
 variables out of the runtime_env: it writes them to
 ``$BRIDGE_RAY_HOME/clusters/<name>/secrets/<submission_id>.env`` (folder 0700, file 0600, on
 the shared home a SLURM allocation sees) and the runtime_env carries only that file's path
-(``BRIDGE_RAY_ENV_FILE``). The job's driver loads it through ``bridge_ray.launch``; every
+(``BRIDGE_RAY_ENV_FILE``). The job's driver loads it through ``bridge_ray.jobs.launch``; every
 worker the job starts (tasks, actors, Ray Train workers, verl's workers and what they spawn)
 loads it through Ray's ``worker_process_setup_hook`` (``setup_worker``) before its first task.
 The file is removed when the submitter sees the job end (``remove``) and with the cluster.
@@ -16,11 +16,11 @@ import json
 import os
 from pathlib import Path
 
-from bridge_ray import records
-from bridge_ray.runtime_env import is_secret
+from bridge_ray.cluster import records
+from bridge_ray.jobs.runtime_env import is_secret
 
 ENV_FILE_ENV = "BRIDGE_RAY_ENV_FILE"
-WORKER_HOOK = "bridge_ray.credentials.setup_worker"
+WORKER_HOOK = "bridge_ray.jobs.credentials.setup_worker"
 
 
 def split(env_vars: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:

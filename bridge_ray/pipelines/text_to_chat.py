@@ -3,7 +3,7 @@ instruction-tune -> export -> upload. A rerun skips the stages already finished.
 
 Run folder (``run_dir``, absolute, shared by all nodes)::
 
-    stages.json    one record per finished stage (``bridge_ray.pipeline``'s: config hash, output, time)
+    stages.json    one record per finished stage (``bridge_ray.pipelines.stages``: config hash, output, time)
     tokenizer/     the tokenizer: sentencepiece model + Hugging Face files (``bridge_ray.tokenizer``)
     pretrain/      the pretraining run (``bridge_ray.pretrain``); pretrain/hf the merged base model,
                    checked on the test prompt ("Once upon a time,")
@@ -19,9 +19,9 @@ a finished stage whose config changed is an error (use a new run_dir, or delete 
 ``stages.json``); an unfinished stage starts again and resumes from its own last checkpoint.
 
 Example:
-    >>> from bridge_ray import chain
-    >>> cfg = chain.chain_1b("/shared/runs/ja-1b", text_files, ["/data/oasst2.trees.jsonl"], num_gpus=8)
-    >>> chain.run(chain.apply_overrides(cfg, ["hub_repo_id=my-org/ja-1b-chat"]))
+    >>> from bridge_ray.pipelines import text_to_chat
+    >>> cfg = text_to_chat.chain_1b("/shared/runs/ja-1b", text_files, ["/data/oasst2.trees.jsonl"], num_gpus=8)
+    >>> text_to_chat.run(text_to_chat.apply_overrides(cfg, ["hub_repo_id=my-org/ja-1b-chat"]))
 """
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from bridge_ray import pipeline
 from bridge_ray.config import to_dict
 from bridge_ray.errors import BridgeRayError, ConfigError
+from bridge_ray.pipelines import stages
 from bridge_ray.pretrain.config import PretrainConfig, pretrain_1b, pretrain_tiny_cpu
 from bridge_ray.sft.config import SFTConfig
 from bridge_ray.tokenizer import TokenizerConfig
@@ -152,41 +152,41 @@ def _done(name: str, output: str) -> bool:
     return name == "upload" or (Path(output) / "config.json").is_file()
 
 
-def finished(run_dir: Path, name: str, stage_cfg) -> pipeline.StageRecord | None:
+def finished(run_dir: Path, name: str, stage_cfg) -> stages.StageRecord | None:
     """The stage's record if it finished with this config and its output is still there.
 
     Raises:
         ConfigError: the stage finished with another config.
     """
-    record = pipeline.load_records(run_dir).get(name)
+    record = stages.load_records(run_dir).get(name)
     if record is None or not _done(name, record.output):
         return None
-    if record.config_hash != pipeline.config_hash(stage_cfg):
+    if record.config_hash != stages.config_hash(stage_cfg):
         raise ConfigError(
             f"stage {name} in {run_dir} finished with another config (hash {record.config_hash}, now "
-            f"{pipeline.config_hash(stage_cfg)}): use a new run_dir, or delete the {name!r} entry of "
-            f"{run_dir / pipeline.RECORDS_FILE} to run it again")
+            f"{stages.config_hash(stage_cfg)}): use a new run_dir, or delete the {name!r} entry of "
+            f"{run_dir / stages.RECORDS_FILE} to run it again")
     return record
 
 
-def _stage(run_dir: Path, name: str, stage_cfg, work: Callable[[], object]) -> pipeline.StageRecord:
+def _stage(run_dir: Path, name: str, stage_cfg, work: Callable[[], object]) -> stages.StageRecord:
     record = finished(run_dir, name, stage_cfg)
     if record is not None:
         print(f"[bridge-ray] stage {name}: finished before ({record.output}); skipping", flush=True)
         return record
     print(f"[bridge-ray] stage {name}: starting", flush=True)
-    record = pipeline.StageRecord(name, pipeline.config_hash(stage_cfg), str(work()), time.time())
-    pipeline.save_record(run_dir, record)
+    record = stages.StageRecord(name, stages.config_hash(stage_cfg), str(work()), time.time())
+    stages.save_record(run_dir, record)
     return record
 
 
 def _upload(cfg: ChainConfig) -> str:
-    from bridge_ray import hub
+    from bridge_ray.models import hub
 
     return hub.upload(Path(cfg.instruct.trainer.output_dir) / "hf", cfg.hub_repo_id, private=cfg.hub_private)
 
 
-def run(cfg: ChainConfig) -> dict[str, pipeline.StageRecord]:
+def run(cfg: ChainConfig) -> dict[str, stages.StageRecord]:
     """Run the stages not yet finished, in order (see the module docstring).
 
     Returns:
@@ -237,7 +237,7 @@ def main(config, argv: list[str] | None = None, before: Callable[[ChainConfig], 
     try:
         cfg = validate(config([a for a in argv if a != "--dry-run"]))
         if "--dry-run" in argv:
-            records = {k: dataclasses.asdict(v) for k, v in pipeline.load_records(cfg.run_dir).items()}
+            records = {k: dataclasses.asdict(v) for k, v in stages.load_records(cfg.run_dir).items()}
             print(json.dumps({"chain": to_dict(plan(cfg)), "records": records}, indent=2, default=str))
             return None
         if before is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import socket
 
-from bridge_ray.runtime_env import ENV_NAMES, ENV_PREFIXES, is_secret
+from bridge_ray.jobs.runtime_env import ENV_NAMES, ENV_PREFIXES, is_secret
 
 
 def _node_env(extra: tuple[str, ...]) -> dict:

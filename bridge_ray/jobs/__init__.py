@@ -1,0 +1,26 @@
+"""Submitting and following jobs on a recorded cluster.
+
+- ``submission``: the one Ray Job Submission client: ``submit``, ``Job`` (follow, wait, stop), ``list_jobs``;
+- ``runtime_env``: what a job carries (its working_dir and an allow-listed env);
+- ``credentials``: its secrets, in a 0600 file instead of the runtime_env;
+- ``tracking``: its Weights & Biases names and env;
+- ``launch``: its entrypoint on the cluster (``python -m bridge_ray.jobs.launch``) and the local check;
+- ``progress``: what a person following it sees.
+
+The names callers use are here; patch private ones (``_send``) in ``bridge_ray.jobs.submission``.
+"""
+from bridge_ray.jobs.runtime_env import SubmitPlan
+from bridge_ray.jobs.submission import (
+    LOG_TAIL_LINES,
+    Job,
+    check_recipe,
+    list_jobs,
+    list_runs,
+    load_run,
+    plan,
+    refresh_run,
+    submit,
+)
+
+__all__ = ["Job", "LOG_TAIL_LINES", "SubmitPlan", "check_recipe", "list_jobs", "list_runs", "load_run", "plan",
+           "refresh_run", "submit"]
