@@ -5,6 +5,7 @@ Every test ends with nothing allocated and no Ray process of its jobs left.
 """
 from __future__ import annotations
 
+import glob
 import os
 import re
 import signal
@@ -64,8 +65,8 @@ def _active_jobs() -> list[str]:
 
 def _ray_pids(record: records.ClusterRecord) -> list[int]:
     temp_dir = f"/tmp/bridge-ray-{os.getuid()}/slurm-{record.slurm['job_id']}"
-    return (processes.find_pids(f"{temp_dir}/", by_open_files=True)  # slot 0
-            + processes.find_pids(f"{temp_dir}.", by_open_files=True))  # slots 1+
+    slots = [temp_dir] + sorted(glob.glob(f"{temp_dir}.*"))  # slot 0, then slots 1+ (slurm-N.1, ...)
+    return sorted({pid for folder in slots for pid in processes.find_pids(f"{folder}/", by_open_files=True)})
 
 
 def _assert_gone(record: records.ClusterRecord) -> None:
