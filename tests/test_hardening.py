@@ -425,7 +425,7 @@ def test_a_dead_head_is_one_line_everywhere_and_marks_its_runs(spare, tmp_path):
     job_id = running(name, project(tmp_path, "sleepy", SLEEPY))
     follow, lines = follower("logs", job_id, "--name", name, "--follow")
     wait_for(lambda: any("sleeping" in line for line in lines), "the follower to print the job's first line")
-    gcs = [p for p in local.pids(spare) if b"gcs_server" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    gcs = [p for p in local.pids(spare) if b"gcs_server" in processes._read(Path(f"/proc/{p}/cmdline"))]  # may exit
     os.kill(gcs[0], signal.SIGKILL)
     follow.wait(timeout=HANG_GUARD_S)
     said = follow.stderr.read()

@@ -7,7 +7,7 @@ import pytest
 
 from bridge_ray.cluster import records
 from bridge_ray.config import apply_overrides
-from bridge_ray.errors import ClusterNotFound, ConfigError, RecipeError, WorkingDirTooLarge
+from bridge_ray.errors import BridgeRayError, ClusterNotFound, ConfigError, RecipeError, WorkingDirTooLarge
 from bridge_ray.jobs import check_recipe, runtime_env
 
 
@@ -247,3 +247,44 @@ def test_submit_waits_for_the_heads_job_agent_and_nothing_else(monkeypatch):
     with pytest.raises(RuntimeError, match="status code 400"):
         submission._send(record, Client(["Request failed with status code 400: bad runtime_env"]), plan)
     assert len(calls) == 4
+    monkeypatch.setattr(submission, "AGENT_WAIT_S", -1.0)  # no agent for longer than bridge-ray waits: one line
+    with pytest.raises(BridgeRayError) as refused:
+        submission._send(record, Client([busy]), plan)
+    assert str(refused.value) == ("cluster 'unit' took no job for -1 s (Ray: No available agent to submit job): "
+                                  "see `bridge-ray status --name unit`, then submit again")
+
+
+def test_a_gcs_port_that_refuses_means_the_head_is_gone_and_a_silent_one_proves_nothing():
+    """health.gcs_refuses: a closed port refuses (the GCS is gone); a listening one or no address
+    say nothing; the follower's watch
+    (health.watch_gcs) returns after two refusals in a row."""
+    import asyncio
+    import socket
+
+    from bridge_ray.cluster import health
+
+    def record(address):
+        return records.ClusterRecord(name="x", backend="local", gcs_address=address, dashboard_url="http://127.0.0.1:1")
+
+    listening = socket.create_server(("127.0.0.1", 0))
+    closed = socket.create_server(("127.0.0.1", 0))
+    gone = record(f"127.0.0.1:{closed.getsockname()[1]}")
+    closed.close()
+    try:
+        assert health.gcs_refuses(gone)
+        assert not health.gcs_refuses(record(f"127.0.0.1:{listening.getsockname()[1]}"))
+        assert not health.gcs_refuses(record(""))
+        assert not asyncio.run(health.gcs_answers(gone))
+        up = record(f"127.0.0.1:{listening.getsockname()[1]}")
+        assert asyncio.run(health.gcs_answers(up))
+
+        async def watch_then_close():
+            watching = asyncio.ensure_future(health.watch_gcs(up, every_s=0.01))
+            await asyncio.sleep(0.05)
+            assert not watching.done()  # still answering
+            listening.close()
+            await asyncio.wait_for(watching, 10)
+
+        asyncio.run(watch_then_close())
+    finally:
+        listening.close()

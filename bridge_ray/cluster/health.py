@@ -1,7 +1,9 @@
 """Is a cluster's head answering? Polls the Jobs API instead of sleeping."""
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -36,14 +38,63 @@ def get_json(record: ClusterRecord, path: str, timeout_s: float = 5.0):
 
 
 def is_alive(record: ClusterRecord, timeout_s: float = 2.0) -> bool:
-    """Whether the head's Jobs API answers (an auth refusal still raises AuthError)."""
+    """Whether the head's Jobs API answers and, for a head on this machine, its GCS is not gone (an
+    auth refusal still raises AuthError). Without the GCS check a killed head looks alive for the
+    60 s its dashboard outlives it, and each Jobs API call hangs ~30 s in that window. A remote
+    GCS is not asked here: a firewall may reject its port from this machine while the head works."""
     try:
         get_json(record, "/api/version", timeout_s=timeout_s)
     except AuthError:
         raise
     except (OSError, ValueError):
         return False
+    host = record.gcs_address.rpartition(":")[0]
+    return not (host in ("127.0.0.1", "localhost", "::1") and gcs_refuses(record))
+
+
+def gcs_refuses(record: ClusterRecord, timeout_s: float = 2.0) -> bool:
+    """Whether the head's GCS port refuses connections: nothing listens there, so the GCS is gone
+    (its dashboard answers HTTP for up to 60 s more). A timeout or no recorded address proves nothing.
+    Asked of a remote head only once its Jobs API has failed (a firewall that rejects this port must
+    not make a working head look dead)."""
+    host, _, port = record.gcs_address.rpartition(":")
+    if not host or not port.isdigit():
+        return False
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+async def gcs_answers(record: ClusterRecord, timeout_s: float = 2.0) -> bool:
+    """Whether the head's GCS port takes a TCP connection (False for a record without a GCS address).
+
+    A killed GCS refuses at once, while the dashboard keeps answering HTTP (and keeps a job's log
+    stream open) until Ray's own GCS reconnect timeout, 60 s, ends it.
+    """
+    host, _, port = record.gcs_address.rpartition(":")
+    if not host or not port.isdigit():
+        return False
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
     return True
+
+
+async def watch_gcs(record: ClusterRecord, every_s: float = 2.0, misses: int = 2) -> None:
+    """Return once the head's GCS has refused ``misses`` checks in a row; never, if it did not answer at the start
+    (a GCS this machine cannot reach, e.g. behind a SLURM cluster's firewall, proves nothing)."""
+    if not await gcs_answers(record):
+        await asyncio.Event().wait()
+    missed = 0
+    while missed < misses:
+        await asyncio.sleep(every_s)
+        missed = 0 if await gcs_answers(record) else missed + 1
 
 
 def check_alive(record: ClusterRecord) -> None:

@@ -68,6 +68,13 @@ def _call(record: ClusterRecord, doing: str, fn: Callable, *args, **kwargs):
         if health.is_alive(record):
             raise BridgeRayError(f"the Jobs API of cluster {record.name!r} failed while {doing}: {err}") from None
         raise _lost(record, doing) from None
+    except RuntimeError as err:  # Ray's client: "Request failed with status code 500: ..."
+        if "status code 5" not in str(err) or NO_AGENT in str(err):  # _send asks again for the latter
+            raise
+        if health.gcs_refuses(record):  # the dashboard outlives its GCS by up to 60 s, answering 500s
+            raise _lost(record, doing) from None
+        raise BridgeRayError(f"the Jobs API of cluster {record.name!r} failed while {doing}: "
+                             f"{runs.first_line(str(err))}") from None
 
 
 class Job:
@@ -130,14 +137,28 @@ class Job:
         self.info()
         record, c = self._session(f"following job {self.submission_id}")
 
-        async def stream():
+        async def tail():
             async for chunk in c.tail_job_logs(self.submission_id):
                 write(chunk.rstrip("\n"))
+
+        async def stream() -> bool:
+            """Tail the log until it ends (True) or the head's GCS goes away (False): a dead GCS leaves
+            the log stream open for Ray's 60 s reconnect timeout, and a follower would wait that out."""
+            tailing, watching = asyncio.ensure_future(tail()), asyncio.ensure_future(health.watch_gcs(record))
+            await asyncio.wait((tailing, watching), return_when=asyncio.FIRST_COMPLETED)
+            for task in (tailing, watching):
+                task.cancel()
+            await asyncio.gather(tailing, watching, return_exceptions=True)  # the log's session closes
+            if tailing.done() and not tailing.cancelled():
+                tailing.result()  # its error, if the stream broke
+                return True
+            return False
 
         import aiohttp
 
         try:
-            asyncio.run(stream())
+            if not asyncio.run(stream()):
+                return self._ended_without_cluster(record)
         except (OSError, RuntimeError, aiohttp.ClientError, asyncio.TimeoutError) as err:
             # Ray's client raises RuntimeError when the log's WebSocket closes abnormally.
             if health.is_alive(record):
@@ -398,8 +419,11 @@ def _send(record: ClusterRecord, c, p: SubmitPlan) -> None:
                   submission_id=p.submission_id, runtime_env=p.runtime_env, metadata=p.metadata)
             return
         except RuntimeError as err:
-            if NO_AGENT not in str(err) or time.monotonic() > deadline:
+            if NO_AGENT not in str(err):
                 raise
+            if time.monotonic() > deadline:
+                raise BridgeRayError(f"cluster {record.name!r} took no job for {AGENT_WAIT_S:.0f} s (Ray: {NO_AGENT}): "
+                                     f"see `bridge-ray status{_name_flag(record.name)}`, then submit again") from None
             time.sleep(1.0)
 
 
