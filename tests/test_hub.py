@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -201,6 +202,15 @@ def test_upload_cli_takes_the_token_from_the_environment_only(standin, model_dir
 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"uploaded to {standin.url}/me/cli-upload"
+    # The long phases on stderr (not a terminal: a line as each starts and one as it ends, with its time).
+    folder = Path(run.hf_model)
+    said = proc.stderr.splitlines()
+    assert said[0] == f"[bridge-ray] checking that {folder} loads in transformers ..."
+    assert re.fullmatch(rf"\[bridge-ray\] checking that {re.escape(str(folder))} loads in transformers: done in [\d.]+ s",
+                        said[1])
+    assert re.fullmatch(rf"\[bridge-ray\] uploading {re.escape(str(folder))} \(\d+ files, [\d,]+ MiB\) to me/cli-upload \.\.\.",
+                        said[2])
+    assert said[3].startswith(f"[bridge-ray] uploading {folder} (") and re.search(r": done in [\d.]+ s$", said[3])
     assert "README.md" in standin.repos["me/cli-upload"]["files"]
     assert FAKE_TOKEN not in proc.stdout + proc.stderr
     assert "--token" not in CliRunner().invoke(cli, ["upload", "--help"]).output

@@ -75,3 +75,26 @@ def test_nothing_of_the_jobs_own_shown_leaves_the_tail_to_the_caller():
     shown, console = view("[bridge-ray] starting at step 1\n[bridge-ray] step 1/2 loss 6.0 5.00s\n"
                           f"{C}(TaskRunnerV1 pid=1){R} RuntimeError: inside an actor\n")
     assert len(shown) == 2 and not console.showed_output  # bridge-ray's progress alone does not say why
+
+
+def test_long_local_phases_are_a_line_as_each_starts_and_one_as_it_ends_with_its_time(capsys):
+    """Not a terminal (CI, a pipe): ``Phases`` prints plain lines on stderr; a failing phase says so."""
+    import re
+
+    import pytest
+
+    from bridge_ray.cli.phases import Phases
+
+    with Phases() as say:
+        say("merging a")
+        say("checking b")
+    with pytest.raises(RuntimeError), Phases() as say:
+        say("uploading c")
+        raise RuntimeError("refused")
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert lines[0] == "[bridge-ray] merging a ..." and re.fullmatch(r"\[bridge-ray\] merging a: done in \d+\.\d s", lines[1])
+    assert lines[2] == "[bridge-ray] checking b ..." and re.fullmatch(r"\[bridge-ray\] checking b: done in [\d.]+ s", lines[3])
+    assert lines[4] == "[bridge-ray] uploading c ..."
+    assert re.fullmatch(r"\[bridge-ray\] uploading c: failed after [\d.]+ s", lines[5]) and len(lines) == 6

@@ -366,6 +366,10 @@ def test_sft_run_record_has_outputs_and_feeds_export_and_upload(sft_job, monkeyp
     assert out.returncode == 0, out.stderr[-2000:]
     target = Path(run.output_dir) / "hf_step_6"
     assert out.stdout.startswith(f"merged into {target}\nNext: bridge-ray upload {target}")
+    shard_dir = Path(run.output_dir) / "checkpoints" / "global_step_6"
+    assert out.stderr.startswith(f"[bridge-ray] merging {shard_dir} (")  # the long phases, with their times
+    assert f" of shards) into {target}: done in " in out.stderr
+    assert f"[bridge-ray] checking that {target} loads in transformers and generates: done in " in out.stderr
     assert (target / "config.json").is_file() and runs.load_run(sft_job.submission_id).exports["6"] == str(target)
     missing = run_cli("export", sft_job.submission_id, "--step", "4")
     assert missing.returncode == 2 and missing.stderr.startswith("error: no checkpoint for step 4 under ")

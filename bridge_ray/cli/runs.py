@@ -10,6 +10,7 @@ import click
 
 from bridge_ray import jobs
 from bridge_ray import runs as lib
+from bridge_ray.cli.phases import Phases
 from bridge_ray.errors import ConfigError
 from bridge_ray.models import hub
 from bridge_ray.models.export import export as export_run
@@ -129,7 +130,8 @@ def upload_command(run_or_dir, repo_id, private):
 
     The token comes from HF_TOKEN or `hf auth login`, never from the command line.
     """
-    url = hub.upload(run_or_dir, repo_id, private=private)
+    with Phases() as say:
+        url = hub.upload(run_or_dir, repo_id, private=private, on_phase=say)
     click.echo(f"uploaded to {url}")
 
 
@@ -139,7 +141,8 @@ def upload_command(run_or_dir, repo_id, private):
 @click.option("--target-dir", type=click.Path(), help="Where to write the model (default: <output_dir>/hf_step_<N>).")
 def export_command(run, step, target_dir):
     """Merge a checkpoint of RUN into a Hugging Face model folder."""
-    target = export_run(run, step=step, target_dir=target_dir)
+    with Phases() as say:
+        target = export_run(run, step=step, target_dir=target_dir, on_phase=say)
     click.echo(f"merged into {target}\nNext: bridge-ray upload {target} --repo-id OWNER/NAME")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Callable
 
 from bridge_ray import runs
 from bridge_ray.models.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
@@ -41,6 +42,11 @@ def steps(checkpoint_root: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in checkpoint_root.glob("global_step_*") if (m := _STEP.match(p.name)))
 
 
+def _size(files) -> str:
+    total = sum(f.stat().st_size for f in files)
+    return f"{total / 2**30:.1f} GiB" if total >= 2**30 else f"{total / 2**20:.0f} MiB"
+
+
 def _merge_env() -> dict[str, str]:
     import torch
 
@@ -49,13 +55,16 @@ def _merge_env() -> dict[str, str]:
     return {} if torch.cuda.is_available() else cpu_env()
 
 
-def export(run: str | Path, step: int | None = None, target_dir: str | Path | None = None) -> Path:
+def export(run: str | Path, step: int | None = None, target_dir: str | Path | None = None,
+           on_phase: Callable[[str], None] | None = None) -> Path:
     """Merge one checkpoint of ``run`` into a Hugging Face model and check that it generates.
 
     Args:
         run: a submission id (or unique prefix), a run folder, or a training output dir.
         step: the checkpointed step to merge; None for the latest.
         target_dir: where to write the model (default ``<output_dir>/hf_step_<N>``).
+        on_phase: called with each long phase's name as it starts (merging, checking); the CLI
+            shows them with their elapsed time.
 
     Returns:
         The merged model's folder (recorded in the run's ``exports``).
@@ -80,7 +89,10 @@ def export(run: str | Path, step: int | None = None, target_dir: str | Path | No
     target = Path(target_dir) if target_dir else output_dir / f"hf_step_{number}"
     # PPO/GRPO steps hold the actor (and the critic) in folders of their own: the actor is the model.
     weights = checkpoint / "actor" if (checkpoint / "actor").is_dir() else checkpoint
+    say = on_phase or (lambda phase: None)
+    say(f"merging {weights} ({_size(weights.glob('model_world_size_*_rank_*.pt'))} of shards) into {target}")
     merge_to_hf(weights, target, env=_merge_env())
+    say(f"checking that {target} loads in transformers and generates")
     check_hf_model(target)
     if record is not None:
         runs.amend(record, exports={**record.exports, str(number): str(target)})

@@ -9,9 +9,11 @@ an argument, so it is never in a shell history, a process list or a log.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 from pathlib import Path
+from typing import Callable
 
 from bridge_ray import runs
 from bridge_ray.errors import ConfigError, HubError
@@ -154,7 +156,8 @@ def _write_card(folder: Path, card: str) -> None:
         readme.write_text(card)
 
 
-def upload(run_or_dir: str | Path, repo_id: str, private: bool = False, endpoint: str | None = None) -> str:
+def upload(run_or_dir: str | Path, repo_id: str, private: bool = False, endpoint: str | None = None,
+           on_phase: Callable[[str], None] | None = None) -> str:
     """Upload a merged model (and tokenizer) with a model card; return the repo's URL.
 
     Args:
@@ -162,6 +165,8 @@ def upload(run_or_dir: str | Path, repo_id: str, private: bool = False, endpoint
         repo_id: ``owner/name`` on the Hub (created if missing).
         private: create the repo private (an existing repo keeps its visibility).
         endpoint: the Hub's URL (default ``HF_ENDPOINT`` or https://huggingface.co).
+        on_phase: called with each long phase's name as it starts (checking, uploading); the CLI
+            shows them with their elapsed time (and huggingface_hub its own byte counts on a terminal).
 
     Returns:
         The repo URL; also recorded as the run's ``hub_url``.
@@ -176,7 +181,9 @@ def upload(run_or_dir: str | Path, repo_id: str, private: bool = False, endpoint
     """
     if not _REPO_ID.match(repo_id):
         raise ConfigError(f"--repo-id {repo_id!r} is not owner/name: write e.g. --repo-id my-org/llama1b-gsm8k")
+    say = on_phase or (lambda phase: None)
     folder, run = resolve(run_or_dir)
+    say(f"checking that {folder} loads in transformers")
     check_model(folder)
     token = _token()
     from huggingface_hub import HfApi
@@ -186,6 +193,10 @@ def upload(run_or_dir: str | Path, repo_id: str, private: bool = False, endpoint
     _write_card(folder, model_card(folder, repo_id, run))
     try:
         url = str(api.create_repo(repo_id, private=private, exist_ok=True))
+        files = [f for f in folder.rglob("*") if f.is_file() and not any(
+            fnmatch.fnmatch(f.relative_to(folder).as_posix(), pattern) for pattern in IGNORE_PATTERNS)]
+        say(f"uploading {folder} ({len(files)} files, {sum(f.stat().st_size for f in files) / 2**20:,.0f} MiB) "
+            f"to {repo_id}")
         api.upload_folder(repo_id=repo_id, folder_path=folder, ignore_patterns=list(IGNORE_PATTERNS),
                           commit_message=f"Upload {folder.name} from bridge-ray"
                                          + (f" run {run.submission_id}" if run else ""))
@@ -202,7 +213,8 @@ def upload_after_run(hf_model: str | Path, repo_id: str | None, private: bool = 
     """For trainers and recipes: upload the model just merged when ``repo_id`` is set; else do nothing.
 
     Inside a bridge-ray job the card describes the current run and the URL lands in its record.
-    The job needs ``HF_TOKEN`` in its environment (it travels in the runtime_env like every ``HF_*``).
+    The job needs ``HF_TOKEN``: set it where you submit; bridge-ray hands it to the job's processes
+    in a private file, never in the runtime_env.
 
     Example:
         >>> hub.upload_after_run(result.hf_model, cfg.trainer.hub_repo_id)
