@@ -218,14 +218,14 @@ def train(cfg: TokenizerConfig) -> TokenizerResult:
     """
     import ray
 
-    from bridge_ray import runs
     from bridge_ray.cluster import driver
     from bridge_ray.data.text import check_text_files
+    from bridge_ray.runs import lifecycle
 
     validate(cfg)
     check_text_files(cfg.files, cfg.text_key, "tokenizer.files")
     driver.connect()
-    runs.record_job(cfg.output_dir)
+    lifecycle.start(cfg.output_dir)  # no checkpoint, so no finish_model: the tokenizer is the output dir
     outcome = ray.get(ray.remote(num_cpus=cfg.num_cpus)(_task).remote(cfg))
     if isinstance(outcome, str):
         raise ConfigError(outcome)

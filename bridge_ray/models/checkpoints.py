@@ -1,4 +1,4 @@
-"""verl SFT checkpoints: find the latest, merge it into a Hugging Face model, check it loads.
+"""verl checkpoints (SFT, pretraining, PPO/GRPO): find the latest, merge it into a Hugging Face model, check it loads.
 
 verl 0.9.1's SFT trainer writes, under ``trainer.default_local_dir``::
 
@@ -9,8 +9,9 @@ verl 0.9.1's SFT trainer writes, under ``trainer.default_local_dir``::
         fsdp_config.json
         huggingface/                         # config, tokenizer, chat template (no weights)
 
-(no ``actor/`` level, unlike the PPO trainer). ``verl.model_merger`` turns a
-``global_step_N`` folder into a ``save_pretrained`` folder.
+(no ``actor/`` level, unlike the PPO trainer, whose ``global_step_N`` holds ``actor/`` and ``critic/``
+with these files each). ``weights_dir`` names the folder holding a step's model; ``verl.model_merger``
+turns it into a ``save_pretrained`` folder.
 """
 from __future__ import annotations
 
@@ -23,14 +24,22 @@ from pathlib import Path
 from bridge_ray.errors import CheckpointError
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
+MODEL_SHARDS = "model_world_size_*_rank_*.pt"
 _STEP_DIR = re.compile(r"^global_step_(\d+)$")
+
+
+def weights_dir(step_dir: str | Path) -> Path:
+    """The folder of a ``global_step_N`` that holds the model's shards: PPO/GRPO's ``actor/`` (the
+    critic is no model to export), else the step folder itself (SFT, pretraining)."""
+    step_dir = Path(step_dir)
+    return step_dir / "actor" if (step_dir / "actor").is_dir() else step_dir
 
 
 def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     """The newest complete ``global_step_N`` folder under ``checkpoint_dir``, or None.
 
     verl's tracker file names the last checkpoint it finished; without it, the highest
-    step folder that holds model shards counts.
+    step folder that holds model shards (in its ``weights_dir``) counts.
     """
     root = Path(checkpoint_dir)
     tracker = root / TRACKER_FILE
@@ -40,7 +49,7 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
             return step_dir
     steps = sorted(
         (int(m.group(1)), p) for p in root.glob("global_step_*")
-        if (m := _STEP_DIR.match(p.name)) and any(p.glob("model_world_size_*_rank_*.pt"))
+        if (m := _STEP_DIR.match(p.name)) and any(weights_dir(p).glob(MODEL_SHARDS))
     ) if root.is_dir() else []
     return steps[-1][1] if steps else None
 
@@ -51,7 +60,7 @@ def merge_to_hf(checkpoint: str | Path, target_dir: str | Path, env: dict[str, s
     Runs ``python -m verl.model_merger merge --backend fsdp`` in a subprocess.
 
     Args:
-        checkpoint: A ``global_step_N`` folder written by verl's SFT trainer.
+        checkpoint: A folder of FSDP shards: a ``global_step_N``'s ``weights_dir``.
         target_dir: Folder for the merged ``save_pretrained`` output.
         env: Extra environment for the merger (e.g. ``cpu_env()`` on CPU-only hosts).
 
@@ -62,7 +71,7 @@ def merge_to_hf(checkpoint: str | Path, target_dir: str | Path, env: dict[str, s
         CheckpointError: with the merger's last output lines when it fails.
     """
     checkpoint, target_dir = Path(checkpoint), Path(target_dir)
-    if not any(checkpoint.glob("model_world_size_*_rank_*.pt")):
+    if not any(checkpoint.glob(MODEL_SHARDS)):
         raise CheckpointError(f"no FSDP model shards in {checkpoint}: expected model_world_size_*_rank_*.pt")
     cmd = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
            "--local_dir", str(checkpoint), "--target_dir", str(target_dir)]

@@ -1,10 +1,11 @@
 """``export(run, step=None)``: merge a chosen checkpoint of a run into a Hugging Face model.
 
-Any run that checkpoints with verl's FSDP layout: SFT (``global_step_N``) and PPO/GRPO (its
-``global_step_N/actor``; the critic is not exported).
+Any run that checkpoints with verl's FSDP layout: SFT and pretraining (``global_step_N``) and PPO/GRPO
+(its ``global_step_N/actor``; the critic is not exported).
 
-The same code as the automatic merge at the end of SFT (``bridge_ray.models.checkpoints``): verl's
-``model_merger`` on a ``global_step_N`` folder, then a load-and-generate check with transformers.
+The same code as the automatic merge at the end of every run (``bridge_ray.runs.lifecycle.finish_model``,
+through ``bridge_ray.models.checkpoints``): verl's ``model_merger`` on a ``global_step_N``'s ``weights_dir``,
+then a load-and-generate check with transformers.
 It runs on this machine, which must see the run's output dir (the shared filesystem) and have
 ``bridge-ray[train]`` installed.
 """
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from bridge_ray import runs
-from bridge_ray.models.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
+from bridge_ray.models.checkpoints import (MODEL_SHARDS, CheckpointError, check_hf_model, latest_checkpoint,
+                                           merge_to_hf, weights_dir)
 
 _STEP = re.compile(r"^global_step_(\d+)$")
 
@@ -33,7 +35,7 @@ def resolve(run: str | Path) -> tuple[runs.RunRecord | None, Path]:
     record = runs.read_run(path) if path.is_dir() else runs.load_run(str(run))
     if not record.output_dir:
         raise CheckpointError(f"run {record.submission_id} recorded no output dir (its job never called "
-                              "bridge_ray.runs.record_job): pass the output dir instead of the run id")
+                              "bridge_ray.runs.lifecycle.start): pass the output dir instead of the run id")
     return record, Path(record.output_dir)
 
 
@@ -87,10 +89,9 @@ def export(run: str | Path, step: int | None = None, target_dir: str | Path | No
         raise err
     number = int(_STEP.match(checkpoint.name).group(1))
     target = Path(target_dir) if target_dir else output_dir / f"hf_step_{number}"
-    # PPO/GRPO steps hold the actor (and the critic) in folders of their own: the actor is the model.
-    weights = checkpoint / "actor" if (checkpoint / "actor").is_dir() else checkpoint
+    weights = weights_dir(checkpoint)  # PPO/GRPO: the actor (the same folder the run's own merge took)
     say = on_phase or (lambda phase: None)
-    say(f"merging {weights} ({_size(weights.glob('model_world_size_*_rank_*.pt'))} of shards) into {target}")
+    say(f"merging {weights} ({_size(weights.glob(MODEL_SHARDS))} of shards) into {target}")
     merge_to_hf(weights, target, env=_merge_env())
     say(f"checking that {target} loads in transformers and generates")
     check_hf_model(target)

@@ -88,6 +88,7 @@ def sft_then_ppo(sft_cfg, ppo_cfg, run_dir: str | Path, reward: Callable | str |
     """
     from bridge_ray import ppo, sft
     from bridge_ray.ppo.reward import describe
+    from bridge_ray.runs import lifecycle
 
     if not os.path.isabs(str(run_dir)):
         raise ConfigError(f"run dir {run_dir} must be an absolute path (relative paths land in Ray's working_dir)")
@@ -100,6 +101,8 @@ def sft_then_ppo(sft_cfg, ppo_cfg, run_dir: str | Path, reward: Callable | str |
     run_dir.mkdir(parents=True, exist_ok=True)
     sft_record = _stage(run_dir, "sft", sft_cfg, lambda: sft.fit(sft_cfg).hf_model)
     ppo_record = _stage(run_dir, "ppo", ppo_cfg, lambda: ppo.run(ppo_cfg, reward).hf_model)
+    if ppo_cfg.trainer.merge_hf:  # the run's model is PPO's, also when both stages were skipped
+        lifecycle.record_model(ppo_record.output, ppo_cfg.trainer.output_dir)
     return {"sft": sft_record, "ppo": ppo_record}
 
 

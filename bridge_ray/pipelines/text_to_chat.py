@@ -196,7 +196,8 @@ def run(cfg: ChainConfig) -> dict[str, stages.StageRecord]:
         ConfigError: a bad value in any stage, or a finished stage whose config changed.
         Whatever a stage raises (it stays unfinished; a rerun starts it again).
     """
-    from bridge_ray import instruct, pretrain, runs, tokenizer
+    from bridge_ray import instruct, pretrain, tokenizer
+    from bridge_ray.runs import lifecycle
     from bridge_ray.sft.trainer import connect
 
     cfg = plan(validate(cfg))
@@ -209,7 +210,7 @@ def run(cfg: ChainConfig) -> dict[str, stages.StageRecord]:
         "instruct": _stage(run_dir, "instruct", cfg.instruct, lambda: instruct.instruct_tune(
             cfg.instruct, cfg.conversations, cfg.conversations_lang, cfg.conversations_mode).hf_model),
     }
-    runs.update_run(hf_model=records["instruct"].output)
+    lifecycle.record_model(records["instruct"].output, cfg.instruct.trainer.output_dir)  # also when every stage was skipped
     if cfg.hub_repo_id:
         target = UploadTarget(cfg.hub_repo_id, cfg.hub_private, records["instruct"].output)
         records["upload"] = _stage(run_dir, "upload", target, lambda: _upload(cfg))

@@ -3,7 +3,8 @@
 The driver joins the cluster the job runs on (never starts one), runs the preflight, composes
 verl's ``ppo_trainer`` config from ``to_verl_overrides(cfg)``, and calls verl's own
 ``run_ppo`` with its ``TaskRunnerV1``. Then it merges the final actor checkpoint into a
-Hugging Face model and checks that it loads and generates.
+Hugging Face model and checks that it loads and generates. The run record, config, last step's metrics, merge and upload
+go through ``bridge_ray.runs.lifecycle``, as SFT's and pretraining's do.
 
 Environment: verl's ``run_ppo`` puts its PPO env vars (``get_ppo_ray_runtime_env``) into
 ``ray.init(runtime_env=...)`` only when Ray is not initialised; here it is, and a second
@@ -36,7 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge_ray import runs
 from bridge_ray.cluster.driver import connect
 from bridge_ray.config import apply_overrides, to_dict
 from bridge_ray.errors import BridgeRayError, ConfigError, PPOFailed
@@ -52,6 +52,7 @@ from bridge_ray.ppo.config import (
     to_verl_overrides,
     validate,
 )
+from bridge_ray.runs import lifecycle
 
 FLASHINFER_SAMPLER_ENV = "VLLM_USE_FLASHINFER_SAMPLER"
 METRICS_FILE_ENV = "VERL_FILE_LOGGER_PATH"
@@ -108,12 +109,7 @@ def record_last_step(cfg: PPOConfig) -> dict | None:
         ``{"step": N, ...metrics}``, or None when verl logged no step to the file logger.
     """
     rows = read_metrics(metrics_file(cfg))
-    if not rows:
-        return None
-    last = rows[-1]
-    metrics = {"step": last["step"], **{k: v for k, v in last["data"].items() if isinstance(v, (int, float))}}
-    runs.update_run(last_step=last["step"], metrics=metrics)
-    return metrics
+    return lifecycle.record_metrics({"step": rows[-1]["step"], **rows[-1]["data"]} if rows else None)
 
 
 def worker_env(cfg: PPOConfig, config) -> dict[str, str]:
@@ -207,24 +203,6 @@ def _train(config, runtime_env: dict, output_dir: Path) -> None:
         raise PPOFailed(f"verl PPO failed: {last.strip()} (full traceback above)") from None
 
 
-def merge_final_actor(cfg: PPOConfig) -> tuple[Path, Path, str]:
-    """Merge the newest ``global_step_N/actor`` into ``output_dir/hf`` and generate a few tokens with it."""
-    from bridge_ray.models.checkpoints import (
-        CheckpointError,
-        check_hf_model,
-        latest_checkpoint,
-        merge_to_hf,
-    )
-
-    step_dir = latest_checkpoint(checkpoint_dir(cfg))
-    if step_dir is None:
-        raise CheckpointError(f"training ended without a checkpoint under {checkpoint_dir(cfg)}")
-    hf_dir = merge_to_hf(step_dir / "actor", Path(cfg.trainer.output_dir) / "hf")
-    sample = check_hf_model(hf_dir)
-    print(f"[bridge-ray] merged {step_dir / 'actor'} -> {hf_dir}; sample generation: {sample!r}", flush=True)
-    return step_dir, hf_dir, sample
-
-
 def announce_resume(cfg: PPOConfig) -> int:
     """Print where training starts: the step of the checkpoint verl resumes from, or step 1.
 
@@ -269,16 +247,14 @@ def run(cfg: PPOConfig, reward: Callable | str | None = None) -> PPOResult:
 
     cfg, ship = _with_reward(validate(cfg), reward)
     connect()
+    output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers)
     cfg = preflight(cfg, ships_reward_code=bool(ship))
     config = compose(cfg)
     validate_verl(config)
     env = worker_env(cfg, config)
     runtime_env = {"env_vars": env, **({"py_modules": ship} if ship else {})}
-    output_dir = Path(cfg.trainer.output_dir)
-    (output_dir / "config.json").write_text(json.dumps(
-        {"ppo": to_dict(cfg), "verl_overrides": to_verl_overrides(cfg), "task_runner_runtime_env": runtime_env},
-        indent=2, default=str))
-    runs.record_job(output_dir, loggers=cfg.trainer.loggers)
+    lifecycle.save_config(output_dir, {"ppo": to_dict(cfg), "verl_overrides": to_verl_overrides(cfg),
+                                       "task_runner_runtime_env": runtime_env})
     announce_resume(cfg)
     if METRICS_FILE_ENV not in os.environ:
         set_aside_metrics(output_dir)
@@ -287,10 +263,10 @@ def run(cfg: PPOConfig, reward: Callable | str | None = None) -> PPOResult:
     finally:
         merge_metrics(output_dir)
     record_last_step(cfg)
-    step_dir, hf_dir, sample = merge_final_actor(cfg) if cfg.trainer.merge_hf else (None, None, "")
-    if hf_dir is not None:
-        runs.update_run(hf_model=str(hf_dir))
-    result = PPOResult(output_dir, step_dir, hf_dir, sample)
+    result = PPOResult(output_dir, None, None, "")
+    if cfg.trainer.merge_hf:  # the actor of the newest global_step_N
+        model = lifecycle.finish_model(checkpoint_dir(cfg), output_dir)
+        result = PPOResult(output_dir, model.checkpoint, model.hf_model, model.sample)
     (output_dir / "result.json").write_text(json.dumps(dataclasses.asdict(result), indent=2, default=str))
     return result
 

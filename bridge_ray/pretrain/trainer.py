@@ -8,9 +8,8 @@ Run folder (``trainer.output_dir``, absolute, shared by every node)::
     hf/            the last checkpoint merged to Hugging Face format, tokenizer included
     config.json, verl_config.json, steps.jsonl, metrics.json, device.json
 
-The job-side record goes through the same calls as SFT's (``runs.record_job`` at the start,
-``runs.update_run(hf_model=...)`` after the merge, ``hub.upload_after_run``), in ``_record_*`` below,
-so moving onto a shared run lifecycle changes those three lines.
+The run record, config, metrics, merge and upload go through ``bridge_ray.runs.lifecycle``, as SFT's
+and PPO's do.
 """
 from __future__ import annotations
 
@@ -20,14 +19,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge_ray import runs
 from bridge_ray.config import output_dir_problem, to_dict
 from bridge_ray.errors import BridgeRayError, ConfigError, PreflightError
 from bridge_ray.jobs import tracking
-from bridge_ray.models import hub
-from bridge_ray.models.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
 from bridge_ray.pretrain.config import (PretrainConfig, checkpoint_dir, epochs_for, init_dir, to_verl_overrides,
                                         tokens_dir, validate)
+from bridge_ray.runs import lifecycle
 from bridge_ray.sft.trainer import TrainingFailed, connect, worker_env, write_metrics
 
 
@@ -178,38 +175,25 @@ def fit(cfg: PretrainConfig) -> PretrainResult:
     cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, project_name=project,
                                                                experiment_name=experiment))
     connect()
-    output_dir = Path(cfg.trainer.output_dir)
-    _record_start(cfg)
+    output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers)
     preflight(cfg)
     train, val, epochs = prepare(cfg)
     overrides = to_verl_overrides(cfg, train, val, epochs)
-    (output_dir / "config.json").write_text(json.dumps(
-        {"pretrain": to_dict(cfg), "verl_overrides": overrides, "worker_env": worker_env(cfg)}, indent=2, default=str))
+    lifecycle.save_config(output_dir, {"pretrain": to_dict(cfg), "verl_overrides": overrides,
+                                       "worker_env": worker_env(cfg)})
     try:
         result = build_trainer(cfg, overrides).fit()
     except Exception as err:  # Ray Train raises ControllerError / WorkerGroupError with the worker traceback
         raise TrainingFailed(f"pretraining failed: {err}") from err
     metrics = add_model_mfu(output_dir, write_metrics(output_dir, dict(result.metrics or {})))
     print(_summary(metrics), flush=True)
+    lifecycle.record_metrics(metrics["final"])
     if not cfg.trainer.save_checkpoint:
         return PretrainResult(output_dir, None, None, metrics, "")
-    checkpoint = latest_checkpoint(checkpoint_dir(cfg))
-    if checkpoint is None:
-        raise CheckpointError(f"training ended without a checkpoint under {checkpoint_dir(cfg)}")
-    hf_dir = merge_to_hf(checkpoint, output_dir / "hf", env=worker_env(cfg))
-    sample = check_hf_model(hf_dir, prompt=cfg.trainer.test_prompt, max_new_tokens=24)
-    print(f"[bridge-ray] merged {checkpoint} -> {hf_dir}; {cfg.trainer.test_prompt!r} -> {sample!r}", flush=True)
-    _record_model(cfg, hf_dir)
-    return PretrainResult(output_dir, checkpoint, hf_dir, metrics, sample)
-
-
-def _record_start(cfg: PretrainConfig) -> None:
-    runs.record_job(cfg.trainer.output_dir, loggers=cfg.trainer.loggers)
-
-
-def _record_model(cfg: PretrainConfig, hf_dir: Path) -> None:
-    runs.update_run(hf_model=str(hf_dir))
-    hub.upload_after_run(hf_dir, cfg.trainer.hub_repo_id, cfg.trainer.hub_private)
+    model = lifecycle.finish_model(checkpoint_dir(cfg), output_dir, env=worker_env(cfg),
+                                   prompt=cfg.trainer.test_prompt, max_new_tokens=24,
+                                   hub_repo_id=cfg.trainer.hub_repo_id, hub_private=cfg.trainer.hub_private)
+    return PretrainResult(output_dir, model.checkpoint, model.hf_model, metrics, model.sample)
 
 
 def dry_run(cfg: PretrainConfig) -> dict:

@@ -13,7 +13,8 @@ from whichever node it runs on::
 
 The submitter writes the record at submit time (``start_run``) and when it sees the job end
 (``finish_run``); the job adds its own fields (``record_job``, ``update_run``) through
-``BRIDGE_RAY_RUN_DIR``. Every write is a locked read-modify-write, so neither loses the other's.
+``BRIDGE_RAY_RUN_DIR``, every workload by the same calls: ``lifecycle`` (start, metrics, merged
+model, upload). Every write is a locked read-modify-write, so neither loses the other's.
 No secret value is ever written here: runtime_env values are redacted and log lines and diffs are
 scrubbed of the secret values the submitter knows.
 
@@ -462,10 +463,7 @@ def record_job(output_dir: str | Path | None = None, loggers: tuple[str, ...] = 
     Returns:
         The run folder, or None outside a bridge-ray job.
 
-    Example:
-        >>> runs.record_job(cfg.trainer.output_dir, loggers=cfg.trainer.loggers)
-        >>> ...                                  # train and merge
-        >>> runs.update_run(hf_model=str(hf_dir))
+    A workload calls it through ``lifecycle.start``.
     """
     folder = current_run_dir()
     if folder is None:

@@ -3,7 +3,8 @@
 The driver connects to the running cluster, runs the preflight checks, writes
 ``config.json``, starts a ``TorchTrainer`` whose workers each run verl's
 ``SFTTrainer`` (see ``bridge_ray.sft.worker``), then merges the last checkpoint
-into a Hugging Face model and checks that it loads and generates.
+into a Hugging Face model and checks that it loads and generates. The run record,
+config, metrics, merge and upload go through ``bridge_ray.runs.lifecycle``.
 
 Run folder (``trainer.output_dir``, absolute, shared by all nodes)::
 
@@ -25,14 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from bridge_ray import runs
 from bridge_ray.cluster import driver, walltime
 from bridge_ray.config import apply_overrides, to_dict
 from bridge_ray.errors import BridgeRayError, TrainingFailed
 from bridge_ray.jobs import tracking
-from bridge_ray.models import hub
-from bridge_ray.models.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf
 from bridge_ray.platforms import cpu_env
+from bridge_ray.runs import lifecycle
 from bridge_ray.sft import hardware
 from bridge_ray.sft.config import PRESETS, SFTConfig, checkpoint_dir, parse_args, to_verl_overrides, validate
 from bridge_ray.sft.hardware import resolve
@@ -146,34 +145,26 @@ def fit(cfg: SFTConfig) -> SFTResult:
     cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, project_name=project,
                                                                experiment_name=experiment))
     connect()
-    output_dir = Path(cfg.trainer.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    runs.record_job(output_dir, loggers=cfg.trainer.loggers)
+    output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers)
     cfg = prepare_data(cfg)
     preflight(cfg)
     hw = hardware.probe_workers(cfg) if hardware.needs_probe(cfg) else None
     cfg = validate(resolve(cfg, hw))
     print(f"[bridge-ray] {hardware.describe(cfg, hw)}", flush=True)
-    (output_dir / "config.json").write_text(json.dumps(
-        {"sft": to_dict(cfg), "verl_overrides": to_verl_overrides(cfg), "worker_env": worker_env(cfg),
-         "hardware": to_dict(hw) if hw else None}, indent=2, default=str))
+    lifecycle.save_config(output_dir, {"sft": to_dict(cfg), "verl_overrides": to_verl_overrides(cfg),
+                                       "worker_env": worker_env(cfg), "hardware": to_dict(hw) if hw else None})
     try:
         result = build_trainer(cfg).fit()
     except Exception as err:  # Ray Train raises ControllerError / WorkerGroupError with the worker traceback
         raise TrainingFailed(f"SFT training failed: {err}") from err
     metrics = write_metrics(output_dir, dict(result.metrics or {}))
+    lifecycle.record_metrics(metrics["final"])
     if not cfg.trainer.save_checkpoint:
         print("[bridge-ray] no checkpoint merged (sft.trainer.save_checkpoint=false)", flush=True)
         return SFTResult(output_dir, None, None, metrics, "")
-    checkpoint = latest_checkpoint(checkpoint_dir(cfg))
-    if checkpoint is None:
-        raise CheckpointError(f"training ended without a checkpoint under {checkpoint_dir(cfg)}")
-    hf_dir = merge_to_hf(checkpoint, output_dir / "hf", env=worker_env(cfg))
-    sample = check_hf_model(hf_dir)
-    print(f"[bridge-ray] merged {checkpoint} -> {hf_dir}; sample generation: {sample!r}", flush=True)
-    runs.update_run(hf_model=str(hf_dir))
-    hub.upload_after_run(hf_dir, cfg.trainer.hub_repo_id, cfg.trainer.hub_private)
-    return SFTResult(output_dir, checkpoint, hf_dir, metrics, sample)
+    model = lifecycle.finish_model(checkpoint_dir(cfg), output_dir, env=worker_env(cfg),
+                                   hub_repo_id=cfg.trainer.hub_repo_id, hub_private=cfg.trainer.hub_private)
+    return SFTResult(output_dir, model.checkpoint, model.hf_model, metrics, model.sample)
 
 
 def dry_run(cfg: SFTConfig) -> dict:

@@ -1,0 +1,128 @@
+"""The job side every workload goes through (``bridge_ray.runs.lifecycle``): record, config, metrics, merge, upload.
+
+Unit tier: the merge and the generation check are stand-ins (the real ones run in test_sft_train.py,
+test_pretrain_train.py and test_ppo_cpu.py); the run record is a real one in a temp folder.
+"""
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from bridge_ray import runs
+from bridge_ray.errors import CheckpointError
+from bridge_ray.models.checkpoints import latest_checkpoint, weights_dir
+from bridge_ray.runs import lifecycle
+
+
+@pytest.fixture
+def job(tmp_path, monkeypatch):
+    """A run folder as the submitter leaves it, and this process inside that job."""
+    folder = tmp_path / "record"
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps({"submission_id": "sft-1", "status": "PENDING"}))
+    monkeypatch.setenv(runs.RUN_DIR_ENV, str(folder))
+    return folder
+
+
+def record(folder: Path) -> dict:
+    return json.loads((folder / "run.json").read_text())
+
+
+def step(root: Path, n: int, actor: bool = False) -> Path:
+    """A ``global_step_n`` with one model shard, in the SFT layout or PPO's (``actor/``, ``critic/``)."""
+    shards = root / f"global_step_{n}" / ("actor" if actor else "")
+    shards.mkdir(parents=True)
+    (shards / "model_world_size_1_rank_0.pt").write_bytes(b"")
+    if actor:
+        (root / f"global_step_{n}" / "critic").mkdir()
+    return root / f"global_step_{n}"
+
+
+def test_start_records_the_job_and_save_config_writes_config_json(job, tmp_path):
+    out = tmp_path / "out"
+    assert lifecycle.start(str(out), loggers=("console",)) == out
+    run = record(job)
+    assert (run["status"], run["output_dir"], run["host"]) == ("RUNNING", str(out), socket.gethostname())
+    assert run["packages"]["python"] and (job / "packages.json").is_file()
+    out.mkdir()  # the workload's preflight creates it
+    lifecycle.save_config(out, {"sft": {"model": {"path": Path("/m")}}, "verl_overrides": ["a=1"]})
+    assert (out / "config.json").read_text() == json.dumps(
+        {"sft": {"model": {"path": "/m"}}, "verl_overrides": ["a=1"]}, indent=2)
+
+
+def test_outside_a_job_only_the_files_are_written(tmp_path, monkeypatch):
+    monkeypatch.delenv(runs.RUN_DIR_ENV, raising=False)
+    assert lifecycle.start(tmp_path) == tmp_path
+    assert lifecycle.record_metrics({"step": 2, "loss": 0.5}) == {"step": 2, "loss": 0.5}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_last_step_goes_into_the_run_record_numbers_only(job):
+    assert lifecycle.record_metrics(None) is None and lifecycle.record_metrics({}) is None
+    assert "last_step" not in record(job)
+    assert lifecycle.record_metrics({"step": 6, "loss": 0.25, "lr": None, "note": "text"}) == {"step": 6, "loss": 0.25}
+    assert (record(job)["last_step"], record(job)["metrics"]) == (6, {"step": 6, "loss": 0.25})
+
+
+def test_finish_model_without_a_checkpoint_says_where_it_looked(job, tmp_path):
+    with pytest.raises(CheckpointError) as err:
+        lifecycle.finish_model(tmp_path / "checkpoints", tmp_path)
+    assert str(err.value) == f"training ended without a checkpoint under {tmp_path / 'checkpoints'}"
+    assert "hf_model" not in record(job)
+
+
+@pytest.fixture
+def merger(monkeypatch):
+    """Stand-ins for verl's merger, the generation check and the upload; returns what each was called with."""
+    calls = {}
+
+    def merge(weights, target, env=None):
+        calls["merge"] = (weights, target, env)
+        return Path(target)
+
+    def check(path, prompt="What is 2 + 3?", max_new_tokens=8):
+        calls["check"] = (path, prompt, max_new_tokens)
+        return " 5"
+
+    def upload(hf_model, repo_id, private=False):
+        calls["upload"] = (hf_model, repo_id, private)
+        return f"https://huggingface.co/{repo_id}" if repo_id else None
+
+    monkeypatch.setattr(lifecycle, "merge_to_hf", merge)
+    monkeypatch.setattr(lifecycle, "check_hf_model", check)
+    monkeypatch.setattr(lifecycle.hub, "upload_after_run", upload)
+    return calls
+
+
+def test_finish_model_merges_the_newest_step_records_and_uploads(job, tmp_path, merger, capsys):
+    root = tmp_path / "checkpoints"
+    step(root, 3)
+    newest = step(root, 6)
+    model = lifecycle.finish_model(root, tmp_path, env={"X": "1"}, hub_repo_id="me/m", hub_private=True)
+    assert model == lifecycle.MergedModel(newest, tmp_path / "hf", " 5", "https://huggingface.co/me/m")
+    assert merger["merge"] == (newest, tmp_path / "hf", {"X": "1"})
+    assert merger["check"] == (tmp_path / "hf", "What is 2 + 3?", 8)
+    assert merger["upload"] == (tmp_path / "hf", "me/m", True)
+    assert capsys.readouterr().out == f"[bridge-ray] merged {newest} -> {tmp_path / 'hf'}; sample generation: ' 5'\n"
+    assert record(job)["hf_model"] == str(tmp_path / "hf")
+
+
+def test_finish_model_takes_the_ppo_actor_and_prints_a_test_prompt(job, tmp_path, merger, capsys):
+    newest = step(tmp_path / "checkpoints", 2, actor=True)
+    model = lifecycle.finish_model(tmp_path / "checkpoints", tmp_path, prompt="Once upon a time,", max_new_tokens=24)
+    assert (model.checkpoint, model.hub_url) == (newest, None)
+    assert merger["merge"][0] == newest / "actor" and merger["check"][1:] == ("Once upon a time,", 24)
+    assert capsys.readouterr().out == (f"[bridge-ray] merged {newest / 'actor'} -> {tmp_path / 'hf'}; "
+                                       "'Once upon a time,' -> ' 5'\n")
+
+
+def test_the_step_folder_holding_the_model_is_the_same_for_export_and_the_run(tmp_path):
+    sft_step, ppo_step = step(tmp_path / "sft", 4), step(tmp_path / "ppo", 4, actor=True)
+    assert (weights_dir(sft_step), weights_dir(ppo_step)) == (sft_step, ppo_step / "actor")
+    # Without verl's tracker file the newest step with shards counts, in either layout.
+    step(tmp_path / "ppo", 8, actor=True)
+    (tmp_path / "ppo" / "global_step_9").mkdir()  # a step being written: no shards yet
+    assert latest_checkpoint(tmp_path / "ppo") == tmp_path / "ppo" / "global_step_8"
