@@ -109,6 +109,17 @@ def test_bad_overrides_and_values_are_reported_together(tmp_path):
     ]
 
 
+def test_a_hub_repo_uploads_the_merged_actor_so_it_needs_the_merge(model_dir, tmp_path):
+    cfg = ppo.apply_overrides(seed_ppo(model_dir, tmp_path), ["ppo.trainer.hub_repo_id=me/actor",
+                                                              "ppo.trainer.hub_private=true"])
+    shown = dry_run(cfg)["ppo"]["trainer"]
+    assert (shown["hub_repo_id"], shown["hub_private"], shown["merge_hf"]) == ("me/actor", True, True)
+    with pytest.raises(ConfigError) as err:
+        ppo.validate(ppo.apply_overrides(cfg, ["ppo.trainer.merge_hf=false"]))
+    assert err.value.problems == ["trainer.hub_repo_id=me/actor uploads the merged actor: set trainer.merge_hf=true, "
+                                  "or drop hub_repo_id and upload later (`bridge-ray export RUN`, `bridge-ray upload`)"]
+
+
 def test_verl_own_checks_become_config_errors(model_dir, tmp_path):
     cfg = ppo.apply_overrides(seed_ppo(model_dir, tmp_path, nnodes=1, gpus_per_node=3), [])
     with pytest.raises(ConfigError, match="^verl rejects the config: "):

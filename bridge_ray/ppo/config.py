@@ -155,6 +155,8 @@ class TrainerConfig:
     ``nnodes`` / ``gpus_per_node`` None: what the cluster has (resolved by the preflight); on
     CPU, ``gpus_per_node`` counts training ranks (1 node x 1 rank when None).
     ``save_freq`` -1: save the final step only (the merged HF actor needs one checkpoint).
+    ``hub_repo_id``: upload the merged actor to this Hub repo at the end (needs ``merge_hf`` and
+    HF_TOKEN in the job's env), as SFT and pretraining do.
     """
 
     output_dir: str = ""
@@ -171,6 +173,8 @@ class TrainerConfig:
     project_name: str = "bridge-ray-ppo"
     experiment_name: str = "ppo"
     merge_hf: bool = True
+    hub_repo_id: str | None = None
+    hub_private: bool = False
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,9 @@ def _trainer_problems(trainer: TrainerConfig) -> list[str]:
         value = getattr(trainer, name)
         if value is not None and value < 1:
             problems.append(f"trainer.{name}={value}: use null (what the cluster has) or >= 1")
+    if trainer.hub_repo_id and not trainer.merge_hf:
+        problems.append(f"trainer.hub_repo_id={trainer.hub_repo_id} uploads the merged actor: set trainer.merge_hf="
+                        "true, or drop hub_repo_id and upload later (`bridge-ray export RUN`, `bridge-ray upload`)")
     return trainer_problems(trainer, save_off="final step only") + problems
 
 

@@ -3,7 +3,8 @@
 The driver joins the cluster the job runs on (never starts one), runs the preflight, composes
 verl's ``ppo_trainer`` config from ``to_verl_overrides(cfg)``, and calls verl's own
 ``run_ppo`` with its ``TaskRunnerV1``. Then it merges the final actor checkpoint into a
-Hugging Face model and checks that it loads and generates. The run record, config, last step's metrics, merge and upload
+Hugging Face model, checks that it loads and generates, and uploads it when
+``trainer.hub_repo_id`` is set. The run record, config, last step's metrics, merge and upload
 go through ``bridge_ray.runs.lifecycle``, as SFT's and pretraining's do.
 
 Environment: verl's ``run_ppo`` puts its PPO env vars (``get_ppo_ray_runtime_env``) into
@@ -265,7 +266,8 @@ def run(cfg: PPOConfig, reward: Callable | str | None = None) -> PPOResult:
     record_last_step(cfg)
     result = PPOResult(output_dir, None, None, "")
     if cfg.trainer.merge_hf:  # the actor of the newest global_step_N
-        model = lifecycle.finish_model(checkpoint_dir(cfg), output_dir)
+        model = lifecycle.finish_model(checkpoint_dir(cfg), output_dir, hub_repo_id=cfg.trainer.hub_repo_id,
+                                       hub_private=cfg.trainer.hub_private)
         result = PPOResult(output_dir, model.checkpoint, model.hf_model, model.sample)
     (output_dir / "result.json").write_text(json.dumps(dataclasses.asdict(result), indent=2, default=str))
     return result
