@@ -54,10 +54,10 @@ from bridge_ray.ppo.config import (
     validate,
 )
 from bridge_ray.runs import lifecycle
+from bridge_ray.runs.curves import METRICS_FILE, read_metrics
 
 FLASHINFER_SAMPLER_ENV = "VLLM_USE_FLASHINFER_SAMPLER"
 METRICS_FILE_ENV = "VERL_FILE_LOGGER_PATH"
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass(frozen=True)
@@ -130,23 +130,6 @@ def worker_env(cfg: PPOConfig, config) -> dict[str, str]:
     else:
         env.update(verl_plugin_env(os.environ))
     return env
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a ``metrics.jsonl`` (``{"step": N, "data": {...}}``), oldest first; [] when there is none.
-
-    verl appends one line per step while the run goes on, so the last line may be half-written
-    (and a killed attempt's stays so): a line that does not parse is left out.
-    """
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # a line being written, or a blank one
-            continue
-    return rows
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bridge_ray.ppo.run import METRICS_FILE, read_metrics
+METRICS_FILE = "metrics.jsonl"  # verl's file logger: one {"step": N, "data": {...}} line a step (PPO/GRPO)
 
 # name shown -> the keys that hold it (SFT/pretrain history first, then verl's PPO metrics)
 SERIES = {
@@ -27,6 +27,23 @@ SERIES = {
     "mfu": ("mfu", "perf/mfu/actor"),
 }
 LOWER_IS_BETTER = ("loss", "val_loss", "critic_loss")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` (``{"step": N, "data": {...}}``), oldest first; [] when there is none.
+
+    verl appends one line per step while the run goes on, so the last line may be half-written
+    (and a killed attempt's stays so): a line that does not parse is left out.
+    """
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line being written, or a blank one
+            continue
+    return rows
 
 
 def _rows(folder: Path) -> list[dict]:
