@@ -29,14 +29,14 @@ import hashlib
 import json
 import os
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from bridge_ray.errors import BridgeRayError, ConfigError
+from bridge_ray.errors import ConfigError
 from bridge_ray.models.assets import BOS, CHAT_TEMPLATE, EOS, EOT, HEADER_END, HEADER_START, PAD
+from bridge_ray.recipe import recipe_main
 
 UNK = "<unk>"
 USER_SYMBOLS = (HEADER_START, HEADER_END, EOT)
@@ -246,15 +246,4 @@ def main(config, argv: list[str] | None = None, before=None) -> TokenizerResult 
     ``before(cfg)``, when given, runs first on the cluster (e.g. to write demo text). Errors print as
     one ``error: ...`` line and exit with their code (2 for bad input).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = validate(config([a for a in argv if a != "--dry-run"]))
-        if "--dry-run" in argv:
-            print(json.dumps(dataclasses.asdict(cfg), indent=2))
-            return None
-        if before is not None:
-            before(cfg)
-        return train(cfg)
-    except BridgeRayError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(err.exit_code)
+    return recipe_main(argv, lambda args: validate(config(args)), dataclasses.asdict, train, before=before)

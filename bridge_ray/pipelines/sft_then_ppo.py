@@ -20,16 +20,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bridge_ray.config import apply_overrides
-from bridge_ray.errors import BridgeRayError, ConfigError
+from bridge_ray.errors import ConfigError
 from bridge_ray.pipelines.stages import RECORDS_FILE, StageRecord, config_hash, load_records, save_record
+from bridge_ray.recipe import recipe_main
 
 
 def finished(run_dir: str | Path, name: str, cfg) -> StageRecord | None:
@@ -128,16 +127,10 @@ def main(sft_cfg, ppo_cfg, run_dir: str | Path, argv: list[str] | None = None,
     """
     from bridge_ray import ppo, sft
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        sft_plan, ppo_plan = stage_configs(sft_cfg, ppo_cfg, run_dir, argv)
-        if "--dry-run" in argv:
-            shown = {"run_dir": str(run_dir), "records": {k: dataclasses.asdict(v) for k, v in load_records(run_dir).items()},
-                     "sft_verl_overrides": sft.to_verl_overrides(sft.validate(sft_plan)),
-                     "ppo": ppo.dry_run(ppo_plan, reward)}
-            print(json.dumps(shown, indent=2, default=str))
-            return None
-        return sft_then_ppo(sft_plan, ppo_plan, run_dir, reward)
-    except BridgeRayError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(err.exit_code)
+    def shown(plans: tuple) -> dict:
+        sft_plan, ppo_plan = plans
+        return {"run_dir": str(run_dir), "records": {k: dataclasses.asdict(v) for k, v in load_records(run_dir).items()},
+                "sft_verl_overrides": sft.to_verl_overrides(sft.validate(sft_plan)), "ppo": ppo.dry_run(ppo_plan, reward)}
+
+    return recipe_main(argv, lambda args: stage_configs(sft_cfg, ppo_cfg, run_dir, args), shown,
+                       lambda plans: sft_then_ppo(*plans, run_dir, reward))

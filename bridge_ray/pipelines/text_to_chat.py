@@ -26,9 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,9 +34,10 @@ from pathlib import Path
 from typing import Optional
 
 from bridge_ray.config import to_dict
-from bridge_ray.errors import BridgeRayError, ConfigError
+from bridge_ray.errors import ConfigError
 from bridge_ray.pipelines import stages
 from bridge_ray.pretrain.config import PretrainConfig, pretrain_1b, pretrain_tiny_cpu
+from bridge_ray.recipe import recipe_main
 from bridge_ray.sft.config import SFTConfig
 from bridge_ray.tokenizer import TokenizerConfig
 
@@ -234,19 +233,9 @@ def main(config, argv: list[str] | None = None, before: Callable[[ChainConfig], 
 
     Errors print as one ``error: ...`` line and exit with their code (2 for bad input).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = validate(config([a for a in argv if a != "--dry-run"]))
-        if "--dry-run" in argv:
-            records = {k: dataclasses.asdict(v) for k, v in stages.load_records(cfg.run_dir).items()}
-            print(json.dumps({"chain": to_dict(plan(cfg)), "records": records}, indent=2, default=str))
-            return None
-        if before is not None:
-            before(cfg)
-        records = run(cfg)
-    except BridgeRayError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(err.exit_code)
-    for name, record in records.items():
-        print(f"{name}: {record.output}", flush=True)
-    return records
+    def shown(cfg: ChainConfig) -> dict:
+        records = {k: dataclasses.asdict(v) for k, v in stages.load_records(cfg.run_dir).items()}
+        return {"chain": to_dict(plan(cfg)), "records": records}
+
+    return recipe_main(argv, lambda args: validate(config(args)), shown, run,
+                       report=lambda records: "\n".join(f"{k}: {r.output}" for k, r in records.items()), before=before)

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from bridge_ray.cluster.driver import connect
 from bridge_ray.config import apply_overrides, to_dict
-from bridge_ray.errors import BridgeRayError, ConfigError, PPOFailed
+from bridge_ray.errors import ConfigError, PPOFailed
 from bridge_ray.platforms import cpu_ppo_env, verl_plugin_env
 from bridge_ray.platforms.env import EXTERNAL_MODULES_ENV
 from bridge_ray.ppo import reward as rewards
@@ -53,6 +53,7 @@ from bridge_ray.ppo.config import (
     to_verl_overrides,
     validate,
 )
+from bridge_ray.recipe import recipe_main
 from bridge_ray.runs import lifecycle
 from bridge_ray.runs.curves import METRICS_FILE, read_metrics
 
@@ -307,14 +308,5 @@ def main(cfg: PPOConfig | Callable[[list[str]], PPOConfig], argv: list[str] | No
 
     Errors print as one ``error: ...`` line and exit with their code (2: config/preflight, 1: run).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    dry = "--dry-run" in argv
-    try:
-        cfg = cfg(argv) if callable(cfg) else from_args(cfg, argv)
-        if dry:
-            print(json.dumps(dry_run(cfg, reward), indent=2, default=str))
-            return None
-        return run(cfg, reward)
-    except BridgeRayError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(err.exit_code)
+    return recipe_main(argv, lambda args: cfg(args) if callable(cfg) else from_args(cfg, args),
+                       lambda c: dry_run(c, reward), lambda c: run(c, reward))

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from bridge_ray.config import output_dir_problem, to_dict
-from bridge_ray.errors import BridgeRayError, ConfigError, PreflightError
+from bridge_ray.errors import ConfigError, PreflightError
 from bridge_ray.jobs import tracking
 from bridge_ray.pretrain.config import (PretrainConfig, checkpoint_dir, epochs_for, init_dir, to_verl_overrides,
                                         tokens_dir, validate)
+from bridge_ray.recipe import recipe_main
 from bridge_ray.runs import lifecycle
 from bridge_ray.sft.trainer import TrainingFailed, connect, worker_env, write_metrics
 
@@ -215,17 +215,5 @@ def main(config, argv: list[str] | None = None, before=None) -> PretrainResult |
     ``before(cfg)``, when given, runs first on the cluster (e.g. to write demo text and tokenizer).
     Errors print as one ``error: ...`` line and exit with their code (2: config/preflight, 1: run).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = validate(config([a for a in argv if a != "--dry-run"]))
-        if "--dry-run" in argv:
-            print(json.dumps(dry_run(cfg), indent=2, default=str))
-            return None
-        if before is not None:
-            before(cfg)
-        result = fit(cfg)
-    except BridgeRayError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(err.exit_code)
-    print(f"run folder: {result.output_dir}\nmerged Hugging Face model: {result.hf_model}", flush=True)
-    return result
+    return recipe_main(argv, lambda args: validate(config(args)), dry_run, fit, report=lifecycle.where_report,
+                       before=before)

@@ -134,3 +134,8 @@ def finish_model(checkpoint_root: Path, output_dir: Path, *, env: dict[str, str]
     record_model(hf_dir)
     url = hub.upload_after_run(hf_dir, hub_repo_id, hub_private)
     return MergedModel(checkpoint, hf_dir, sample, url)
+
+
+def where_report(result) -> str:
+    """The lines a trainer's recipe prints at its end: its run folder and merged model."""
+    return f"run folder: {result.output_dir}\nmerged Hugging Face model: {result.hf_model}"

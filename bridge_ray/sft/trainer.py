@@ -21,16 +21,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from bridge_ray.cluster import driver, walltime
 from bridge_ray.config import apply_overrides, to_dict
-from bridge_ray.errors import BridgeRayError, TrainingFailed
+from bridge_ray.errors import TrainingFailed
 from bridge_ray.jobs import tracking
 from bridge_ray.platforms import cpu_env
+from bridge_ray.recipe import recipe_main
 from bridge_ray.runs import lifecycle
 from bridge_ray.sft import hardware
 from bridge_ray.sft.config import PRESETS, SFTConfig, checkpoint_dir, parse_args, to_verl_overrides, validate
@@ -208,15 +208,5 @@ def main(argv: list[str] | None = None, configs: dict[str, Callable[[], SFTConfi
             (e.g. on demo assets); the others come from ``PRESETS``.
         default_preset: the preset without ``preset=``.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = from_args(argv, configs, default_preset)
-        if "--dry-run" in argv:
-            print(json.dumps(dry_run(cfg), indent=2, default=str))
-            return None
-        result = fit(cfg)
-    except BridgeRayError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(err.exit_code)
-    print(f"run folder: {result.output_dir}\nmerged Hugging Face model: {result.hf_model}", flush=True)
-    return result
+    return recipe_main(argv, lambda args: from_args(args, configs, default_preset), dry_run, fit,
+                       report=lifecycle.where_report)
