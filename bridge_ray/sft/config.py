@@ -42,7 +42,8 @@ class ModelConfig:
     ``use_remove_padding``: packing; each micro batch is one row of whole samples, no padding.
     ``kernels``: ``liger`` (liger-kernel's RMSNorm/SwiGLU/RoPE), ``fused`` (verl's fused
     lm-head + log-prob in Triton, so logits are never materialised), ``liger+fused`` (both, the
-    fused log-prob in liger's kernel), ``none``, or ``auto``.
+    fused log-prob in liger's kernel; on Hopper it needs ``nvidia-cutlass-dsl``), ``none``, or
+    ``auto`` (``fused`` where Triton imports, see ``bridge_ray.sft.hardware``).
     """
 
     path: str = ""
@@ -200,8 +201,8 @@ def sft_gsm8k_llama1b_seed(
     model_dir: str | None = None, data_dir: str | None = None, output_dir: str | None = None
 ) -> SFTConfig:
     """``sft_gsm8k_llama1b`` with the seed's settings: padded micro batches of 8 samples, sdpa,
-    no fused kernels, gradient checkpointing, FSDP resharding after forward (3.0k tokens/s/GPU
-    against 28k for the fast settings on an H200 when the defaults were chosen, issue 13).
+    no fused kernels, gradient checkpointing, FSDP resharding after forward (3.0k tokens/s/GPU on
+    an H200 against 26k for the fast settings on an H100, issue 13).
 
     Args:
         model_dir, data_dir, output_dir: as for ``sft_gsm8k_llama1b``.

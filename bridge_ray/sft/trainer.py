@@ -150,6 +150,7 @@ def fit(cfg: SFTConfig) -> SFTResult:
     preflight(cfg)
     hw = hardware.probe_workers(cfg) if hardware.needs_probe(cfg) else None
     cfg = validate(resolve(cfg, hw))
+    hardware.check(cfg, hw)
     print(f"[bridge-ray] {hardware.describe(cfg, hw)}", flush=True)
     lifecycle.save_config(output_dir, {"sft": to_dict(cfg), "verl_overrides": to_verl_overrides(cfg),
                                        "worker_env": worker_env(cfg), "hardware": to_dict(hw) if hw else None})
