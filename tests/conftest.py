@@ -35,6 +35,68 @@ def bridge_home(tmp_path_factory) -> Path:
         os.environ["BRIDGE_RAY_HOME"] = old
 
 
+class Silent(subprocess.TimeoutExpired):
+    """``run_watched``'s command printed nothing for ``quiet`` seconds (or outlived its ``limit``)."""
+
+    def __init__(self, cmd, elapsed: float, output: str, stderr: str, reason: str):
+        super().__init__(cmd, elapsed, output=output, stderr=stderr)
+        self.reason = reason
+
+
+def run_cli_watched(*args: str, quiet: float, limit: float, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``run_cli`` for long jobs on a possibly loaded machine (``run_watched``)."""
+    return run_watched([sys.executable, "-m", "bridge_ray", *args], quiet=quiet, limit=limit, env=env)
+
+
+def run_watched(cmd: list[str], quiet: float, limit: float, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in the repo, stopped when it prints nothing for ``quiet`` seconds, or when it runs past
+    ``limit`` (the last resort); a slow command that keeps printing goes on.
+
+    Raises:
+        Silent: with everything the command printed and why it was stopped.
+    """
+    import threading
+    import time
+
+    full_env = dict(os.environ, **(env or {}))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    out: dict[str, list[str]] = {"stdout": [], "stderr": []}
+    last = [time.monotonic()]
+    printed = threading.Event()
+
+    def pump(stream, name):
+        for line in stream:
+            out[name].append(line)
+            last[0] = time.monotonic()
+            printed.set()
+
+    pumps = [threading.Thread(target=pump, args=(proc.stdout, "stdout"), daemon=True),
+             threading.Thread(target=pump, args=(proc.stderr, "stderr"), daemon=True)]
+    for thread in pumps:
+        thread.start()
+    start = time.monotonic()
+    reason = None
+    while proc.poll() is None:
+        now = time.monotonic()
+        if now - start > limit:
+            reason = f"ran past {limit:.0f} s"
+        elif now - last[0] > quiet:
+            reason = f"printed nothing for {quiet:.0f} s"
+        if reason:
+            os.killpg(proc.pid, 9)  # its own session: the command and anything it started
+            proc.wait()
+            break
+        printed.clear()
+        printed.wait(min(quiet - (now - last[0]), limit - (now - start), 5.0) + 0.1)  # wakes on output, or at a deadline
+    for thread in pumps:
+        thread.join(timeout=10)
+    stdout, stderr = "".join(out["stdout"]), "".join(out["stderr"])
+    if reason:
+        raise Silent(cmd, time.monotonic() - start, stdout, stderr, reason)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m bridge_ray ARGS`` as a user would; returns the completed process."""
     full_env = dict(os.environ, **(env or {}))

@@ -22,31 +22,36 @@ import subprocess
 import textwrap
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import Silent, run_cli, run_cli_watched
 
 pytestmark = pytest.mark.integration
 
 CLUSTER = "ppo-cpu"
-# An idle 2-core machine runs one of these jobs in ~3 min; the limit leaves room for a loaded one.
-RUN_TIMEOUT_S = float(os.environ.get("BRIDGE_RAY_PPO_CPU_TIMEOUT_S", 1200))
+# An idle 2-core machine runs one of these jobs in ~3 min; on a loaded one start-up alone took 20 min
+# (imports of torch/verl/vLLM in ~10 processes), printing all the while. A run is stopped when it prints
+# nothing for QUIET_S (the longest silence seen under two busy loops: ~5 min, vLLM's engine start), or
+# at the last-resort RUN_TIMEOUT_S.
+QUIET_S = float(os.environ.get("BRIDGE_RAY_PPO_CPU_QUIET_S", 900))
+RUN_TIMEOUT_S = float(os.environ.get("BRIDGE_RAY_PPO_CPU_TIMEOUT_S", 3600))
 STEP_LINE = re.compile(r"step:(\d+) - (.*)")
 
 
 def submit(recipe: str, *args: str) -> subprocess.CompletedProcess:
-    """``bridge-ray submit RECIPE --follow -- ARGS`` with a hard limit; on timeout the job is stopped."""
+    """``bridge-ray submit RECIPE --follow -- ARGS``, stopped (job too) when silent or past the limit."""
     try:
-        return run_cli("submit", recipe, "--name", CLUSTER, "--exclude", ".gpu", "--exclude", ".gl", "--follow",
-                       "--verbose", "--", *args, timeout=RUN_TIMEOUT_S)  # verl's own step lines are read
-    except subprocess.TimeoutExpired as err:
+        return run_cli_watched("submit", recipe, "--name", CLUSTER, "--exclude", ".gpu", "--exclude", ".gl",
+                               "--follow", "--verbose", "--", *args,  # verl's own step lines are read
+                               quiet=QUIET_S, limit=RUN_TIMEOUT_S)
+    except Silent as err:
         import bridge_ray
 
-        out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+        out = err.output or ""
         found = re.search(r"submitted (\S+)", out)
         job = found.group(1) if found else "?"
         if found:
             bridge_ray.Job(job, CLUSTER).stop()
-        pytest.fail(f"{recipe} {' '.join(args)} ran past {RUN_TIMEOUT_S:.0f} s (a vLLM fault during weight sync "
-                    f"hangs verl's driver); stopped job {job}. Last output:\n{out[-3000:]}")
+        pytest.fail(f"{recipe} {' '.join(args)} {err.reason} (a vLLM fault during weight sync hangs verl's "
+                    f"driver); stopped job {job}. Last output:\n{out[-3000:]}")
 
 
 def steps(log: str) -> dict[int, dict[str, str]]:
