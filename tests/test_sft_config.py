@@ -289,7 +289,7 @@ def test_resources_count_gpus():
 
 def test_cpu_env_selects_the_plugin():
     assert cpu_env() == {"VERL_USE_EXTERNAL_MODULES": "bridge_ray.platforms.value_model,bridge_ray.platforms.cpu",
-                         "VERL_PLATFORM": "cpu", "VERL_ENGINE_DEVICE": "cuda"}
+                         "VERL_PLATFORM": "cpu", "VERL_ENGINE_DEVICE": "cuda", "GOMP_SPINCOUNT": "1000"}
 
 
 def test_cpu_platform_answers_what_verl_asks(monkeypatch):
