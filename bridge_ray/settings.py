@@ -40,6 +40,7 @@ KEYS: dict[str, tuple[type, Any, str]] = {
     "slurm.cpus_per_task": (int, None, "up --slurm --cpus-per-task"),
     "slurm.setup": (list, [], "up --slurm --setup (lines every node runs before Ray starts)"),
     "slurm.sbatch_args": (list, [], "up --slurm --sbatch-arg"),
+    "slurm.join_timeout_s": (int, 300, "up --slurm --join-timeout (seconds for the head, then the other nodes)"),
     "wandb.entity": (str, None, "WANDB_ENTITY of every submitted job (unless set in your shell)"),
 }
 

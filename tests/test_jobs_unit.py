@@ -210,6 +210,44 @@ def test_a_renamed_process_holding_the_clusters_files_is_found_by_a_stop_and_the
         holder.wait()
 
 
+def test_a_stop_also_stops_what_a_process_starts_while_it_is_being_stopped(tmp_path):
+    """Like a raylet that starts a worker before its SIGTERM lands (a wide window on a loaded machine):
+    the stop looks again until nothing of the cluster is left, and returns only once all of it is gone."""
+    import os
+    import subprocess
+    import sys
+
+    from bridge_ray.cluster import processes
+
+    tag, spawned = f"test-{tmp_path.name}", tmp_path / "spawned.pid"
+    # On SIGTERM: start a tagged child in its own session (not a descendant once its parent exits), then exit.
+    code = ("import os, signal, subprocess, sys, time\n"
+            "def on_term(*_):\n"
+            "    child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'], start_new_session=True)\n"
+            "    open(os.environ['SPAWNED'], 'w').write(str(child.pid))\n"
+            "    os._exit(0)\n"
+            "signal.signal(signal.SIGTERM, on_term)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, processes.TAG_ENV: tag, "SPAWNED": str(spawned)})
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        stopped = processes.stop_all(lambda: processes.find_pids(None, tag=tag), grace_s=5.0)
+        child = int(spawned.read_text())
+        assert stopped == [parent.pid, child]  # the child ignored SIGTERM: SIGKILL, and waited for
+        assert processes.find_pids(None, tag=tag) == [] and not processes._alive(child)
+    finally:
+        parent.kill()
+        parent.wait()
+        if spawned.exists():
+            try:
+                os.kill(int(spawned.read_text()), 9)
+            except ProcessLookupError:
+                pass
+
+
 @pytest.mark.parametrize("key,secret", [
     ("HF_TOKEN", True), ("HUGGING_FACE_HUB_TOKEN", True), ("WANDB_API_KEY", True), ("AWS_SECRET_ACCESS_KEY", True),
     ("DB_PASSWORD", True), ("SSH_KEY", True), ("GOOGLE_APPLICATION_CREDENTIALS", True), ("ray_auth_token", True),

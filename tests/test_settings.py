@@ -66,6 +66,21 @@ def test_up_slurm_takes_the_config_files_defaults_and_flags_win(where):
                                             "conda activate train", "set +eE"]  # --setup replaces the file's lines
 
 
+def test_the_join_timeout_comes_from_the_config_file_and_the_flag_wins(where):
+    project, home = where
+    (home / "config.yaml").write_text("slurm:\n  join_timeout_s: 900\n")
+    assert "BRIDGE_RAY_JOIN_TIMEOUT=900\n" in cli(project, home, "up", "--slurm", "--dry-run", "--name", "c").stdout
+    flagged = cli(project, home, "up", "--slurm", "--dry-run", "--name", "c", "--join-timeout", "60")
+    assert "BRIDGE_RAY_JOIN_TIMEOUT=60\n" in flagged.stdout
+    shown = cli(project, home, "config").stdout
+    assert f"slurm.join_timeout_s  900  ({home / 'config.yaml'})" in shown
+    out = cli(project, home, "up", "--slurm", "--dry-run", "--name", "c", "--join-timeout", "0")
+    assert (out.returncode, out.stdout, out.stderr) == (2, "", "error: --join-timeout must be 1 or more, got 0\n")
+    out = cli(project, home, "up", "--name", "c", "--join-timeout", "60")
+    assert out.returncode == 2 and out.stderr.splitlines()[-1] == "Error: --join-timeout needs --slurm"
+    assert not records.record_path("c").exists()
+
+
 def test_every_node_sources_the_setup_before_it_starts_ray(where):
     project, home = where
     lines = cli(project, home, "up", "--slurm", "--dry-run", "--name", "c", "--nodes", "2").stdout.splitlines()

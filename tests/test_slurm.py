@@ -191,7 +191,8 @@ def test_node_that_never_joins_is_named_and_cancelled():
     # A node whose setup hangs: the profile is sourced on each node before `ray start`.
     (folder / "profile.env").write_text('if [ "${SLURMD_NODENAME:-}" = n2 ]; then sleep 600; fi\n')
     with pytest.raises(SlurmError, match=r"^node\(s\) n2 did not join the Ray cluster within 15 s of the head "
-                       r"\(1/2 nodes joined\): cancelled SLURM job (\d+); logs kept in .*/slurm-\1\.out$") as err:
+                       r"\(1/2 nodes joined\) \(a busy node may need longer: `bridge-ray up --slurm --join-timeout SECONDS`\): "
+                       r"cancelled SLURM job (\d+); logs kept in .*/slurm-\1\.out$") as err:
         bridge_ray.up("hang", slurm=dict(nodes=2, cpus_per_task=1, join_timeout_s=15))
     job_id = re.search(r"job (\d+);", str(err.value)).group(1)
     assert _active_jobs() == [] and (folder / f"slurm-{job_id}.out").exists()

@@ -32,6 +32,8 @@ name_option = click.option("--name", default=DEFAULT_CLUSTER, show_default=True,
 @click.option("--setup", "setup", multiple=True, help="--slurm: a shell line every node runs before Ray starts, e.g. "
               "--setup 'module load hpcx/2.18.1' (repeatable; replaces slurm.setup of the config file).")
 @click.option("--setup-file", type=click.File("r"), help="--slurm: a file of such lines (after any --setup).")
+@click.option("--join-timeout", "join_timeout_s", type=int, help="--slurm: seconds the head may take to start "
+              "once allocated, then the other nodes to join (default 300, or slurm.join_timeout_s).")
 @click.option("--wait", "wait_s", type=float, default=600, show_default=True, help="--slurm: seconds the allocation may stay pending.")
 @click.option("--keep-pending", is_flag=True, help="--slurm: leave a still-pending allocation queued instead of cancelling it.")
 @click.option("--dry-run", is_flag=True, help="--slurm: print the sbatch script and submit nothing.")
@@ -48,7 +50,8 @@ def up_command(name, num_cpus, num_gpus, port, dashboard_port, address, token_fi
     given = [p for p in (*script_options, "wait_s", "keep_pending", "dry_run", "setup_file")
              if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
     if given and not slurm:
-        raise click.UsageError(f"--{given[0].replace('_', '-')} needs --slurm")
+        flag = next(param.opts[0] for param in ctx.command.params if param.name == given[0])
+        raise click.UsageError(f"{flag} needs --slurm")
     if slurm:
         script_options = _with_settings(script_options, setup_file)
     if dry_run:
@@ -78,7 +81,8 @@ def _with_settings(options: dict, setup_file) -> dict:
     found = settings.effective()
     lines = list(options["setup"]) + ([line.rstrip("\n") for line in setup_file if line.strip()] if setup_file else [])
     merged = dict(options, setup=tuple(lines))
-    for key in ("partition", "account", "time", "nodes", "gpus_per_node", "cpus_per_task", "setup", "sbatch_args"):
+    for key in ("partition", "account", "time", "nodes", "gpus_per_node", "cpus_per_task", "setup", "sbatch_args",
+                "join_timeout_s"):
         if merged[key] in (None, ()):
             default = found[f"slurm.{key}"].value
             merged[key] = tuple(default) if isinstance(default, list) else default

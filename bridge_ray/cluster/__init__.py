@@ -170,7 +170,21 @@ def _stop_unreadable(name: str) -> None:
     from bridge_ray.cluster import processes
     from bridge_ray.cluster import slurm as slurm_backend
 
-    processes.terminate(processes.find_pids(None, tag=str(records.cluster_dir(name))), grace_s=3.0)
+    tag = str(records.cluster_dir(name))
+    # The tagged processes name the cluster's temp dir in their environment; with it the stop also
+    # finds the renamed ones that hold its files open (``local.stop`` does the same from the record).
+    temp_dirs = {d for d in (processes.env_value(p, processes.TEMP_DIR_ENV) for p in processes.find_pids(None, tag=tag))
+                 if d and Path(d).parent == processes.private_root()}
+
+    def find() -> list[int]:
+        found = set(processes.find_pids(None, tag=tag))
+        for temp_dir in temp_dirs:
+            found.update(processes.find_pids(temp_dir, by_open_files=True))
+        return sorted(found)
+
+    processes.stop_all(find, grace_s=3.0)
+    for temp_dir in temp_dirs:
+        shutil.rmtree(temp_dir, ignore_errors=True)
     slurm_backend.cancel_started_in(records.cluster_dir(name))
 
 

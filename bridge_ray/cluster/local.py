@@ -217,7 +217,7 @@ def pids(record: ClusterRecord, by_open_files: bool = False) -> list[int]:
 
 def stop(record: ClusterRecord) -> list[int]:
     """Stop every process of this cluster (and only this one); remove its temp dir."""
-    stopped = processes.terminate(pids(record, by_open_files=True), grace_s=3.0)
+    stopped = processes.stop_all(lambda: pids(record, by_open_files=True), grace_s=3.0)
     if record.temp_dir:
         shutil.rmtree(record.temp_dir, ignore_errors=True)
     return stopped

@@ -22,6 +22,7 @@ import signal
 import stat
 import time
 from pathlib import Path
+from typing import Callable
 
 from bridge_ray.errors import BridgeRayError
 
@@ -135,8 +136,12 @@ def _alive(pid: int) -> bool:
     return bool(state) and state[0] != "Z"
 
 
+KILL_WAIT_S = 60.0  # after SIGKILL: a loaded machine may take seconds to tear a big process down
+
+
 def terminate(pids: list[int], grace_s: float = 10.0) -> list[int]:
-    """SIGTERM ``pids``, wait up to ``grace_s``, then SIGKILL what is left. Returns the pids signalled."""
+    """SIGTERM ``pids``, wait up to ``grace_s``, then SIGKILL what is left and wait until it is gone
+    (up to ``KILL_WAIT_S``: SIGKILL cannot be ignored, only delayed). Returns the pids signalled."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         live = [p for p in pids if _alive(p)]
         for pid in live:
@@ -144,10 +149,34 @@ def terminate(pids: list[int], grace_s: float = 10.0) -> list[int]:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else 5.0)
+        deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else KILL_WAIT_S)
         while time.monotonic() < deadline and any(_alive(p) for p in live):
             time.sleep(0.05)
     return pids
+
+
+def stop_all(find: Callable[[], list[int]], grace_s: float, rounds: int = 5) -> list[int]:
+    """``terminate`` what ``find`` returns, then look again, until it finds nothing (or ``rounds`` ends).
+
+    A raylet or job supervisor that is still running when the first round is found may start a
+    process before its SIGTERM lands (a worker, a runtime-env agent's child); on a loaded machine
+    that window is wide. Returns every pid signalled."""
+    stopped: list[int] = []
+    for _ in range(rounds):
+        pids = [p for p in find() if _alive(p)]
+        if not pids:
+            break
+        stopped += terminate(pids, grace_s)
+    return stopped
+
+
+def env_value(pid: int, name: str) -> str | None:
+    """The value of ``name`` in the environment ``pid`` started with (None if unset or unreadable)."""
+    prefix = f"{name}=".encode()
+    for item in _read(Path(f"/proc/{pid}/environ")).split(b"\0"):
+        if item.startswith(prefix):
+            return item[len(prefix):].decode(errors="replace")
+    return None
 
 
 def private_root() -> Path:

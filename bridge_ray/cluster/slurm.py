@@ -61,7 +61,7 @@ def _name_flag(name: str) -> str:
 def _check(nodes: int, gpus_per_node: int, cpus_per_task: int | None, wait_s: float, join_timeout_s: float) -> None:
     problems = [f"{flag} must be {low} or more, got {value}" for flag, value, low in (
         ("--nodes", nodes, 1), ("--gpus-per-node", gpus_per_node, 0), ("--cpus-per-task", 1 if cpus_per_task is None else cpus_per_task, 1),
-        ("--wait", wait_s, 0), ("join_timeout_s", join_timeout_s, 1)) if value < low]
+        ("--wait", wait_s, 0), ("--join-timeout", join_timeout_s, 1)) if value < low]
     if problems:
         raise ConfigError(problems)
 

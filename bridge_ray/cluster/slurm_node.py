@@ -45,6 +45,8 @@ NODE_PORTS = ("node-manager-port", "object-manager-port", "dashboard-agent-liste
 MAX_SLOTS = (BLOCK - len(CLUSTER_PORTS)) // len(NODE_PORTS)
 NODE_LABEL = "bridge-ray/slurm-node"
 HEAD_TIMEOUT_S = 120.0
+JOINED_TIMEOUT_S = 30.0  # one request for the list of joined nodes
+TIMEOUT_HINT = " (a busy node may need longer: `bridge-ray up --slurm --join-timeout SECONDS`)"
 STOP_GRACE_S = 5.0
 START_ATTEMPTS = 3
 RAY_BLOCKING = "will now block forever"  # what `ray start --block` prints once the node is up
@@ -273,17 +275,20 @@ def worker() -> int:
     return run_ray(node, cmd, node.temp_dir(slot), ports)
 
 
-def _joined(record: ClusterRecord) -> tuple[set[str], float]:
-    nodes = health.get_json(record, "/api/v0/nodes?detail=1&limit=10000")["data"]["result"]["result"]
+def _joined(record: ClusterRecord, timeout_s: float = 5.0) -> tuple[set[str], float]:
+    nodes = health.get_json(record, "/api/v0/nodes?detail=1&limit=10000", timeout_s=timeout_s)["data"]["result"]["result"]
     alive = [n for n in nodes if n["state"] == "ALIVE"]
     names = {(n.get("labels") or {}).get(NODE_LABEL) for n in alive} - {None}
     return names, sum(n["resources_total"].get("GPU", 0.0) for n in alive)
 
 
-def _joined_or_none(record: ClusterRecord) -> tuple[set[str], float]:
-    """``_joined``, or nobody yet when a busy head drops the request (the caller's deadline decides)."""
+def _joined_or_none(record: ClusterRecord, deadline: float) -> tuple[set[str], float]:
+    """``_joined``, or nobody yet when a busy head drops the request (the caller's deadline decides).
+
+    A loaded head's dashboard may take many seconds to answer; a request given up after a few
+    seconds and sent again would never see an answer, so each may wait until the deadline."""
     try:
-        return _joined(record)
+        return _joined(record, timeout_s=min(JOINED_TIMEOUT_S, max(1.0, deadline - time.monotonic())))
     except (OSError, ValueError, KeyError):
         return set(), 0.0
 
@@ -314,12 +319,14 @@ def barrier() -> int:
     try:
         health.wait_ready(record, timeout_s=max(1.0, deadline - time.monotonic()))
     except BridgeRayError:
-        return _fail(node, f"the Ray head on node {info['node']} did not come up within {node.head_timeout_s:.0f} s")
-    while info["node"] not in _joined_or_none(record)[0]:  # the head's own raylet registers after its Jobs API
+        return _fail(node, f"the Ray head on node {info['node']} did not come up within {node.head_timeout_s:.0f} s"
+                           f"{TIMEOUT_HINT}")
+    while info["node"] not in _joined_or_none(record, deadline)[0]:  # the head's own raylet registers after its Jobs API
         if any(e["phase"] == "failed" for e in read_events(node.folder)):
             return 1
         if time.monotonic() > deadline:
-            return _fail(node, f"the Ray head on node {info['node']} did not register within {node.head_timeout_s:.0f} s")
+            return _fail(node, f"the Ray head on node {info['node']} did not register within {node.head_timeout_s:.0f} s"
+                               f"{TIMEOUT_HINT}")
         time.sleep(0.2)
     emit(node.folder, "head up", f"{record.gcs_address} on {info['node']}")
     deadline = time.monotonic() + node.join_timeout_s  # the other nodes' turn starts now
@@ -327,7 +334,7 @@ def barrier() -> int:
     while True:
         if any(e["phase"] == "failed" for e in read_events(node.folder)):
             return 1
-        names, gpus = _joined_or_none(record)
+        names, gpus = _joined_or_none(record, deadline)
         if len(names) != reported:
             reported = len(names)
             emit(node.folder, "joined", f"{reported}/{len(node.nodes)} nodes")
@@ -337,7 +344,7 @@ def barrier() -> int:
             missing = [n for n in node.nodes if n not in names]
             what = f"node(s) {', '.join(missing)}" if missing else f"GPUs ({gpus:g} of {want_gpus})"
             return _fail(node, f"{what} did not join the Ray cluster within {node.join_timeout_s:.0f} s "
-                               f"of the head ({reported}/{len(node.nodes)} nodes joined)")
+                               f"of the head ({reported}/{len(node.nodes)} nodes joined){TIMEOUT_HINT}")
         time.sleep(0.2)
     end_time = walltime.slurm_end_time(node.job_id)
     record.slurm = {"job_id": str(node.job_id), "nodes": node.nodes, "head_node": info["node"],
