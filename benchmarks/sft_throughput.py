@@ -90,7 +90,9 @@ def timed_worker(steps_file: str, overrides: list[str]) -> None:
     trainer = SFTTrainer(config=config)
     if torch.distributed.get_rank() == 0:
         client, train_batch, out = trainer.training_client, trainer.training_client.train_batch, open(steps_file, "a")
-        last = [time.perf_counter(), trainer.resume_global_step, time.process_time()]
+        from bridge_ray.sft.worker import thread_usage  # the same per-thread figures bridge-ray's steps carry
+
+        last = [time.perf_counter(), trainer.resume_global_step, time.process_time(), thread_usage()]
         # BENCH_PROFILE=A-B: torch.profiler over steps A..B on rank 0; tables beside the steps file.
         span = os.environ.get("BENCH_PROFILE")
         first, final = (int(x) for x in span.split("-")) if span else (0, -1)
@@ -104,6 +106,8 @@ def timed_worker(steps_file: str, overrides: list[str]) -> None:
                 prof[0].start()
             output = train_batch(data, *args, **kwargs)
             now, cpu, metrics = time.perf_counter(), time.process_time(), tu.get(output, "metrics")
+            thread = thread_usage()
+            thread_cpu, voluntary, involuntary = (a - b for a, b in zip(thread, last[3]))
             last[1] += 1
             if prof[0] is not None and last[1] == final:
                 prof[0].stop()
@@ -115,10 +119,12 @@ def timed_worker(steps_file: str, overrides: list[str]) -> None:
             out.write(json.dumps({"step": last[1], "tokens": int(sum(tu.get(data, "global_token_num"))),
                                   "samples": len(tu.get(data, "global_token_num")), "step_time_s": now - last[0],
                                   "in_train_batch_s": now - entered, "cpu_time_s": cpu - last[2],
+                                  "thread_cpu_time_s": thread_cpu,
+                                  "thread_switches": {"voluntary": voluntary, "involuntary": involuntary},
                                   "loss": float(metrics["loss"]),
                                   "peak_memory_gb": metrics.get("perf/max_memory_allocated_gb")}) + "\n")
             out.flush()
-            last[0], last[2] = now, cpu
+            last[0], last[2], last[3] = now, cpu, thread
             return output
 
         client.train_batch = timed_train_batch
@@ -228,9 +234,17 @@ def summarize(rows: list[dict], args) -> dict:
     # Rank 0's process CPU seconds a step (all its threads): what the step costs the host, whatever
     # share of the CPUs the process got.
     cpu = [row["cpu_time_s"] for row in steady[1:] if row.get("cpu_time_s") is not None]
+    # The training thread alone, and how often it was switched out (involuntary: a core was taken from it).
+    thread = [row["thread_cpu_time_s"] for row in steady[1:] if row.get("thread_cpu_time_s") is not None]
+    switches = [row["thread_switches"] for row in steady[1:] if row.get("thread_switches")]
     return {"steps": len(rows), "steady_steps": len(steady) - 1, "s_per_step": seconds / (len(steady) - 1),
             "tokens_per_s_per_gpu": tps, "tokens_per_s_per_gpu_median_step": statistics.median(step_rates),
             "cpu_s_per_step_median": statistics.median(cpu) if cpu else None,
+            "thread_cpu_s_per_step_median": statistics.median(thread) if thread else None,
+            "involuntary_switches_per_step_median":
+                statistics.median([s["involuntary"] for s in switches]) if switches else None,
+            "voluntary_switches_per_step_median":
+                statistics.median([s["voluntary"] for s in switches]) if switches else None,
             "mean_sample_tokens": seq_len, "mfu_torchtitan": mfu,
             "peak_memory_gb": max(peaks) if peaks else None,
             "first_loss": rows[0]["loss"], "final_loss": rows[-1]["loss"], "losses": [row["loss"] for row in rows]}
@@ -293,7 +307,8 @@ def build_summary(out: Path) -> dict:
             ok = [r for r in runs if r["side"] == side and "tokens_per_s_per_gpu" in r]
             entry[side] = {key: statistics.median([r[key] for r in ok]) if ok and ok[0].get(key) is not None else None
                            for key in ("tokens_per_s_per_gpu", "tokens_per_s_per_gpu_median_step", "s_per_step",
-                                       "cpu_s_per_step_median",
+                                       "cpu_s_per_step_median", "thread_cpu_s_per_step_median",
+                                       "involuntary_switches_per_step_median", "voluntary_switches_per_step_median",
                                        "mfu_torchtitan", "peak_memory_gb",
                                        "mean_sample_tokens", "final_loss")}
             entry[side]["runs"] = len(ok)

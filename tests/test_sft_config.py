@@ -367,3 +367,26 @@ def test_prompt_response_files_become_messages(tmp_path):
     assert out.data.prompt_key is None and out.data.train_files == (f"{tmp_path}/run/data/train_0.parquet",)
     rows = pd.read_parquet(out.data.train_files[0])
     assert [m["role"] for m in rows["messages"][0]] == ["user", "assistant"]
+
+
+def test_step_rows_count_the_training_threads_own_cpu_not_the_other_threads():
+    """``thread_usage`` (in each SFT step row, both benchmark sides) is the calling thread's alone:
+    Ray's and NCCL's threads in the same worker process are not in it (process CPU time has them)."""
+    import threading
+
+    from bridge_ray.sft.worker import thread_usage
+
+    def spin(seconds: float) -> None:
+        start = thread_usage()[0]
+        while thread_usage()[0] - start < seconds:
+            pass
+
+    before = thread_usage()
+    other = threading.Thread(target=spin, args=(0.3,))
+    other.start()
+    other.join()  # this thread waits: it burns (almost) nothing meanwhile
+    middle = thread_usage()
+    spin(0.2)
+    after = thread_usage()
+    assert middle[0] - before[0] < 0.1 and after[0] - middle[0] >= 0.2
+    assert middle[1] > before[1]  # join blocked this thread: a voluntary switch

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,16 @@ KILL_MARKER = ".test_kill_done"
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def thread_usage() -> tuple[float, int, int]:
+    """The calling thread's CPU seconds, voluntary and involuntary context switches (Linux).
+
+    Beside the process's CPU time (all its threads: Ray's, NCCL's, the loader's) these tell a
+    step that was slower because the training thread did more work from one that waited for a
+    core (involuntary switches: another runnable thread or process took it) or for the GPU."""
+    usage = resource.getrusage(getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF))
+    return usage.ru_utime + usage.ru_stime, usage.ru_nvcsw, usage.ru_nivcsw
 
 
 class StepHook:
@@ -49,7 +60,7 @@ class StepHook:
         self.pending: dict | None = None
         self.val_losses: list[float] = []
         self.last_row: dict = {}
-        self.last_time, self.last_cpu = time.perf_counter(), time.process_time()
+        self.last_time, self.last_cpu, self.last_thread = time.perf_counter(), time.process_time(), thread_usage()
 
     def install(self) -> None:
         """Wrap this trainer's ``train_batch``/``infer_batch`` (instance attributes, verl untouched)."""
@@ -74,18 +85,21 @@ class StepHook:
     def _record(self, data, output) -> None:
         from verl.utils import tensordict_utils as tu
 
-        now, cpu = time.perf_counter(), time.process_time()
+        now, cpu, thread = time.perf_counter(), time.process_time(), thread_usage()
         metrics = _metrics(output)
         lengths = tu.get(data, "global_token_num")
         tokens = int(sum(lengths))
         seconds, cpu_seconds = now - self.last_time, cpu - self.last_cpu
+        thread_cpu, voluntary, involuntary = (now_ - before for now_, before in zip(thread, self.last_thread))
+        self.last_thread = thread
         self.last_time, self.last_cpu = now, cpu
         self.step += 1
         self.pending = {
             "step": self.step, "total_steps": self.trainer.total_training_steps,
             "loss": float(metrics["loss"]), "lr": metrics.get("lr"), "grad_norm": metrics.get("grad_norm"),
             "mfu": metrics.get("mfu"), "tokens": tokens, "samples": len(lengths), "step_time_s": seconds,
-            "cpu_time_s": cpu_seconds,
+            "cpu_time_s": cpu_seconds, "thread_cpu_time_s": thread_cpu,
+            "thread_switches": {"voluntary": voluntary, "involuntary": involuntary},
             "peak_memory_gb": metrics.get("perf/max_memory_allocated_gb"),
             "tokens_per_s": tokens / seconds, "tokens_per_s_per_worker": tokens / seconds / self.world_size,
         }
