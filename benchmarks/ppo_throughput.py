@@ -368,7 +368,7 @@ def bridge_commands(algo: str, args: list[str], gpus: int, submission_id: str) -
     br = [sys.executable, "-m", "bridge_ray"]
     return {"up": br + ["up", "--name", CLUSTER, "--num-gpus", str(gpus)],
             "submit": br + ["submit", f"recipes/{algo}_gsm8k.py", "--name", CLUSTER, *EXCLUDES,
-                            "--submission-id", submission_id, "--follow", "--", *args],
+                            "--submission-id", submission_id, "--follow", "--verbose", "--", *args],
             "stop": br + ["stop", submission_id, "--name", CLUSTER],
             "down": br + ["down", "--name", CLUSTER, "--force"]}
 
@@ -470,7 +470,7 @@ def run_chain(cfg, args: argparse.Namespace, tag: str, files: dict) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     env, log = base_env(args.work, not args.unset_vllm_env), args.out / f"{tag}.log"
     br = [sys.executable, "-m", "bridge_ray"]
-    submit = br + ["submit", "recipes/sft_then_ppo.py", "--name", CLUSTER, *EXCLUDES, "--follow", "--",
+    submit = br + ["submit", "recipes/sft_then_ppo.py", "--name", CLUSTER, *EXCLUDES, "--follow", "--verbose", "--",
                    *chain_args(files, cfg, run_dir, args.sft_steps)]
     stamped_run(br + ["down", "--name", CLUSTER, "--force"], log, env, 120)
     t0 = time.time()
