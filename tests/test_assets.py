@@ -102,3 +102,42 @@ def test_unknown_shape_and_dtype(tmp_path, demo):
         build_llama(tmp_path, shape="llama-70b", tokenizer_dir=demo["model"])
     with pytest.raises(ConfigError, match=r"^unknown dtype 'bf16'; use bfloat16, float16 or float32$"):
         build_llama(tmp_path, dtype="bf16", tokenizer_dir=demo["model"])
+
+
+@pytest.mark.integration
+def test_a_checkpoint_trained_with_another_attention_merges_and_stays_untouched(demo, tmp_path):
+    """A GPU run writes its attention (``torch_varlen``: registered only inside verl's workers;
+    ``flash_attention_2``: needs flash-attn) into the checkpoint's ``huggingface/config.json``;
+    the merger is a fresh process that knows neither. The shards here are the demo model's
+    weights saved as a one-rank FSDP checkpoint (plain tensors, as verl's merger reads them):
+    CPU training runs only with ``sdpa``, so a real CPU run cannot write these names."""
+    import json
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bridge_ray.models.checkpoints import _merge_view, check_hf_model, merge_to_hf
+    from bridge_ray.platforms import cpu_env
+
+    step = tmp_path / "global_step_2"
+    (step / "huggingface").mkdir(parents=True)
+    model = AutoModelForCausalLM.from_pretrained(demo["model"])
+    torch.save({k: v.clone() for k, v in model.state_dict().items()}, step / "model_world_size_1_rank_0.pt")
+    (step / "fsdp_config.json").write_text(json.dumps({"FSDP_version": 2, "world_size": 1}))
+    for item in demo["model"].iterdir():
+        if item.suffix != ".safetensors":
+            shutil.copy(item, step / "huggingface" / item.name)
+    config_path = step / "huggingface" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "attn_implementation": "torch_varlen"}))
+    written = config_path.read_text()
+    merged = merge_to_hf(step, tmp_path / "hf", env=cpu_env())
+    assert "attn_implementation" not in json.loads((merged / "config.json").read_text())
+    assert check_hf_model(merged, max_new_tokens=2)
+    assert config_path.read_text() == written  # the checkpoint is left as it was
+    assert sorted(p.name for p in step.iterdir()) == ["fsdp_config.json", "huggingface", "model_world_size_1_rank_0.pt"]
+    config_path.write_text(written.replace("torch_varlen", "flash_attention_2"))
+    (tmp_path / "view").mkdir()
+    view = _merge_view(step, tmp_path / "view")  # what the merger reads: the same for any name
+    assert "attn_implementation" not in json.loads((view / "huggingface" / "config.json").read_text())
+    assert (view / "model_world_size_1_rank_0.pt").resolve() == step / "model_world_size_1_rank_0.pt"

@@ -15,10 +15,13 @@ turns it into a ``save_pretrained`` folder.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from bridge_ray.errors import CheckpointError
@@ -57,7 +60,12 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
 def merge_to_hf(checkpoint: str | Path, target_dir: str | Path, env: dict[str, str] | None = None) -> Path:
     """Merge verl FSDP shards in ``checkpoint`` (a ``global_step_N`` folder) into an HF model.
 
-    Runs ``python -m verl.model_merger merge --backend fsdp`` in a subprocess.
+    Runs ``python -m verl.model_merger merge --backend fsdp`` in a subprocess, on a view of the
+    checkpoint (links to its shards, a copy of its ``huggingface/``) whose HF config carries no
+    ``attn_implementation``: verl writes the training run's attention there (``torch_varlen``,
+    ``flash_attention_2``, ...), which the merger — a fresh process, maybe on a host without
+    flash-attn — may not know. It is how that run computed attention, not part of the model;
+    the merged model loads with transformers' default. The checkpoint itself is left as it is.
 
     Args:
         checkpoint: A folder of FSDP shards: a ``global_step_N``'s ``weights_dir``.
@@ -73,13 +81,33 @@ def merge_to_hf(checkpoint: str | Path, target_dir: str | Path, env: dict[str, s
     checkpoint, target_dir = Path(checkpoint), Path(target_dir)
     if not any(checkpoint.glob(MODEL_SHARDS)):
         raise CheckpointError(f"no FSDP model shards in {checkpoint}: expected model_world_size_*_rank_*.pt")
-    cmd = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
-           "--local_dir", str(checkpoint), "--target_dir", str(target_dir)]
-    proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="bridge-ray-merge-") as view:
+        cmd = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
+               "--local_dir", str(_merge_view(checkpoint, Path(view))), "--target_dir", str(target_dir)]
+        proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise CheckpointError(f"merging {checkpoint} into {target_dir} failed (exit {proc.returncode}):\n{tail}")
     return target_dir
+
+
+def _merge_view(checkpoint: Path, view: Path) -> Path:
+    """``view`` holding links to ``checkpoint``'s files and a copy of its ``huggingface/`` without
+    the training run's ``attn_implementation`` (see ``merge_to_hf``)."""
+    for entry in checkpoint.iterdir():
+        if entry.name != "huggingface":
+            (view / entry.name).symlink_to(entry.absolute())
+    hf = checkpoint / "huggingface"
+    if hf.is_dir():
+        shutil.copytree(hf, view / "huggingface")
+        config_path = view / "huggingface" / "config.json"
+        try:
+            config = json.loads(config_path.read_text())
+        except (OSError, ValueError):  # the merger says what is wrong with it
+            return view
+        if isinstance(config, dict) and config.pop("attn_implementation", None) is not None:
+            config_path.write_text(json.dumps(config, indent=2) + "\n")
+    return view
 
 
 def check_hf_model(path: str | Path, prompt: str = "What is 2 + 3?", max_new_tokens: int = 8) -> str:

@@ -12,8 +12,9 @@ This module registers it with transformers as ``torch_varlen``.
 verl imports this module in every worker (``model.external_lib``, which its model config
 imports before building the Hugging Face config), so the name exists before transformers
 looks it up. transformers builds no mask for an attention name it has no mask function for,
-which is what a varlen kernel wants. Saved checkpoints do not record the attention name, so
-merged models load anywhere with the default attention.
+which is what a varlen kernel wants. verl writes the name into each checkpoint's
+``huggingface/config.json`` (``model.override_config``); ``checkpoints.merge_to_hf`` merges
+without it, so merged models load anywhere with the default attention.
 """
 from __future__ import annotations
 
