@@ -121,4 +121,4 @@ def test_cpu_ppo_env_loads_the_plugins_through_verl_hook():
         "VERL_USE_EXTERNAL_MODULES": ("team.plugin,bridge_ray.platforms.value_model,bridge_ray.platforms.cpu,"
                                       "bridge_ray.platforms.cpu_rollout"),
         "VERL_PLATFORM": "cpu", "VERL_ENGINE_DEVICE": "cuda", "GOMP_SPINCOUNT": "1000", "VLLM_TARGET_DEVICE": "cpu",
-        "VLLM_CPU_KVCACHE_SPACE": "2"}
+        "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "3600"}

@@ -211,11 +211,13 @@ def test_cpu_worker_env_loads_the_cpu_plugins_under_the_job_env(model_dir, tmp_p
     cfg = ppo.resolve_cpu(ppo.grpo_tiny_cpu(model_dir, str(tmp_path), str(tmp_path / "run")))
     monkeypatch.delenv("VERL_USE_EXTERNAL_MODULES", raising=False)
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.delenv("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", raising=False)
     env = worker_env(cfg, compose(cfg))
     assert env["VERL_USE_EXTERNAL_MODULES"] == ("bridge_ray.platforms.value_model,bridge_ray.platforms.cpu,"
                                                 "bridge_ray.platforms.cpu_rollout")
     assert (env["VERL_PLATFORM"], env["VERL_ENGINE_DEVICE"], env["VLLM_TARGET_DEVICE"]) == ("cpu", "cuda", "cpu")
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert env["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"] == "3600"  # a CPU model step may take minutes on a busy host
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")  # set by the job (--env): the job's value wins
     monkeypatch.setenv("VERL_USE_EXTERNAL_MODULES", "team.plugin")
     env = worker_env(cfg, compose(cfg))

@@ -14,6 +14,7 @@ CPU_PLATFORM_MODULE = "bridge_ray.platforms.cpu"
 VALUE_MODEL_MODULE = "bridge_ray.platforms.value_model"
 CPU_ROLLOUT_MODULE = "bridge_ray.platforms.cpu_rollout"
 KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
+STEP_TIMEOUT_ENV = "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"
 
 
 def external_modules(*modules: str, existing: str | None = None) -> str:
@@ -75,6 +76,10 @@ def cpu_ppo_env(kv_cache_gib: int, environ: dict[str, str] | None = None) -> dic
     - ``VLLM_TARGET_DEVICE=cpu``: vLLM's CPU platform, whatever else the host has;
     - ``VLLM_CPU_KVCACHE_SPACE``: the KV cache in GiB of host memory (vLLM CPU reads its
       ``gpu_memory_utilization`` as a share of all host RAM otherwise).
+    - ``VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS=3600``: how long vLLM's engine waits for one model
+      step before it declares its worker dead (default 300 s, sized for a GPU). On a shared CPU
+      machine one step of a batch can take minutes: beside two busy loops and another job, a
+      4-request prefill passed 300 s and the engine died mid-rollout (2-core VM, 2026-12-05).
 
     Args:
         kv_cache_gib: vLLM's KV cache size in GiB.
@@ -83,4 +88,5 @@ def cpu_ppo_env(kv_cache_gib: int, environ: dict[str, str] | None = None) -> dic
     environ, env = os.environ if environ is None else environ, cpu_env()
     modules = external_modules(*env[EXTERNAL_MODULES_ENV].split(","), CPU_ROLLOUT_MODULE,
                                existing=environ.get(EXTERNAL_MODULES_ENV))
-    return {**env, EXTERNAL_MODULES_ENV: modules, "VLLM_TARGET_DEVICE": "cpu", KV_CACHE_ENV: str(kv_cache_gib)}
+    return {**env, EXTERNAL_MODULES_ENV: modules, "VLLM_TARGET_DEVICE": "cpu", KV_CACHE_ENV: str(kv_cache_gib),
+            STEP_TIMEOUT_ENV: "3600"}
