@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli_watched
 from test_hub import FAKE_TOKEN, HubStandIn
 
 pytestmark = pytest.mark.integration
@@ -24,10 +24,13 @@ SHORT = ["pretrain.trainer.total_steps=6", "pretrain.trainer.save_freq=-1", "pre
 
 
 def submit(run_dir: Path, hub: HubStandIn, *extra: str):
-    return run_cli("submit", "recipes/text_to_chat.py", "--name", "ci", "--follow", "--verbose",
-                   "--env", f"HF_ENDPOINT={hub.url}",
-                   "--", f"run_dir={run_dir}", "hub_repo_id=me/tiny-chat", *SHORT, *extra,
-                   env={"HF_TOKEN": FAKE_TOKEN}, timeout=1500)  # a secret goes from the shell, in a 0600 file
+    # Stopped when silent for 900 s, not at a fixed time: beside two busy loops this job ran past 25 min
+    # while printing all along (2026-12-05).
+    return run_cli_watched("submit", "recipes/text_to_chat.py", "--name", "ci", "--follow", "--verbose",
+                           "--env", f"HF_ENDPOINT={hub.url}",
+                           "--", f"run_dir={run_dir}", "hub_repo_id=me/tiny-chat", *SHORT, *extra,
+                           env={"HF_TOKEN": FAKE_TOKEN},  # a secret goes from the shell, in a 0600 file
+                           quiet=900, limit=3600)
 
 
 def test_text_to_chat_end_to_end_then_skipped(local_cluster, tmp_path):
