@@ -32,7 +32,6 @@ import dataclasses
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import statistics
@@ -90,9 +89,9 @@ def timed_worker(steps_file: str, overrides: list[str]) -> None:
     trainer = SFTTrainer(config=config)
     if torch.distributed.get_rank() == 0:
         client, train_batch, out = trainer.training_client, trainer.training_client.train_batch, open(steps_file, "a")
-        from bridge_ray.sft.worker import thread_usage  # the same per-thread figures bridge-ray's steps carry
+        from bridge_ray.sft.worker import StepClock  # the same clocks bridge-ray's step rows use
 
-        last = [time.perf_counter(), trainer.resume_global_step, time.process_time(), thread_usage()]
+        clock, last = StepClock(), [trainer.resume_global_step]
         # BENCH_PROFILE=A-B: torch.profiler over steps A..B on rank 0; tables beside the steps file.
         span = os.environ.get("BENCH_PROFILE")
         first, final = (int(x) for x in span.split("-")) if span else (0, -1)
@@ -100,31 +99,26 @@ def timed_worker(steps_file: str, overrides: list[str]) -> None:
 
         def timed_train_batch(data, *args, **kwargs):
             entered = time.perf_counter()
-            if last[1] + 1 == first:
+            if last[0] + 1 == first:
                 prof[0] = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                              torch.profiler.ProfilerActivity.CUDA])
                 prof[0].start()
             output = train_batch(data, *args, **kwargs)
-            now, cpu, metrics = time.perf_counter(), time.process_time(), tu.get(output, "metrics")
-            thread = thread_usage()
-            thread_cpu, voluntary, involuntary = (a - b for a, b in zip(thread, last[3]))
-            last[1] += 1
-            if prof[0] is not None and last[1] == final:
+            lap, metrics = clock.lap(), tu.get(output, "metrics")
+            in_train_batch_s = time.perf_counter() - entered
+            last[0] += 1
+            if prof[0] is not None and last[0] == final:
                 prof[0].stop()
                 folder = Path(steps_file).parent
                 averages = prof[0].key_averages()
                 for key in ("self_cuda_time_total", "self_cpu_time_total", "cpu_time_total"):
                     (folder / f"profile_{key}.txt").write_text(averages.table(sort_by=key, row_limit=60))
                 prof[0] = None
-            out.write(json.dumps({"step": last[1], "tokens": int(sum(tu.get(data, "global_token_num"))),
-                                  "samples": len(tu.get(data, "global_token_num")), "step_time_s": now - last[0],
-                                  "in_train_batch_s": now - entered, "cpu_time_s": cpu - last[2],
-                                  "thread_cpu_time_s": thread_cpu,
-                                  "thread_switches": {"voluntary": voluntary, "involuntary": involuntary},
-                                  "loss": float(metrics["loss"]),
+            out.write(json.dumps({"step": last[0], "tokens": int(sum(tu.get(data, "global_token_num"))),
+                                  "samples": len(tu.get(data, "global_token_num")), **lap,
+                                  "in_train_batch_s": in_train_batch_s, "loss": float(metrics["loss"]),
                                   "peak_memory_gb": metrics.get("perf/max_memory_allocated_gb")}) + "\n")
             out.flush()
-            last[0], last[2], last[3] = now, cpu, thread
             return output
 
         client.train_batch = timed_train_batch

@@ -390,3 +390,23 @@ def test_step_rows_count_the_training_threads_own_cpu_not_the_other_threads():
     after = thread_usage()
     assert middle[0] - before[0] < 0.1 and after[0] - middle[0] >= 0.2
     assert middle[1] > before[1]  # join blocked this thread: a voluntary switch
+
+
+def test_a_step_clock_lap_is_the_time_since_the_last_lap_by_each_clock():
+    """``StepClock.lap`` (bridge-ray's step rows and the benchmark's torchrun side) measures from the
+    previous lap: a lap that burned CPU shows it; the lap after a wait shows wall time, little CPU."""
+    import threading
+
+    from bridge_ray.sft.worker import StepClock, thread_usage
+
+    clock = StepClock()
+    start = thread_usage()[0]
+    while thread_usage()[0] - start < 0.2:
+        pass
+    busy = clock.lap()
+    threading.Event().wait(0.2)
+    idle = clock.lap()
+    assert busy["thread_cpu_time_s"] >= 0.2 and busy["cpu_time_s"] >= 0.2
+    assert busy["step_time_s"] >= busy["thread_cpu_time_s"] - 0.01
+    assert idle["step_time_s"] >= 0.2 and idle["thread_cpu_time_s"] < 0.1
+    assert set(idle["thread_switches"]) == {"voluntary", "involuntary"} and idle["thread_switches"]["voluntary"] >= 1

@@ -173,8 +173,9 @@ def _stop_unreadable(name: str) -> None:
     tag = str(records.cluster_dir(name))
     # The tagged processes name the cluster's temp dir in their environment; with it the stop also
     # finds the renamed ones that hold its files open (``local.stop`` does the same from the record).
+    root = processes.private_root()
     temp_dirs = {d for d in (processes.env_value(p, processes.TEMP_DIR_ENV) for p in processes.find_pids(None, tag=tag))
-                 if d and Path(d).parent == processes.private_root()}
+                 if d and Path(d).parent == root}
 
     def find() -> list[int]:
         found = set(processes.find_pids(None, tag=tag))

@@ -275,7 +275,7 @@ def worker() -> int:
     return run_ray(node, cmd, node.temp_dir(slot), ports)
 
 
-def _joined(record: ClusterRecord, timeout_s: float = 5.0) -> tuple[set[str], float]:
+def _joined(record: ClusterRecord, timeout_s: float) -> tuple[set[str], float]:
     nodes = health.get_json(record, "/api/v0/nodes?detail=1&limit=10000", timeout_s=timeout_s)["data"]["result"]["result"]
     alive = [n for n in nodes if n["state"] == "ALIVE"]
     names = {(n.get("labels") or {}).get(NODE_LABEL) for n in alive} - {None}

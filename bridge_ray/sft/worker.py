@@ -33,6 +33,28 @@ def thread_usage() -> tuple[float, int, int]:
     return usage.ru_utime + usage.ru_stime, usage.ru_nvcsw, usage.ru_nivcsw
 
 
+class StepClock:
+    """Time between laps by the process's own clocks: wall, process CPU, this thread's CPU and switches.
+
+    ``lap()`` returns the figures of a step row since the last lap (or since construction);
+    bridge-ray's step rows and the benchmark's plain-torchrun side both take theirs from here."""
+
+    def __init__(self):
+        self.last = self._now()
+
+    @staticmethod
+    def _now() -> tuple[float, float, tuple[float, int, int]]:
+        return time.perf_counter(), time.process_time(), thread_usage()
+
+    def lap(self) -> dict:
+        now = self._now()
+        (wall, cpu, thread), (wall0, cpu0, thread0) = now, self.last
+        self.last = now
+        thread_cpu, voluntary, involuntary = (a - b for a, b in zip(thread, thread0))
+        return {"step_time_s": wall - wall0, "cpu_time_s": cpu - cpu0, "thread_cpu_time_s": thread_cpu,
+                "thread_switches": {"voluntary": voluntary, "involuntary": involuntary}}
+
+
 class StepHook:
     """Per-step records, walltime stops and a test-only kill switch, around verl's training client.
 
@@ -60,7 +82,7 @@ class StepHook:
         self.pending: dict | None = None
         self.val_losses: list[float] = []
         self.last_row: dict = {}
-        self.last_time, self.last_cpu, self.last_thread = time.perf_counter(), time.process_time(), thread_usage()
+        self.clock = StepClock()
 
     def install(self) -> None:
         """Wrap this trainer's ``train_batch``/``infer_batch`` (instance attributes, verl untouched)."""
@@ -85,21 +107,15 @@ class StepHook:
     def _record(self, data, output) -> None:
         from verl.utils import tensordict_utils as tu
 
-        now, cpu, thread = time.perf_counter(), time.process_time(), thread_usage()
+        lap = self.clock.lap()
         metrics = _metrics(output)
         lengths = tu.get(data, "global_token_num")
-        tokens = int(sum(lengths))
-        seconds, cpu_seconds = now - self.last_time, cpu - self.last_cpu
-        thread_cpu, voluntary, involuntary = (now_ - before for now_, before in zip(thread, self.last_thread))
-        self.last_thread = thread
-        self.last_time, self.last_cpu = now, cpu
+        tokens, seconds = int(sum(lengths)), lap["step_time_s"]
         self.step += 1
         self.pending = {
             "step": self.step, "total_steps": self.trainer.total_training_steps,
             "loss": float(metrics["loss"]), "lr": metrics.get("lr"), "grad_norm": metrics.get("grad_norm"),
-            "mfu": metrics.get("mfu"), "tokens": tokens, "samples": len(lengths), "step_time_s": seconds,
-            "cpu_time_s": cpu_seconds, "thread_cpu_time_s": thread_cpu,
-            "thread_switches": {"voluntary": voluntary, "involuntary": involuntary},
+            "mfu": metrics.get("mfu"), "tokens": tokens, "samples": len(lengths), **lap,
             "peak_memory_gb": metrics.get("perf/max_memory_allocated_gb"),
             "tokens_per_s": tokens / seconds, "tokens_per_s_per_worker": tokens / seconds / self.world_size,
         }

@@ -73,7 +73,12 @@ CONF
 up() {
   local mode=${1:-local} n=${2:-2}
   [ "$mode" = local ] || { log "only local mode is supported"; exit 2; }
-  [ -e "$STATE/slurmctld.pid" ] && { log "already up (run down first)"; exit 1; }
+  # A live slurmctld of this state dir is another run's SLURM: leave it alone. A pid file whose
+  # process is gone is what a killed run left behind: clean it up and start afresh.
+  if ours "$STATE/slurmctld.pid"; then
+    log "already up (pid $(cat "$STATE/slurmctld.pid")): another run's SLURM; run down first"; exit 1
+  fi
+  [ -e "$STATE/slurmctld.pid" ] && { log "a killed run's state found: cleaning it up"; down; }
   mkdir -p "$STATE"
   install_pkgs
   start_munge
@@ -95,10 +100,16 @@ up() {
   log "nodes not idle after 60 s"; sinfo -N -l || true; tail -n 20 /var/log/slurm/*.log >&2 || true; exit 1
 }
 
+ours() {  # $1 pid file: its process still runs and is the program it was written for (not a reused pid)
+  [ -s "$1" ] || return 1
+  local p prog; p=$(cat "$1"); prog=$(basename "$1" .pid); prog=${prog%%-*}
+  [ "$(cat "/proc/$p/comm" 2>/dev/null)" = "$prog" ]
+}
+
 stop_pid() {  # $1 pid file: TERM, then KILL after 10 s
   [ -s "$1" ] || return 0
   local p; p=$(cat "$1")
-  if kill -0 "$p" 2>/dev/null; then
+  if ours "$1"; then
     kill "$p"
     for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$p" 2>/dev/null || true
@@ -107,7 +118,7 @@ stop_pid() {  # $1 pid file: TERM, then KILL after 10 s
 }
 
 down() {
-  if [ -s "$STATE/slurmctld.pid" ] && kill -0 "$(cat "$STATE/slurmctld.pid")" 2>/dev/null; then
+  if ours "$STATE/slurmctld.pid"; then
     scancel --user="$(id -un)" 2>/dev/null || true   # slurmd kills the jobs' processes
     for _ in $(seq 40); do [ -z "$(squeue -h 2>/dev/null)" ] && break; sleep 0.5; done
   fi
