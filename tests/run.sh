@@ -14,9 +14,10 @@ else
 fi
 # A hard limit on the whole suite: a fault inside vLLM during weight sync hangs verl's driver
 # instead of failing it. Each PPO-on-CPU job is stopped when it goes silent (tests/test_ppo_cpu.py);
-# this one is the backstop, sized for a loaded machine (~18 min idle; with two busy loops beside it
-# the PPO jobs alone took over an hour). SIGINT first, so pytest still tears its clusters down.
-limit=${BRIDGE_RAY_TEST_TIMEOUT_S:-7200}
+# this one is the backstop, sized for a loaded machine: ~18 min idle; with two busy loops beside it
+# the suite took 1 h 51 min (the PPO file alone 83 min, one test cut short by its own limit), so 2 h
+# left no margin. SIGINT first, so pytest still tears its clusters down.
+limit=${BRIDGE_RAY_TEST_TIMEOUT_S:-10800}
 # Two pytest workers, each taking whole files (module-scoped clusters and the SLURM tier stay in one
 # process): many integration tests wait on Ray, SLURM or a network timeout more than they compute
 # (~40 % of the 2 cores idle in test_cluster + test_hardening alone), so two files overlap well.
