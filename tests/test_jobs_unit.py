@@ -326,3 +326,17 @@ def test_a_gcs_port_that_refuses_means_the_head_is_gone_and_a_silent_one_proves_
         asyncio.run(watch_then_close())
     finally:
         listening.close()
+
+
+def test_cluster_processes_start_workers_at_niceness_0_unless_the_user_chose_one(monkeypatch):
+    """Ray starts workers at nice 15 (``worker_niceness``): beside ordinary processes a nice-15 training
+    worker gets ~3 % of a core. ``ray start`` gets ``RAY_worker_niceness=0`` (local and SLURM nodes alike);
+    a value in the user's environment is theirs to keep. (The real effect: tests/test_cluster.py, test_slurm.py.)"""
+    from bridge_ray.cluster import processes
+
+    monkeypatch.delenv(processes.NICENESS_ENV, raising=False)
+    assert processes.child_env("tag")[processes.NICENESS_ENV] == "0"
+    assert processes.worker_niceness({}) == {"RAY_worker_niceness": "0"}
+    monkeypatch.setenv(processes.NICENESS_ENV, "5")
+    assert processes.child_env("tag")[processes.NICENESS_ENV] == "5"
+    assert processes.worker_niceness({"RAY_worker_niceness": "10"}) == {"RAY_worker_niceness": "10"}

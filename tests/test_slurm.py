@@ -118,6 +118,7 @@ def test_two_nodes_sft_one_cpu_worker_per_node(hello, tmp_path):
     assert sorted(marks.read_text().split()) == ["n1", "n1", "n2"]
     seen = _submit(hello, "two", "--show", "BRIDGE_RAY_SETUP_MARK")
     assert sorted(re.findall(r"BRIDGE_RAY_SETUP_MARK=(n\d)", seen)) == ["n1", "n2"], seen
+    assert re.findall(r", nice (\d+)\)", seen) == ["0", "0"], seen  # not Ray's default 15, on both nodes
     st = bridge_ray.status("two")
     alive = [n for n in st.nodes if n["state"] == "ALIVE"]
     assert sorted(n["labels"][slurm.slurm_node.NODE_LABEL] for n in alive) == ["n1", "n2"]

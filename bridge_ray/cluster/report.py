@@ -15,11 +15,12 @@ def _node_env(extra: tuple[str, ...]) -> dict:
 
     seen = {k: ("***" if is_secret(k) else v) for k, v in os.environ.items()
             if k.startswith(ENV_PREFIXES) or k in ENV_NAMES or k in extra}
-    return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "env": seen}
+    return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "env": seen,
+            "nice": os.nice(0)}
 
 
 def probe_nodes(extra_env: tuple[str, ...] | list[str] = ()) -> list[dict]:
-    """Run one task on each alive node; return what each saw (secrets redacted)."""
+    """Run one task on each alive node; return what each saw (secrets redacted) and its niceness."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -45,5 +46,5 @@ def cluster_report(extra_env: tuple[str, ...] | list[str] = ()) -> str:
             lines.append(f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]}): CPU {res.get('CPU', 0):g} GPU {res.get('GPU', 0):g}")
     for item in seen:
         env = " ".join(f"{k}={v}" for k, v in sorted(item["env"].items())) or "(no bridge-ray env vars)"
-        lines.append(f"task on {item['host']} ({item['node_id'][:8]}): {env}")
+        lines.append(f"task on {item['host']} ({item['node_id'][:8]}, nice {item['nice']}): {env}")
     return "\n".join(lines)

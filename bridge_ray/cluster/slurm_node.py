@@ -140,6 +140,7 @@ class Node:
                                   stdout=subprocess.PIPE).stdout.decode()
             env = dict(item.split("=", 1) for item in dump.split("\0") if "=" in item)
         env = {k: v for k, v in env.items() if k not in processes.FOREIGN_RAY_ENV}
+        env.update(processes.worker_niceness(env))
         env.update(walltime.slurm_env(self.job_id))
         env.update({env_name: str(ports[name]) for name, env_name in local.METRICS_PORT_ENV.items() if name in ports})
         env.update({
