@@ -20,6 +20,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Ray instances the tests start themselves (in-process ``ray.init``, the ``ray start`` of a registered
+# cluster) run their workers at nice 0, as bridge-ray's own clusters do (``processes.worker_niceness``):
+# at Ray's default 15 a worker gets ~3 % of a core beside any busy process, and those tests ran
+# 9-16x slower than idle on a loaded machine.
+os.environ.setdefault("RAY_worker_niceness", "0")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def bridge_home(tmp_path_factory) -> Path:
