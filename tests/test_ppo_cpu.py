@@ -165,18 +165,23 @@ def test_a_chain_rerun_skips_finished_stages(chain_run):
 
 REWARD_RECIPE = textwrap.dedent('''
     """PPO on CPU with this recipe's own reward. It scores one step (4 samples), then raises: one run
-    shows the reward used and a failing reward failing the job."""
-    import itertools
+    shows the reward used and a failing reward failing the job. The calls are counted in a file:
+    verl may score a step's samples in more than one process, each with its own module state (a
+    per-process counter let a loaded run's step 4 through)."""
     import sys
 
     from bridge_ray import ppo
 
-    CALLS = itertools.count()
+    CALLS_FILE = "{calls_file}"
 
 
     def reward(data_source, solution_str, ground_truth, extra_info=None):
-        if next(CALLS) >= 4:
-            raise ValueError("this reward fails on purpose after the first step")
+        with open(CALLS_FILE, "a+") as calls:
+            calls.write("x\\n")
+            calls.flush()
+            calls.seek(0)
+            if len(calls.read().split()) > 4:
+                raise ValueError("this reward fails on purpose after the first step")
         return 1.0 + 0.1 * sum(c.isdigit() for c in solution_str) / max(1, len(solution_str))
 
 
@@ -184,7 +189,7 @@ REWARD_RECIPE = textwrap.dedent('''
         ppo.main(ppo.ppo_tiny_cpu(output_dir=sys.argv[1]), sys.argv[2:], reward=reward)
 ''')
 RAISE_LINE = REWARD_RECIPE.splitlines().index(
-    '        raise ValueError("this reward fails on purpose after the first step")') + 1
+    '            raise ValueError("this reward fails on purpose after the first step")') + 1
 
 
 def test_resume_with_more_steps_and_a_failing_recipe_reward(ppo_run, tmp_path):
@@ -195,7 +200,7 @@ def test_resume_with_more_steps_and_a_failing_recipe_reward(ppo_run, tmp_path):
     run_dir, first = ppo_run
     assert first.returncode == 0
     recipe = tmp_path / "reward_recipe.py"
-    recipe.write_text(REWARD_RECIPE)
+    recipe.write_text(REWARD_RECIPE.replace("{calls_file}", str(tmp_path / "reward_calls")))
     out = submit(str(recipe), str(run_dir), "ppo.trainer.total_steps=4")
     assert out.returncode == 1, out.stdout[-4000:] + out.stderr[-2000:]
     assert f"[bridge-ray] resumed from step 2 ({run_dir / 'checkpoints' / 'global_step_2'})" in out.stdout
