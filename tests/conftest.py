@@ -18,13 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from bridge_ray.cluster.processes import worker_niceness
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Ray instances the tests start themselves (in-process ``ray.init``, the ``ray start`` of a registered
 # cluster) run their workers at nice 0, as bridge-ray's own clusters do (``processes.worker_niceness``):
 # at Ray's default 15 a worker gets ~3 % of a core beside any busy process, and those tests ran
 # 9-16x slower than idle on a loaded machine.
-os.environ.setdefault("RAY_worker_niceness", "0")
+os.environ.update(worker_niceness())  # a value already set is kept
 
 
 @pytest.fixture(scope="session", autouse=True)
