@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: bridge_ray from this checkout
+from bridge_ray.network.collective import bus_bandwidth_gbps  # noqa: E402  (the doctor's own definition)
 GPU_NBYTES, CPU_NBYTES = 1 << 30, 16 << 20  # the doctor's defaults (bridge_ray.network.doctor)
 GPU_ITERS, CPU_ITERS = 20, 5
 FIXED_ENV = {"NCCL_NVLS_ENABLE": "0"}
@@ -37,11 +39,6 @@ def exe(name: str) -> str:
     """A console script beside this interpreter (a venv), else on PATH."""
     beside = Path(sys.executable).parent / name
     return str(beside) if beside.exists() else (shutil.which(name) or name)
-
-
-def bus_bandwidth(nbytes: int, seconds: float, world: int) -> float | None:
-    """nccl-tests' all-reduce bus bandwidth in GB/s; None for one rank (no link is crossed)."""
-    return None if world == 1 else nbytes / seconds / 1e9 * 2 * (world - 1) / world
 
 
 def worker(result_file: str, backend: str, nbytes: int, iters: int) -> None:
@@ -112,7 +109,7 @@ def plain_side(args, env: dict, log: Path, run_dir: Path) -> dict:
     measured = json.loads(result.read_text())
     seconds, world = measured["seconds"], measured["world_size"]
     return {"world_size": world, "nbytes": nbytes, "seconds": seconds, "algbw_gbps": nbytes / seconds / 1e9,
-            "busbw_gbps": bus_bandwidth(nbytes, seconds, world)}
+            "busbw_gbps": bus_bandwidth_gbps(nbytes, seconds, world)}
 
 
 def summarize(rows: list[dict]) -> dict:

@@ -7,8 +7,8 @@
 #     sft=N[@PAIRS]     SFT at the fast default on N GPUs: bridge-ray vs `torchrun --nproc_per_node N`, alternating
 #                       pairs (default 0); needs `bash benchmarks/gpu/sft.sh OUT assets` first. Scaling
 #                       efficiency = tokens/s/GPU at N over that at 1 (run sft=1 in the same session).
-#     ppo-layout        the seed's PPO layout on every GPU of the host, 1B shape: batch 256 / mini 64 / micro 4,
-#                       rollout TP 1; plain main_ppo then bridge-ray (SUFFIX for repeats, alternate by hand)
+#     ppo-layout=SIDE   the seed's PPO layout on every GPU of the host, 1B shape: batch 256 / mini 64 / micro 4,
+#                       rollout TP 1; SIDE plain (main_ppo) or bridge, one per call (SUFFIX for repeats; alternate)
 #     tp2               GRPO through bridge-ray with ppo.rollout.tensor_parallel_size=2 (the run must step)
 #     nccl[=PAIRS]      `bridge-ray doctor` on every GPU beside a plain torch all-reduce (benchmarks/allreduce_busbw.py)
 #     summary           OUT/sft/summary.json, the PPO summary.md
@@ -32,16 +32,14 @@ for stage in "$@"; do
         --data /tmp/assets1b/data --gpus "$n" --steps "${STEPS:-16}" --skip "${SKIP:-4}" --variants default \
         --pairs "$pairs" --timeout "${RUN_TIMEOUT:-240}" > "$out/sft-$n.log" 2>&1
       echo "== $stage rc=$? $(( $(date +%s) - t0 )) s"; grep '^{"steps"\|"error"' "$out/sft-$n.log" | cut -c1-300 ;;
-    ppo-layout)
-      for side in ppo-plain ppo-bridge; do
-        GPUS=$gpus SHAPE=llama-3.2-1b STEPS=${STEPS:-6} RUN_TIMEOUT=${RUN_TIMEOUT:-540} \
-          SET="ppo.data.train_batch_size=256 ppo.actor.mini_batch_size=64 ppo.actor.micro_batch_size_per_gpu=4 ppo.rollout.tensor_parallel_size=1" \
-          SUFFIX=_layout${SUFFIX:-} bash benchmarks/gpu_ppo.sh "$out/ppo" $([ -d /tmp/bridge-ray-ppo-bench/out ] || echo assets) "$side"
-      done
+    ppo-layout=plain|ppo-layout=bridge)  # gpu_ppo.sh builds (or reuses) the assets itself; `assets` records versions
+      GPUS=$gpus SHAPE=llama-3.2-1b STEPS=${STEPS:-6} RUN_TIMEOUT=${RUN_TIMEOUT:-540} \
+        SET="ppo.data.train_batch_size=256 ppo.actor.mini_batch_size=64 ppo.actor.micro_batch_size_per_gpu=4 ppo.rollout.tensor_parallel_size=1" \
+        SUFFIX=_layout${SUFFIX:-} bash benchmarks/gpu_ppo.sh "$out/ppo" assets "ppo-${stage#ppo-layout=}"
       echo "== $stage $(( $(date +%s) - t0 )) s" ;;
     tp2)
       GPUS=$gpus STEPS=${STEPS:-4} RUN_TIMEOUT=${RUN_TIMEOUT:-540} SET="ppo.rollout.tensor_parallel_size=2" SUFFIX=_tp2 \
-        bash benchmarks/gpu_ppo.sh "$out/ppo" $([ -d /tmp/bridge-ray-ppo-bench/out ] || echo assets) grpo-bridge
+        bash benchmarks/gpu_ppo.sh "$out/ppo" assets grpo-bridge
       echo "== $stage $(( $(date +%s) - t0 )) s" ;;
     nccl|nccl=*)
       pairs=3; [ "$stage" = nccl ] || pairs=${stage#nccl=}
@@ -51,6 +49,6 @@ for stage in "$@"; do
     summary)
       for d in "$out"/sft-*/; do [ -d "$d" ] && python3 benchmarks/sft_throughput.py --out "$d" --summary | tail -n 4; done
       [ -d "$out/ppo" ] && bash benchmarks/gpu_ppo.sh "$out/ppo" summary ;;
-    *) echo "unknown stage $stage: use sft=N[@PAIRS] ppo-layout tp2 nccl[=PAIRS] summary" >&2; exit 2 ;;
+    *) echo "unknown stage $stage: use sft=N[@PAIRS] ppo-layout=plain|bridge tp2 nccl[=PAIRS] summary" >&2; exit 2 ;;
   esac
 done

@@ -66,6 +66,11 @@ class AllReduceRank:
             return {"ok": False, "error": traceback.format_exc()[-800:]}
 
 
+def bus_bandwidth_gbps(nbytes: int, seconds: float, world: int) -> float | None:
+    """nccl-tests' all-reduce bus bandwidth in GB/s; None for one rank (nothing crosses a link)."""
+    return None if world == 1 else nbytes / seconds / 1e9 * 2 * (world - 1) / world
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         import torch

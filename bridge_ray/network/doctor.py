@@ -163,7 +163,7 @@ def _measured(name: str, nbytes: int, results: list[dict]) -> tuple[Check, dict]
     if world == 1:  # nothing crossed a link: nccl-tests' bus bandwidth is 0 by definition
         return Check(name, PASS, f"1 rank, {nbytes >> 20} MiB in {seconds * 1e3:.2f} ms "
                                  f"(no link to measure with one rank); {info['transport']}"), info
-    info["busbw_gbps"] = algbw * 2 * (world - 1) / world
+    info["busbw_gbps"] = collective.bus_bandwidth_gbps(nbytes, seconds, world)
     return Check(name, PASS, f"{world} ranks, {nbytes >> 20} MiB in {seconds * 1e3:.1f} ms: bus bandwidth "
                              f"{info['busbw_gbps']:.2f} GB/s; {info['transport']}"), info
 
