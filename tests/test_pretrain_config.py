@@ -41,17 +41,16 @@ def test_presets_compose_against_verls_config(preset, tmp_path):
     precision = config.engine.get("mixed_precision")
     assert (dict(precision) if precision else None) == ({"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
                                                         if preset == "pretrain_tiny_cpu" else None)
-    assert config.model.use_fused_kernels is (preset != "pretrain_tiny_cpu")
+    assert config.model.use_fused_kernels is False and config.model.fused_kernel_options.impl_backend == "torch"
 
 
 def test_bad_values_are_listed_together(tmp_path):
     cfg = tiny(tmp_path, "model.shape=huge", "data.global_batch_size=6", "optim.warmup_steps=20",
-               "model.fused_kernels=true", "trainer.output_dir=run")
+               "trainer.output_dir=run")
     with pytest.raises(ConfigError) as err:
         pretrain.validate(cfg)
     assert err.value.problems == [
         "pretrain.model.shape='huge' is not known: choose from tiny, 0.1b, 1b",
-        "pretrain.model.fused_kernels=true needs GPU workers (Triton): set it false on CPU",
         "pretrain.data.global_batch_size=6 must split into workers.num_workers=2 equal shares, each a multiple of "
         "data.micro_batch_size_per_worker=4",
         "pretrain.trainer.output_dir='run' must be an absolute path (relative paths land in Ray's unpacked working_dir)",
@@ -111,3 +110,30 @@ def test_recipe_dry_run_and_bad_override(tmp_path):
     bad = subprocess.run([sys.executable, "recipes/pretrain.py", "pretrain.data.seq_len=4", "preset=pretrain_tiny_cpu"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert (bad.returncode, bad.stderr) == (2, "error: pretrain.data.seq_len=4 must be >= 8\n")
+
+
+def test_fused_log_probs_keep_the_batch_shape_of_fixed_length_sequences(tmp_path):
+    """``pretrain.model.fused_kernels`` hands verl the torch backend: for an unpacked (batch, sequence)
+    input its log-probs stay (batch, sequence), which verl's ``prepare_model_outputs`` indexes. verl
+    0.9.1's Triton backend flattens them (found on an H200); Triton has no CPU kernel, so that side is
+    pinned through the override bridge-ray writes, not run here."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from verl.models.transformers.monkey_patch import patch_forward_with_backends
+
+    torch.manual_seed(0)
+    model_cls = type("PatchedLlama", (LlamaForCausalLM,), {})  # verl patches the class: keep it private
+    model = model_cls(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32))
+    patch_forward_with_backends(model, use_fused_kernels=True, fused_kernels_backend="torch")
+    ids = torch.randint(0, 64, (3, 16))
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), return_dict=True)
+    assert out.log_probs.shape == (3, 16)
+    reference = torch.log_softmax(LlamaForCausalLM.forward(model, input_ids=ids).logits.float(), -1)
+    rolled = torch.roll(ids, shifts=-1, dims=-1)
+    expected = reference.gather(-1, rolled.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(out.log_probs.float(), expected, atol=1e-4)
+
+    cfg = tiny(tmp_path, "model.fused_kernels=true")
+    overrides = pretrain.to_verl_overrides(cfg, [str(tmp_path / "a.bin")])
+    assert "model.use_fused_kernels=True" in overrides and "model.fused_kernel_options.impl_backend=torch" in overrides

@@ -33,8 +33,12 @@ class ModelConfig:
     """The model: a named shape (``bridge_ray.pretrain.model.SHAPES``) and the tokenizer it uses.
 
     ``dtype`` is FSDP's compute dtype (master weights stay fp32): bfloat16 on GPUs, float32 on CPU.
-    ``fused_kernels`` turns on verl's Triton log-prob kernels (GPU only); without them verl computes
-    log-probs token by token in Python, which a long sequence pays for on every step.
+    ``fused_kernels`` computes the log-probs from the hidden states in chunks (verl's torch backend), so
+    the (batch, sequence, vocabulary) logits are never held whole: less memory for a little more compute
+    (the output layer runs again in the backward pass). Off, verl builds the logits and takes a log-softmax
+    a row at a time: one call per sequence of the micro batch, not per token. verl 0.9.1's Triton backend
+    is not used: for fixed-length (unpacked) batches it returns the log-probs flattened and the step dies
+    in ``prepare_model_outputs`` (IndexError; seen on an H200).
     """
 
     shape: str = "tiny"
@@ -120,7 +124,7 @@ def pretrain_tiny_cpu(tokenizer_path: str, train_files, val_files, output_dir: s
 def pretrain_0p1b(tokenizer_path: str, train_files, output_dir: str, num_gpus: int = 1) -> PretrainConfig:
     """The older workflow's 0.125B on GPUs: 12 x 768, sequence 2048, 0.5M tokens a step, lr 6e-4."""
     return PretrainConfig(
-        model=ModelConfig(shape="0.1b", tokenizer_path=tokenizer_path, fused_kernels=True),
+        model=ModelConfig(shape="0.1b", tokenizer_path=tokenizer_path),
         data=DataConfig(train_files=tuple(train_files), seq_len=2048, global_batch_size=256,
                         micro_batch_size_per_worker=16, num_loader_workers=2, tokenize_cpus=4),
         optim=OptimConfig(lr=6e-4, warmup_steps=375),
@@ -132,7 +136,7 @@ def pretrain_0p1b(tokenizer_path: str, train_files, output_dir: str, num_gpus: i
 def pretrain_1b(tokenizer_path: str, train_files, output_dir: str, num_gpus: int = 8) -> PretrainConfig:
     """The 1B shape (Llama-3.2-1B layers) on GPUs: sequence 2048, 1M tokens a step, lr 3e-4."""
     return PretrainConfig(
-        model=ModelConfig(shape="1b", tokenizer_path=tokenizer_path, fused_kernels=True),
+        model=ModelConfig(shape="1b", tokenizer_path=tokenizer_path),
         data=DataConfig(train_files=tuple(train_files), seq_len=2048, global_batch_size=512,
                         micro_batch_size_per_worker=8, num_loader_workers=2, tokenize_cpus=4),
         optim=OptimConfig(lr=3e-4, warmup_steps=2000),
@@ -170,7 +174,7 @@ def _batch_problems(data: DataConfig, workers: WorkersConfig) -> list[str]:
     return []
 
 
-def _model_problems(model: ModelConfig, workers: WorkersConfig) -> list[str]:
+def _model_problems(model: ModelConfig) -> list[str]:
     from bridge_ray.pretrain.model import SHAPES
 
     problems = [] if model.shape in SHAPES else [
@@ -178,8 +182,6 @@ def _model_problems(model: ModelConfig, workers: WorkersConfig) -> list[str]:
     if not model.tokenizer_path or not os.path.isabs(model.tokenizer_path):
         problems.append(f"pretrain.model.tokenizer_path={model.tokenizer_path!r} must be an absolute tokenizer "
                         "folder (train one with recipes/train_tokenizer.py)")
-    if model.fused_kernels and not workers.use_gpu:
-        problems.append("pretrain.model.fused_kernels=true needs GPU workers (Triton): set it false on CPU")
     return problems
 
 
@@ -224,7 +226,7 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
     Raises:
         ConfigError: listing every problem found, each with its fix.
     """
-    problems = (_model_problems(cfg.model, cfg.workers) + _data_problems(cfg.data)
+    problems = (_model_problems(cfg.model) + _data_problems(cfg.data)
                 + _batch_problems(cfg.data, cfg.workers) + _trainer_problems(cfg.trainer, cfg.optim))
     if problems:
         raise ConfigError(problems)
@@ -271,7 +273,7 @@ def to_verl_overrides(cfg: PretrainConfig, train_shards, val_shards=(), total_ep
         f"model.enable_gradient_checkpointing={model.gradient_checkpointing}",
         f"+model.override_config.attn_implementation={model.attn_implementation}",
         f"model.use_fused_kernels={model.fused_kernels}",
-        f"model.fused_kernel_options.impl_backend={'triton' if model.fused_kernels else 'torch'}",
+        "model.fused_kernel_options.impl_backend=torch",
         f"data.train_files={_hydra_list(train_shards)}",
         f"data.val_files={_hydra_list(val_shards) if val_shards else 'null'}",
         f"data.custom_cls.path={DATASET_MODULE}",
