@@ -8,11 +8,13 @@
 #     parity                   pytest -m gpu tests/test_sft_fast_path.py on those assets: the real varlen
 #                              kernel vs sdpa, the probe, the fast default vs the seed's losses
 #                              (OUT/sft_loss_parity.json; ~4 min)
+#     warmup                   one unrecorded torchrun run of the default (OUT/warmup): fills the host's Triton
+#                              cache, so the first recorded run does not pay the kernel builds (~1 min)
 #     pairs=VARIANTS@PAIRS     benchmarks/sft_throughput.py: bridge-ray vs torchrun, alternating, e.g.
 #                              pairs=seed,default@0 (one pair of each: ~6 min), pairs=default@1-2
 #     summary                  OUT/sft/summary.json + a table, from every run so far
 #
-# A 1-GPU plan within 10-minute calls: (1) install + assets + parity, (2) pairs=seed,default@0,
+# A 1-GPU plan within 10-minute calls: (1) install + assets + warmup + parity, (2) pairs=seed,default@0,
 # (3) pairs=seed,default@1, (4) pairs=seed,default@2 summary. Other variants: see VARIANTS in
 # benchmarks/sft_throughput.py (fused, liger, liger_fused, sdpa_packed, tokens32k, loader2, gbs256).
 # Env: GPUS (1), STEPS (16), SKIP (3), RUN_TIMEOUT per run (240 s).
@@ -32,6 +34,11 @@ for stage in "$@"; do
       BRIDGE_RAY_TEST_ASSETS=$assets BRIDGE_RAY_TEST_RESULTS="$out" timeout 420 python3 -m pytest -m gpu -q -s \
         tests/test_sft_fast_path.py > "$out/parity.log" 2>&1
       echo "== parity rc=$? $(( $(date +%s) - t0 )) s"; tail -n 3 "$out/parity.log" ;;
+    warmup)
+      timeout 300 python3 benchmarks/sft_throughput.py --out "$out/warmup" --model $assets/model --data $assets/data \
+        --gpus "${GPUS:-1}" --steps "${STEPS:-16}" --skip "${SKIP:-3}" --variants default --pairs 0 --sides torchrun \
+        --timeout 280 > "$out/warmup.log" 2>&1
+      echo "== warmup rc=$? $(( $(date +%s) - t0 )) s" ;;
     pairs=*)
       spec=${stage#pairs=}
       timeout 570 python3 benchmarks/sft_throughput.py --out "$out/sft" --model $assets/model --data $assets/data \
