@@ -1,11 +1,12 @@
 """PPO and GRPO taking real steps on CPU: real Ray, real verl ``main_ppo``, real vLLM (its CPU build).
 
-    .venv/bin/python -m pytest tests/test_ppo_cpu.py -q      # ~8 min on an idle 2-core machine
+    .venv/bin/python -m pytest tests/test_ppo_cpu.py -q      # ~12 min on an idle 2-core machine
 
-Four jobs, each a real run: PPO with a critic (then its record and ``export``),
+Six jobs, each a real run: PPO with a critic (then its record and ``export``),
 ``sft_then_ppo.py --tiny`` (SFT -> merge -> GRPO, the GRPO checks read it) and its rerun (stages
-skipped), and the PPO run resubmitted with more steps through a recipe whose own reward fails after
-one step (resume and the recipe's reward, one start-up).
+skipped), the PPO run resubmitted with more steps through a recipe whose own reward fails after
+one step (resume and the recipe's reward, one start-up), and a PPO run stopped mid-run with
+``bridge-ray stop``, then submitted again (it resumes from its newest checkpoint).
 
 One local Ray head with 4 logical CPUs (what a CPU run needs: 1 training rank + 3) runs every
 job, one after another: a run holds ~6-8 GB of host memory. The tiny model and synthetic data
@@ -214,3 +215,66 @@ def test_resume_with_more_steps_and_a_failing_recipe_reward(ppo_run, tmp_path):
     assert re.search(rf'File "\S+/reward_recipe\.py", line {RAISE_LINE}, in reward', shown)  # the job's copy
     assert "ValueError: this reward fails on purpose after the first step" in shown
     assert "Job entrypoint command failed with exit code 1" in out.stderr
+
+
+def _run_processes(run_dir) -> list[str]:
+    """Processes whose environment names ``run_dir`` (verl's workers, vLLM's engine: the job's
+    runtime env points verl's file logger into the run folder), as ``PID NAME``."""
+    found = []
+    for proc in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{proc}/environ", "rb") as env, open(f"/proc/{proc}/cmdline", "rb") as cmd:
+                if str(run_dir).encode() in env.read():
+                    name = cmd.read().split(b"\0")[0].decode(errors="replace")
+                    found.append(f"{proc} {name}")
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
+def _wait_for(what: str, ready, limit_s: float, job=None):
+    """Poll ``ready()`` until it returns something truthy; fail naming ``what`` (and the job's state)."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        value = ready()
+        if value:
+            return value
+        if job is not None and job.status() not in ("PENDING", "RUNNING"):
+            pytest.fail(f"job {job.submission_id} ended ({job.status()}) before {what}:\n{job.logs()[-3000:]}")
+        time.sleep(0.5)
+    pytest.fail(f"no {what} within {limit_s:.0f} s")
+
+
+def test_stop_mid_run_then_submit_again_resumes_from_the_last_checkpoint(cpu_cluster, tmp_path):
+    """``bridge-ray stop`` while PPO trains (a checkpoint every step), then the same run submitted
+    again: no process of the stopped run is left (on a GPU, a vLLM engine left behind would keep the
+    card's memory from the next run), the run record says STOPPED, and the new submission resumes from
+    the newest complete checkpoint with its step numbers carrying on."""
+    import bridge_ray
+
+    run_dir = tmp_path / "run"
+    args = ("preset=ppo_tiny_cpu", f"ppo.trainer.output_dir={run_dir}", "ppo.trainer.save_freq=1")
+    submitted = run_cli("submit", "recipes/ppo_gsm8k.py", "--name", CLUSTER, "--exclude", ".gpu", "--exclude", ".gl",
+                        "--", *args, "ppo.trainer.total_steps=100", timeout=600)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job = bridge_ray.Job(re.search(r"submitted (\S+)", submitted.stdout).group(1), CLUSTER)
+    tracker = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
+    saved = lambda: tracker.is_file() and tracker.read_text().strip().isdigit() and int(tracker.read_text()) >= 2
+    _wait_for("checkpoint of step 2", saved, RUN_TIMEOUT_S, job)
+    _wait_for("verl/vLLM process of the run", lambda: _run_processes(run_dir), 60)
+    stopped = run_cli("stop", job.submission_id, "--name", CLUSTER)
+    assert stopped.returncode == 0 and "stop requested" in stopped.stdout, stopped.stdout + stopped.stderr
+    _wait_for("STOPPED status", lambda: job.status() == "STOPPED", 300)
+    _wait_for("end of the stopped run's processes", lambda: not _run_processes(run_dir), 120)
+    assert bridge_ray.load_run(job.submission_id, refresh=True).status == "STOPPED"
+
+    last = int(tracker.read_text())
+    assert last < 100 and (run_dir / "checkpoints" / f"global_step_{last}").is_dir()
+    again = submit("recipes/ppo_gsm8k.py", *args, f"ppo.trainer.total_steps={last + 1}")
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
+    assert f"[bridge-ray] resumed from step {last} ({run_dir / 'checkpoints' / f'global_step_{last}'})" in again.stdout
+    assert sorted(steps(again.stdout)) == [last + 1]
+    assert max(metrics(run_dir)) == last + 1
+    assert_merged_actor_generates(run_dir, last + 1)

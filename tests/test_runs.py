@@ -173,6 +173,22 @@ def test_job_side_records_packages_outputs_and_wandb(home, monkeypatch, capsys, 
     assert "W&B is offline" in capsys.readouterr().out
 
 
+def test_a_stopped_ppo_run_shows_the_last_step_verl_logged(home, monkeypatch, tmp_path):
+    """A PPO job stopped mid-run never reaches the end that writes its last step into the record:
+    the record shows the last row of verl's metrics.jsonl (a half-written last line is left out)."""
+    folder = _started(home)
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    monkeypatch.setenv(runs.RUN_DIR_ENV, str(folder))
+    runs.record_job(output_dir)
+    (output_dir / "metrics.jsonl").write_text('{"step": 1, "data": {"critic/score/mean": 0.1}}\n'
+                                              '{"step": 2, "data": {"critic/score/mean": 0.3}}\n{"step": 3, "da')
+    run = runs.finish_run("r-1", "STOPPED")
+    assert (run.status, run.last_step, run.metrics) == ("STOPPED", 2, {"step": 2, "critic/score/mean": 0.3})
+    runs.update_run(last_step=5, metrics={"step": 5})  # what a run that ends by itself records wins
+    assert runs.load_run("r-1").last_step == 5
+
+
 def test_load_and_list_runs(home):
     _started(home, "sft-a-1")
     _started(home, "sft-b-1")

@@ -42,6 +42,7 @@ from bridge_ray.cluster import records
 from bridge_ray.errors import RunNotFound, RunRecordBroken
 from bridge_ray.jobs import credentials, runtime_env, tracking
 from bridge_ray.jobs.runtime_env import SubmitPlan
+from bridge_ray.runs.curves import METRICS_FILE, read_metrics
 
 RUN_DIR_ENV = "BRIDGE_RAY_RUN_DIR"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -346,12 +347,20 @@ def _last_row(steps_file: Path | None) -> dict | None:
         return None
 
 
+def _last_verl_row(metrics_file: Path | None) -> dict | None:
+    """The last step verl's file logger wrote (PPO/GRPO): where a stopped or killed run got to (a run
+    that ends by itself puts its last step in the record)."""
+    rows = read_metrics(metrics_file) if metrics_file else []
+    return {"step": rows[-1]["step"], **rows[-1].get("data", {})} if rows else None
+
+
 def _with_outputs(run: RunRecord) -> RunRecord:
     """``run`` with config, last step, metrics and W&B read from its folder (and output dir)."""
     folders = [Path(run.run_dir)] + ([Path(run.output_dir)] if run.output_dir else [])
     run.config = run.config or _read_json(_first(folders, "config.json"))
     metrics = _read_json(_first(folders, "metrics.json")) or {}
-    final = metrics.get("final") or (metrics.get("history") or [None])[-1] or _last_row(_first(folders, "steps.jsonl"))
+    final = (metrics.get("final") or (metrics.get("history") or [None])[-1] or _last_row(_first(folders, "steps.jsonl"))
+             or (None if run.last_step is not None else _last_verl_row(_first(folders, METRICS_FILE))))
     if final:
         run.metrics = {k: v for k, v in final.items() if isinstance(v, (int, float, str, type(None)))}
         run.last_step = final.get("step", run.last_step)
