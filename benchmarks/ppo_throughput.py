@@ -341,7 +341,7 @@ class StepWatch:
         self._cpu(int(m.group(1)), t)
         if self.stop_after and self.stopped_at is None and int(m.group(1)) >= self.stop_after:
             self.stopped_at = int(m.group(1))
-            subprocess.run(self.stop_cmd, env=self.env, cwd=REPO, timeout=120, check=False)
+            subprocess.run(self.stop_cmd, env=self.env, cwd=REPO, timeout=240, check=False)  # waits for the end
 
 
 # ---- the two sides -------------------------------------------------------------------------------
@@ -409,6 +409,19 @@ def _bridge_summary(lines: list[tuple[float, str]], cfg) -> dict:
             "merged_hf_actor": merged[0] if merged else None, "phases_s": phases(lines), **summarize(steps, cfg)}
 
 
+def gpu_processes_gone(limit_s: float) -> float | None:
+    """Seconds until no process holds a GPU (nvidia-smi's compute apps), or None past ``limit_s``:
+    what a resubmission after ``bridge-ray stop`` would otherwise find still holding the card."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=False) if shutil.which("nvidia-smi") else None
+        if out is None or (out.returncode == 0 and not out.stdout.strip()):
+            return round(time.monotonic() - t0, 1)
+        time.sleep(0.5)
+    return None
+
+
 def run_bridge(algo: str, cfg, args: argparse.Namespace, tag: str) -> dict:
     """One bridge-ray run: up, submit --follow, down.
 
@@ -433,7 +446,8 @@ def run_bridge(algo: str, cfg, args: argparse.Namespace, tag: str) -> dict:
     rc, lines = stamped_run(cmds["submit"], log, env, timeout_s, on_line=watch) if rc_up == 0 else (rc_up, [])
     extra = {}
     if watch.stopped_at is not None:
-        extra = {"stopped": {"rc": rc, "after_step": watch.stopped_at, **_bridge_summary(lines, cfg)}}
+        extra = {"stopped": {"rc": rc, "after_step": watch.stopped_at, **_bridge_summary(lines, cfg),
+                             "gpu_processes_gone_after_s": gpu_processes_gone(120)}}
         again = bridge_commands(algo, recipe_args(PRESETS[algo](), cfg), cfg.trainer.gpus_per_node, sub_id + "-again")
         rc, lines = stamped_run(again["submit"], log, env, timeout_s)
     wall = time.time() - t0

@@ -82,6 +82,17 @@ def test_bad_cluster_name():
         records.check_name("a b")
 
 
+def test_a_negative_stop_wait_is_refused_before_any_cluster_is_asked():
+    from click.testing import CliRunner
+
+    from bridge_ray.cli import cli
+
+    result = CliRunner().invoke(cli, ["stop", "some-job", "--name", "no-such-cluster", "--wait", "-1"])
+    assert result.exit_code == 2
+    assert "Error: Invalid value for '--wait': -1.0 is not in the range x>=0." in result.output
+    assert "Traceback" not in result.output and "no-such-cluster" not in result.output
+
+
 @dataclasses.dataclass(frozen=True)
 class _Inner:
     lr: float = 1e-5

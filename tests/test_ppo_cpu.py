@@ -264,11 +264,12 @@ def test_stop_mid_run_then_submit_again_resumes_from_the_last_checkpoint(cpu_clu
     saved = lambda: tracker.is_file() and tracker.read_text().strip().isdigit() and int(tracker.read_text()) >= 2
     _wait_for("checkpoint of step 2", saved, RUN_TIMEOUT_S, job)
     _wait_for("verl/vLLM process of the run", lambda: _run_processes(run_dir), 60)
-    stopped = run_cli("stop", job.submission_id, "--name", CLUSTER)
-    assert stopped.returncode == 0 and "stop requested" in stopped.stdout, stopped.stdout + stopped.stderr
-    _wait_for("STOPPED status", lambda: job.status() == "STOPPED", 300)
+    stopped = run_cli("stop", job.submission_id, "--name", CLUSTER, "--wait", "300", timeout=400)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert stopped.stdout.splitlines()[-1] == f"{job.submission_id}: STOPPED" and job.status() == "STOPPED"
     _wait_for("end of the stopped run's processes", lambda: not _run_processes(run_dir), 120)
-    assert bridge_ray.load_run(job.submission_id, refresh=True).status == "STOPPED"
+    record = bridge_ray.load_run(job.submission_id)  # `stop` wrote the end into the record
+    assert record.status == "STOPPED" and record.last_step >= 2
 
     last = int(tracker.read_text())
     assert last < 100 and (run_dir / "checkpoints" / f"global_step_{last}").is_dir()

@@ -132,10 +132,21 @@ def logs_command(submission_id, name, follow, everything):
 @click.command("stop")
 @click.argument("submission_id")
 @name_option
-def stop_command(submission_id, name):
-    """Stop a running job."""
-    stopped = lib.Job(submission_id, name).stop()
-    click.echo(f"{submission_id}: {'stop requested' if stopped else 'already finished'}")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=120, show_default=True,
+              help="Seconds to wait for the job to end (0: return once the stop is asked for).")
+def stop_command(submission_id, name, wait_s):
+    """Stop a running job and wait until it has ended (its run record then says so)."""
+    job = lib.Job(submission_id, name)
+    if not job.stop():
+        click.echo(f"{submission_id}: already finished")
+        return
+    click.echo(f"{submission_id}: stop requested")
+    state = job.stopped(wait_s) if wait_s else None
+    if state in lib.TERMINAL:
+        click.echo(f"{submission_id}: {state}")
+    elif wait_s:
+        click.echo(f"{submission_id}: still {state} after {wait_s:g} s; `bridge-ray status {submission_id}"
+                   f"{_flag(name)}` shows when it has ended")
 
 
 @click.command("list")

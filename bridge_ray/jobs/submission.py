@@ -223,6 +223,20 @@ class Job:
         record, c = self._session(f"stopping job {self.submission_id}")
         return _call(record, f"stopping job {self.submission_id}", c.stop_job, self.submission_id)
 
+    def stopped(self, timeout_s: float, poll_s: float = 0.2) -> str:
+        """After ``stop``: wait up to ``timeout_s`` for the job to end; record its end and return its
+        state (STOPPED, or how it ended first), or the state it is still in."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            info = self.info()
+            state = str(info.status.value)
+            if state in TERMINAL:
+                self.record_end(info)
+                return state
+            if time.monotonic() > deadline:
+                return state
+            time.sleep(poll_s)
+
 
 def refresh_run(run: runs.RunRecord) -> runs.RunRecord:
     """Ask the cluster about a run not seen ending; record its end if it has ended."""
