@@ -23,5 +23,5 @@ from bridge_ray.jobs.submission import (
     submit,
 )
 
-__all__ = ["Job", "LOG_TAIL_LINES", "SubmitPlan", "TERMINAL", "check_recipe", "list_jobs", "list_runs", "load_run", "plan",
-           "refresh_run", "submit"]
+__all__ = ["Job", "LOG_TAIL_LINES", "SubmitPlan", "TERMINAL", "check_recipe", "list_jobs", "list_runs", "load_run",
+           "plan", "refresh_run", "submit"]

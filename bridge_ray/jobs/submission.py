@@ -190,15 +190,10 @@ class Job:
             poll_s: seconds between polls.
             streamed: the caller already showed the log: JobFailed then carries no tail.
         """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            info = self.info()
-            state = str(info.status.value)
-            if state in TERMINAL:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                return state
-            time.sleep(poll_s)
+        info = self._polled(timeout_s, poll_s)
+        state = str(info.status.value)
+        if state not in TERMINAL:
+            return state
         logs = self.logs()
         run = self.record_end(info, logs)
         if state != "SUCCEEDED":
@@ -226,15 +221,18 @@ class Job:
     def stopped(self, timeout_s: float, poll_s: float = 0.2) -> str:
         """After ``stop``: wait up to ``timeout_s`` for the job to end; record its end and return its
         state (STOPPED, or how it ended first), or the state it is still in."""
-        deadline = time.monotonic() + timeout_s
+        info = self._polled(timeout_s, poll_s)
+        if str(info.status.value) in TERMINAL:
+            self.record_end(info)
+        return str(info.status.value)
+
+    def _polled(self, timeout_s: float | None, poll_s: float):
+        """The job's details once it has ended, or as they are after ``timeout_s`` (None: no limit)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             info = self.info()
-            state = str(info.status.value)
-            if state in TERMINAL:
-                self.record_end(info)
-                return state
-            if time.monotonic() > deadline:
-                return state
+            if str(info.status.value) in TERMINAL or (deadline is not None and time.monotonic() > deadline):
+                return info
             time.sleep(poll_s)
 
 
