@@ -55,7 +55,7 @@ from bridge_ray.ppo.config import (
 )
 from bridge_ray.recipe import recipe_main
 from bridge_ray.runs import lifecycle
-from bridge_ray.runs.curves import METRICS_FILE, read_metrics
+from bridge_ray.runs.curves import METRICS_FILE, read_metrics, step_rows
 
 FLASHINFER_SAMPLER_ENV = "VLLM_USE_FLASHINFER_SAMPLER"
 METRICS_FILE_ENV = "VERL_FILE_LOGGER_PATH"
@@ -110,8 +110,8 @@ def record_last_step(cfg: PPOConfig) -> dict | None:
     Returns:
         ``{"step": N, ...metrics}``, or None when verl logged no step to the file logger.
     """
-    rows = read_metrics(metrics_file(cfg))
-    return lifecycle.record_metrics({"step": rows[-1]["step"], **rows[-1]["data"]} if rows else None)
+    rows = step_rows(metrics_file(cfg))
+    return lifecycle.record_metrics(rows[-1] if rows else None)
 
 
 def worker_env(cfg: PPOConfig, config) -> dict[str, str]:

@@ -42,7 +42,7 @@ from bridge_ray.cluster import records
 from bridge_ray.errors import RunNotFound, RunRecordBroken
 from bridge_ray.jobs import credentials, runtime_env, tracking
 from bridge_ray.jobs.runtime_env import SubmitPlan
-from bridge_ray.runs.curves import METRICS_FILE, read_metrics
+from bridge_ray.runs.curves import METRICS_FILE, step_rows
 
 RUN_DIR_ENV = "BRIDGE_RAY_RUN_DIR"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -350,8 +350,8 @@ def _last_row(steps_file: Path | None) -> dict | None:
 def _last_verl_row(metrics_file: Path | None) -> dict | None:
     """The last step verl's file logger wrote (PPO/GRPO): where a stopped or killed run got to (a run
     that ends by itself puts its last step in the record)."""
-    rows = read_metrics(metrics_file) if metrics_file else []
-    return {"step": rows[-1]["step"], **rows[-1].get("data", {})} if rows else None
+    rows = step_rows(metrics_file) if metrics_file else []
+    return rows[-1] if rows else None
 
 
 def _with_outputs(run: RunRecord) -> RunRecord:

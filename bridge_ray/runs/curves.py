@@ -46,6 +46,11 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
+def step_rows(path: Path) -> list[dict]:
+    """``read_metrics`` flattened: one ``{"step": N, name: value, ...}`` per line of verl's metrics file."""
+    return [{"step": row["step"], **row.get("data", {})} for row in read_metrics(path)]
+
+
 def _rows(folder: Path) -> list[dict]:
     """Per-step rows ``{"step": N, key: value}`` from a run's output folder (empty when none)."""
     history = folder / "metrics.json"
@@ -54,7 +59,7 @@ def _rows(folder: Path) -> list[dict]:
             return list(json.loads(history.read_text()).get("history") or [])
         except ValueError:
             return []
-    return [{"step": row["step"], **row.get("data", {})} for row in read_metrics(folder / METRICS_FILE)]
+    return step_rows(folder / METRICS_FILE)
 
 
 def of_folder(folder: str | Path) -> dict[str, list[tuple[int, float]]]:
