@@ -57,6 +57,8 @@ VARIANTS = {
     "tokens32k": ("sft_gsm8k_llama1b", ["sft.data.max_tokens_per_worker=32768"]),
     "loader2": ("sft_gsm8k_llama1b", ["sft.data.num_loader_workers=2"]),
     "gbs256": ("sft_gsm8k_llama1b", ["sft.data.global_batch_size=256", "sft.data.max_tokens_per_worker=32768"]),
+    "adamw_fused": ("sft_gsm8k_llama1b", ["sft.optim.fused=true"]),
+    "fsdp1": ("sft_gsm8k_llama1b", ["sft.workers.strategy=fsdp"]),
 }
 # On CPU (--cpu): the tiny preset as it is (padded), and packed with sdpa.
 CPU_VARIANTS = {

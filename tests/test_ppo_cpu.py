@@ -109,6 +109,11 @@ def test_ppo_recipe_takes_real_steps_with_a_critic_on_cpu(ppo_run):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["ppo"]["trainer"]["device"] == "cpu"
     assert config["task_runner_runtime_env"]["env_vars"]["VLLM_TARGET_DEVICE"] == "cpu"
+    # The driver's own clock for its start, by phase, in the log and in the run's config (time to first step).
+    assert list(config["driver_s"]) == ["python + imports", "connect", "cluster", "verl config", "node probes"]
+    assert all(seconds >= 0 for seconds in config["driver_s"].values())
+    assert re.search(r"\[bridge-ray\] driver ready [\d.]+ s after its process started \(python \+ imports [\d.]+ s, "
+                     r"connect [\d.]+ s, cluster [\d.]+ s, verl config [\d.]+ s, node probes [\d.]+ s\)", out.stdout)
     # The run record, as for SFT: output dir, metrics, merged model; and export merges a step's actor.
     import bridge_ray
 

@@ -176,6 +176,19 @@ def test_fast_preset_composes_against_verl():
     assert verl.engine.reshard_after_forward is False
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_fused_adamw_reaches_the_optimizer_verl_builds(fused):
+    """sft.optim.fused=true: verl's own optimizer builder makes torch's fused AdamW; false leaves verl's default."""
+    import torch
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers.config.optimizer import build_optimizer
+
+    verl = compose(sft.to_verl_overrides(validate(tiny(**{"sft.optim.fused": str(fused).lower()}))))
+    optimizer = build_optimizer(torch.nn.Linear(4, 4).parameters(), omega_conf_to_dataclass(verl.optim))
+    assert isinstance(optimizer, torch.optim.AdamW) and bool(optimizer.defaults.get("fused")) is fused
+    assert verl.optim.override_optimizer_config == ({"fused": True} if fused else None)
+
+
 def test_dotted_overrides_apply_and_stay_frozen():
     cfg = tiny(**{"sft.optim.lr": "2e-5", "sft.workers.num_workers": "4", "trainer.loggers": "[console,wandb]"})
     assert cfg.optim.lr == 2e-5 and cfg.workers.num_workers == 4
@@ -186,7 +199,7 @@ def test_dotted_overrides_apply_and_stay_frozen():
 
 def test_unknown_override_names_the_group_keys():
     with pytest.raises(ConfigError, match=r"unknown key 'sft.optim.learning_rate': OptimConfig has "
-                                          r"clip_grad, lr, warmup_ratio, weight_decay"):
+                                          r"clip_grad, fused, lr, warmup_ratio, weight_decay"):
         tiny(**{"sft.optim.learning_rate": "1"})
 
 

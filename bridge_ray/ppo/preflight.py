@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from bridge_ray.config import output_dir_problem
@@ -300,29 +301,40 @@ def data_problems(cfg: PPOConfig) -> list[str]:
     return problems
 
 
-def check_nodes(cfg: PPOConfig, nodes: list[dict], ships_reward_code: bool) -> None:
-    """Probe every alive node; raise one PreflightError naming node and problem."""
+def start_node_probes(cfg: PPOConfig, nodes: list[dict], ships_reward_code: bool) -> dict:
+    """One zero-CPU probe task per alive node, started and not waited for: ``{node address: ref}``."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     task = ray.remote(num_cpus=0)(probe_node)
-    refs = {n.get("NodeManagerAddress", n["NodeID"]): task.options(
+    return {n.get("NodeManagerAddress", n["NodeID"]): task.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
             cfg, _gpus(n) > 0, not ships_reward_code) for n in nodes}
+
+
+def node_problems(cfg: PPOConfig, refs: dict) -> list[str]:
+    """Every problem the probes of ``start_node_probes`` found, each naming its node."""
+    import ray
+
     problems = []
     for address, ref in refs.items():
         probe = ray.get(ref)
         problems += [f"on node {address}: {p}" for p in probe["problems"]] + memory_problems(cfg, address, probe)
-    if problems:
-        raise PreflightError("; ".join(problems))
+    return problems
 
 
-def preflight(cfg: PPOConfig, ships_reward_code: bool = False) -> PPOConfig:
-    """Every check against the connected cluster; returns ``cfg`` with nodes and GPUs resolved.
+def preflight(cfg: PPOConfig, ships_reward_code: bool = False) -> tuple[PPOConfig, Callable[[], None]]:
+    """Every check against the connected cluster, in two halves so that verl's config can be composed
+    while the nodes are probed.
+
+    Returns:
+        ``cfg`` with nodes and GPUs resolved (the cluster's shape is checked before this returns), and
+        ``finish``: waits for the node probes, then checks the data; call it before starting anything.
 
     Raises:
-        PreflightError: the cluster lacks GPUs/CPUs, TP does not divide the GPUs, the engine is
-            missing, a path is unreadable, or GPU memory is short; nothing was started.
+        PreflightError: the cluster lacks GPUs/CPUs or TP does not divide the GPUs (here), or the engine
+            is missing, a path is unreadable, GPU memory is short or the data does not fit (``finish``);
+            nothing was started.
     """
     import ray
 
@@ -331,8 +343,14 @@ def preflight(cfg: PPOConfig, ships_reward_code: bool = False) -> PPOConfig:
     problems = resource_problems(cfg, nodes)
     if problems:
         raise PreflightError("; ".join(problems))
-    check_nodes(cfg, nodes, ships_reward_code)
-    problems = data_problems(cfg)
-    if problems:
-        raise PreflightError("; ".join(problems))
-    return cfg
+    refs = start_node_probes(cfg, nodes, ships_reward_code)
+
+    def finish() -> None:
+        found = node_problems(cfg, refs)
+        if found:
+            raise PreflightError("; ".join(found))
+        found = data_problems(cfg)
+        if found:
+            raise PreflightError("; ".join(found))
+
+    return cfg, finish

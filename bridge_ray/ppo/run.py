@@ -34,6 +34,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,6 +189,25 @@ def _train(config, runtime_env: dict, output_dir: Path) -> None:
         raise PPOFailed(f"verl PPO failed: {last.strip()} (full traceback above)") from None
 
 
+class _Laps:
+    """The driver's own clock for its start: seconds since the process started (its imports included),
+    then each phase's seconds, so a slow start names its phase in the job log."""
+
+    def __init__(self):
+        import psutil
+
+        self._last = time.time()
+        self.laps = {"python + imports": round(self._last - psutil.Process().create_time(), 2)}
+
+    def lap(self, name: str) -> None:
+        now = time.time()
+        self.laps[name], self._last = round(now - self._last, 2), now
+
+    def summary(self) -> str:
+        return (f"{sum(self.laps.values()):.1f} s after its process started ("
+                + ", ".join(f"{name} {s:.1f} s" for name, s in self.laps.items()) + ")")
+
+
 def announce_resume(cfg: PPOConfig) -> int:
     """Print where training starts: the step of the checkpoint verl resumes from, or step 1.
 
@@ -230,16 +250,27 @@ def run(cfg: PPOConfig, reward: Callable | str | None = None) -> PPOResult:
     """
     from bridge_ray.ppo.preflight import preflight
 
+    clock = _Laps()
     cfg, ship = _with_reward(validate(cfg), reward)
     connect()
+    clock.lap("connect")
     output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers)
-    cfg = preflight(cfg, ships_reward_code=bool(ship))
-    config = compose(cfg)
-    validate_verl(config)
+    cfg, finish_preflight = preflight(cfg, ships_reward_code=bool(ship))  # the node probes run meanwhile
+    clock.lap("cluster")
+    try:
+        config = compose(cfg)
+        validate_verl(config)
+    except ConfigError:
+        finish_preflight()  # an unreadable model path says so, not verl's reading of it
+        raise
+    clock.lap("verl config")
+    finish_preflight()
+    clock.lap("node probes")
     env = worker_env(cfg, config)
     runtime_env = {"env_vars": env, **({"py_modules": ship} if ship else {})}
     lifecycle.save_config(output_dir, {"ppo": to_dict(cfg), "verl_overrides": to_verl_overrides(cfg),
-                                       "task_runner_runtime_env": runtime_env})
+                                       "task_runner_runtime_env": runtime_env, "driver_s": clock.laps})
+    print(f"[bridge-ray] driver ready {clock.summary()}", flush=True)
     announce_resume(cfg)
     if METRICS_FILE_ENV not in os.environ:
         set_aside_metrics(output_dir)

@@ -81,12 +81,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW settings."""
+    """AdamW settings. ``fused``: torch's fused AdamW (one kernel over all parameters instead of
+    several per parameter tensor; GPU or CPU), the same update as the default."""
 
     lr: float = 1e-5
     weight_decay: float = 0.01
     clip_grad: float = 1.0
     warmup_ratio: float = 0.0
+    fused: bool = False
 
 
 @dataclass(frozen=True)
@@ -371,6 +373,7 @@ def to_verl_overrides(cfg: SFTConfig) -> list[str]:
         f"optim.weight_decay={optim.weight_decay}",
         f"optim.clip_grad={optim.clip_grad}",
         f"optim.lr_warmup_steps_ratio={optim.warmup_ratio}",
+        *(["optim.override_optimizer_config={fused:true}"] if optim.fused else []),
         f"trainer.default_local_dir={checkpoint_dir(cfg)}",
         f"trainer.project_name={trainer.project_name}",
         f"trainer.experiment_name={trainer.experiment_name}",
