@@ -46,13 +46,15 @@ def test_presets_compose_against_verls_config(preset, tmp_path):
 
 def test_bad_values_are_listed_together(tmp_path):
     cfg = tiny(tmp_path, "model.shape=huge", "data.global_batch_size=6", "optim.warmup_steps=20",
-               "trainer.output_dir=run")
+               "trainer.output_dir=run", "workers.strategy=fsdp")
     with pytest.raises(ConfigError) as err:
         pretrain.validate(cfg)
     assert err.value.problems == [
         "pretrain.model.shape='huge' is not known: choose from tiny, 0.1b, 1b",
         "pretrain.data.global_batch_size=6 must split into workers.num_workers=2 equal shares, each a multiple of "
         "data.micro_batch_size_per_worker=4",
+        "pretrain.workers.strategy=fsdp (FSDP1) runs on GPU workers only: set pretrain.workers.strategy=fsdp2 for "
+        "CPU workers (workers.gpus_per_worker=0)",
         "pretrain.trainer.output_dir='run' must be an absolute path (relative paths land in Ray's unpacked working_dir)",
         "pretrain.optim.warmup_steps=20 must be below trainer.total_steps=16",
     ]

@@ -236,6 +236,8 @@ def test_unknown_override_names_the_group_keys():
                                               "console, wandb, file, tensorboard"),
     ({"data.prompt_key": "q"}, "data.prompt_key and data.response_key go together: set both or neither"),
     ({"workers.num_workers": "0"}, "workers.num_workers=0 must be >= 1"),
+    ({"workers.strategy": "fsdp"}, "sft.workers.strategy=fsdp (FSDP1) runs on GPU workers only: set "
+                                   "sft.workers.strategy=fsdp2 for CPU workers (workers.gpus_per_worker=0)"),
 ])
 def test_validation_messages(changes, message):
     with pytest.raises(ConfigError) as err:

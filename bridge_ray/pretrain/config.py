@@ -18,7 +18,7 @@ from typing import Literal, Optional
 
 from bridge_ray.config import LOGGERS
 from bridge_ray.errors import ConfigError
-from bridge_ray.sft.config import WorkersConfig
+from bridge_ray.sft.config import WorkersConfig, strategy_problems
 
 DATASET_MODULE = "pkg://bridge_ray.pretrain.dataset"
 DATASET_CLASS = "PackedTextDataset"
@@ -227,7 +227,8 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
         ConfigError: listing every problem found, each with its fix.
     """
     problems = (_model_problems(cfg.model) + _data_problems(cfg.data)
-                + _batch_problems(cfg.data, cfg.workers) + _trainer_problems(cfg.trainer, cfg.optim))
+                + _batch_problems(cfg.data, cfg.workers) + strategy_problems(cfg.workers, "pretrain")
+                + _trainer_problems(cfg.trainer, cfg.optim))
     if problems:
         raise ConfigError(problems)
     return cfg

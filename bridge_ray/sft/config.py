@@ -270,8 +270,16 @@ def _data_problems(data: DataConfig) -> list[str]:
     return problems
 
 
+def strategy_problems(workers: WorkersConfig, prefix: str) -> list[str]:
+    """FSDP1 on CPU workers: verl 0.9.1 builds it with ``sync_module_states``, which torch allows on GPUs only."""
+    if workers.strategy == "fsdp" and not workers.use_gpu:
+        return [f"{prefix}.workers.strategy=fsdp (FSDP1) runs on GPU workers only: set {prefix}.workers.strategy=fsdp2 "
+                "for CPU workers (workers.gpus_per_worker=0)"]
+    return []
+
+
 def _workers_problems(workers: WorkersConfig) -> list[str]:
-    problems = []
+    problems = strategy_problems(workers, "sft")
     if workers.num_workers < 1:
         problems.append(f"workers.num_workers={workers.num_workers} must be >= 1")
     if workers.cpus_per_worker < 1 or workers.gpus_per_worker < 0:
