@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from bridge_ray.errors import ConfigError
+from bridge_ray.errors import ConfigError, PreflightError
 from bridge_ray.models.assets import BOS, CHAT_TEMPLATE, EOS, EOT, HEADER_END, HEADER_START, PAD
 from bridge_ray.recipe import recipe_main
 
@@ -204,6 +204,15 @@ def _task(cfg: TokenizerConfig) -> TokenizerResult | str:
         return str(err)
 
 
+def cpus_problem(cfg: TokenizerConfig, nodes: list[dict]) -> str | None:
+    """Why no alive node can hold the training task's ``num_cpus`` (Ray would wait for one forever); None if one can."""
+    most = max((int(n["Resources"].get("CPU", 0)) for n in nodes), default=0)
+    if cfg.num_cpus <= most:
+        return None
+    return (f"tokenizer.num_cpus={cfg.num_cpus}, but the largest node of the cluster has {most} CPUs and the "
+            f"tokenizer trains on one node: set tokenizer.num_cpus={most} or less")
+
+
 def train(cfg: TokenizerConfig) -> TokenizerResult:
     """Check the files, train in a Ray task with ``cfg.num_cpus`` CPUs, save both formats.
 
@@ -215,6 +224,7 @@ def train(cfg: TokenizerConfig) -> TokenizerResult:
     Raises:
         ConfigError: a bad value, a missing file or text field, an empty file, or a vocabulary the
             data cannot fill (each one line, with its fix).
+        PreflightError: no node of the cluster has ``num_cpus`` CPUs.
     """
     import ray
 
@@ -226,6 +236,8 @@ def train(cfg: TokenizerConfig) -> TokenizerResult:
     check_text_files(cfg.files, cfg.text_key, "tokenizer.files")
     driver.connect()
     lifecycle.start(cfg.output_dir)  # no checkpoint, so no finish_model: the tokenizer is the output dir
+    if problem := cpus_problem(cfg, [n for n in ray.nodes() if n.get("Alive")]):
+        raise PreflightError(problem)
     outcome = ray.get(ray.remote(num_cpus=cfg.num_cpus)(_task).remote(cfg))
     if isinstance(outcome, str):
         raise ConfigError(outcome)

@@ -140,6 +140,28 @@ def test_preflight_too_many_workers(assets, local_ray, tmp_path):
         preflight(cfg)
 
 
+def test_a_chain_that_does_not_fit_fails_before_its_first_stage(local_ray, tmp_path):
+    """text -> chat on a 2-CPU cluster asking for more: every stage too big is named, with its key, before the
+    tokenizer starts (Ray would wait forever for a 4-CPU task; the workers would fail only after the tokenizer)."""
+    from bridge_ray.pipelines import text_to_chat
+
+    cfg = text_to_chat.plan(text_to_chat.apply_overrides(
+        text_to_chat.chain_tiny_cpu(str(tmp_path / "chain"), ["/t/a.jsonl"], [], ["/t/trees.jsonl"]),
+        ["tokenizer.num_cpus=4", "pretrain.workers.num_workers=3", "instruct.workers.num_workers=3"]))
+    with pytest.raises(PreflightError) as err:
+        text_to_chat.check_resources(cfg)
+    assert str(err.value) == (
+        "tokenizer.num_cpus=4, but the largest node of the cluster has 2 CPUs and the tokenizer trains on one node: "
+        "set tokenizer.num_cpus=2 or less; "
+        "3 workers x (1 CPU, 0 GPU) do not fit: the cluster has 2 CPU and 0 GPU on 1 node(s), room for 2 worker(s); "
+        "lower pretrain.workers.num_workers / cpus_per_worker / gpus_per_worker or add nodes; "
+        "3 workers x (1 CPU, 0 GPU) do not fit: the cluster has 2 CPU and 0 GPU on 1 node(s), room for 2 worker(s); "
+        "lower instruct.workers.num_workers / cpus_per_worker / gpus_per_worker or add nodes")
+    assert not (tmp_path / "chain").exists()
+    text_to_chat.check_resources(text_to_chat.plan(text_to_chat.chain_tiny_cpu(
+        str(tmp_path / "chain"), ["/t/a.jsonl"], [], ["/t/trees.jsonl"])))  # the preset fits
+
+
 def test_preflight_bad_batch(assets, local_ray, tmp_path):
     cfg = tiny(assets, tmp_path / "out", "data.micro_batch_size_per_worker=16")
     with pytest.raises(ConfigError, match=r"data.micro_batch_size_per_worker=16 is larger than the per-worker "

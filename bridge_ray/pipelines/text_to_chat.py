@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 from bridge_ray.config import to_dict
-from bridge_ray.errors import ConfigError
+from bridge_ray.errors import ConfigError, PreflightError
 from bridge_ray.pipelines import stages
 from bridge_ray.pretrain.config import PretrainConfig, pretrain_1b, pretrain_tiny_cpu
 from bridge_ray.recipe import recipe_main
@@ -185,6 +185,29 @@ def _upload(cfg: ChainConfig) -> str:
     return hub.upload(Path(cfg.instruct.trainer.output_dir) / "hf", cfg.hub_repo_id, private=cfg.hub_private)
 
 
+def check_resources(cfg: ChainConfig) -> None:
+    """Before any stage starts: the stages still to run fit the cluster (the tokenizer's CPUs on one node,
+    the training workers on the nodes), so a cluster too small fails now, not after the tokenizer's hours.
+
+    Raises:
+        PreflightError: every stage that does not fit, with the key to change.
+        ConfigError: a finished stage's config changed (as ``run`` would say).
+    """
+    import ray
+
+    from bridge_ray.sft.preflight import workers_problem
+    from bridge_ray.tokenizer import cpus_problem
+
+    nodes, run_dir = [n for n in ray.nodes() if n.get("Alive")], Path(cfg.run_dir)
+    checks = {"tokenizer": (cfg.tokenizer, lambda: cpus_problem(cfg.tokenizer, nodes)),
+              "pretrain": (cfg.pretrain, lambda: workers_problem(cfg.pretrain.workers, nodes, "pretrain.workers")),
+              "instruct": (cfg.instruct, lambda: workers_problem(cfg.instruct.workers, nodes, "instruct.workers"))}
+    problems = [problem for name, (stage_cfg, check) in checks.items()
+                if finished(run_dir, name, stage_cfg) is None and (problem := check())]
+    if problems:
+        raise PreflightError("; ".join(problems))
+
+
 def run(cfg: ChainConfig) -> dict[str, stages.StageRecord]:
     """Run the stages not yet finished, in order (see the module docstring).
 
@@ -202,6 +225,7 @@ def run(cfg: ChainConfig) -> dict[str, stages.StageRecord]:
     cfg = plan(validate(cfg))
     connect()  # the training stages' way of attaching (the tokenizer's would not set Ray Train's env)
     run_dir = Path(cfg.run_dir)
+    check_resources(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     records = {
         "tokenizer": _stage(run_dir, "tokenizer", cfg.tokenizer, lambda: tokenizer.train(cfg.tokenizer).output_dir),

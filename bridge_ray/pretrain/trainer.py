@@ -25,6 +25,7 @@ from bridge_ray.pretrain.config import (PretrainConfig, checkpoint_dir, epochs_f
                                         tokens_dir, validate)
 from bridge_ray.recipe import recipe_main
 from bridge_ray.runs import lifecycle
+from bridge_ray.sft.preflight import workers_problem
 from bridge_ray.sft.trainer import TrainingFailed, connect, worker_env, write_metrics
 
 
@@ -37,22 +38,6 @@ class PretrainResult:
     hf_model: Path | None
     metrics: dict
     sample: str
-
-
-def check_resources(cfg: PretrainConfig, nodes: list[dict]) -> None:
-    """Raise PreflightError unless the workers fit the alive nodes (each worker on one node)."""
-    workers = cfg.workers
-    slots = 0
-    for node in nodes:
-        fit = int(node["Resources"].get("CPU", 0) // workers.cpus_per_worker)
-        if workers.use_gpu:
-            fit = min(fit, int(node["Resources"].get("GPU", 0) // workers.gpus_per_worker))
-        slots += fit
-    if slots < workers.num_workers:
-        raise PreflightError(
-            f"{workers.num_workers} workers x ({workers.cpus_per_worker} CPU, {workers.gpus_per_worker} GPU) do not "
-            f"fit on this cluster (room for {slots}): lower pretrain.workers.num_workers / cpus_per_worker / "
-            "gpus_per_worker or add nodes")
 
 
 def preflight(cfg: PretrainConfig) -> None:
@@ -70,7 +55,8 @@ def preflight(cfg: PretrainConfig) -> None:
         check_text_files(cfg.data.val_files, cfg.data.text_key, "pretrain.data.val_files")
     if problem := output_dir_problem(cfg.trainer.output_dir):
         raise PreflightError(problem.replace("trainer.output_dir", "pretrain.trainer.output_dir"))
-    check_resources(cfg, [n for n in ray.nodes() if n["Alive"]])
+    if problem := workers_problem(cfg.workers, [n for n in ray.nodes() if n["Alive"]], "pretrain.workers"):
+        raise PreflightError(problem)
 
 
 def _num_sequences(shards, seq_len: int) -> int:

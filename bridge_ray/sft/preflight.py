@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bridge_ray.config import output_dir_problem
 from bridge_ray.errors import ConfigError, PreflightError
-from bridge_ray.sft.config import SFTConfig, validate
+from bridge_ray.sft.config import SFTConfig, WorkersConfig, validate
 
 
 def _worker_slots(node_resources: dict, cpus: float, gpus: float) -> int:
@@ -22,19 +22,23 @@ def _worker_slots(node_resources: dict, cpus: float, gpus: float) -> int:
     return slots
 
 
-def check_resources(cfg: SFTConfig, nodes: list[dict]) -> None:
-    """Raise PreflightError unless the workers fit the alive nodes (each worker on one node)."""
-    workers = cfg.workers
+def workers_problem(workers: WorkersConfig, nodes: list[dict], group: str) -> str | None:
+    """Why the Ray Train workers do not fit the alive nodes (each worker on one node), naming the keys of
+    ``group`` (``sft.workers``, ``pretrain.workers``, ``instruct.workers``) to change; None when they fit."""
     slots = sum(_worker_slots(n["Resources"], workers.cpus_per_worker, workers.gpus_per_worker) for n in nodes)
     if slots >= workers.num_workers:
-        return
+        return None
     total_cpu = sum(n["Resources"].get("CPU", 0) for n in nodes)
     total_gpu = sum(n["Resources"].get("GPU", 0) for n in nodes)
-    raise PreflightError(
-        f"{workers.num_workers} workers x ({workers.cpus_per_worker} CPU, {workers.gpus_per_worker} GPU) do not fit: "
-        f"the cluster has {total_cpu:g} CPU and {total_gpu:g} GPU on {len(nodes)} node(s), room for {slots} "
-        f"worker(s); lower sft.workers.num_workers / cpus_per_worker / gpus_per_worker or add nodes"
-    )
+    return (f"{workers.num_workers} workers x ({workers.cpus_per_worker} CPU, {workers.gpus_per_worker} GPU) do not "
+            f"fit: the cluster has {total_cpu:g} CPU and {total_gpu:g} GPU on {len(nodes)} node(s), room for {slots} "
+            f"worker(s); lower {group}.num_workers / cpus_per_worker / gpus_per_worker or add nodes")
+
+
+def check_resources(cfg: SFTConfig, nodes: list[dict], group: str = "sft.workers") -> None:
+    """Raise PreflightError unless the workers fit the alive nodes (each worker on one node)."""
+    if problem := workers_problem(cfg.workers, nodes, group):
+        raise PreflightError(problem)
 
 
 def path_problems(cfg: SFTConfig) -> list[str]:
