@@ -20,7 +20,6 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -30,15 +29,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: bridge_ray from this checkout
 from bridge_ray.network.collective import bus_bandwidth_gbps  # noqa: E402  (the doctor's own definition)
+
+from _tools import exe  # noqa: E402
+
 GPU_NBYTES, CPU_NBYTES = 1 << 30, 16 << 20  # the doctor's defaults (bridge_ray.network.doctor)
 GPU_ITERS, CPU_ITERS = 20, 5
 FIXED_ENV = {"NCCL_NVLS_ENABLE": "0"}
-
-
-def exe(name: str) -> str:
-    """A console script beside this interpreter (a venv), else on PATH."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else (shutil.which(name) or name)
 
 
 def worker(result_file: str, backend: str, nbytes: int, iters: int) -> None:

@@ -42,6 +42,8 @@ import sys
 import time
 from pathlib import Path
 
+from _tools import exe
+
 REPO = Path(__file__).resolve().parents[1]
 SIDES = ("bridge", "torchrun")
 GPU = {"shape": "1b", "seq_len": 2048, "vocab": 32000, "docs": 20000, "steps": 20, "skip": 5,
@@ -49,12 +51,6 @@ GPU = {"shape": "1b", "seq_len": 2048, "vocab": 32000, "docs": 20000, "steps": 2
                      "pretrain.optim.warmup_steps=5"]}
 CPU = {"shape": "tiny", "seq_len": 128, "vocab": 400, "docs": 1500, "steps": 8, "skip": 2,
        "overrides": ["pretrain.optim.warmup_steps=2"]}
-
-
-def exe(name: str) -> str:
-    """A console script beside this interpreter (a venv), else on PATH (the GPU host's /tmp/site/bin)."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else (shutil.which(name) or name)
 
 
 # ---- prepare: text, tokenizer, token shards, init model (no Ray) --------------------------------

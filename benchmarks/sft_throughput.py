@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+from _tools import exe
+
 REPO = Path(__file__).resolve().parents[1]
 SIDES = ("bridge", "torchrun")
 ALL_SIDES = ("bridge", "torchrun", "base")
@@ -65,12 +67,6 @@ CPU_VARIANTS = {
     "default": ("sft_tiny_cpu", []),
     "packed": ("sft_tiny_cpu", ["sft.model.use_remove_padding=true", "sft.data.max_tokens_per_worker=auto"]),
 }
-
-
-def exe(name: str) -> str:
-    """A console script beside this interpreter (a venv), else on PATH (the GPU host's /tmp/site/bin)."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else (shutil.which(name) or name)
 
 
 # ---- the torchrun side's worker: verl's own entry point plus a per-step clock ------------------

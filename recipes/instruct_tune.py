@@ -8,8 +8,8 @@ Run (default: the model recipes/pretrain.py made, on offline oasst-style trees, 
 
     bridge-ray submit recipes/instruct_tune.py --follow
     bridge-ray submit recipes/instruct_tune.py --follow -- preset=instruct_1b --model /abs/pretrain-1b/hf \
-        --conversations /abs/oasst2.trees.jsonl --lang en sft.workers.num_workers=8 \
-        sft.trainer.hub_repo_id=my-org/my-chat-model
+        --conversations /abs/oasst2.trees.jsonl --lang en sft.trainer.hub_repo_id=my-org/my-chat-model
+        # preset=instruct_1b: one GPU worker per GPU of the cluster (sft.workers.num_workers=N to choose)
 
 Overrides are dotted ``sft.<group>.<key>=value``, as for recipes/sft_gsm8k.py.
 """

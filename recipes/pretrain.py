@@ -5,11 +5,12 @@ tokenizer are made once under $BRIDGE_RAY_HOME/demo):
 
     bridge-ray submit recipes/pretrain.py --follow
 
-On GPUs, your text and a tokenizer from recipes/train_tokenizer.py (presets: pretrain_0p1b, pretrain_1b):
+On GPUs, your text and a tokenizer from recipes/train_tokenizer.py (presets: pretrain_0p1b, pretrain_1b; one
+worker per GPU of the cluster unless ``pretrain.workers.num_workers=N``):
 
     bridge-ray submit recipes/pretrain.py --follow -- preset=pretrain_1b \
         pretrain.model.tokenizer_path=/abs/tokenizer pretrain.data.train_files=[/abs/a.jsonl,/abs/b.jsonl] \
-        pretrain.workers.num_workers=8 pretrain.trainer.output_dir=/abs/runs/pretrain-1b
+        pretrain.trainer.output_dir=/abs/runs/pretrain-1b
 
 Submitting the same run again (same output_dir) resumes from its last checkpoint. The run ends with
 the last checkpoint merged to Hugging Face format (tokenizer included) and the model's continuation

@@ -6,10 +6,10 @@ demo model and data are built once under $BRIDGE_RAY_HOME/demo):
     bridge-ray submit recipes/sft_gsm8k.py
     bridge-ray submit recipes/sft_gsm8k.py -- sft.optim.lr=1e-4 sft.trainer.total_steps=20
 
-Llama-3.2-1B-Instruct on GSM8K (GPU workers; model and parquet files must exist on the cluster):
+Llama-3.2-1B-Instruct on GSM8K (one GPU worker per GPU of the cluster, however many nodes; model and
+parquet files must exist on the cluster; ``sft.workers.num_workers=N`` uses N):
 
-    bridge-ray submit recipes/sft_gsm8k.py -- preset=sft_gsm8k_llama1b \
-        sft.model.path=/abs/Llama-3.2-1B-Instruct sft.workers.num_workers=8
+    bridge-ray submit recipes/sft_gsm8k.py -- preset=sft_gsm8k_llama1b sft.model.path=/abs/Llama-3.2-1B-Instruct
 
 On GPUs the preset trains fast by default (packed batches, the fastest attention and kernels the
 workers have); ``preset=sft_gsm8k_llama1b_seed`` is the seed's slower padded run. Print what would

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,20 @@ import pytest
 from bridge_ray.cluster.processes import worker_niceness
 
 REPO = Path(__file__).resolve().parents[1]
+HANG_GUARD_S = 600  # never a measurement: tests wait on events, and this only ends a hang
+
+
+def wait_for(predicate, what: str, timeout_s: float = HANG_GUARD_S, poll_s: float = 0.2, job=None):
+    """Poll ``predicate`` until it returns something truthy (the event) and return that; fail, naming the
+    event, past ``timeout_s``, or as soon as ``job`` (a ``bridge_ray`` Job) ends without it."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := predicate()):
+        if job is not None and job.status() not in ("PENDING", "RUNNING"):
+            pytest.fail(f"job {job.submission_id} ended ({job.status()}) before {what}:\n{job.logs()[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout_s:.0f} s for {what}")
+        time.sleep(poll_s)
+    return found
 
 # Ray instances the tests start themselves (in-process ``ray.init``, the ``ray start`` of a registered
 # cluster) run their workers at nice 0, as bridge-ray's own clusters do (``processes.worker_niceness``):

@@ -28,22 +28,11 @@ from bridge_ray import runs
 from bridge_ray.cluster import records
 from bridge_ray.cluster import local, processes
 from bridge_ray.jobs import credentials
-from conftest import REPO, run_cli
+from conftest import HANG_GUARD_S, REPO, run_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
-HANG_GUARD_S = 600
 SLEEPY = "import time\nprint('sleeping', flush=True)\ntime.sleep(900)\n"
-
-
-def wait_for(predicate, what: str, timeout_s: float = HANG_GUARD_S, poll_s: float = 0.2):
-    """Poll ``predicate`` until it returns something truthy (the event); fail, naming it, past the hang guard."""
-    deadline = time.monotonic() + timeout_s
-    while not (found := predicate()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout_s:.0f} s for {what}")
-        time.sleep(poll_s)
-    return found
 
 
 def job_ids(cluster: str) -> list[str]:
@@ -470,8 +459,8 @@ def test_ctrl_c_while_following_leaves_the_job_running_and_says_how_to_get_back(
 
 BAD_OVERRIDES = {
     ("recipes/sft_gsm8k.py", "sft.optim.lrr=1e-4"):
-        "unknown key 'sft.optim.lrr': did you mean 'sft.optim.lr'? (OptimConfig has clip_grad, lr, warmup_ratio, "
-        "weight_decay)",
+        "unknown key 'sft.optim.lrr': did you mean 'sft.optim.lr'? (OptimConfig has clip_grad, fused, lr, "
+        "warmup_ratio, weight_decay)",
     ("recipes/sft_gsm8k.py", "sft.optim.lr=fast"): "sft.optim.lr='fast' is not a number",
     ("recipes/sft_gsm8k.py", "sft.data.global_batch_size=0"):
         "data.global_batch_size and data.micro_batch_size_per_worker must be >= 1",

@@ -23,7 +23,7 @@ import subprocess
 import textwrap
 
 import pytest
-from conftest import Silent, run_cli, run_cli_watched
+from conftest import Silent, run_cli, run_cli_watched, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -237,21 +237,6 @@ def _run_processes(run_dir) -> list[str]:
     return found
 
 
-def _wait_for(what: str, ready, limit_s: float, job=None):
-    """Poll ``ready()`` until it returns something truthy; fail naming ``what`` (and the job's state)."""
-    import time
-
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        value = ready()
-        if value:
-            return value
-        if job is not None and job.status() not in ("PENDING", "RUNNING"):
-            pytest.fail(f"job {job.submission_id} ended ({job.status()}) before {what}:\n{job.logs()[-3000:]}")
-        time.sleep(0.5)
-    pytest.fail(f"no {what} within {limit_s:.0f} s")
-
-
 def test_stop_mid_run_then_submit_again_resumes_from_the_last_checkpoint(cpu_cluster, tmp_path):
     """``bridge-ray stop`` while PPO trains (a checkpoint every step), then the same run submitted
     again: no process of the stopped run is left (on a GPU, a vLLM engine left behind would keep the
@@ -267,12 +252,12 @@ def test_stop_mid_run_then_submit_again_resumes_from_the_last_checkpoint(cpu_clu
     job = bridge_ray.Job(re.search(r"submitted (\S+)", submitted.stdout).group(1), CLUSTER)
     tracker = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
     saved = lambda: tracker.is_file() and tracker.read_text().strip().isdigit() and int(tracker.read_text()) >= 2
-    _wait_for("checkpoint of step 2", saved, RUN_TIMEOUT_S, job)
-    _wait_for("verl/vLLM process of the run", lambda: _run_processes(run_dir), 60)
+    wait_for(saved, "checkpoint of step 2", RUN_TIMEOUT_S, job=job)
+    wait_for(lambda: _run_processes(run_dir), "verl/vLLM process of the run", 60)
     stopped = run_cli("stop", job.submission_id, "--name", CLUSTER, "--wait", "300", timeout=400)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert stopped.stdout.splitlines()[-1] == f"{job.submission_id}: STOPPED" and job.status() == "STOPPED"
-    _wait_for("end of the stopped run's processes", lambda: not _run_processes(run_dir), 120)
+    wait_for(lambda: not _run_processes(run_dir), "end of the stopped run's processes", 120)
     record = bridge_ray.load_run(job.submission_id)  # `stop` wrote the end into the record
     assert record.status == "STOPPED" and record.last_step >= 2
 

@@ -60,6 +60,15 @@ def test_bad_values_are_listed_together(tmp_path):
     ]
 
 
+def test_gpu_presets_take_every_gpu_of_the_cluster_and_cpu_workers_need_a_count(tmp_path):
+    assert pretrain.pretrain_1b("/t", ["/a.jsonl"], "/o").workers.num_workers == "auto"
+    assert pretrain.pretrain_0p1b("/t", ["/a.jsonl"], "/o").workers.num_workers == "auto"
+    with pytest.raises(ConfigError) as err:
+        pretrain.validate(tiny(tmp_path, "workers.num_workers=auto"))
+    assert err.value.problems == ["pretrain.workers.num_workers=auto counts the cluster's GPUs, but these are CPU "
+                                  "workers (workers.gpus_per_worker=0): set pretrain.workers.num_workers=N"]
+
+
 def test_token_shards_and_packed_windows(tmp_path):
     from transformers import AutoTokenizer
 

@@ -11,7 +11,7 @@ import pytest
 from bridge_ray import sft
 from bridge_ray.errors import ConfigError, PreflightError
 from bridge_ray.platforms import cpu_env
-from bridge_ray.sft.config import validate
+from bridge_ray.sft.config import resolve_workers, validate
 from bridge_ray.sft.preflight import check_resources
 
 REPO = Path(__file__).resolve().parents[1]
@@ -236,6 +236,9 @@ def test_unknown_override_names_the_group_keys():
                                               "console, wandb, file, tensorboard"),
     ({"data.prompt_key": "q"}, "data.prompt_key and data.response_key go together: set both or neither"),
     ({"workers.num_workers": "0"}, "workers.num_workers=0 must be >= 1"),
+    ({"workers.num_workers": "auto"}, "sft.workers.num_workers=auto counts the cluster's GPUs, but these are CPU "
+                                      "workers (workers.gpus_per_worker=0): set sft.workers.num_workers=N"),
+    ({"workers.num_workers": "many"}, "workers.num_workers='many' is not an integer"),
     ({"workers.strategy": "fsdp"}, "sft.workers.strategy=fsdp (FSDP1) runs on GPU workers only: set "
                                    "sft.workers.strategy=fsdp2 for CPU workers (workers.gpus_per_worker=0)"),
 ])
@@ -295,11 +298,31 @@ def test_resources_fit_per_node():
 
 
 def test_resources_count_gpus():
-    cfg = sft.sft_gsm8k_llama1b()
+    cfg = sft.apply_overrides(sft.sft_gsm8k_llama1b(), ["sft.workers.num_workers=1"])
     check_resources(cfg, [node(16, 1)])
     with pytest.raises(PreflightError, match="1 workers x \\(8 CPU, 1 GPU\\) do not fit: the cluster has 16 CPU "
                                              "and 0 GPU"):
         check_resources(cfg, [node(16)])
+
+
+def test_auto_workers_follow_the_clusters_gpus():
+    """The GPU preset's ``num_workers=auto``: one worker per GPU of every node, whatever the recipe says."""
+    workers = sft.sft_gsm8k_llama1b().workers
+    assert workers.num_workers == "auto"
+    assert resolve_workers(workers, [node(16, 1)], "sft").num_workers == 1
+    assert resolve_workers(workers, [node(128, 8), node(128, 8), node(8)], "sft").num_workers == 16
+    two_each = dataclasses.replace(workers, gpus_per_worker=2)
+    assert resolve_workers(two_each, [node(128, 8), node(64, 3)], "sft").num_workers == 5
+    assert resolve_workers(dataclasses.replace(workers, num_workers=3), [node(16, 1)], "sft").num_workers == 3
+    with pytest.raises(PreflightError, match=r"^sft.workers.num_workers=auto found no GPU on the cluster \(1 node\(s\)\): "
+                                             r"start it on GPU nodes, or run on CPU workers with "
+                                             r"sft.workers.gpus_per_worker=0 sft.workers.num_workers=N$"):
+        resolve_workers(workers, [node(16)], "sft")
+    cfg = validate(sft.sft_gsm8k_llama1b())  # at submit the count is unknown: the batch is checked for one worker
+    with pytest.raises(ConfigError) as err:  # ... and for the count the cluster gives, at the run's preflight
+        validate(dataclasses.replace(cfg, workers=resolve_workers(cfg.workers, [node(64, 3)], "sft")))
+    assert err.value.problems == ["data.global_batch_size=64 must be divisible by workers.num_workers=3 "
+                                  "(each worker takes an equal share)"]
 
 
 def test_cpu_env_selects_the_plugin():

@@ -160,6 +160,12 @@ def test_a_chain_that_does_not_fit_fails_before_its_first_stage(local_ray, tmp_p
     assert not (tmp_path / "chain").exists()
     text_to_chat.check_resources(text_to_chat.plan(text_to_chat.chain_tiny_cpu(
         str(tmp_path / "chain"), ["/t/a.jsonl"], [], ["/t/trees.jsonl"])))  # the preset fits
+    with pytest.raises(PreflightError) as err:  # the GPU chain takes every GPU of the cluster: here there is none
+        text_to_chat.check_resources(text_to_chat.plan(text_to_chat.chain_1b(str(tmp_path / "gpu"), ["/t/a.jsonl"],
+                                                                              ["/t/trees.jsonl"])))
+    assert str(err.value).split("; ")[1:] == [
+        f"{group}.workers.num_workers=auto found no GPU on the cluster (1 node(s)): start it on GPU nodes, or run on "
+        f"CPU workers with {group}.workers.gpus_per_worker=0 {group}.workers.num_workers=N" for group in ("pretrain", "instruct")]
 
 
 def test_preflight_bad_batch(assets, local_ray, tmp_path):

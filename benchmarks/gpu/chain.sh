@@ -2,7 +2,7 @@
 # Issue 15 on a GPU host: the 1B text -> chat chain through bridge-ray, as a user runs it, then again
 # (every stage skipped). One device call (under 10 minutes) after the wheel install:
 #
-#   bash benchmarks/gpu/chain.sh OUT [GPUS]
+#   bash benchmarks/gpu/chain.sh OUT
 #
 # Text: the lexicon documents of `benchmarks/pretrain_throughput.py prepare` (/tmp/pt/assets/text, made
 # here when missing); conversations: 256 synthetic oasst-style trees. The chain trains its own 32k unigram
@@ -12,7 +12,7 @@
 # and exports that. OUT gets chain.log, rerun.log, stages.json, the records and the two exported configs.
 # Env: PRETRAIN_STEPS (30), INSTRUCT_STEPS (20), CHAIN_TIMEOUT (420 s), BRIDGE_RAY_HOME (/tmp/chain-home).
 set -uo pipefail
-out="$(mkdir -p "$1" && cd "$1" && pwd)"; gpus="${2:-1}"
+out="$(mkdir -p "$1" && cd "$1" && pwd)"
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 BRIDGE_RAY_HOME="${BRIDGE_RAY_HOME:-/tmp/chain-home}"
 text=/tmp/pt/assets/text; run=/tmp/chain-run; trees=/tmp/chain-data/trees.jsonl
@@ -20,11 +20,11 @@ text=/tmp/pt/assets/text; run=/tmp/chain-run; trees=/tmp/chain-data/trees.jsonl
 python3 -c "from bridge_ray.data.conversations import generate_synthetic_conversations as g; g('$trees')"
 files="[$text/text-0.jsonl,$text/text-1.jsonl]"
 args=(preset=chain_1b "run_dir=$run" "tokenizer.files=$files" "pretrain.data.train_files=$files" "conversations=[$trees]"
-      "pretrain.workers.num_workers=$gpus" "instruct.workers.num_workers=$gpus" "tokenizer.num_cpus=8"
+      "tokenizer.num_cpus=8"  # both training stages: one worker per GPU of the cluster (the preset's auto)
       pretrain.data.global_batch_size=64 "pretrain.trainer.total_steps=${PRETRAIN_STEPS:-30}"
       pretrain.optim.warmup_steps=5 pretrain.trainer.save_freq=-1 "instruct.trainer.total_steps=${INSTRUCT_STEPS:-20}"
       instruct.trainer.save_freq=-1 instruct.trainer.test_freq=-1)
-python3 -m bridge_ray up --name chain --num-gpus "$gpus" 2>&1 | tail -1
+python3 -m bridge_ray up --name chain 2>&1 | tail -1
 t0=$(date +%s)
 timeout "${CHAIN_TIMEOUT:-420}" python3 -m bridge_ray submit recipes/text_to_chat.py --name chain --follow -- "${args[@]}" \
   > "$out/chain.log" 2>&1; echo "chain rc=$? in $(( $(date +%s) - t0 )) s"

@@ -28,3 +28,10 @@ def connect(env_vars: dict[str, str] | None = None) -> None:
         raise PreflightError(
             f"no Ray cluster to attach to ({err}): submit with `bridge-ray submit` or start one with `bridge-ray up`"
         ) from err
+
+
+def alive_nodes() -> list[dict]:
+    """The connected cluster's alive nodes, as ``ray.nodes()`` rows (``Resources``, ``NodeID``, ...)."""
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from bridge_ray.config import to_dict
 from bridge_ray.errors import ConfigError, PreflightError
@@ -80,8 +80,9 @@ def chain_tiny_cpu(run_dir: str, text_files, val_files, conversations) -> ChainC
         instruct=instruct_tiny_cpu("", ""), conversations=tuple(conversations))
 
 
-def chain_1b(run_dir: str, text_files, conversations, num_gpus: int = 8) -> ChainConfig:
-    """The older workflow's run on GPUs: a 32k unigram tokenizer, the 1B shape, instruction tuning."""
+def chain_1b(run_dir: str, text_files, conversations, num_gpus: int | Literal["auto"] = "auto") -> ChainConfig:
+    """The older workflow's run on GPUs: a 32k unigram tokenizer, the 1B shape, instruction tuning; both training
+    stages on every GPU of the cluster by default."""
     from bridge_ray.instruct import instruct_1b
 
     instruct, text_files = instruct_1b("", ""), tuple(text_files)
@@ -195,13 +196,21 @@ def check_resources(cfg: ChainConfig) -> None:
     """
     import ray
 
+    from bridge_ray.sft.config import resolve_workers
     from bridge_ray.sft.preflight import workers_problem
     from bridge_ray.tokenizer import cpus_problem
 
     nodes, run_dir = [n for n in ray.nodes() if n.get("Alive")], Path(cfg.run_dir)
+
+    def fits(group: str, workers) -> str | None:
+        try:
+            return workers_problem(resolve_workers(workers, nodes, group), nodes, f"{group}.workers")
+        except PreflightError as err:  # auto on a cluster without GPUs
+            return str(err)
+
     checks = {"tokenizer": (cfg.tokenizer, lambda: cpus_problem(cfg.tokenizer, nodes)),
-              "pretrain": (cfg.pretrain, lambda: workers_problem(cfg.pretrain.workers, nodes, "pretrain.workers")),
-              "instruct": (cfg.instruct, lambda: workers_problem(cfg.instruct.workers, nodes, "instruct.workers"))}
+              "pretrain": (cfg.pretrain, lambda: fits("pretrain", cfg.pretrain.workers)),
+              "instruct": (cfg.instruct, lambda: fits("instruct", cfg.instruct.workers))}
     problems = [problem for name, (stage_cfg, check) in checks.items()
                 if finished(run_dir, name, stage_cfg) is None and (problem := check())]
     if problems:

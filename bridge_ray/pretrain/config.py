@@ -10,6 +10,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Literal, Optional
 
 from bridge_ray.config import LOGGERS
 from bridge_ray.errors import ConfigError
-from bridge_ray.sft.config import WorkersConfig, strategy_problems
+from bridge_ray.sft.config import WorkersConfig, auto_workers_problems, strategy_problems
 
 DATASET_MODULE = "pkg://bridge_ray.pretrain.dataset"
 DATASET_CLASS = "PackedTextDataset"
@@ -121,8 +122,10 @@ def pretrain_tiny_cpu(tokenizer_path: str, train_files, val_files, output_dir: s
     )
 
 
-def pretrain_0p1b(tokenizer_path: str, train_files, output_dir: str, num_gpus: int = 1) -> PretrainConfig:
-    """The older workflow's 0.125B on GPUs: 12 x 768, sequence 2048, 0.5M tokens a step, lr 6e-4."""
+def pretrain_0p1b(tokenizer_path: str, train_files, output_dir: str,
+                  num_gpus: int | Literal["auto"] = "auto") -> PretrainConfig:
+    """The older workflow's 0.125B on GPUs: 12 x 768, sequence 2048, 0.5M tokens a step, lr 6e-4; every GPU
+    of the cluster by default (``num_gpus="auto"``)."""
     return PretrainConfig(
         model=ModelConfig(shape="0.1b", tokenizer_path=tokenizer_path),
         data=DataConfig(train_files=tuple(train_files), seq_len=2048, global_batch_size=256,
@@ -133,8 +136,10 @@ def pretrain_0p1b(tokenizer_path: str, train_files, output_dir: str, num_gpus: i
     )
 
 
-def pretrain_1b(tokenizer_path: str, train_files, output_dir: str, num_gpus: int = 8) -> PretrainConfig:
-    """The 1B shape (Llama-3.2-1B layers) on GPUs: sequence 2048, 1M tokens a step, lr 3e-4."""
+def pretrain_1b(tokenizer_path: str, train_files, output_dir: str,
+                num_gpus: int | Literal["auto"] = "auto") -> PretrainConfig:
+    """The 1B shape (Llama-3.2-1B layers) on GPUs: sequence 2048, 1M tokens a step, lr 3e-4; every GPU of the
+    cluster by default (``num_gpus="auto"``)."""
     return PretrainConfig(
         model=ModelConfig(shape="1b", tokenizer_path=tokenizer_path),
         data=DataConfig(train_files=tuple(train_files), seq_len=2048, global_batch_size=512,
@@ -163,6 +168,8 @@ def parse_args(argv: list[str], default_preset: str) -> tuple[str, list[str]]:
 
 
 def _batch_problems(data: DataConfig, workers: WorkersConfig) -> list[str]:
+    if workers.num_workers == "auto":  # checked again once the cluster gave the count (preflight)
+        workers = dataclasses.replace(workers, num_workers=1)
     if data.global_batch_size < 1 or data.micro_batch_size_per_worker < 1 or workers.num_workers < 1:
         return ["pretrain.data.global_batch_size, data.micro_batch_size_per_worker and workers.num_workers "
                 "must be >= 1"]
@@ -228,6 +235,7 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
     """
     problems = (_model_problems(cfg.model) + _data_problems(cfg.data)
                 + _batch_problems(cfg.data, cfg.workers) + strategy_problems(cfg.workers, "pretrain")
+                + auto_workers_problems(cfg.workers, "pretrain")
                 + _trainer_problems(cfg.trainer, cfg.optim))
     if problems:
         raise ConfigError(problems)

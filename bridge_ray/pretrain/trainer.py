@@ -25,6 +25,8 @@ from bridge_ray.pretrain.config import (PretrainConfig, checkpoint_dir, epochs_f
                                         tokens_dir, validate)
 from bridge_ray.recipe import recipe_main
 from bridge_ray.runs import lifecycle
+from bridge_ray.cluster.driver import alive_nodes
+from bridge_ray.sft.config import resolve_workers
 from bridge_ray.sft.preflight import workers_problem
 from bridge_ray.sft.trainer import TrainingFailed, connect, worker_env, write_metrics
 
@@ -162,6 +164,7 @@ def fit(cfg: PretrainConfig) -> PretrainResult:
                                                                experiment_name=experiment))
     connect()
     output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers)
+    cfg = dataclasses.replace(cfg, workers=resolve_workers(cfg.workers, alive_nodes(), "pretrain"))
     preflight(cfg)
     train, val, epochs = prepare(cfg)
     overrides = to_verl_overrides(cfg, train, val, epochs)

@@ -20,7 +20,7 @@ from typing import Literal, Optional, Union
 
 from bridge_ray.cluster.records import home_dir
 from bridge_ray.config import trainer_problems
-from bridge_ray.errors import ConfigError
+from bridge_ray.errors import ConfigError, PreflightError
 from bridge_ray.sft.hardware import resolve
 
 Attention = Literal["auto", "flash_attention_2", "torch_varlen", "sdpa", "eager"]
@@ -95,12 +95,14 @@ class OptimConfig:
 class WorkersConfig:
     """Ray Train workers: one rank each.
 
+    ``num_workers``: a count, or ``auto`` (GPU workers only): one worker per ``gpus_per_worker`` GPUs on
+    every node of the cluster the run starts on, so one preset serves one GPU and many nodes alike.
     ``reshard_after_forward``: FSDP frees each layer's gathered parameters after its forward
     and gathers them again for backward (least memory); false keeps them until backward
     (one all-gather a layer fewer per micro batch, more memory).
     """
 
-    num_workers: int = 1
+    num_workers: Union[int, Literal["auto"]] = 1
     cpus_per_worker: int = 1
     gpus_per_worker: int = 0
     strategy: Literal["fsdp", "fsdp2"] = "fsdp2"
@@ -193,7 +195,7 @@ def sft_gsm8k_llama1b(
             global_batch_size=64, micro_batch_size_per_worker=8, max_tokens_per_worker="auto", max_length=1024,
         ),
         optim=OptimConfig(lr=1e-5),
-        workers=WorkersConfig(num_workers=1, cpus_per_worker=8, gpus_per_worker=1, reshard_after_forward=False),
+        workers=WorkersConfig(num_workers="auto", cpus_per_worker=8, gpus_per_worker=1, reshard_after_forward=False),
         trainer=TrainerConfig(output_dir=str(output_dir or home / "outputs" / "sft-gsm8k-llama1b"), total_epochs=2,
                               save_freq=500, test_freq=100, experiment_name="gsm8k-llama1b"),
     )
@@ -227,6 +229,8 @@ PRESETS = {"sft_tiny_cpu": sft_tiny_cpu, "sft_gsm8k_llama1b": sft_gsm8k_llama1b,
 def _batch_problems(data: DataConfig, workers: WorkersConfig) -> list[str]:
     if data.global_batch_size < 1 or data.micro_batch_size_per_worker < 1:
         return ["data.global_batch_size and data.micro_batch_size_per_worker must be >= 1"]
+    if workers.num_workers == "auto":  # checked again once the cluster gave the count (preflight)
+        workers = dataclasses.replace(workers, num_workers=1)
     if data.global_batch_size % workers.num_workers:
         return [f"data.global_batch_size={data.global_batch_size} must be divisible by "
                 f"workers.num_workers={workers.num_workers} (each worker takes an equal share)"]
@@ -278,9 +282,34 @@ def strategy_problems(workers: WorkersConfig, prefix: str) -> list[str]:
     return []
 
 
+def auto_workers_problems(workers: WorkersConfig, prefix: str) -> list[str]:
+    """``num_workers=auto`` counts GPUs: CPU workers need a number."""
+    if workers.num_workers == "auto" and not workers.use_gpu:
+        return [f"{prefix}.workers.num_workers=auto counts the cluster's GPUs, but these are CPU workers "
+                f"(workers.gpus_per_worker=0): set {prefix}.workers.num_workers=N"]
+    return []
+
+
+def resolve_workers(workers: WorkersConfig, nodes: list[dict], prefix: str) -> WorkersConfig:
+    """``workers`` with ``num_workers=auto`` replaced by one worker per ``gpus_per_worker`` GPUs of each alive
+    node (``ray.nodes()`` rows); a count comes back unchanged.
+
+    Raises:
+        PreflightError: ``auto`` on a cluster without GPUs.
+    """
+    if workers.num_workers != "auto":
+        return workers
+    count = sum(int(n["Resources"].get("GPU", 0) // workers.gpus_per_worker) for n in nodes)
+    if count < 1:
+        raise PreflightError(
+            f"{prefix}.workers.num_workers=auto found no GPU on the cluster ({len(nodes)} node(s)): start it on GPU "
+            f"nodes, or run on CPU workers with {prefix}.workers.gpus_per_worker=0 {prefix}.workers.num_workers=N")
+    return dataclasses.replace(workers, num_workers=count)
+
+
 def _workers_problems(workers: WorkersConfig) -> list[str]:
-    problems = strategy_problems(workers, "sft")
-    if workers.num_workers < 1:
+    problems = strategy_problems(workers, "sft") + auto_workers_problems(workers, "sft")
+    if workers.num_workers != "auto" and workers.num_workers < 1:
         problems.append(f"workers.num_workers={workers.num_workers} must be >= 1")
     if workers.cpus_per_worker < 1 or workers.gpus_per_worker < 0:
         problems.append("workers.cpus_per_worker must be >= 1 and workers.gpus_per_worker >= 0")

@@ -33,7 +33,8 @@ from bridge_ray.platforms import cpu_env
 from bridge_ray.recipe import recipe_main
 from bridge_ray.runs import lifecycle
 from bridge_ray.sft import hardware
-from bridge_ray.sft.config import PRESETS, SFTConfig, checkpoint_dir, parse_args, to_verl_overrides, validate
+from bridge_ray.sft.config import (PRESETS, SFTConfig, checkpoint_dir, parse_args, resolve_workers, to_verl_overrides,
+                                   validate)
 from bridge_ray.sft.hardware import resolve
 from bridge_ray.sft.worker import KILL_AT_STEP_ENV, STEPS_FILE
 
@@ -146,6 +147,7 @@ def fit(cfg: SFTConfig) -> SFTResult:
                                                                experiment_name=experiment))
     connect()
     output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers)
+    cfg = dataclasses.replace(cfg, workers=resolve_workers(cfg.workers, driver.alive_nodes(), "sft"))
     cfg = prepare_data(cfg)
     preflight(cfg)
     hw = hardware.probe_workers(cfg) if hardware.needs_probe(cfg) else None
