@@ -229,6 +229,7 @@ SNAPSHOT_ENV_RE = re.compile(r"^(OMP_|MKL_|OPENBLAS_|CUDA_|NCCL_|VLLM_|TOKENIZER
                              r"TRANSFORMERS_|PYTHON|LD_PRELOAD|MALLOC|GLOO_|RAY_)")
 PHASES = {  # first line matching each marker, in either side's log
     "driver_or_ray_init": r"ray init kwargs|\[bridge-ray\] starting at step|\[bridge-ray\] resumed",
+    "driver_ready": r"\[bridge-ray\] driver ready",  # bridge-ray's driver, its own clock by phase in the line
     "task_runner": r"TaskRunner",
     "vllm_init": r"(?i)initializing a v1 llm engine|init engine|vllm.*version",
     "vllm_weights_loaded": r"(?i)loading weights took|model loading took",
@@ -281,12 +282,19 @@ def procs_diff(plain: list[dict], bridge: list[dict]) -> list[str]:
     return out
 
 
+DRIVER_LAP = re.compile(r"([a-z][a-z +]*?) ([\d.]+) s")
+
+
 def phases(lines: list[tuple[float, str]]) -> dict:
-    """Seconds from the side's start to the first line of each start-up phase (``PHASES``)."""
+    """Seconds from the side's start to the first line of each start-up phase (``PHASES``); on the bridge-ray
+    side also ``driver_s``, the driver's own seconds by phase (``[bridge-ray] driver ready ... (connect 0.3 s, ...)``)."""
     found = {}
     for name, pattern in PHASES.items():
         regex = re.compile(pattern)
         found[name] = next((round(t, 1) for t, line in lines if regex.search(line)), None)
+    ready = next((line for _, line in lines if "[bridge-ray] driver ready" in line), None)
+    if ready and "(" in ready:
+        found["driver_s"] = {name.strip(): float(s) for name, s in DRIVER_LAP.findall(ready.rsplit("(", 1)[1])}
     return found
 
 
