@@ -35,13 +35,13 @@ import os
 import platform
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import _tools
 from _tools import exe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,17 +135,8 @@ def timed_worker(steps_file: str, overrides: list[str]) -> None:
 
 
 def run_logged(cmd: list[str], log: Path, env: dict, timeout_s: float) -> int:
-    """Run ``cmd`` in its own process group, output to ``log``; kill the group after ``timeout_s``."""
-    with open(log, "a") as f:
-        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            return proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return 124
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    """``_tools.run_logged`` from this checkout, appending to ``log`` (one log per side: up, submit, down)."""
+    return _tools.run_logged(cmd, log, env, timeout_s, REPO, mode="a")
 
 
 def recipe_args(args, spec: dict, prepared: dict, run_dir: Path) -> list[str]:

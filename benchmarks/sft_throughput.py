@@ -40,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+import _tools
 from _tools import exe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,17 +128,8 @@ def timed_worker(steps_file: str, overrides: list[str]) -> None:
 # ---- one run of one side ----------------------------------------------------------------------
 
 def run_logged(cmd: list[str], log: Path, env: dict, timeout_s: float, cwd: Path = REPO) -> int:
-    """Run ``cmd`` in its own process group with output to ``log``; kill the group after ``timeout_s``."""
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            return proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return 124
-        finally:  # a timeout, Ctrl-C or SIGTERM: nothing of this run outlives it
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    """``_tools.run_logged`` from this checkout, a fresh log."""
+    return _tools.run_logged(cmd, log, env, timeout_s, cwd)
 
 
 def variant_preset(args, variant: str) -> tuple[str, list[str]]:

@@ -41,7 +41,7 @@ def test_presets_compose_against_verls_config(preset, tmp_path):
     precision = config.engine.get("mixed_precision")
     assert (dict(precision) if precision else None) == ({"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
                                                         if preset == "pretrain_tiny_cpu" else None)
-    assert config.model.use_fused_kernels is False and config.model.fused_kernel_options.impl_backend == "torch"
+    assert config.model.use_fused_kernels is True and config.model.fused_kernel_options.impl_backend == "torch"
 
 
 def test_bad_values_are_listed_together(tmp_path):

@@ -34,12 +34,13 @@ class ModelConfig:
     """The model: a named shape (``bridge_ray.pretrain.model.SHAPES``) and the tokenizer it uses.
 
     ``dtype`` is FSDP's compute dtype (master weights stay fp32): bfloat16 on GPUs, float32 on CPU.
-    ``fused_kernels`` computes the log-probs from the hidden states in chunks (verl's torch backend), so
-    the (batch, sequence, vocabulary) logits are never held whole: less memory for a little more compute
-    (the output layer runs again in the backward pass). Off, verl builds the logits and takes a log-softmax
-    a row at a time: one call per sequence of the micro batch, not per token. verl 0.9.1's Triton backend
-    is not used: for fixed-length (unpacked) batches it returns the log-probs flattened and the step dies
-    in ``prepare_model_outputs`` (IndexError; seen on an H200).
+    ``fused_kernels`` (on by default) computes the log-probs from the hidden states in chunks (verl's torch
+    backend), so the (batch, sequence, vocabulary) logits are never held whole. Off, verl 0.9.1 builds the
+    logits, flattens them to one row per token and, in bf16, takes a log-softmax one row at a time: a few
+    kernels per token, forward and backward, and the step becomes CPU-bound (1B shape, sequence 2048, 131k
+    tokens a step on one H100: 21 s a step off, 2.85 s on; benchmarks/RESULTS.md). verl's Triton backend is
+    not used: for fixed-length (unpacked) batches it returns the log-probs flattened and the step dies in
+    ``prepare_model_outputs`` (IndexError; seen on an H200).
     """
 
     shape: str = "tiny"
@@ -47,7 +48,7 @@ class ModelConfig:
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
-    fused_kernels: bool = False
+    fused_kernels: bool = True
     init_seed: int = 0
 
 
