@@ -58,6 +58,11 @@ def test_ppo_preset_composes_to_the_seed_settings(model_dir, tmp_path):
     assert c.trainer.default_local_dir == str(tmp_path / "run" / "checkpoints")
     assert c.critic.model.path == model_dir and c.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
     assert c.reward.custom_reward_function.path is None  # GSM8K: verl's built-in rule by data_source
+    # log-probs in chunks from the hidden states (verl's torch backend), not verl's per-token bf16 log-softmax
+    model = c.actor_rollout_ref.model
+    assert model.use_fused_kernels is True and model.fused_kernel_options.impl_backend == "torch"
+    off = composed(ppo.apply_overrides(seed_ppo(model_dir, tmp_path), ["ppo.model.fused_kernels=false"]))
+    assert off.actor_rollout_ref.model.use_fused_kernels is False
 
 
 def test_grpo_preset_composes_without_critic(model_dir, tmp_path):

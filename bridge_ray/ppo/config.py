@@ -33,13 +33,20 @@ CPU_WORKER_EXTENSION = "bridge_ray.platforms.vllm_cpu_worker.CPUWorkerExtension"
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The policy model (actor, reference and rollout weights) and how its layers run."""
+    """The policy model (actor, reference and rollout weights) and how its layers run.
+
+    ``fused_kernels`` (on by default): the actor's and reference's log-probs come from the hidden states in
+    chunks (verl's torch backend). Off, verl 0.9.1 without flash-attn takes a bf16 log-softmax one token at a
+    time, forward and backward, which made 1B pretraining on the same engine CPU-bound (7.4x slower on an
+    H100, benchmarks/RESULTS.md). Triton's backend is not used (it flattens fixed-length log-probs).
+    """
 
     path: str = ""
     tokenizer_path: str | None = None
     attn_implementation: str = "sdpa"
     use_remove_padding: bool = False
     gradient_checkpointing: bool = True
+    fused_kernels: bool = True
 
 
 @dataclass(frozen=True)
@@ -341,6 +348,8 @@ def _actor_keys(cfg: PPOConfig) -> list[str]:
     actor, ref, prefix = cfg.actor, cfg.ref, "actor_rollout_ref.actor"
     contents = ["model", "optimizer", "extra"] if actor.save_optimizer else ["model", "extra"]
     return _model_keys("actor_rollout_ref.model", cfg.model.path, cfg.model) + [
+        f"actor_rollout_ref.model.use_fused_kernels={cfg.model.fused_kernels}",
+        "actor_rollout_ref.model.fused_kernel_options.impl_backend=torch",
         f"{prefix}.strategy={actor.strategy}",
         f"{prefix}.optim.lr={actor.lr}",
         f"{prefix}.ppo_mini_batch_size={actor.mini_batch_size}",
