@@ -194,13 +194,12 @@ def check_resources(cfg: ChainConfig) -> None:
         PreflightError: every stage that does not fit, with the key to change.
         ConfigError: a finished stage's config changed (as ``run`` would say).
     """
-    import ray
-
+    from bridge_ray.cluster.driver import alive_nodes
     from bridge_ray.sft.config import resolve_workers
     from bridge_ray.sft.preflight import workers_problem
     from bridge_ray.tokenizer import cpus_problem
 
-    nodes, run_dir = [n for n in ray.nodes() if n.get("Alive")], Path(cfg.run_dir)
+    nodes, run_dir = alive_nodes(), Path(cfg.run_dir)
 
     def fits(group: str, workers) -> str | None:
         try:

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge_ray.cluster.driver import alive_nodes
 from bridge_ray.config import output_dir_problem, to_dict
 from bridge_ray.errors import ConfigError, PreflightError
 from bridge_ray.jobs import tracking
@@ -25,7 +26,6 @@ from bridge_ray.pretrain.config import (PretrainConfig, checkpoint_dir, epochs_f
                                         tokens_dir, validate)
 from bridge_ray.recipe import recipe_main
 from bridge_ray.runs import lifecycle
-from bridge_ray.cluster.driver import alive_nodes
 from bridge_ray.sft.config import resolve_workers
 from bridge_ray.sft.preflight import workers_problem
 from bridge_ray.sft.trainer import TrainingFailed, connect, worker_env, write_metrics
@@ -44,8 +44,6 @@ class PretrainResult:
 
 def preflight(cfg: PretrainConfig) -> None:
     """Files, tokenizer, output dir and resources, checked before anything starts (one line each)."""
-    import ray
-
     from bridge_ray.data.text import check_text_files
 
     tokenizer = Path(cfg.model.tokenizer_path)
@@ -57,7 +55,7 @@ def preflight(cfg: PretrainConfig) -> None:
         check_text_files(cfg.data.val_files, cfg.data.text_key, "pretrain.data.val_files")
     if problem := output_dir_problem(cfg.trainer.output_dir):
         raise PreflightError(problem.replace("trainer.output_dir", "pretrain.trainer.output_dir"))
-    if problem := workers_problem(cfg.workers, [n for n in ray.nodes() if n["Alive"]], "pretrain.workers"):
+    if problem := workers_problem(cfg.workers, alive_nodes(), "pretrain.workers"):
         raise PreflightError(problem)
 
 
