@@ -24,6 +24,7 @@ GPU's dense bf16 peak (989.4 TFLOP/s for H100/H200 SXM).
     python benchmarks/pretrain_throughput.py --out O run --side torchrun --pair 1   # alternate the order
     python benchmarks/pretrain_throughput.py --out O run --side bridge --pair 1
     python benchmarks/pretrain_throughput.py --out O summary                  # O/summary.json + a table
+    python benchmarks/pretrain_throughput.py --out O2 --set pretrain.optim.fused=true run ...  # a variant (cp -al O/assets O2/)
     python benchmarks/pretrain_throughput.py --out O --cpu prepare|run|summary  # tiny shape, 2 CPU ranks: logic only
 """
 from __future__ import annotations
@@ -147,7 +148,7 @@ def recipe_args(args, spec: dict, prepared: dict, run_dir: Path) -> list[str]:
             f"pretrain.trainer.total_steps={args.steps or spec['steps']}", "pretrain.trainer.save_freq=-1",
             "pretrain.trainer.test_freq=-1", "pretrain.trainer.save_checkpoint=false",
             "pretrain.trainer.resume_mode=disable", f"pretrain.trainer.output_dir={run_dir}",
-            *([] if args.cpu else [f"pretrain.workers.num_workers={args.gpus}"]), *spec["overrides"]]
+            *([] if args.cpu else [f"pretrain.workers.num_workers={args.gpus}"]), *spec["overrides"], *args.set]
 
 
 def run_side(args, spec: dict) -> dict:
@@ -240,6 +241,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="steps per run (default 20 on GPU, 8 on CPU)")
     parser.add_argument("--skip", type=int, help="warm-up steps left out of the steady state (default 5 / 2)")
     parser.add_argument("--timeout", type=float, default=540, help="seconds per run")
+    parser.add_argument("--set", action="append", default=[], metavar="pretrain.KEY=VALUE",
+                        help="one more override for both sides (repeatable), e.g. pretrain.optim.fused=true")
     parser.add_argument("stage", choices=("prepare", "run", "summary"))
     parser.add_argument("--side", choices=SIDES)
     parser.add_argument("--pair", type=int, default=0)

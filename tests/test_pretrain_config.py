@@ -60,6 +60,20 @@ def test_bad_values_are_listed_together(tmp_path):
     ]
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_fused_adamw_reaches_the_optimizer_verl_builds(fused, tmp_path):
+    import torch
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers.config.optimizer import build_optimizer
+
+    from bridge_ray.sft.worker import compose_verl_config
+
+    cfg = pretrain.validate(tiny(tmp_path, f"optim.fused={str(fused).lower()}"))
+    config = compose_verl_config(pretrain.to_verl_overrides(cfg, [str(tmp_path / "a.bin")], [], total_epochs=1))
+    optimizer = build_optimizer(torch.nn.Linear(4, 4).parameters(), omega_conf_to_dataclass(config.optim))
+    assert bool(optimizer.defaults.get("fused")) is fused and optimizer.defaults["betas"] == (0.9, 0.95)
+
+
 def test_gpu_presets_take_every_gpu_of_the_cluster_and_cpu_workers_need_a_count(tmp_path):
     assert pretrain.pretrain_1b("/t", ["/a.jsonl"], "/o").workers.num_workers == "auto"
     assert pretrain.pretrain_0p1b("/t", ["/a.jsonl"], "/o").workers.num_workers == "auto"

@@ -68,7 +68,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with a linear warm-up and a cosine decay to ``lr * min_lr_ratio``."""
+    """AdamW with a linear warm-up and a cosine decay to ``lr * min_lr_ratio``. ``fused``: torch's fused
+    AdamW (one kernel over all parameters; the same update)."""
 
     lr: float = 3e-4
     min_lr_ratio: float = 0.1
@@ -77,6 +78,7 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     clip_grad: float = 1.0
+    fused: bool = False
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,7 @@ def to_verl_overrides(cfg: PretrainConfig, train_shards, val_shards=(), total_ep
         "optim.lr_scheduler_type=cosine",
         f"optim.lr_warmup_steps={optim.warmup_steps}",
         f"optim.min_lr_ratio={optim.min_lr_ratio}",
+        *(["optim.override_optimizer_config={fused:true}"] if optim.fused else []),
         f"trainer.default_local_dir={checkpoint_dir(cfg)}",
         f"trainer.project_name={trainer.project_name}",
         f"trainer.experiment_name={trainer.experiment_name}",
