@@ -236,7 +236,7 @@ def train(cfg: TokenizerConfig) -> TokenizerResult:
     check_text_files(cfg.files, cfg.text_key, "tokenizer.files")
     driver.connect()
     lifecycle.start(cfg.output_dir)  # no checkpoint, so no finish_model: the tokenizer is the output dir
-    if problem := cpus_problem(cfg, [n for n in ray.nodes() if n.get("Alive")]):
+    if problem := cpus_problem(cfg, driver.alive_nodes()):
         raise PreflightError(problem)
     outcome = ray.get(ray.remote(num_cpus=cfg.num_cpus)(_task).remote(cfg))
     if isinstance(outcome, str):

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from bridge_ray.cluster.driver import alive_nodes
 from bridge_ray.config import output_dir_problem
 from bridge_ray.errors import PreflightError
 from bridge_ray.ppo.config import PPOConfig, resolve_cpu, resolve_gpus
@@ -336,9 +337,7 @@ def preflight(cfg: PPOConfig, ships_reward_code: bool = False) -> tuple[PPOConfi
             is missing, a path is unreadable, GPU memory is short or the data does not fit (``finish``);
             nothing was started.
     """
-    import ray
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = alive_nodes()
     cfg = resolve_resources(cfg, nodes)
     problems = resource_problems(cfg, nodes)
     if problems:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bridge_ray.cluster.driver import alive_nodes
 from bridge_ray.config import output_dir_problem
 from bridge_ray.errors import ConfigError, PreflightError
 from bridge_ray.sft.config import SFTConfig, WorkersConfig, validate
@@ -103,10 +104,8 @@ def preflight(cfg: SFTConfig) -> None:
         ConfigError: bad config values or data files.
         PreflightError: the cluster lacks resources or cannot see/write a path.
     """
-    import ray
-
     validate(cfg)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = alive_nodes()
     check_resources(cfg, nodes)
     check_paths_on_cluster(cfg, nodes)
     check_data_on_cluster(cfg)
