@@ -91,6 +91,8 @@ def test_dotted_overrides_reach_verl(model_dir, tmp_path):
     assert (c.algorithm.adv_estimator, c.actor_rollout_ref.rollout.n) == ("grpo", 8)
     assert c.actor_rollout_ref.rollout.tensor_model_parallel_size == 2
     assert (c.actor_rollout_ref.actor.optim.lr, c.trainer.total_training_steps) == (3e-6, 20)
+    # total_steps is the run's length: verl, stopping after total_epochs, must not end a short dataset early
+    assert c.trainer.total_epochs == 20 and composed(seed_ppo(model_dir, tmp_path)).trainer.total_epochs == 15
     assert list(c.trainer.logger) == ["console"]
     hook = c.reward.custom_reward_function
     assert (hook.path, hook.name, hook.reward_kwargs.bridge_ray_reward) == (

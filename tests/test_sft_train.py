@@ -111,6 +111,18 @@ def test_walltime_saves_before_the_deadline_and_a_resubmit_resumes(ray_run, asse
     assert resumed.metrics["attempts_steps"] == [1, 2]
 
 
+def test_total_steps_beyond_one_epoch_train_every_step_and_merge(assets, local_ray, tmp_path, capsys):
+    """20 rows at 8 a step make 2 steps an epoch: 5 steps need 3 epochs. verl alone stops at the end of
+    its one epoch without a final checkpoint (seen on the GPU host: the chain's instruct stage failed)."""
+    small = tmp_path / "small.parquet"
+    pd.read_parquet(assets["train"]).head(20).to_parquet(small)
+    result = sft.fit(tiny(assets, tmp_path / "run", f"data.train_files=[{small}]", "trainer.total_steps=5",
+                          "trainer.save_freq=-1", "trainer.test_freq=-1"))
+    assert "[bridge-ray] sft data: 20 rows, 2 step(s) an epoch; 3 epoch(s) for 5 steps" in capsys.readouterr().out
+    assert result.metrics["attempts_steps"] == [1, 2, 3, 4, 5]
+    assert result.checkpoint.name == "global_step_5" and result.hf_model is not None
+
+
 def test_preflight_missing_model(assets, local_ray, tmp_path):
     cfg = tiny(assets, tmp_path / "out", f"model.path={tmp_path}/nope")
     with pytest.raises(PreflightError, match=rf"^on node [0-9.]+: model.path {tmp_path}/nope has no config.json "

@@ -162,6 +162,8 @@ class TrainerConfig:
     ``nnodes`` / ``gpus_per_node`` None: what the cluster has (resolved by the preflight); on
     CPU, ``gpus_per_node`` counts training ranks (1 node x 1 rank when None).
     ``save_freq`` -1: save the final step only (the merged HF actor needs one checkpoint).
+    ``total_steps``, when set, is the run's length: verl gets as many epochs as that takes (it would
+    otherwise end after ``total_epochs`` short of the step count, and save no final checkpoint).
     ``hub_repo_id``: upload the merged actor to this Hub repo at the end (needs ``merge_hf`` and
     HF_TOKEN in the job's env), as SFT and pretraining do.
     """
@@ -437,7 +439,9 @@ def _trainer_keys(cfg: PPOConfig) -> list[str]:
     return [
         f"trainer.nnodes={trainer.nnodes}",
         f"trainer.n_gpus_per_node={trainer.gpus_per_node}",
-        f"trainer.total_epochs={trainer.total_epochs}",
+        # Each epoch takes at least one step, so total_steps epochs always reach total_steps (verl stops there;
+        # its RL dataset drops overlong prompts, so the steps an epoch are not known before verl loads it).
+        f"trainer.total_epochs={trainer.total_epochs if trainer.total_steps is None else trainer.total_steps}",
         f"trainer.total_training_steps={_null(trainer.total_steps)}",
         f"trainer.save_freq={save_freq}",
         f"trainer.test_freq={trainer.test_freq}",

@@ -1,7 +1,7 @@
 """Checks run in the job driver before an SFT run starts; on failure nothing was started.
 
 Order: config (``validate``), cluster resources, paths on every node (a zero-CPU Ray
-task pinned to each alive node), then the data schema (on one node). Each failure
+task pinned to each alive node), then the data schema and size (on one node). Each failure
 raises one ``PreflightError``/``ConfigError`` whose message says what was found and
 what to change.
 """
@@ -58,21 +58,23 @@ def path_problems(cfg: SFTConfig) -> list[str]:
     return problems
 
 
-def data_problems(cfg: SFTConfig) -> list[str]:
-    """Schema and size problems of the SFT files (runs on one node)."""
+def data_report(cfg: SFTConfig) -> tuple[list[str], int]:
+    """Schema and size problems of the SFT files, and the rows of every train file together (runs on one node)."""
     from bridge_ray.data import check_sft_file
 
-    problems = []
+    problems, train_rows = [], 0
     for path in cfg.data.train_files + cfg.data.val_files:
         try:
             check = check_sft_file(path, cfg.data.prompt_key, cfg.data.response_key, cfg.data.messages_key)
         except ConfigError as err:
             problems.extend(err.problems)
             continue
-        if path in cfg.data.train_files and check.num_rows < cfg.data.global_batch_size:
-            problems.append(f"data.train_files: {path} has {check.num_rows} rows, fewer than "
-                            f"data.global_batch_size={cfg.data.global_batch_size}: no step could run")
-    return problems
+        if path in cfg.data.train_files:
+            train_rows += check.num_rows
+            if check.num_rows < cfg.data.global_batch_size:
+                problems.append(f"data.train_files: {path} has {check.num_rows} rows, fewer than "
+                                f"data.global_batch_size={cfg.data.global_batch_size}: no step could run")
+    return problems, train_rows
 
 
 def check_paths_on_cluster(cfg: SFTConfig, nodes: list[dict]) -> None:
@@ -88,17 +90,18 @@ def check_paths_on_cluster(cfg: SFTConfig, nodes: list[dict]) -> None:
         raise PreflightError("; ".join(problems))
 
 
-def check_data_on_cluster(cfg: SFTConfig) -> None:
-    """Run ``data_problems`` as a Ray task; raise ConfigError listing them."""
+def check_data_on_cluster(cfg: SFTConfig) -> int:
+    """Run ``data_report`` as a Ray task; raise ConfigError listing its problems, else return the train rows."""
     import ray
 
-    problems = ray.get(ray.remote(num_cpus=0)(data_problems).remote(cfg))
+    problems, train_rows = ray.get(ray.remote(num_cpus=0)(data_report).remote(cfg))
     if problems:
         raise ConfigError(problems)
+    return train_rows
 
 
-def preflight(cfg: SFTConfig) -> None:
-    """Every check, in order, against the connected Ray cluster.
+def preflight(cfg: SFTConfig) -> int:
+    """Every check, in order, against the connected Ray cluster; returns the rows of the train files.
 
     Raises:
         ConfigError: bad config values or data files.
@@ -108,4 +111,4 @@ def preflight(cfg: SFTConfig) -> None:
     nodes = alive_nodes()
     check_resources(cfg, nodes)
     check_paths_on_cluster(cfg, nodes)
-    check_data_on_cluster(cfg)
+    return check_data_on_cluster(cfg)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,23 @@ def build_trainer(cfg: SFTConfig):
     )
 
 
+def epochs_for_steps(cfg: SFTConfig, train_rows: int) -> SFTConfig:
+    """``cfg`` with as many epochs as ``trainer.total_steps`` needs; unchanged when it is not set.
+
+    verl ends training after ``total_epochs`` even when ``total_training_steps`` is not reached, and
+    then saves no final checkpoint (there is nothing to merge). A step takes ``global_batch_size``
+    rows and an epoch drops the last partial batch; verl stops at ``total_steps`` within the last epoch.
+    """
+    steps = cfg.trainer.total_steps
+    if steps is None:
+        return cfg
+    per_epoch = max(1, train_rows // cfg.data.global_batch_size)
+    epochs = math.ceil(steps / per_epoch)
+    print(f"[bridge-ray] sft data: {train_rows:,} rows, {per_epoch} step(s) an epoch; {epochs} epoch(s) for "
+          f"{steps} steps", flush=True)
+    return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, total_epochs=epochs))
+
+
 def write_metrics(output_dir: Path, final: dict) -> dict:
     """``metrics.json``: the last reported metrics and one row per step (latest attempt wins).
 
@@ -149,7 +167,7 @@ def fit(cfg: SFTConfig) -> SFTResult:
     output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers)
     cfg = dataclasses.replace(cfg, workers=resolve_workers(cfg.workers, driver.alive_nodes(), "sft"))
     cfg = prepare_data(cfg)
-    preflight(cfg)
+    cfg = epochs_for_steps(cfg, preflight(cfg))
     hw = hardware.probe_workers(cfg) if hardware.needs_probe(cfg) else None
     cfg = validate(resolve(cfg, hw))
     hardware.check(cfg, hw)
