@@ -46,6 +46,7 @@ def test_up_status_list_down_via_cli():
     assert down.returncode == 0 and "cluster 'life' is down" in down.stdout
     assert processes.find_pids(record.temp_dir, by_open_files=True) == []
     assert not records.record_path("life").exists()
+    assert not os.path.exists(record.token_path)  # a stale token is a secret left behind
     assert run_cli("down", "--name", "life").stdout.strip() == "cluster 'life' is not recorded; nothing to do"
     for path in REPO.rglob("*"):  # the token never lands in the project
         if path.is_file() and ".venv" not in path.parts and ".git" not in path.parts and path.stat().st_size < 1e6:

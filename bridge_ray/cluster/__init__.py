@@ -137,8 +137,14 @@ def _flag(name: str) -> str:
 
 
 def _forget(name: str) -> None:
+    """Drop the record, the jobs' secrets and the token bridge-ray made for the cluster.
+
+    The cluster's logs stay (they hold no secret). A registered cluster's own token file lives
+    where the user keeps it and is never touched.
+    """
     records.delete(name)
     shutil.rmtree(credentials.secrets_dir(name), ignore_errors=True)
+    (records.cluster_dir(name) / "auth_token").unlink(missing_ok=True)
 
 
 def _active_jobs(record: ClusterRecord) -> list[dict] | None:
