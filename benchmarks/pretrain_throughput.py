@@ -25,6 +25,7 @@ GPU's dense bf16 peak (989.4 TFLOP/s for H100/H200 SXM).
     python benchmarks/pretrain_throughput.py --out O run --side bridge --pair 1
     python benchmarks/pretrain_throughput.py --out O summary                  # O/summary.json + a table
     python benchmarks/pretrain_throughput.py --out O2 --set pretrain.optim.fused=true run ...  # a variant (cp -al O/assets O2/)
+    python benchmarks/pretrain_throughput.py --out O3 --profile 8-9 run --side bridge       # where a step's time goes
     python benchmarks/pretrain_throughput.py --out O --cpu prepare|run|summary  # tiny shape, 2 CPU ranks: logic only
 """
 from __future__ import annotations
@@ -163,7 +164,8 @@ def run_side(args, spec: dict) -> dict:
         run_logged([exe("bridge-ray"), "up", "--name", "bench", *([] if args.cpu else [f"--num-gpus={args.gpus}"])],
                    log, env, 120)
         try:
-            rc = run_logged([exe("bridge-ray"), "submit", "recipes/pretrain.py", "--name", "bench", "--follow", "--",
+            profile = ["--env", f"BRIDGE_RAY_PROFILE_STEPS={args.profile}"] if args.profile else []
+            rc = run_logged([exe("bridge-ray"), "submit", "recipes/pretrain.py", "--name", "bench", "--follow", *profile, "--",
                              *recipe_args(args, spec, prepared, run_dir)], log, env, args.timeout)
         finally:
             run_logged([exe("bridge-ray"), "down", "--name", "bench", "--force"], log, env, 120)
@@ -196,7 +198,7 @@ def summarize(rows: list[dict], args, spec: dict, prepared: dict) -> dict:
     from bridge_ray.pretrain.model import flops_per_token
 
     rows = sorted({row["step"]: row for row in rows}.values(), key=lambda row: row["step"])
-    steady = rows[args.skip if args.skip is not None else spec["skip"]:]
+    steady = [row for row in rows[args.skip if args.skip is not None else spec["skip"]:] if not row.get("profiled")]
     if len(steady) < 2:
         return {"error": f"only {len(rows)} steps recorded", "steps": len(rows)}
     tokens, seconds = sum(r["tokens"] for r in steady), sum(r["step_time_s"] for r in steady)
@@ -243,6 +245,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=540, help="seconds per run")
     parser.add_argument("--set", action="append", default=[], metavar="pretrain.KEY=VALUE",
                         help="one more override for both sides (repeatable), e.g. pretrain.optim.fused=true")
+    parser.add_argument("--profile", metavar="STEPS", help="bridge side: profile these steps (e.g. 8-9) into "
+                        "RUN/profile/ (bridge_ray.sft.profiling); they are left out of the steady state")
     parser.add_argument("stage", choices=("prepare", "run", "summary"))
     parser.add_argument("--side", choices=SIDES)
     parser.add_argument("--pair", type=int, default=0)

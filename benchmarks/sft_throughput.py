@@ -174,7 +174,8 @@ def run_side(args, variant: str, pair: int, side: str, env: dict) -> dict:
     steps_file = run_dir / ("torchrun_steps.jsonl" if side == "torchrun" else "steps.jsonl")
     t0 = time.time()
     if side in ("bridge", "base"):
-        cmd = [exe("bridge-ray"), "submit", "recipes/sft_gsm8k.py", "--name", "bench", "--follow", "--",
+        profile = ["--env", f"BRIDGE_RAY_PROFILE_STEPS={args.profile}"] if args.profile else []
+        cmd = [exe("bridge-ray"), "submit", "recipes/sft_gsm8k.py", "--name", "bench", "--follow", *profile, "--",
                f"preset={variant_preset(args, variant)[0]}", *overrides(args, variant, run_dir)]
         rc = run_logged(cmd, run_dir / "run.log", env, args.timeout, cwd=REPO if side == "bridge" else args.base_repo)
     else:
@@ -201,7 +202,7 @@ def write_run_summary(run_dir: Path, args, run: dict) -> dict:
 def summarize(rows: list[dict], args) -> dict:
     """Steady-state figures from per-step rows (``step``, ``tokens``, ``step_time_s``, ...)."""
     rows = sorted({row["step"]: row for row in rows}.values(), key=lambda row: row["step"])
-    steady = rows[args.skip:]
+    steady = [row for row in rows[args.skip:] if not row.get("profiled")]
     if len(steady) < 2:
         return {"error": f"only {len(rows)} steps recorded", "steps": len(rows)}
     tokens = sum(row["tokens"] for row in steady[1:])
@@ -346,6 +347,8 @@ def main() -> None:
     parser.add_argument("--base-repo", type=Path, help="another bridge-ray checkout (e.g. before a change) for 'base'")
     parser.add_argument("--timeout", type=float, default=420, help="seconds per run before its process group is killed")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak per GPU (default 989.4 on GPUs)")
+    parser.add_argument("--profile", metavar="STEPS", help="bridge-ray sides: profile these steps (e.g. 8-9) into "
+                        "RUN/profile/ (bridge_ray.sft.profiling); they are left out of the steady state")
     parser.add_argument("--summary", action="store_true", help="only rebuild OUT/summary.json from the runs found")
     parser.add_argument("--recompute", action="store_true", help="with --summary: re-summarise each run's step rows")
     args = parser.parse_args()

@@ -111,9 +111,15 @@ def test_walltime_saves_before_the_deadline_and_a_resubmit_resumes(ray_run, asse
     assert resumed.metrics["attempts_steps"] == [1, 2]
 
 
-def test_total_steps_beyond_one_epoch_train_every_step_and_merge(assets, local_ray, tmp_path, capsys):
+def test_total_steps_beyond_one_epoch_train_every_step_and_merge(assets, local_ray, tmp_path, capsys, monkeypatch):
     """20 rows at 8 a step make 2 steps an epoch: 5 steps need 3 epochs. verl alone stops at the end of
-    its one epoch without a final checkpoint (seen on the GPU host: the chain's instruct stage failed)."""
+    its one epoch without a final checkpoint (seen on the GPU host: the chain's instruct stage failed).
+    The same run profiles steps 2-3 (``BRIDGE_RAY_PROFILE_STEPS``, passed to the workers)."""
+    import json
+
+    from bridge_ray.sft.profiling import PROFILE_STEPS_ENV
+
+    monkeypatch.setenv(PROFILE_STEPS_ENV, "2-3")
     small = tmp_path / "small.parquet"
     pd.read_parquet(assets["train"]).head(20).to_parquet(small)
     result = sft.fit(tiny(assets, tmp_path / "run", f"data.train_files=[{small}]", "trainer.total_steps=5",
@@ -121,6 +127,11 @@ def test_total_steps_beyond_one_epoch_train_every_step_and_merge(assets, local_r
     assert "[bridge-ray] sft data: 20 rows, 2 step(s) an epoch; 3 epoch(s) for 5 steps" in capsys.readouterr().out
     assert result.metrics["attempts_steps"] == [1, 2, 3, 4, 5]
     assert result.checkpoint.name == "global_step_5" and result.hf_model is not None
+    profile = tmp_path / "run" / "profile"
+    summary = json.loads((profile / "summary.json").read_text())
+    assert summary["steps"] == [2, 3] and summary["wall_s"] > 0 and summary["gpu_busy_s"] is None  # CPU run
+    assert "Self CPU" in (profile / "ops.txt").read_text() and (profile / "trace-rank0.json.gz").stat().st_size > 0
+    assert [row.get("profiled", False) for row in result.metrics["history"]] == [False, True, True, False, False]
 
 
 def test_preflight_missing_model(assets, local_ray, tmp_path):

@@ -28,7 +28,7 @@ from bridge_ray.recipe import recipe_main
 from bridge_ray.runs import lifecycle
 from bridge_ray.sft.config import resolve_workers
 from bridge_ray.sft.preflight import workers_problem
-from bridge_ray.sft.trainer import TrainingFailed, connect, worker_env, write_metrics
+from bridge_ray.sft.trainer import TrainingFailed, check_env, connect, worker_env, write_metrics
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,7 @@ def fit(cfg: PretrainConfig) -> PretrainResult:
         >>> result.sample
     """
     validate(cfg)
+    check_env()
     project, experiment = tracking.resolve_names(cfg.trainer.project_name, cfg.trainer.experiment_name)
     cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, project_name=project,
                                                                experiment_name=experiment))

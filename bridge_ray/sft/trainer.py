@@ -37,6 +37,7 @@ from bridge_ray.sft import hardware
 from bridge_ray.sft.config import (PRESETS, SFTConfig, checkpoint_dir, parse_args, resolve_workers, to_verl_overrides,
                                    validate)
 from bridge_ray.sft.hardware import resolve
+from bridge_ray.sft.profiling import PROFILE_STEPS_ENV, parse_steps
 from bridge_ray.sft.worker import KILL_AT_STEP_ENV, STEPS_FILE
 
 
@@ -57,10 +58,16 @@ def connect() -> None:
     driver.connect()
 
 
+def check_env() -> None:
+    """Raise ConfigError for a malformed ``BRIDGE_RAY_PROFILE_STEPS`` in the job's env, before anything starts."""
+    if os.environ.get(PROFILE_STEPS_ENV):
+        parse_steps(os.environ[PROFILE_STEPS_ENV])
+
+
 def worker_env(cfg: SFTConfig) -> dict[str, str]:
     """Env vars set in each Train worker before verl is imported there."""
     env = {} if cfg.workers.use_gpu else cpu_env()
-    for key in (KILL_AT_STEP_ENV, walltime.DEADLINE_ENV):
+    for key in (KILL_AT_STEP_ENV, walltime.DEADLINE_ENV, PROFILE_STEPS_ENV):
         if os.environ.get(key):
             env[key] = os.environ[key]
     return env
@@ -160,6 +167,7 @@ def fit(cfg: SFTConfig) -> SFTResult:
     from bridge_ray.sft.preflight import preflight
 
     validate(cfg)
+    check_env()
     project, experiment = tracking.resolve_names(cfg.trainer.project_name, cfg.trainer.experiment_name)
     cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, project_name=project,
                                                                experiment_name=experiment))

@@ -74,8 +74,10 @@ class StepHook:
     Ray Train's restart and verl's resume.
     """
 
-    def __init__(self, trainer, rank: int, world_size: int, output_dir: str, kill_at_step: int | None = None):
+    def __init__(self, trainer, rank: int, world_size: int, output_dir: str, kill_at_step: int | None = None,
+                 profiler=None):
         self.trainer, self.rank, self.world_size = trainer, rank, world_size
+        self.profiler = profiler  # a bridge_ray.sft.profiling.StepProfiler, or None
         self.output_dir = Path(output_dir)
         self.kill_at_step = kill_at_step
         self.step = trainer.resume_global_step
@@ -91,8 +93,14 @@ class StepHook:
 
         def recorded_train_batch(data, *args, **kwargs):
             self.flush()
+            if self.profiler:
+                self.profiler.before(self.step + 1)
             output = train_batch(data, *args, **kwargs)
             self._record(data, output)
+            if self.profiler and self.profiler.first <= self.step <= self.profiler.last:
+                self.pending["profiled"] = True  # the profiler's overhead is in this step's time
+                self.profiler.after(self.step)
+                self.clock = StepClock()  # writing the profile is no part of the next step
             self._maybe_exit_for_test()
             self._maybe_stop_for_walltime()
             return output
@@ -213,6 +221,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from verl.trainer.sft_trainer import SFTTrainer
     from verl.utils.device import auto_set_device
 
+    from bridge_ray.sft.profiling import StepProfiler
+
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     config = compose_verl_config(loop_config["overrides"])
@@ -222,7 +232,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         Path(loop_config["output_dir"], "verl_config.json").write_text(json.dumps(resolved, indent=2, default=str))
     trainer = SFTTrainer(config)
     kill_at = os.environ.get(KILL_AT_STEP_ENV)
-    hook = StepHook(trainer, rank, world_size, loop_config["output_dir"], int(kill_at) if kill_at else None)
+    hook = StepHook(trainer, rank, world_size, loop_config["output_dir"], int(kill_at) if kill_at else None,
+                    StepProfiler.from_env(os.environ, loop_config["output_dir"], rank))
     hook.install()
     trainer.fit()
     hook.finish()
