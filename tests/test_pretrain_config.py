@@ -42,6 +42,9 @@ def test_presets_compose_against_verls_config(preset, tmp_path):
     assert (dict(precision) if precision else None) == ({"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
                                                         if preset == "pretrain_tiny_cpu" else None)
     assert config.model.use_fused_kernels is True and config.model.fused_kernel_options.impl_backend == "torch"
+    assert config.engine.reshard_after_forward is True
+    off = pretrain.apply_overrides(cfg, ["pretrain.workers.reshard_after_forward=false"])
+    assert compose_verl_config(pretrain.to_verl_overrides(off, [str(tmp_path / "a.bin")])).engine.reshard_after_forward is False
 
 
 def test_bad_values_are_listed_together(tmp_path):

@@ -297,6 +297,7 @@ def to_verl_overrides(cfg: PretrainConfig, train_shards, val_shards=(), total_ep
         "data.pad_mode=no_padding",
         f"data.num_workers={data.num_loader_workers}",
         f"engine.strategy={workers.strategy}",
+        f"engine.reshard_after_forward={workers.reshard_after_forward}",
         *FP32_PARAMS[model.dtype],
         f"engine.use_torch_compile={workers.use_torch_compile}",
         f"optim.lr={optim.lr}",
