@@ -13,7 +13,7 @@ from bridge_ray import pretrain
 from bridge_ray.errors import ConfigError
 from bridge_ray.pretrain.dataset import PackedTextDataset
 from bridge_ray.pretrain.model import SHAPES, flops_per_token, num_params, peak_flops
-from bridge_ray.pretrain.tokens import shard_path, tokenize_file
+from bridge_ray.pretrain.tokens import shard_path, tokenize_file, tokenize_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,6 +102,9 @@ def test_token_shards_and_packed_windows(tmp_path):
     assert tokens[:len(first)].tolist() == first and len(tokens) == shard.num_tokens
     mtime = shard.path.stat().st_mtime_ns
     assert tokenize_file(source, tmp_path / "tok", tmp_path / "tokens") == shard  # reused, not rewritten
+    assert shard.path.stat().st_mtime_ns == mtime
+    # current shards are read by the driver itself: no Ray task (no Ray at all here), nothing rewritten
+    assert tokenize_files((str(source),), tmp_path / "tok", tmp_path / "tokens") == [shard]
     assert shard.path.stat().st_mtime_ns == mtime
     # two shards read as one stream: windows of 8 overlapping by one token, across the shard boundary
     second = tokenize_file(write(tmp_path / "b.jsonl", ["b1 b2", "b3"]), tmp_path / "tok", tmp_path / "tokens")

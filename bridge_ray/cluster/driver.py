@@ -2,8 +2,28 @@
 from __future__ import annotations
 
 import os
+import time
 
 from bridge_ray.errors import PreflightError
+
+
+class DriverClock:
+    """The driver's own clock for its start: seconds since the process started (its imports included),
+    then each phase's seconds, so a slow start names its phase in the job log (``summary()``)."""
+
+    def __init__(self):
+        import psutil
+
+        self._last = time.time()
+        self.laps = {"python + imports": round(self._last - psutil.Process().create_time(), 2)}
+
+    def lap(self, name: str) -> None:
+        now = time.time()
+        self.laps[name], self._last = round(now - self._last, 2), now
+
+    def summary(self) -> str:
+        return (f"{sum(self.laps.values()):.1f} s after its process started ("
+                + ", ".join(f"{name} {s:.1f} s" for name, s in self.laps.items()) + ")")
 
 
 def connect(env_vars: dict[str, str] | None = None) -> None:

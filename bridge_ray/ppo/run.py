@@ -34,12 +34,11 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge_ray.cluster.driver import connect
+from bridge_ray.cluster.driver import DriverClock, connect
 from bridge_ray.config import apply_overrides, to_dict
 from bridge_ray.errors import ConfigError, PPOFailed
 from bridge_ray.platforms import cpu_ppo_env, verl_plugin_env
@@ -189,25 +188,6 @@ def _train(config, runtime_env: dict, output_dir: Path) -> None:
         raise PPOFailed(f"verl PPO failed: {last.strip()} (full traceback above)") from None
 
 
-class _Laps:
-    """The driver's own clock for its start: seconds since the process started (its imports included),
-    then each phase's seconds, so a slow start names its phase in the job log."""
-
-    def __init__(self):
-        import psutil
-
-        self._last = time.time()
-        self.laps = {"python + imports": round(self._last - psutil.Process().create_time(), 2)}
-
-    def lap(self, name: str) -> None:
-        now = time.time()
-        self.laps[name], self._last = round(now - self._last, 2), now
-
-    def summary(self) -> str:
-        return (f"{sum(self.laps.values()):.1f} s after its process started ("
-                + ", ".join(f"{name} {s:.1f} s" for name, s in self.laps.items()) + ")")
-
-
 def announce_resume(cfg: PPOConfig) -> int:
     """Print where training starts: the step of the checkpoint verl resumes from, or step 1.
 
@@ -250,7 +230,7 @@ def run(cfg: PPOConfig, reward: Callable | str | None = None) -> PPOResult:
     """
     from bridge_ray.ppo.preflight import preflight
 
-    clock = _Laps()
+    clock = DriverClock()
     cfg, ship = _with_reward(validate(cfg), reward)
     connect()
     clock.lap("connect")

@@ -60,14 +60,14 @@ def llama_config(shape: str, tokenizer, seq_len: int):
 
 def build_init_model(out_dir: str | Path, shape: str, tokenizer_dir: str | Path, seq_len: int, seed: int = 0) -> Path:
     """Save a random-init model of ``shape`` with the tokenizer in ``out_dir`` (fp32; reused if there)."""
-    import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
-
     out_dir = Path(out_dir)
     stamp = {"shape": shape, "tokenizer": str(tokenizer_dir), "seq_len": seq_len, "seed": seed}
     stamp_file = out_dir / "bridge_ray_init.json"
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
-        return out_dir
+        return out_dir  # before torch and transformers are imported: a resubmitted run's driver is ready sooner
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
+
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = llama_config(shape, tokenizer, seq_len)
     torch.manual_seed(seed)

@@ -65,15 +65,15 @@ def _current(source: Path, target: Path, digest: str) -> TokenShard | None:
 def tokenize_file(source: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
                   text_key: str = "text") -> TokenShard:
     """Tokenize one file into ``shard_path(source, out_dir)``, streaming; reuse it when still current."""
+    source, digest = Path(source), tokenizer_digest(tokenizer_dir)
+    target = shard_path(source, out_dir)
+    if (done := _current(source, target, digest)) is not None:
+        return done
     import numpy as np
     from transformers import AutoTokenizer
 
     from bridge_ray.data.text import documents
 
-    source, digest = Path(source), tokenizer_digest(tokenizer_dir)
-    target = shard_path(source, out_dir)
-    if (done := _current(source, target, digest)) is not None:
-        return done
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -104,8 +104,18 @@ def tokenize_file(source: str | Path, tokenizer_dir: str | Path, out_dir: str | 
 
 def tokenize_files(files: tuple[str, ...], tokenizer_dir: str, out_dir: str | Path, text_key: str = "text",
                    cpus_per_task: int = 1) -> list[TokenShard]:
-    """Tokenize every file in its own Ray task (``cpus_per_task`` CPUs each); shards in input order."""
-    import ray
+    """Tokenize every file in its own Ray task (``cpus_per_task`` CPUs each); shards in input order.
 
-    task = ray.remote(num_cpus=cpus_per_task)(tokenize_file)
-    return ray.get([task.remote(path, tokenizer_dir, str(out_dir), text_key) for path in files])
+    Shards still current are read here, without a task: a resubmitted run starts its workers at once.
+    """
+    digest = tokenizer_digest(tokenizer_dir) if files else ""
+    done = [_current(Path(path), shard_path(path, out_dir), digest) for path in files]
+    todo = [i for i, shard in enumerate(done) if shard is None]
+    if todo:
+        import ray
+
+        task = ray.remote(num_cpus=cpus_per_task)(tokenize_file)
+        made = ray.get([task.remote(files[i], tokenizer_dir, str(out_dir), text_key) for i in todo])
+        for i, shard in zip(todo, made):
+            done[i] = shard
+    return done

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge_ray.cluster.driver import alive_nodes
+from bridge_ray.cluster.driver import DriverClock, alive_nodes
 from bridge_ray.config import output_dir_problem, to_dict
 from bridge_ray.errors import ConfigError, PreflightError
 from bridge_ray.jobs import tracking
@@ -99,7 +100,8 @@ def build_trainer(cfg: PretrainConfig, overrides: list[str]):
     resources = {"CPU": workers.cpus_per_worker, **({"GPU": workers.gpus_per_worker} if workers.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"env": worker_env(cfg), "overrides": overrides, "output_dir": cfg.trainer.output_dir},
+        train_loop_config={"started_at": time.time(), "env": worker_env(cfg), "overrides": overrides,
+                           "output_dir": cfg.trainer.output_dir},
         scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(storage_path=str(Path(cfg.trainer.output_dir) / "ray_train"),
@@ -156,19 +158,24 @@ def fit(cfg: PretrainConfig) -> PretrainResult:
         >>> result = pretrain.fit(pretrain.pretrain_tiny_cpu(tokenizer, files, [], "/abs/run"))
         >>> result.sample
     """
+    clock = DriverClock()
     validate(cfg)
     check_env()
     project, experiment = tracking.resolve_names(cfg.trainer.project_name, cfg.trainer.experiment_name)
     cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, project_name=project,
                                                                experiment_name=experiment))
     connect()
+    clock.lap("connect")
     output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers)
     cfg = dataclasses.replace(cfg, workers=resolve_workers(cfg.workers, alive_nodes(), "pretrain"))
     preflight(cfg)
+    clock.lap("preflight")
     train, val, epochs = prepare(cfg)
+    clock.lap("tokens + init model")
     overrides = to_verl_overrides(cfg, train, val, epochs)
     lifecycle.save_config(output_dir, {"pretrain": to_dict(cfg), "verl_overrides": overrides,
-                                       "worker_env": worker_env(cfg)})
+                                       "worker_env": worker_env(cfg), "driver_s": clock.laps})
+    print(f"[bridge-ray] driver ready {clock.summary()}", flush=True)
     try:
         result = build_trainer(cfg, overrides).fit()
     except Exception as err:  # Ray Train raises ControllerError / WorkerGroupError with the worker traceback

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 DEVICE_FILE = "device.json"
@@ -23,6 +24,7 @@ def device_name() -> str:
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry: note the device (rank 0), then SFT's worker loop with the pretraining overrides."""
+    loop_config = {**loop_config, "entered_at": time.time()}
     import ray.train
 
     from bridge_ray.sft.worker import train_loop_per_worker as sft_loop

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -104,7 +105,7 @@ def build_trainer(cfg: SFTConfig):
     resources = {"CPU": workers.cpus_per_worker, **({"GPU": workers.gpus_per_worker} if workers.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"env": worker_env(cfg), "overrides": to_verl_overrides(cfg),
+        train_loop_config={"started_at": time.time(), "env": worker_env(cfg), "overrides": to_verl_overrides(cfg),
                            "output_dir": cfg.trainer.output_dir},
         scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu,
                                      resources_per_worker=resources),
@@ -166,22 +167,28 @@ def fit(cfg: SFTConfig) -> SFTResult:
     """
     from bridge_ray.sft.preflight import preflight
 
+    clock = driver.DriverClock()
     validate(cfg)
     check_env()
     project, experiment = tracking.resolve_names(cfg.trainer.project_name, cfg.trainer.experiment_name)
     cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, project_name=project,
                                                                experiment_name=experiment))
     connect()
+    clock.lap("connect")
     output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers)
     cfg = dataclasses.replace(cfg, workers=resolve_workers(cfg.workers, driver.alive_nodes(), "sft"))
     cfg = prepare_data(cfg)
     cfg = epochs_for_steps(cfg, preflight(cfg))
+    clock.lap("preflight")
     hw = hardware.probe_workers(cfg) if hardware.needs_probe(cfg) else None
     cfg = validate(resolve(cfg, hw))
     hardware.check(cfg, hw)
+    clock.lap("hardware probe")
     print(f"[bridge-ray] {hardware.describe(cfg, hw)}", flush=True)
     lifecycle.save_config(output_dir, {"sft": to_dict(cfg), "verl_overrides": to_verl_overrides(cfg),
-                                       "worker_env": worker_env(cfg), "hardware": to_dict(hw) if hw else None})
+                                       "worker_env": worker_env(cfg), "hardware": to_dict(hw) if hw else None,
+                                       "driver_s": clock.laps})
+    print(f"[bridge-ray] driver ready {clock.summary()}", flush=True)
     try:
         result = build_trainer(cfg).fit()
     except Exception as err:  # Ray Train raises ControllerError / WorkerGroupError with the worker traceback

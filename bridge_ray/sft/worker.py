@@ -200,6 +200,20 @@ def format_step(row: dict) -> str:
     return " ".join(parts)
 
 
+def start_summary(started_at: float | None, entered: float) -> str:
+    """Where rank 0's start went, by wall clocks (the driver's and rank 0's: one host's on one node, across
+    nodes as close as the nodes' clocks). ``started_at``: when the driver started the TorchTrainer."""
+    import psutil
+
+    born, parts = psutil.Process().create_time(), []
+    if started_at:
+        parts.append(f"in the training function {entered - started_at:.1f} s after the trainer was started")
+        if born > started_at:  # else Ray gave the worker a process it had started before
+            parts[-1] += f" (its process started at +{born - started_at:.1f} s)"
+    parts.append(f"verl's trainer built {time.time() - entered:.1f} s later")
+    return "[bridge-ray] rank 0 ready: " + ", ".join(parts)
+
+
 def compose_verl_config(overrides: list[str]):
     """verl's ``sft_trainer_engine`` Hydra config with ``overrides`` applied (in-process)."""
     from hydra import compose, initialize_config_module
@@ -212,9 +226,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry: set the env, build verl's config and trainer, fit, report.
 
     Args:
-        loop_config: ``{"env": {...}, "overrides": [...], "output_dir": str}``.
+        loop_config: ``{"env": {...}, "overrides": [...], "output_dir": str}``, and the wall-clock times
+            ``started_at`` (the driver started the TorchTrainer) and ``entered_at`` (a wrapping entry began).
     """
     # verl reads VERL_* at import and at its first platform lookup: set them before importing it.
+    entered = loop_config.get("entered_at") or time.time()
     os.environ.update(loop_config["env"])
     import ray.train
     from omegaconf import OmegaConf
@@ -231,6 +247,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         resolved = OmegaConf.to_container(config, resolve=True)
         Path(loop_config["output_dir"], "verl_config.json").write_text(json.dumps(resolved, indent=2, default=str))
     trainer = SFTTrainer(config)
+    if rank == 0:
+        print(start_summary(loop_config.get("started_at"), entered), flush=True)
     kill_at = os.environ.get(KILL_AT_STEP_ENV)
     hook = StepHook(trainer, rank, world_size, loop_config["output_dir"], int(kill_at) if kill_at else None,
                     StepProfiler.from_env(os.environ, loop_config["output_dir"], rank))
