@@ -3,6 +3,8 @@ starts, and the GPU-busy arithmetic on a Chrome trace. The profiler itself runs 
 (``tests/test_sft_train.py::test_total_steps_beyond_one_epoch_train_every_step_and_merge``)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bridge_ray import pretrain, sft
@@ -45,3 +47,22 @@ def test_gpu_busy_is_the_union_of_kernel_and_copy_intervals():
     ]
     assert busy_seconds(events) == pytest.approx(210e-6)
     assert busy_seconds([{"cat": "cpu_op", "ts": 0, "dur": 5}]) is None
+
+
+def test_a_run_that_ends_inside_the_range_keeps_what_was_profiled(tmp_path, capsys):
+    import torch
+
+    from bridge_ray.sft.profiling import StepProfiler
+
+    profiler = StepProfiler(2, 9, tmp_path, rank=0)
+    for step in (1, 2, 3):
+        profiler.before(step)
+        torch.ones(64, 64) @ torch.ones(64, 64)
+        profiler.after(step)
+    assert not (tmp_path / "profile").exists()  # step 3 is inside 2-9: still profiling
+    profiler.after(3, last_of_run=True)
+    summary = json.loads((tmp_path / "profile" / "summary.json").read_text())
+    assert summary["steps"] == [2, 3] and summary["gpu_busy_s"] is None
+    assert "aten::mm" in (tmp_path / "profile" / "ops.txt").read_text()
+    assert "[bridge-ray] profile of step(s) 2-3 (rank 0): " in capsys.readouterr().out
+    assert StepProfiler.from_env({PROFILE_STEPS_ENV: "2"}, tmp_path, rank=1) is None  # rank 0 only

@@ -84,10 +84,12 @@ class StepProfiler:
         self.profiler.__enter__()
         self.started = time.perf_counter()
 
-    def after(self, step: int) -> None:
-        """Stop and write the profile when ``step`` is the last profiled one."""
-        if step != self.last or self.profiler is None:
+    def after(self, step: int, last_of_run: bool = False) -> None:
+        """Stop and write the profile when ``step`` is the last profiled one, or the run's last step
+        (a run that ends inside the range keeps what was profiled)."""
+        if self.profiler is None or (step != self.last and not last_of_run):
             return
+        self.last = step
         import torch
 
         if self.cuda:

@@ -145,6 +145,8 @@ class StepHook:
         import ray.train
 
         self.flush()
+        if self.profiler:
+            self.profiler.after(self.step, last_of_run=True)
         ray.train.report({k: v for k, v in self.last_row.items() if v is not None})
 
     def _maybe_stop_for_walltime(self) -> None:
