@@ -152,7 +152,7 @@ def overrides(args, variant: str, run_dir: Path) -> list[str]:
     """The dotted ``sft.*`` overrides both sides start from (on top of the variant's preset)."""
     data = Path(args.data)
     base = [f"sft.model.path={args.model}", f"sft.data.train_files=[{data / 'train.parquet'}]", "sft.data.val_files=[]",
-            f"sft.trainer.total_steps={args.steps}", "sft.trainer.total_epochs=100", "sft.trainer.save_freq=-1",
+            f"sft.trainer.total_steps={args.steps}", "sft.trainer.save_freq=-1",
             "sft.trainer.test_freq=-1", "sft.trainer.resume_mode=disable", "sft.trainer.save_checkpoint=false",
             f"sft.trainer.output_dir={run_dir}"]
     return base + ([] if args.cpu else [f"sft.workers.num_workers={args.gpus}"]) + variant_preset(args, variant)[1]
@@ -179,10 +179,14 @@ def run_side(args, variant: str, pair: int, side: str, env: dict) -> dict:
                f"preset={variant_preset(args, variant)[0]}", *overrides(args, variant, run_dir)]
         rc = run_logged(cmd, run_dir / "run.log", env, args.timeout, cwd=REPO if side == "bridge" else args.base_repo)
     else:
-        from bridge_ray import sft
-        from bridge_ray.sft.trainer import worker_env
+        import pyarrow.parquet as pq
 
+        from bridge_ray import sft
+        from bridge_ray.sft.trainer import epochs_for_steps, worker_env
+
+        # the epochs bridge-ray's driver gives verl for total_steps (from the train rows), so the overrides match
         cfg = sft_config(args, variant, run_dir)
+        cfg = epochs_for_steps(cfg, sum(pq.ParquetFile(f).metadata.num_rows for f in cfg.data.train_files))
         cmd = [exe("torchrun"), "--standalone", f"--nproc_per_node={cfg.workers.num_workers}", __file__,
                "--timed-worker", str(steps_file), "--", *sft.to_verl_overrides(cfg)]
         (run_dir / "verl_overrides.json").write_text(json.dumps(cmd[cmd.index("--") + 1:], indent=1))
