@@ -77,6 +77,16 @@ def trainer_problems(trainer: Any, save_off: str = "off") -> list[str]:
     return problems
 
 
+def epochs_needed(total_steps: int, rows: int, batch: int) -> tuple[int, int]:
+    """``(steps an epoch, epochs)`` for ``total_steps`` steps of ``batch`` rows over ``rows`` rows.
+
+    verl ends training after its epochs even short of its total steps, and then saves no final
+    checkpoint; an epoch drops its last partial batch.
+    """
+    per_epoch = max(1, rows // batch)
+    return per_epoch, -(-total_steps // per_epoch)
+
+
 def output_dir_problem(path: str | Path) -> str | None:
     """Why ``path`` (created if missing) cannot take a run's output, or None if it can."""
     out = Path(path)

@@ -588,6 +588,30 @@ def test_a_failed_job_prints_its_error_once(local_cluster):
     assert "packaging.py" not in out.stderr and "dashboard_sdk.py" not in out.stderr  # Ray's upload log is quiet
 
 
+def test_input_a_job_rejects_on_the_cluster_exits_2_with_its_cause_in_the_record(local_cluster, tmp_path):
+    """Data lives on the cluster, so a recipe checks its files there: its one line is the cause, shown once;
+    the command exits 2 as for input refused at submit, and the run record keeps the cause, not Ray's
+    "exit code 2"; a job waited on without following raises the same."""
+    data = tmp_path / "posts.jsonl"
+    data.write_text('{"id": 1, "body": "no text field here"}\n')
+    cause = f"{data}: line 1 has no text field 'text' (it has: body, id); set tokenizer.text_key=body"
+    out = run_cli("submit", "recipes/train_tokenizer.py", "--name", "ci", "--follow", "--", f"tokenizer.files=[{data}]",
+                  f"tokenizer.output_dir={tmp_path / 'tok'}")
+    assert out.returncode == 2, out.stdout + out.stderr
+    shown = out.stdout + out.stderr
+    assert shown.count(cause) == 1 and f"error: {cause}" in shown, shown
+    job_id = out.stdout.split()[1]
+    assert last_line(out.stderr) == f"error: job {job_id} FAILED: Job entrypoint command failed with exit code 2"
+    assert runs.load_run(job_id).message == cause
+    assert run_cli("runs", "show", job_id).stdout.splitlines()[1] == f"status      FAILED: {cause}"
+    again = run_cli("submit", "recipes/train_tokenizer.py", "--name", "ci", "--", f"tokenizer.files=[{data}]",
+                    f"tokenizer.output_dir={tmp_path / 'tok'}")
+    with pytest.raises(bridge_ray.JobFailed) as failed:
+        bridge_ray.Job(again.stdout.split()[1], "ci").wait(timeout_s=HANG_GUARD_S)
+    assert (failed.value.exit_code, str(failed.value)) == (2, f"job {again.stdout.split()[1]} FAILED: {cause}")
+    assert not (tmp_path / "tok").exists()
+
+
 def test_a_submission_id_that_is_taken_or_a_path_is_refused_and_loses_nothing(local_cluster):
     first = run_cli("submit", "recipes/hello_cluster.py", "--name", "ci", "--submission-id", "mine-1", "--follow")
     assert first.returncode == 0, first.stderr

@@ -81,7 +81,7 @@ def test_ppo_recipe_on_a_cluster_without_gpus_fails_fast(local_cluster):
     start = time.monotonic()
     out = submit("ci", "recipes/ppo_gsm8k.py")
     elapsed = time.monotonic() - start
-    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.returncode == 2, out.stdout + out.stderr
     assert NO_GPU_MESSAGE in out.stdout + out.stderr
     assert "Job entrypoint command failed with exit code 2" in out.stderr
     assert elapsed < 90
@@ -90,7 +90,7 @@ def test_ppo_recipe_on_a_cluster_without_gpus_fails_fast(local_cluster):
 
 def test_cpu_preset_on_a_cluster_with_too_few_logical_cpus_fails_fast(local_cluster):
     out = submit("ci", "recipes/grpo_gsm8k.py", "preset=grpo_tiny_cpu")
-    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-2000:]
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-2000:]
     assert ("error: PPO on CPU needs 4 logical CPUs in Ray (1 training rank + 3 for TransferQueue and placing verl's "
             "actors), the cluster has 0 GPUs (1 node, 2 CPUs): start it with `bridge-ray up --num-cpus 4` (logical "
             "CPUs may exceed the cores)") in out.stdout
@@ -100,7 +100,7 @@ def test_cpu_preset_on_a_cluster_with_too_few_logical_cpus_fails_fast(local_clus
 
 def test_tp_that_does_not_divide_the_gpus(fake_gpu_cluster):
     out = submit(fake_gpu_cluster, "recipes/grpo_gsm8k.py", "ppo.rollout.tensor_parallel_size=4")
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert ("error: rollout tensor_parallel_size=4 does not divide the 2 GPUs per node (each vLLM replica takes TP "
             "GPUs of one node): set ppo.rollout.tensor_parallel_size to one of 1, 2") in out.stdout
     assert "exit code 2" in out.stderr
@@ -111,7 +111,7 @@ def engine_error(cluster: str, rl_paths, *args: str) -> str:
                  f"ppo.data.train_files=[{rl_paths / 'rl_train.parquet'}]",
                  f"ppo.data.val_files=[{rl_paths / 'rl_val.parquet'}]", f"ppo.trainer.output_dir={rl_paths / 'out'}",
                  *args)
-    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-2000:]
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-2000:]
     assert "exit code 2" in out.stderr
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("error: ")), out.stdout[-3000:])
     assert line.startswith("error: on node "), line
@@ -138,7 +138,7 @@ def test_vllms_cpu_build_on_gpu_nodes(fake_gpu_cluster, rl_paths):
 def test_missing_model_and_data_paths(fake_gpu_cluster, tmp_path):
     out = submit(fake_gpu_cluster, "recipes/ppo_gsm8k.py", f"ppo.model.path={tmp_path / 'nope'}",
                  f"ppo.data.train_files=[{tmp_path / 'train.parquet'}]", f"ppo.trainer.output_dir={tmp_path / 'run'}")
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert f"model.path {tmp_path / 'nope'} has no config.json (a local Hugging Face model folder is needed)" in out.stdout
     assert f"data.train_files: {tmp_path / 'train.parquet'} is missing or unreadable" in out.stdout
 

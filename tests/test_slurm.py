@@ -132,7 +132,7 @@ def test_two_nodes_sft_one_cpu_worker_per_node(hello, tmp_path):
     # The seed's PPO (a GPU preset), submitted the same way: on CPU-only nodes it fails fast, saying
     # what it needs and how to run on CPU instead.
     ppo = run_cli("submit", str(REPO / "recipes" / "ppo_gsm8k.py"), "--name", "two", "--follow", timeout=300)
-    assert ppo.returncode == 1, ppo.stdout[-2000:] + ppo.stderr[-2000:]
+    assert ppo.returncode == 2, ppo.stdout[-2000:] + ppo.stderr[-2000:]
     shown = ppo.stdout + ppo.stderr
     assert "PPO on GPUs (ppo.trainer.device=gpu) needs at least 1 GPU" in shown
     assert "the cluster has 0 GPUs (2 nodes" in shown and "run on CPU: ppo.trainer.device=cpu" in shown

@@ -40,7 +40,7 @@ def test_bad_text_files_are_one_line_each(tmp_path):
     with pytest.raises(ConfigError) as err:
         check_text_files([missing_field, empty, tmp_path / "nope.jsonl", tmp_path / "x.csv", bad_json])
     assert err.value.problems == [
-        f"{missing_field}: line 1 has no text field 'text' (it has: content, id); set the text key, e.g. text_key=content",
+        f"{missing_field}: line 1 has no text field 'text' (it has: content, id); set data.text_key=content",
         f"{empty}: no text in it (empty, or every 'text' is blank); pass files that hold text",
         f"{tmp_path / 'nope.jsonl'}: no such file; pass existing .jsonl, .txt or .parquet files",
         f"{tmp_path / 'x.csv'}: unsupported file type '.csv'; use .jsonl (a text field), .txt or .parquet",
@@ -48,6 +48,22 @@ def test_bad_text_files_are_one_line_each(tmp_path):
     ]
     with pytest.raises(ConfigError, match=r"^tokenizer.files is empty: pass one or more .jsonl/.txt/.parquet files$"):
         check_text_files([], what="tokenizer.files")
+
+
+def test_a_missing_text_field_names_the_key_to_set_and_the_field_to_set_it_to(tmp_path):
+    many = write_jsonl(tmp_path / "many.jsonl", [{"title": "t", "body": "b", "n": 1}])
+    none = write_jsonl(tmp_path / "none.jsonl", [{"meta": {"body": "b"}, "n": 1}])
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"id": [1], "body": ["b"]}), table)
+    with pytest.raises(ConfigError) as err:
+        check_text_files([many, none, table], what="pretrain.data.train_files")
+    assert err.value.problems == [
+        f"{many}: line 1 has no text field 'text' (it has: body, n, title); set pretrain.data.text_key to the field "
+        "that holds the text, e.g. pretrain.data.text_key=body",
+        f"{none}: line 1 has no text field 'text' (it has: meta, n); set pretrain.data.text_key to the field that "
+        "holds the text (dotted for a nested one, e.g. pretrain.data.text_key=meta.body)",
+        f"{table}: no column 'text' (it has: id, body); set pretrain.data.text_key=body",
+    ]
 
 
 def test_synthetic_text_is_deterministic_and_sharded(tmp_path):

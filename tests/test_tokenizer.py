@@ -92,5 +92,4 @@ def test_recipe_dry_run_and_bad_input(tmp_path):
     field.write_text('{"body": "text"}\n')
     missing = recipe(f"tokenizer.files=[{field}]", home=tmp_path)
     assert missing.returncode == 2
-    assert missing.stderr == (f"error: {field}: line 1 has no text field 'text' (it has: body); set the text key, "
-                              "e.g. text_key=content\n")
+    assert missing.stderr == f"error: {field}: line 1 has no text field 'text' (it has: body); set tokenizer.text_key=body\n"

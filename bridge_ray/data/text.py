@@ -41,7 +41,16 @@ def _field(row: dict, key: str):
     return value
 
 
-def _jsonl_documents(path: Path, text_key: str) -> Iterator[str]:
+def _key_hint(string_fields: list[str], key: str) -> str:
+    """How to point the text key (``key``: its config name) at the text: the file's one text field, else any."""
+    if len(string_fields) == 1:
+        return f"set {key}={string_fields[0]}"
+    if string_fields:
+        return f"set {key} to the field that holds the text, e.g. {key}={string_fields[0]}"
+    return f"set {key} to the field that holds the text (dotted for a nested one, e.g. {key}=meta.body)"
+
+
+def _jsonl_documents(path: Path, text_key: str, key: str) -> Iterator[str]:
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -53,8 +62,9 @@ def _jsonl_documents(path: Path, text_key: str) -> Iterator[str]:
             text = _field(row, text_key) if isinstance(row, dict) else None
             if not isinstance(text, str):
                 found = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
+                strings = sorted(k for k, v in row.items() if isinstance(v, str)) if isinstance(row, dict) else []
                 raise ConfigError(f"{path}: line {number} has no text field {text_key!r} (it has: {found}); "
-                                  "set the text key, e.g. text_key=content")
+                                  f"{_key_hint(strings, key)}")
             if text.strip():
                 yield text
 
@@ -72,19 +82,20 @@ def _txt_documents(path: Path) -> Iterator[str]:
         yield "\n".join(block)
 
 
-def _parquet_documents(path: Path, text_key: str) -> Iterator[str]:
+def _parquet_documents(path: Path, text_key: str, key: str) -> Iterator[str]:
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(path)
     if text_key not in parquet.schema_arrow.names:
+        strings = [f.name for f in parquet.schema_arrow if str(f.type) in ("string", "large_string")]
         raise ConfigError(f"{path}: no column {text_key!r} (it has: {', '.join(parquet.schema_arrow.names)}); "
-                          "set the text key, e.g. text_key=content")
+                          f"{_key_hint(strings, key)}")
     for batch in parquet.iter_batches(columns=[text_key], batch_size=1024):
         yield from (text for text in batch.column(0).to_pylist() if isinstance(text, str) and text.strip())
 
 
-def documents(path: str | Path, text_key: str = "text") -> Iterator[str]:
-    """The non-empty documents of one file, streamed.
+def documents(path: str | Path, text_key: str = "text", key: str = "text_key") -> Iterator[str]:
+    """The non-empty documents of one file, streamed (``key``: the text key's config name, for the hint).
 
     Raises:
         ConfigError: the file is missing, of an unsupported type, or a row lacks ``text_key``.
@@ -95,9 +106,9 @@ def documents(path: str | Path, text_key: str = "text") -> Iterator[str]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file; pass existing .jsonl, .txt or .parquet files")
     if path.suffix == ".jsonl":
-        return _jsonl_documents(path, text_key)
+        return _jsonl_documents(path, text_key, key)
     if path.suffix == ".parquet":
-        return _parquet_documents(path, text_key)
+        return _parquet_documents(path, text_key, key)
     return _txt_documents(path)
 
 
@@ -115,10 +126,11 @@ def check_text_files(paths: Sequence[str | Path], text_key: str = "text", what: 
     """
     if not paths:
         raise ConfigError(f"{what} is empty: pass one or more .jsonl/.txt/.parquet files")
+    key = f"{what.rpartition('.')[0]}.text_key".lstrip(".")  # tokenizer.files -> tokenizer.text_key
     problems = []
     for path in paths:
         try:
-            found = sum(1 for _, _ in zip(range(CHECKED_ROWS), documents(path, text_key)))
+            found = sum(1 for _, _ in zip(range(CHECKED_ROWS), documents(path, text_key, key)))
         except ConfigError as err:
             problems.extend(err.problems)
             continue

@@ -198,8 +198,13 @@ class Job:
         run = self.record_end(info, logs)
         if state != "SUCCEEDED":
             tail = "" if streamed else "\n".join(logs.rstrip().splitlines()[-LOG_TAIL_LINES:])
-            message = run.message if run else runs.first_line(info.message or "")
-            raise JobFailed(self.submission_id, state, message, log_tail=tail)
+            message = run.message if run else (runs.job_error(logs) or runs.first_line(info.message or ""))
+            if streamed and message == runs.job_error(logs):  # its cause was just shown: say how it ended
+                message = runs.first_line(info.message or "")
+            failed = JobFailed(self.submission_id, state, message, log_tail=tail)
+            if info.driver_exit_code == ConfigError.exit_code:  # its driver rejected the input: as at submit
+                failed.exit_code = ConfigError.exit_code
+            raise failed
         return state
 
     def record_end(self, info, logs: str | None = None) -> "runs.RunRecord | None":

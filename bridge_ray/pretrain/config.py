@@ -11,13 +11,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from bridge_ray.config import LOGGERS
+from bridge_ray.config import LOGGERS, epochs_needed
 from bridge_ray.errors import ConfigError
 from bridge_ray.sft.config import WorkersConfig, auto_workers_problems, strategy_problems
 
@@ -262,8 +261,7 @@ def tokens_dir(cfg: PretrainConfig) -> Path:
 
 def epochs_for(cfg: PretrainConfig, num_sequences: int) -> int:
     """Passes over the data that ``total_steps`` needs (verl stops at whichever ends first)."""
-    steps_per_epoch = max(1, num_sequences // cfg.data.global_batch_size)
-    return math.ceil(cfg.trainer.total_steps / steps_per_epoch)
+    return epochs_needed(cfg.trainer.total_steps, num_sequences, cfg.data.global_batch_size)[1]
 
 
 def _hydra_list(items) -> str:

@@ -240,6 +240,15 @@ def classify_failure(logs: str) -> str | None:
     return None
 
 
+def job_error(logs: str) -> str:
+    """The cause a job's driver printed as its last ``error: ...`` line when bridge-ray stopped it
+    (``bridge_ray.jobs.launch``), or ''. Only the log's last lines count: that line ends the job."""
+    for line in reversed(logs.rstrip().splitlines()[-20:]):
+        if line.startswith("error: "):
+            return line[len("error: "):].strip()
+    return ""
+
+
 def first_line(message: str) -> str:
     """The first line of Ray's message about a job (Ray appends up to 20,000 characters of log to it)."""
     return re.sub(r",? last available logs.*$", "", (message.strip().splitlines() or [""])[0])
@@ -276,7 +285,7 @@ def finish_run(submission_id: str, status: str, message: str = "", logs: str = "
         return read_run(folder)
     secrets = known_secrets()
     lines = logs.rstrip().splitlines()
-    message = first_line(message)
+    message = (status == "FAILED" and job_error(logs)) or first_line(message)
     fields = {"status": status, "message": scrub(message, secrets), "end_time": end_time or time.time(),
               "failure": classify_failure("\n".join(lines[-500:])) if status != "SUCCEEDED" else None,
               "log_tail": scrub("\n".join(lines[-LOG_TAIL_LINES:]), secrets) if status != "SUCCEEDED" else ""}

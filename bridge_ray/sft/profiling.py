@@ -71,6 +71,10 @@ class StepProfiler:
         text = environ.get(PROFILE_STEPS_ENV)
         return cls(*parse_steps(text), output_dir, rank) if text and rank == 0 else None
 
+    def covers(self, step: int) -> bool:
+        """Whether ``step`` is one of the profiled steps (its timings carry the profiler's cost)."""
+        return self.first <= step <= self.last
+
     def before(self, step: int) -> None:
         """Start profiling when ``step`` is the first profiled step."""
         if step != self.first or self.profiler is not None:

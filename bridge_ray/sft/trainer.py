@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from bridge_ray.cluster import driver, walltime
-from bridge_ray.config import apply_overrides, to_dict
+from bridge_ray.config import apply_overrides, epochs_needed, to_dict
 from bridge_ray.errors import TrainingFailed
 from bridge_ray.jobs import tracking
 from bridge_ray.platforms import cpu_env
@@ -119,14 +118,13 @@ def epochs_for_steps(cfg: SFTConfig, train_rows: int) -> SFTConfig:
     """``cfg`` with as many epochs as ``trainer.total_steps`` needs; unchanged when it is not set.
 
     verl ends training after ``total_epochs`` even when ``total_training_steps`` is not reached, and
-    then saves no final checkpoint (there is nothing to merge). A step takes ``global_batch_size``
-    rows and an epoch drops the last partial batch; verl stops at ``total_steps`` within the last epoch.
+    then saves no final checkpoint (there is nothing to merge); it stops at ``total_steps`` within the
+    last epoch.
     """
     steps = cfg.trainer.total_steps
     if steps is None:
         return cfg
-    per_epoch = max(1, train_rows // cfg.data.global_batch_size)
-    epochs = math.ceil(steps / per_epoch)
+    per_epoch, epochs = epochs_needed(steps, train_rows, cfg.data.global_batch_size)
     print(f"[bridge-ray] sft data: {train_rows:,} rows, {per_epoch} step(s) an epoch; {epochs} epoch(s) for "
           f"{steps} steps", flush=True)
     return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, total_epochs=epochs))

@@ -97,7 +97,7 @@ class StepHook:
                 self.profiler.before(self.step + 1)
             output = train_batch(data, *args, **kwargs)
             self._record(data, output)
-            if self.profiler and self.profiler.first <= self.step <= self.profiler.last:
+            if self.profiler and self.profiler.covers(self.step):
                 self.pending["profiled"] = True  # the profiler's overhead is in this step's time
                 self.profiler.after(self.step)
                 self.clock = StepClock()  # writing the profile is no part of the next step
