@@ -44,6 +44,9 @@ def test_text_to_chat_end_to_end_then_skipped(local_cluster, tmp_path):
         stages = json.loads((run_dir / "stages.json").read_text())
         assert list(stages) == ["tokenizer", "pretrain", "instruct", "upload"]
         assert "'Once upon a time,' -> " in first.stdout  # the pretrained model's test prompt
+        # Each training stage's start-up clock counts from that stage's start, not from the job's.
+        assert first.stdout.count("s after the stage started (connect ") == 2, first.stdout[-4000:]
+        assert "after its process started" not in first.stdout
         files = hub.repos["me/tiny-chat"]["files"]
         assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(files)
         again = submit(run_dir, hub)

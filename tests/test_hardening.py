@@ -612,6 +612,36 @@ def test_input_a_job_rejects_on_the_cluster_exits_2_with_its_cause_in_the_record
     assert not (tmp_path / "tok").exists()
 
 
+HOLDING = """
+import sys, time
+from pathlib import Path
+from bridge_ray.runs import lifecycle
+lifecycle.start(sys.argv[1])
+print("holding", flush=True)
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.1)
+"""
+
+
+def test_a_second_run_on_an_output_dir_in_use_stops_at_once_naming_the_first(local_cluster, tmp_path):
+    """A run resubmitted while the first still runs (its --follow interrupted, say) would write the same
+    checkpoints: the second job stops at its start with one line naming the first, exit 2; the first
+    runs on untouched and, once it has ended, the folder takes a new run."""
+    out, release = tmp_path / "out", tmp_path / "release"
+    recipe = project(tmp_path, "holding", HOLDING)
+    first = bridge_ray.submit(recipe, [str(out), str(release)], cluster="ci")
+    wait_for(lambda: "holding" in first.logs(), f"job {first.submission_id} to hold {out}")
+    second = run_cli("submit", str(recipe), "--name", "ci", "--follow", "--", str(out), str(release))
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert (f"error: output dir {out} is in use by job {first.submission_id} (host {socket.gethostname()}, pid "
+            in second.stdout + second.stderr)
+    assert first.status() == "RUNNING"
+    release.touch()
+    assert first.wait(timeout_s=HANG_GUARD_S) == "SUCCEEDED"
+    third = run_cli("submit", str(recipe), "--name", "ci", "--follow", "--", str(out), str(release))
+    assert third.returncode == 0, third.stdout + third.stderr
+
+
 def test_a_submission_id_that_is_taken_or_a_path_is_refused_and_loses_nothing(local_cluster):
     first = run_cli("submit", "recipes/hello_cluster.py", "--name", "ci", "--submission-id", "mine-1", "--follow")
     assert first.returncode == 0, first.stderr

@@ -6,13 +6,16 @@ test_pretrain_train.py and test_ppo_cpu.py); the run record is a real one in a t
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bridge_ray import runs
-from bridge_ray.errors import CheckpointError
+from bridge_ray.errors import CheckpointError, ConfigError
 from bridge_ray.models.checkpoints import latest_checkpoint, weights_dir
 from bridge_ray.runs import lifecycle
 
@@ -47,7 +50,7 @@ def test_start_records_the_job_and_save_config_writes_config_json(job, tmp_path)
     run = record(job)
     assert (run["status"], run["output_dir"], run["host"]) == ("RUNNING", str(out), socket.gethostname())
     assert run["packages"]["python"] and (job / "packages.json").is_file()
-    out.mkdir()  # the workload's preflight creates it
+    assert (out / lifecycle.LOCK_FILE).read_text() == f"job record (host {socket.gethostname()}, pid {os.getpid()})"
     lifecycle.save_config(out, {"sft": {"model": {"path": Path("/m")}}, "verl_overrides": ["a=1"]})
     assert (out / "config.json").read_text() == json.dumps(
         {"sft": {"model": {"path": "/m"}}, "verl_overrides": ["a=1"]}, indent=2)
@@ -57,7 +60,38 @@ def test_outside_a_job_only_the_files_are_written(tmp_path, monkeypatch):
     monkeypatch.delenv(runs.RUN_DIR_ENV, raising=False)
     assert lifecycle.start(tmp_path) == tmp_path
     assert lifecycle.record_metrics({"step": 2, "loss": 0.5}) == {"step": 2, "loss": 0.5}
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [tmp_path / lifecycle.LOCK_FILE]  # held while this process lives
+
+
+HOLDER = """
+import sys
+from bridge_ray.runs import lifecycle
+lifecycle.claim(sys.argv[1], "run_dir")
+print("held", flush=True)
+sys.stdin.read()  # until the test closes stdin
+"""
+
+
+def test_a_folder_another_live_process_holds_is_refused_until_it_ends(tmp_path, monkeypatch):
+    """Two runs on one output dir (a resubmission while the first still runs) would write the same
+    checkpoints: the second stops at once, naming the holder; once the holder is gone, however it ended,
+    the folder is free again (the kernel drops the lock with the process)."""
+    monkeypatch.delenv(runs.RUN_DIR_ENV, raising=False)
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(ConfigError) as err:
+            lifecycle.start(folder)
+        assert str(err.value) == (f"output dir {folder} is in use by a process (host {socket.gethostname()}, pid "
+                                  f"{holder.pid}): wait for that run to end or stop it (`bridge-ray stop ID`), or "
+                                  "choose another output dir")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lifecycle.start(folder) == folder
+    lifecycle.claim(folder, "run_dir")  # this process holds it already: no second lock against itself
 
 
 def test_the_last_step_goes_into_the_run_record_numbers_only(job):

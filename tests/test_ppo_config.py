@@ -13,7 +13,7 @@ import pytest
 
 from bridge_ray import ppo
 from bridge_ray.errors import ConfigError, PreflightError
-from bridge_ray.pipelines import sft_then_ppo
+from bridge_ray.pipelines import sft_then_ppo, stages
 from bridge_ray.ppo import preflight, reward
 from bridge_ray.ppo.run import compose, dry_run, validate_verl, worker_env
 
@@ -480,12 +480,12 @@ def test_pipeline_skips_finished_stages_and_refuses_changed_ones(tmp_path):
         return run
 
     cfg = ppo.ppo_gsm8k_llama1b(output_dir=str(tmp_path / "ppo"))
-    first = sft_then_ppo._stage(tmp_path, "ppo", cfg, train("ppo"))
-    again = sft_then_ppo._stage(tmp_path, "ppo", cfg, train("ppo"))
+    first = stages.run_stage(tmp_path, "ppo", cfg, train("ppo"))
+    again = stages.run_stage(tmp_path, "ppo", cfg, train("ppo"))
     assert calls == ["ppo"] and first == again and first.output == str(tmp_path / "ppo" / "hf")
     changed = dataclasses.replace(cfg, actor=dataclasses.replace(cfg.actor, lr=5e-6))
     with pytest.raises(ConfigError, match=r"^stage ppo in .* finished with another config"):
-        sft_then_ppo._stage(tmp_path, "ppo", changed, train("ppo"))
+        stages.run_stage(tmp_path, "ppo", changed, train("ppo"))
     _, ppo_cfg = sft_then_ppo.plan(ppo.ppo_gsm8k_llama1b(), cfg, tmp_path)  # any config with trainer.output_dir
     assert ppo_cfg.model.path == str(tmp_path / "sft" / "hf") and ppo_cfg.trainer.output_dir == str(tmp_path / "ppo")
 

@@ -10,7 +10,9 @@
 # steps (global batch 64 sequences, not the preset's 512: a few minutes on one GPU), exports it with the
 # tokenizer and the test prompt, instruction-tunes it for INSTRUCT_STEPS steps with the fast SFT default,
 # and exports that. OUT gets chain.log, rerun.log, stages.json, the records and the two exported configs.
-# Env: PRETRAIN_STEPS (30), INSTRUCT_STEPS (20), CHAIN_TIMEOUT (420 s), BRIDGE_RAY_HOME (/tmp/chain-home).
+# Env: PRETRAIN_STEPS (30), INSTRUCT_STEPS (20), CHAIN_TIMEOUT (470 s), BRIDGE_RAY_HOME (/tmp/chain-home).
+# The rerun starts only after the first job has ended: a follow cut by CHAIN_TIMEOUT leaves the job running
+# (on 2026-12-06 it was merging the instruct model when the rerun began, and the rerun trained that stage again).
 set -uo pipefail
 out="$(mkdir -p "$1" && cd "$1" && pwd)"
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -26,11 +28,15 @@ args=(preset=chain_1b "run_dir=$run" "tokenizer.files=$files" "pretrain.data.tra
       instruct.trainer.save_freq=-1 instruct.trainer.test_freq=-1)
 python3 -m bridge_ray up --name chain 2>&1 | tail -1
 t0=$(date +%s)
-timeout "${CHAIN_TIMEOUT:-420}" python3 -m bridge_ray submit recipes/text_to_chat.py --name chain --follow -- "${args[@]}" \
-  > "$out/chain.log" 2>&1; echo "chain rc=$? in $(( $(date +%s) - t0 )) s"
-t0=$(date +%s)
-timeout 120 python3 -m bridge_ray submit recipes/text_to_chat.py --name chain --follow -- "${args[@]}" \
-  > "$out/rerun.log" 2>&1; echo "rerun rc=$? in $(( $(date +%s) - t0 )) s"
+timeout "${CHAIN_TIMEOUT:-470}" python3 -m bridge_ray submit recipes/text_to_chat.py --name chain --follow -- "${args[@]}" \
+  > "$out/chain.log" 2>&1; rc=$?; echo "chain rc=$rc in $(( $(date +%s) - t0 )) s"
+if [ "$rc" = 0 ]; then
+  t0=$(date +%s)
+  timeout 90 python3 -m bridge_ray submit recipes/text_to_chat.py --name chain --follow -- "${args[@]}" \
+    > "$out/rerun.log" 2>&1; echo "rerun rc=$? in $(( $(date +%s) - t0 )) s"
+else
+  echo "rerun skipped: the first job did not end within CHAIN_TIMEOUT"
+fi
 python3 -m bridge_ray runs list 2>&1 | tail -4
 python3 -m bridge_ray down --name chain --force 2>&1 | tail -1
 grep -hE "^\[bridge-ray\] (stage|merged|sample|export|test prompt)|error" "$out/chain.log" "$out/rerun.log" | cut -c1-300

@@ -9,12 +9,20 @@ from bridge_ray.errors import PreflightError
 
 class DriverClock:
     """The driver's own clock for its start: seconds since the process started (its imports included),
-    then each phase's seconds, so a slow start names its phase in the job log (``summary()``)."""
+    then each phase's seconds, so a slow start names its phase in the job log (``summary()``). A later
+    workload of the same process (a pipeline's next stage) counts from its own start instead."""
+
+    process_counted = False  # a clock of this process has counted the start of the process
 
     def __init__(self):
+        self._last = time.time()
+        if DriverClock.process_counted:
+            self.origin, self.laps = "the stage started", {}
+            return
         import psutil
 
-        self._last = time.time()
+        DriverClock.process_counted = True
+        self.origin = "its process started"
         self.laps = {"python + imports": round(self._last - psutil.Process().create_time(), 2)}
 
     def lap(self, name: str) -> None:
@@ -22,7 +30,7 @@ class DriverClock:
         self.laps[name], self._last = round(now - self._last, 2), now
 
     def summary(self) -> str:
-        return (f"{sum(self.laps.values()):.1f} s after its process started ("
+        return (f"{sum(self.laps.values()):.1f} s after {self.origin} ("
                 + ", ".join(f"{name} {s:.1f} s" for name, s in self.laps.items()) + ")")
 
 

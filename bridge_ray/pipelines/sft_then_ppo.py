@@ -21,42 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bridge_ray.config import apply_overrides
 from bridge_ray.errors import ConfigError
-from bridge_ray.pipelines.stages import RECORDS_FILE, StageRecord, config_hash, load_records, save_record
+from bridge_ray.pipelines.stages import StageRecord, load_records, run_stage
 from bridge_ray.recipe import recipe_main
-
-
-def finished(run_dir: str | Path, name: str, cfg) -> StageRecord | None:
-    """The stage's record if it finished with this config and its output is still there.
-
-    Raises:
-        ConfigError: the stage finished with a different config.
-    """
-    record = load_records(run_dir).get(name)
-    if record is None or not (Path(record.output) / "config.json").is_file():
-        return None
-    if record.config_hash != config_hash(cfg):
-        raise ConfigError(
-            f"stage {name} in {run_dir} finished with another config (hash {record.config_hash}, now "
-            f"{config_hash(cfg)}): use a new run dir, or delete the {name!r} entry of {Path(run_dir) / RECORDS_FILE} "
-            "to run it again")
-    return record
-
-
-def _stage(run_dir: Path, name: str, cfg, train: Callable[[], Path]) -> StageRecord:
-    record = finished(run_dir, name, cfg)
-    if record is not None:
-        print(f"[bridge-ray] stage {name}: finished before ({record.output}); skipping", flush=True)
-        return record
-    print(f"[bridge-ray] stage {name}: starting", flush=True)
-    record = StageRecord(name, config_hash(cfg), str(train()), time.time())
-    save_record(run_dir, record)
-    return record
 
 
 def plan(sft_cfg, ppo_cfg, run_dir: str | Path):
@@ -98,8 +69,9 @@ def sft_then_ppo(sft_cfg, ppo_cfg, run_dir: str | Path, reward: Callable | str |
     sft.validate(sft_cfg)  # both stages before either starts: a bad PPO value must not wait for SFT to end
     ppo.validate(ppo_cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    sft_record = _stage(run_dir, "sft", sft_cfg, lambda: sft.fit(sft_cfg).hf_model)
-    ppo_record = _stage(run_dir, "ppo", ppo_cfg, lambda: ppo.run(ppo_cfg, reward).hf_model)
+    lifecycle.claim(run_dir, "run dir")  # a second submission of this chain stops here while this one runs
+    sft_record = run_stage(run_dir, "sft", sft_cfg, lambda: sft.fit(sft_cfg).hf_model)
+    ppo_record = run_stage(run_dir, "ppo", ppo_cfg, lambda: ppo.run(ppo_cfg, reward).hf_model)
     if ppo_cfg.trainer.merge_hf:  # the run's model is PPO's, also when both stages were skipped
         lifecycle.record_model(ppo_record.output, ppo_cfg.trainer.output_dir)
     return {"sft": sft_record, "ppo": ppo_record}

@@ -9,10 +9,14 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+from bridge_ray.cluster import driver
 from bridge_ray.cluster.records import home_dir
 from bridge_ray.config import to_dict
+from bridge_ray.errors import ConfigError
 
 RECORDS_FILE = "stages.json"
 
@@ -53,3 +57,44 @@ def save_record(run_dir: str | Path, record: StageRecord) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(rows, indent=2))
     os.replace(tmp, path)
+
+
+def has_model(output: str) -> bool:
+    """A stage's output is there: a Hugging Face folder (its ``config.json``)."""
+    return (Path(output) / "config.json").is_file()
+
+
+def finished(run_dir: str | Path, name: str, cfg, done: Callable[[str], bool] = has_model) -> StageRecord | None:
+    """The stage's record if it finished with this config and its output is still there (``done``).
+
+    Raises:
+        ConfigError: the stage finished with another config.
+    """
+    record = load_records(run_dir).get(name)
+    if record is None or not done(record.output):
+        return None
+    if record.config_hash != config_hash(cfg):
+        raise ConfigError(
+            f"stage {name} in {run_dir} finished with another config (hash {record.config_hash}, now "
+            f"{config_hash(cfg)}): use a new run_dir, or delete the {name!r} entry of {Path(run_dir) / RECORDS_FILE} "
+            "to run it again")
+    return record
+
+
+def run_stage(run_dir: Path, name: str, cfg, work: Callable[[], object],
+              done: Callable[[str], bool] = has_model) -> StageRecord:
+    """Skip the stage if it finished with ``cfg``, else run ``work`` (returning its output) and record it.
+
+    The next stage's driver clock counts from that stage's own start (the stages share one process).
+    """
+    record = finished(run_dir, name, cfg, done)
+    if record is not None:
+        print(f"[bridge-ray] stage {name}: finished before ({record.output}); skipping", flush=True)
+        return record
+    print(f"[bridge-ray] stage {name}: starting", flush=True)
+    try:
+        record = StageRecord(name, config_hash(cfg), str(work()), time.time())
+    finally:
+        driver.DriverClock.process_counted = True
+    save_record(run_dir, record)
+    return record

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,38 +145,12 @@ def validate(cfg: ChainConfig) -> ChainConfig:
     return cfg
 
 
-def _done(name: str, output: str) -> bool:
+def _done(name: str) -> Callable[[str], bool]:
+    """What a finished stage leaves: the tokenizer its ``tokenizer.json``, a training stage its model; an
+    upload nothing here."""
     if name == "tokenizer":
-        return (Path(output) / "tokenizer.json").is_file()
-    return name == "upload" or (Path(output) / "config.json").is_file()
-
-
-def finished(run_dir: Path, name: str, stage_cfg) -> stages.StageRecord | None:
-    """The stage's record if it finished with this config and its output is still there.
-
-    Raises:
-        ConfigError: the stage finished with another config.
-    """
-    record = stages.load_records(run_dir).get(name)
-    if record is None or not _done(name, record.output):
-        return None
-    if record.config_hash != stages.config_hash(stage_cfg):
-        raise ConfigError(
-            f"stage {name} in {run_dir} finished with another config (hash {record.config_hash}, now "
-            f"{stages.config_hash(stage_cfg)}): use a new run_dir, or delete the {name!r} entry of "
-            f"{run_dir / stages.RECORDS_FILE} to run it again")
-    return record
-
-
-def _stage(run_dir: Path, name: str, stage_cfg, work: Callable[[], object]) -> stages.StageRecord:
-    record = finished(run_dir, name, stage_cfg)
-    if record is not None:
-        print(f"[bridge-ray] stage {name}: finished before ({record.output}); skipping", flush=True)
-        return record
-    print(f"[bridge-ray] stage {name}: starting", flush=True)
-    record = stages.StageRecord(name, stages.config_hash(stage_cfg), str(work()), time.time())
-    stages.save_record(run_dir, record)
-    return record
+        return lambda output: (Path(output) / "tokenizer.json").is_file()
+    return (lambda output: True) if name == "upload" else stages.has_model
 
 
 def _upload(cfg: ChainConfig) -> str:
@@ -211,7 +184,7 @@ def check_resources(cfg: ChainConfig) -> None:
               "pretrain": (cfg.pretrain, lambda: fits("pretrain", cfg.pretrain.workers)),
               "instruct": (cfg.instruct, lambda: fits("instruct", cfg.instruct.workers))}
     problems = [problem for name, (stage_cfg, check) in checks.items()
-                if finished(run_dir, name, stage_cfg) is None and (problem := check())]
+                if stages.finished(run_dir, name, stage_cfg, _done(name)) is None and (problem := check())]
     if problems:
         raise PreflightError("; ".join(problems))
 
@@ -235,16 +208,21 @@ def run(cfg: ChainConfig) -> dict[str, stages.StageRecord]:
     run_dir = Path(cfg.run_dir)
     check_resources(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lifecycle.claim(run_dir, "run_dir")  # a second submission of this chain stops here while this one runs
+
+    def stage(name: str, stage_cfg, work: Callable[[], object]) -> stages.StageRecord:
+        return stages.run_stage(run_dir, name, stage_cfg, work, _done(name))
+
     records = {
-        "tokenizer": _stage(run_dir, "tokenizer", cfg.tokenizer, lambda: tokenizer.train(cfg.tokenizer).output_dir),
-        "pretrain": _stage(run_dir, "pretrain", cfg.pretrain, lambda: pretrain.fit(cfg.pretrain).hf_model),
-        "instruct": _stage(run_dir, "instruct", cfg.instruct, lambda: instruct.instruct_tune(
+        "tokenizer": stage("tokenizer", cfg.tokenizer, lambda: tokenizer.train(cfg.tokenizer).output_dir),
+        "pretrain": stage("pretrain", cfg.pretrain, lambda: pretrain.fit(cfg.pretrain).hf_model),
+        "instruct": stage("instruct", cfg.instruct, lambda: instruct.instruct_tune(
             cfg.instruct, cfg.conversations, cfg.conversations_lang, cfg.conversations_mode).hf_model),
     }
     lifecycle.record_model(records["instruct"].output, cfg.instruct.trainer.output_dir)  # also when every stage was skipped
     if cfg.hub_repo_id:
         target = UploadTarget(cfg.hub_repo_id, cfg.hub_private, records["instruct"].output)
-        records["upload"] = _stage(run_dir, "upload", target, lambda: _upload(cfg))
+        records["upload"] = stage("upload", target, lambda: _upload(cfg))
     return records
 
 

@@ -19,15 +19,21 @@ Outside a bridge-ray job the run-record writes are no-ops; the files in ``output
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from bridge_ray import runs
+from bridge_ray.errors import ConfigError
 from bridge_ray.models import hub
 from bridge_ray.models.checkpoints import CheckpointError, check_hf_model, latest_checkpoint, merge_to_hf, weights_dir
 
 CONFIG_FILE = "config.json"
+LOCK_FILE = ".bridge-ray.lock"  # the Hub upload leaves *.lock out
+_claimed: dict[str, int] = {}  # folder -> the open lock file this process holds until it exits
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,45 @@ def start(output_dir: str | Path, loggers: tuple[str, ...] = ()) -> Path:
         >>> output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers)
     """
     runs.record_job(output_dir, loggers=loggers)
+    claim(output_dir)
     return Path(output_dir)
+
+
+def claim(folder: str | Path, what: str = "output dir") -> None:
+    """Hold ``folder`` for as long as this process lives, so that a second run on it stops at once.
+
+    Two jobs on one folder would write the same checkpoints (a run resubmitted while the first
+    still runs, say after its ``--follow`` was interrupted). The hold is an exclusive ``flock`` on
+    ``folder/.bridge-ray.lock``, which names the holder; the kernel drops it when the process ends,
+    however it ends. A folder that cannot be created is left to the preflight to report, and a file
+    system without locks holds nothing.
+
+    Raises:
+        ConfigError: another live process holds ``folder``: which job, on which host.
+    """
+    path = Path(folder)
+    if str(path) in _claimed:
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise ConfigError(f"{what} {path} is in use by {holder}: wait for that run to end or stop it "
+                          f"(`bridge-ray stop ID`), or choose another {what}") from None
+    except OSError:  # no locks on this file system
+        os.close(fd)
+        return
+    run = runs.current_run_dir()
+    me = f"job {run.name}" if run else "a process"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{me} (host {socket.gethostname()}, pid {os.getpid()})".encode(), 0)
+    _claimed[str(path)] = fd
 
 
 def save_config(output_dir: Path, config: dict) -> Path:
