@@ -61,6 +61,9 @@ VARIANTS = {
     "loader2": ("sft_gsm8k_llama1b", ["sft.data.num_loader_workers=2"]),
     "gbs256": ("sft_gsm8k_llama1b", ["sft.data.global_batch_size=256", "sft.data.max_tokens_per_worker=32768"]),
     "adamw_fused": ("sft_gsm8k_llama1b", ["sft.optim.fused=true"]),
+    # liger's RMSNorm/SwiGLU/RoPE beside verl's fused log-prob, with torch's fused AdamW: the two largest
+    # non-matmul shares of the H100 profile (2026-12-06).
+    "liger_fused_adamw": ("sft_gsm8k_llama1b", ["sft.model.kernels=liger+fused", "sft.optim.fused=true"]),
     "fsdp1": ("sft_gsm8k_llama1b", ["sft.workers.strategy=fsdp"]),
 }
 # On CPU (--cpu): the tiny preset as it is (padded), and packed with sdpa.

@@ -45,15 +45,33 @@ def test_presets_compose_against_verls_config(preset, tmp_path):
     assert config.engine.reshard_after_forward is True
     off = pretrain.apply_overrides(cfg, ["pretrain.workers.reshard_after_forward=false"])
     assert compose_verl_config(pretrain.to_verl_overrides(off, [str(tmp_path / "a.bin")])).engine.reshard_after_forward is False
+    assert config.model.use_liger is False
+    if cfg.workers.use_gpu:  # liger's layer kernels beside verl's fused log-probs (the torch backend stays)
+        liger = compose_verl_config(pretrain.to_verl_overrides(
+            pretrain.validate(pretrain.apply_overrides(cfg, ["pretrain.model.liger=true"])), [str(tmp_path / "a.bin")]))
+        assert liger.model.use_liger is True and liger.model.use_fused_kernels is True
+        assert liger.model.fused_kernel_options.impl_backend == "torch"
+
+
+def test_liger_on_workers_without_it_is_one_line():
+    from bridge_ray.sft.hardware import Hardware, liger_missing
+
+    setting, fix = "pretrain.model.liger=true", "pretrain.model.liger=false"
+    assert liger_missing(setting, fix, Hardware(gpu="NVIDIA H100 80GB HBM3", triton=True)) == (
+        "pretrain.model.liger=true needs liger-kernel on the workers (NVIDIA H100 80GB HBM3 has none): pip install "
+        "liger-kernel there, or set pretrain.model.liger=false")
+    assert liger_missing(setting, fix, Hardware(gpu="NVIDIA H100 80GB HBM3", liger=True)) is None
+    assert liger_missing(setting, fix, Hardware()) is None  # no GPU visible to the probe: nothing to say
 
 
 def test_bad_values_are_listed_together(tmp_path):
     cfg = tiny(tmp_path, "model.shape=huge", "data.global_batch_size=6", "optim.warmup_steps=20",
-               "trainer.output_dir=run", "workers.strategy=fsdp")
+               "trainer.output_dir=run", "workers.strategy=fsdp", "model.liger=true")
     with pytest.raises(ConfigError) as err:
         pretrain.validate(cfg)
     assert err.value.problems == [
         "pretrain.model.shape='huge' is not known: choose from tiny, 0.1b, 1b",
+        "pretrain.model.liger=true needs GPU workers (liger-kernel's kernels are Triton): set pretrain.model.liger=false",
         "pretrain.data.global_batch_size=6 must split into workers.num_workers=2 equal shares, each a multiple of "
         "data.micro_batch_size_per_worker=4",
         "pretrain.workers.strategy=fsdp (FSDP1) runs on GPU workers only: set pretrain.workers.strategy=fsdp2 for "

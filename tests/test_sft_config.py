@@ -93,13 +93,13 @@ def test_auto_picks_the_fastest_correct_settings(hardware, attention, kernels, t
     assert sft.resolve(cfg, hardware) == cfg
 
 
-H100_NO_CUTLASS = sft.Hardware(gpu="NVIDIA H100 80GB HBM3", torch_varlen=True, triton=True, liger=True)
+H100 = sft.Hardware(gpu="NVIDIA H100 80GB HBM3", torch_varlen=True, triton=True, liger=True)
 
 
 @pytest.mark.parametrize("overrides, hardware, message", [
-    (["sft.model.kernels=liger+fused"], H100_NO_CUTLASS,
-     "sft.model.kernels=liger+fused needs the NVIDIA CUTLASS DSL on NVIDIA H100 80GB HBM3 (liger's Hopper cross-entropy "
-     "kernel): pip install nvidia-cutlass-dsl on the workers, or set sft.model.kernels=fused"),
+    (["sft.model.kernels=liger+fused"], H200_PLAIN,
+     "sft.model.kernels=liger+fused needs liger-kernel on the workers (NVIDIA H200 has none): pip install liger-kernel "
+     "there, or set sft.model.kernels=fused"),
     (["sft.model.kernels=liger"], H200_PLAIN,
      "sft.model.kernels=liger needs liger-kernel on the workers (NVIDIA H200 has none): pip install liger-kernel there, "
      "or set sft.model.kernels=fused"),
@@ -109,7 +109,7 @@ H100_NO_CUTLASS = sft.Hardware(gpu="NVIDIA H100 80GB HBM3", torch_varlen=True, t
     (["sft.model.attn_implementation=torch_varlen"], sft.Hardware(gpu="Tesla V100", triton=True),
      "sft.model.attn_implementation=torch_varlen needs torch >= 2.10 with its varlen kernel on an Ampere or newer GPU "
      "(Tesla V100 lacks it): set sft.model.attn_implementation=auto"),
-], ids=["liger+fused-hopper", "liger-missing", "flash-attn-missing", "varlen-pre-ampere"])
+], ids=["liger+fused-liger-missing", "liger-missing", "flash-attn-missing", "varlen-pre-ampere"])
 def test_an_explicit_speed_setting_the_probed_workers_lack_is_one_line(overrides, hardware, message):
     from bridge_ray.sft import hardware as hw
 
@@ -123,7 +123,7 @@ def test_an_explicit_speed_setting_the_probed_workers_lack_is_one_line(overrides
 def test_what_the_probed_workers_have_passes_the_check():
     from bridge_ray.sft import hardware as hw
 
-    ok = dataclasses.replace(H100_NO_CUTLASS, liger_fused=True, flash_attn=True)
+    ok = dataclasses.replace(H100, flash_attn=True)  # liger+fused needs no CUTLASS DSL: verl's Triton log-prob
     for kernels in ("liger", "fused", "liger+fused", "none"):
         for attention in ("flash_attention_2", "torch_varlen", "sdpa"):
             cfg = sft.apply_overrides(sft.sft_gsm8k_llama1b(), [f"sft.model.kernels={kernels}",
@@ -162,7 +162,7 @@ def test_every_speed_field_composes_against_verl(attention, kernels):
     assert verl.model.use_liger is (kernels in ("liger", "liger+fused"))
     assert verl.model.use_fused_kernels is (kernels in ("fused", "liger+fused"))
     if verl.model.use_fused_kernels:
-        assert verl.model.fused_kernel_options.impl_backend == ("liger" if kernels == "liger+fused" else "triton")
+        assert verl.model.fused_kernel_options.impl_backend == "triton"  # liger+fused too: no CUTLASS DSL on Hopper
     assert verl.data.use_dynamic_bsz is True and verl.data.max_token_len_per_gpu == 8192
     engine = omega_conf_to_dataclass(verl.engine)  # verl's FSDPEngineConfig: types checked by verl
     assert engine.reshard_after_forward is True

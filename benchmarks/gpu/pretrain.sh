@@ -23,6 +23,8 @@ declare -A VARIANTS=(
   [noreshard]="pretrain.workers.reshard_after_forward=false"
   [mb16_noreshard]="pretrain.data.micro_batch_size_per_worker=16 pretrain.optim.fused=true pretrain.workers.reshard_after_forward=false"
   [compile]="pretrain.workers.use_torch_compile=true"
+  [liger]="pretrain.model.liger=true"
+  [mb16_liger]="pretrain.data.micro_batch_size_per_worker=16 pretrain.optim.fused=true pretrain.model.liger=true"
 )
 bench() { python3 benchmarks/pretrain_throughput.py ${CPU:+--cpu} --steps "${STEPS:-14}" --skip "${SKIP:-4}" --timeout "${RUN_TIMEOUT:-220}" "$@"; }
 variant() {  # NAME DIR [extra args]: one bridge-ray run of VARIANTS[NAME] in DIR

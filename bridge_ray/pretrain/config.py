@@ -39,7 +39,9 @@ class ModelConfig:
     kernels per token, forward and backward, and the step becomes CPU-bound (1B shape, sequence 2048, 131k
     tokens a step on one H100: 21 s a step off, 2.85 s on; benchmarks/RESULTS.md). verl's Triton backend is
     not used: for fixed-length (unpacked) batches it returns the log-probs flattened and the step dies in
-    ``prepare_model_outputs`` (IndexError; seen on an H200).
+    ``prepare_model_outputs`` (IndexError; seen on an H200). ``liger`` (GPU workers, liger-kernel installed
+    there) swaps Llama's RMSNorm, SwiGLU and rotary embedding for liger-kernel's fused Triton kernels (verl's
+    ``use_liger``; the log-probs stay verl's): that elementwise work is 41 % of a 1B step's GPU time.
     """
 
     shape: str = "tiny"
@@ -48,6 +50,7 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
     fused_kernels: bool = True
+    liger: bool = False
     init_seed: int = 0
 
 
@@ -236,6 +239,8 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
         ConfigError: listing every problem found, each with its fix.
     """
     problems = (_model_problems(cfg.model) + _data_problems(cfg.data)
+                + (["pretrain.model.liger=true needs GPU workers (liger-kernel's kernels are Triton): set "
+                    "pretrain.model.liger=false"] if cfg.model.liger and not cfg.workers.use_gpu else [])
                 + _batch_problems(cfg.data, cfg.workers) + strategy_problems(cfg.workers, "pretrain")
                 + auto_workers_problems(cfg.workers, "pretrain")
                 + _trainer_problems(cfg.trainer, cfg.optim))
@@ -284,6 +289,7 @@ def to_verl_overrides(cfg: PretrainConfig, train_shards, val_shards=(), total_ep
         f"+model.override_config.attn_implementation={model.attn_implementation}",
         f"model.use_fused_kernels={model.fused_kernels}",
         "model.fused_kernel_options.impl_backend=torch",
+        f"model.use_liger={model.liger}",
         f"data.train_files={_hydra_list(train_shards)}",
         f"data.val_files={_hydra_list(val_shards) if val_shards else 'null'}",
         f"data.custom_cls.path={DATASET_MODULE}",

@@ -58,6 +58,11 @@ def preflight(cfg: PretrainConfig) -> None:
         raise PreflightError(problem.replace("trainer.output_dir", "pretrain.trainer.output_dir"))
     if problem := workers_problem(cfg.workers, alive_nodes(), "pretrain.workers"):
         raise PreflightError(problem)
+    if cfg.model.liger:
+        from bridge_ray.sft.hardware import liger_missing, probe_workers
+
+        if problem := liger_missing("pretrain.model.liger=true", "pretrain.model.liger=false", probe_workers()):
+            raise PreflightError(problem)
 
 
 def _num_sequences(shards, seq_len: int) -> int:

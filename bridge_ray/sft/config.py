@@ -41,9 +41,9 @@ class ModelConfig:
     transformers by ``bridge_ray.platforms.attention``), ``sdpa``, ``eager``, or ``auto``.
     ``use_remove_padding``: packing; each micro batch is one row of whole samples, no padding.
     ``kernels``: ``liger`` (liger-kernel's RMSNorm/SwiGLU/RoPE), ``fused`` (verl's fused
-    lm-head + log-prob in Triton, so logits are never materialised), ``liger+fused`` (both, the
-    fused log-prob in liger's kernel; on Hopper it needs ``nvidia-cutlass-dsl``), ``none``, or
-    ``auto`` (``fused`` where Triton imports, see ``bridge_ray.sft.hardware``).
+    lm-head + log-prob in Triton, so logits are never materialised), ``liger+fused`` (both: liger's
+    layer kernels and verl's Triton log-prob; verl turns liger's own fused cross-entropy off), ``none``,
+    or ``auto`` (``fused`` where Triton imports, see ``bridge_ray.sft.hardware``).
     """
 
     path: str = ""
@@ -365,7 +365,7 @@ def _model_overrides(model: ModelConfig) -> list[str]:
         f"model.external_lib={ATTENTION_PLUGIN if model.attn_implementation == 'torch_varlen' else 'null'}",
         f"model.use_liger={model.kernels in ('liger', 'liger+fused')}",
         f"model.use_fused_kernels={fused}",
-        f"model.fused_kernel_options.impl_backend={'liger' if model.kernels == 'liger+fused' else 'triton' if fused else 'torch'}",
+        f"model.fused_kernel_options.impl_backend={'triton' if fused else 'torch'}",
     ]
 
 

@@ -11,7 +11,7 @@ logits one token at a time (``logprobs_from_logits_v2``: ~75k kernel launches a 
 global batch of 64 GSM8K rows), and liger's kernels leave that path in place. Measured on one
 H100 (1B shape, 2026-12-05): liger 6.1k tokens/s, fused 26.1k, same loss.
 
-``probe()`` answers for this process (imports, the visible GPU); ``probe_workers(cfg)`` runs
+``probe()`` answers for this process (imports, the visible GPU); ``probe_workers()`` runs
 it as a one-GPU Ray task, on a fresh worker process that exits afterwards (its CUDA context
 with it), so the driver can resolve a config before training starts.
 """
@@ -39,9 +39,7 @@ class Hardware:
     """What a training worker's host offers the fast paths (``bridge_ray.sft.hardware.probe``).
 
     ``gpu`` is the device name (None on CPU); each flag says whether that piece imports and,
-    for ``torch_varlen``, whether the GPU runs torch's varlen kernel (compute capability >= 8.0);
-    ``liger_fused``: whether liger's fused linear cross-entropy runs there (on Hopper it needs
-    the NVIDIA CUTLASS DSL, ``nvidia-cutlass-dsl``).
+    for ``torch_varlen``, whether the GPU runs torch's varlen kernel (compute capability >= 8.0).
     """
 
     gpu: Optional[str] = None
@@ -49,7 +47,6 @@ class Hardware:
     torch_varlen: bool = False
     liger: bool = False
     triton: bool = False
-    liger_fused: bool = False
 
 
 # What GPU workers are assumed to offer when nobody probed them (dry runs): a CUDA build of
@@ -104,15 +101,12 @@ def probe() -> Hardware:
     if not torch.cuda.is_available():
         return Hardware()
     capability = torch.cuda.get_device_capability(0)
-    liger = _imports("liger_kernel.transformers")
     return Hardware(
         gpu=torch.cuda.get_device_name(0),
         flash_attn=_imports("flash_attn"),
         torch_varlen=capability >= MIN_VARLEN_CAPABILITY and _imports("torch.nn.attention.varlen"),
-        liger=liger,
+        liger=_imports("liger_kernel.transformers"),
         triton=_imports("triton"),
-        # liger's fused linear cross-entropy takes a CuTe DSL kernel on sm90 (liger-kernel 0.8.x).
-        liger_fused=liger and (capability[0] != 9 or _imports("cutlass")),
     )
 
 
@@ -134,14 +128,17 @@ def check(cfg: SFTConfig, hardware: Hardware | None) -> None:
         f"sft.model.attn_implementation=torch_varlen needs torch >= 2.10 with its varlen kernel on an Ampere or "
         f"newer GPU ({gpu} lacks it): set sft.model.attn_implementation=auto",
     }.get(model.attn_implementation)
-    if missing is None and model.kernels in ("liger", "liger+fused") and not hardware.liger:
-        missing = (f"sft.model.kernels={model.kernels} needs liger-kernel on the workers ({gpu} has none): "
-                   "pip install liger-kernel there, or set sft.model.kernels=fused")
-    if missing is None and model.kernels == "liger+fused" and not hardware.liger_fused:
-        missing = (f"sft.model.kernels=liger+fused needs the NVIDIA CUTLASS DSL on {gpu} (liger's Hopper "
-                   "cross-entropy kernel): pip install nvidia-cutlass-dsl on the workers, or set sft.model.kernels=fused")
+    if missing is None and model.kernels in ("liger", "liger+fused"):
+        missing = liger_missing(f"sft.model.kernels={model.kernels}", "sft.model.kernels=fused", hardware)
     if missing:
         raise PreflightError(missing)
+
+
+def liger_missing(setting: str, fix: str, hardware: Hardware) -> str | None:
+    """The one line for ``setting`` (which asks for liger-kernel) when the probed GPU workers lack it, else None."""
+    if hardware.gpu is None or hardware.liger:
+        return None
+    return f"{setting} needs liger-kernel on the workers ({hardware.gpu} has none): pip install liger-kernel there, or set {fix}"
 
 
 def needs_probe(cfg: SFTConfig) -> bool:
@@ -151,7 +148,7 @@ def needs_probe(cfg: SFTConfig) -> bool:
         or cfg.model.attn_implementation in ("flash_attention_2", "torch_varlen") or cfg.model.kernels != "none")
 
 
-def probe_workers(cfg: SFTConfig) -> Hardware:
+def probe_workers() -> Hardware:
     """``probe()`` in a Ray task holding one of the GPUs the workers will use (connected driver only)."""
     import ray
 

@@ -178,7 +178,7 @@ def fit(cfg: SFTConfig) -> SFTResult:
     cfg = prepare_data(cfg)
     cfg = epochs_for_steps(cfg, preflight(cfg))
     clock.lap("preflight")
-    hw = hardware.probe_workers(cfg) if hardware.needs_probe(cfg) else None
+    hw = hardware.probe_workers() if hardware.needs_probe(cfg) else None
     cfg = validate(resolve(cfg, hw))
     hardware.check(cfg, hw)
     clock.lap("hardware probe")
