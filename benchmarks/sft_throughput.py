@@ -64,6 +64,7 @@ VARIANTS = {
     # liger's RMSNorm/SwiGLU/RoPE beside verl's fused log-prob, with torch's fused AdamW: the two largest
     # non-matmul shares of the H100 profile (2026-12-06).
     "liger_fused_adamw": ("sft_gsm8k_llama1b", ["sft.model.kernels=liger+fused", "sft.optim.fused=true"]),
+    "compile": ("sft_gsm8k_llama1b", ["sft.workers.use_torch_compile=true"]),  # the host gap: 25 % of a step
     "fsdp1": ("sft_gsm8k_llama1b", ["sft.workers.strategy=fsdp"]),
 }
 # On CPU (--cpu): the tiny preset as it is (padded), and packed with sdpa.

@@ -26,7 +26,7 @@ limit=${BRIDGE_RAY_TEST_TIMEOUT_S:-10800}
 workers=${BRIDGE_RAY_TEST_WORKERS:-2}
 parallel=()
 [ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadfile --no-loadscope-reorder)
-timeout --signal=INT --kill-after=120 "$limit" "$PY" -m pytest -q -m "$marker" "${parallel[@]}" "$@"
+timeout --signal=INT --kill-after=120 "$limit" "$PY" -m pytest -q --durations=25 -m "$marker" "${parallel[@]}" "$@"
 rc=$?
 [ "$rc" = 124 ] && echo "tests/run.sh: the suite ran past ${limit} s and was stopped (BRIDGE_RAY_TEST_TIMEOUT_S)" >&2
 exit "$rc"
