@@ -70,9 +70,14 @@ def test_text_to_chat_end_to_end_then_skipped(local_cluster, tmp_path):
                            "working_dir)\n"),
     (["pretrain.optim.lr=fast"], "error: pretrain.optim.lr='fast' is not a number\n"),
     (["preset=chain_huge"], "error: unknown preset 'chain_huge': choose from chain_tiny_cpu, chain_1b\n"),
+    (["hub_repo_id=me/chat"], "error: hub_repo_id=me/chat needs a Hugging Face token in the job and it has none: "
+                              "`export HF_TOKEN=...` where you submit (bridge-ray hands it to the job in a private "
+                              "file) or `hf auth login` on the nodes; or leave the repo out and upload later with "
+                              "`bridge-ray upload RUN --repo-id ...`\n"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    env = {k: v for k, v in __import__("os").environ.items() if k != "HF_TOKEN"}
     proc = subprocess.run([sys.executable, "recipes/text_to_chat.py", *args], cwd=REPO, capture_output=True, text=True,
-                          env={**__import__("os").environ, "BRIDGE_RAY_HOME": str(tmp_path)}, timeout=300)
+                          env={**env, "BRIDGE_RAY_HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}, timeout=300)
     assert (proc.returncode, proc.stderr) == (2, message)
     assert not (tmp_path / "outputs").exists()

@@ -63,6 +63,21 @@ def test_outside_a_job_only_the_files_are_written(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [tmp_path / lifecycle.LOCK_FILE]  # held while this process lives
 
 
+def test_a_run_that_uploads_at_its_end_needs_a_token_at_its_start(tmp_path, monkeypatch):
+    """Hours of training, then "no token" at the upload: the token is looked for when the run starts."""
+    monkeypatch.delenv(runs.RUN_DIR_ENV, raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no `hf auth login` token either
+    with pytest.raises(ConfigError) as err:
+        lifecycle.start(tmp_path / "out", hub_repo_id="me/model")
+    assert str(err.value) == (
+        "trainer.hub_repo_id=me/model needs a Hugging Face token in the job and it has none: `export HF_TOKEN=...` "
+        "where you submit (bridge-ray hands it to the job in a private file) or `hf auth login` on the nodes; or leave "
+        "the repo out and upload later with `bridge-ray upload RUN --repo-id ...`")
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 30)
+    assert lifecycle.start(tmp_path / "out2", hub_repo_id="me/model") == tmp_path / "out2"
+
+
 HOLDER = """
 import sys
 from bridge_ray.runs import lifecycle

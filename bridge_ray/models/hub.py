@@ -66,6 +66,20 @@ def _token() -> str:
     return token
 
 
+def require_token(setting: str) -> None:
+    """Before a run trains: the upload it ends with (``setting``, e.g. ``hub_repo_id=me/model``) will have a token.
+
+    Raises:
+        ConfigError: no token where the run runs (``HF_TOKEN`` or a ``hf auth login``).
+    """
+    from huggingface_hub import get_token
+
+    if not get_token():
+        raise ConfigError(f"{setting} needs a Hugging Face token in the job and it has none: `export HF_TOKEN=...` "
+                          "where you submit (bridge-ray hands it to the job in a private file) or `hf auth login` on "
+                          "the nodes; or leave the repo out and upload later with `bridge-ray upload RUN --repo-id ...`")
+
+
 def resolve(run_or_dir: str | Path) -> tuple[Path, runs.RunRecord | None]:
     """The model folder and its run record (if known) for a run id, a run folder or a model folder.
 

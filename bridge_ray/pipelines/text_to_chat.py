@@ -204,6 +204,10 @@ def run(cfg: ChainConfig) -> dict[str, stages.StageRecord]:
     from bridge_ray.sft.trainer import connect
 
     cfg = plan(validate(cfg))
+    if cfg.hub_repo_id:  # the upload comes last: its token is checked before hours of training
+        from bridge_ray.models import hub
+
+        hub.require_token(f"hub_repo_id={cfg.hub_repo_id}")
     connect()  # the training stages' way of attaching (the tokenizer's would not set Ray Train's env)
     run_dir = Path(cfg.run_dir)
     check_resources(cfg)

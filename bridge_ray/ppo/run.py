@@ -234,7 +234,8 @@ def run(cfg: PPOConfig, reward: Callable | str | None = None) -> PPOResult:
     cfg, ship = _with_reward(validate(cfg), reward)
     connect()
     clock.lap("connect")
-    output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers)
+    output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers,
+                                 hub_repo_id=cfg.trainer.hub_repo_id)
     cfg, finish_preflight = preflight(cfg, ships_reward_code=bool(ship))  # the node probes run meanwhile
     clock.lap("cluster")
     try:

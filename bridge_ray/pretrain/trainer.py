@@ -171,7 +171,8 @@ def fit(cfg: PretrainConfig) -> PretrainResult:
                                                                experiment_name=experiment))
     connect()
     clock.lap("connect")
-    output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers)
+    output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers,
+                                 hub_repo_id=cfg.trainer.hub_repo_id)
     cfg = dataclasses.replace(cfg, workers=resolve_workers(cfg.workers, alive_nodes(), "pretrain"))
     preflight(cfg)
     clock.lap("preflight")

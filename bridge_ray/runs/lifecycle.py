@@ -53,7 +53,7 @@ class MergedModel:
     hub_url: str | None = None
 
 
-def start(output_dir: str | Path, loggers: tuple[str, ...] = ()) -> Path:
+def start(output_dir: str | Path, loggers: tuple[str, ...] = (), hub_repo_id: str | None = None) -> Path:
     """Record the job's host, packages and output dir in its run record, before the preflight.
 
     The output dir is the preflight's to create and check (``config.output_dir_problem``): an
@@ -62,6 +62,7 @@ def start(output_dir: str | Path, loggers: tuple[str, ...] = ()) -> Path:
     Args:
         output_dir: the run's absolute output folder (shared by every node).
         loggers: the workload's loggers (``"wandb"`` prints where W&B writes).
+        hub_repo_id: the Hub repo the run uploads to at its end: its token is checked now, not after training.
 
     Returns:
         ``output_dir`` as a Path.
@@ -71,6 +72,8 @@ def start(output_dir: str | Path, loggers: tuple[str, ...] = ()) -> Path:
     """
     runs.record_job(output_dir, loggers=loggers)
     claim(output_dir)
+    if hub_repo_id:
+        hub.require_token(f"trainer.hub_repo_id={hub_repo_id}")
     return Path(output_dir)
 
 

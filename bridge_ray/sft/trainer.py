@@ -173,7 +173,8 @@ def fit(cfg: SFTConfig) -> SFTResult:
                                                                experiment_name=experiment))
     connect()
     clock.lap("connect")
-    output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers)
+    output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers,
+                                 hub_repo_id=cfg.trainer.hub_repo_id)
     cfg = dataclasses.replace(cfg, workers=resolve_workers(cfg.workers, driver.alive_nodes(), "sft"))
     cfg = prepare_data(cfg)
     cfg = epochs_for_steps(cfg, preflight(cfg))
