@@ -95,6 +95,6 @@ def run_stage(run_dir: Path, name: str, cfg, work: Callable[[], object],
     try:
         record = StageRecord(name, config_hash(cfg), str(work()), time.time())
     finally:
-        driver.DriverClock.process_counted = True
+        driver.DriverClock.next_stage()
     save_record(run_dir, record)
     return record
