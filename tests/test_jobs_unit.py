@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -351,3 +352,13 @@ def test_cluster_processes_start_workers_at_niceness_0_unless_the_user_chose_one
     monkeypatch.setenv(processes.NICENESS_ENV, "5")
     assert processes.child_env("tag")[processes.NICENESS_ENV] == "5"
     assert processes.worker_niceness({"RAY_worker_niceness": "10"}) == {"RAY_worker_niceness": "10"}
+
+
+@pytest.mark.parametrize("recipe, name", [("sft_gsm8k.py", "sft-gsm8k"), ("_try.py", "try"),
+                                          ("my recipe (v2).py", "my-recipe-v2"), ("___.py", "job")])
+def test_a_generated_job_id_is_one_the_id_rule_allows_and_never_starts_with_a_dash(recipe, name):
+    """A recipe named ``_try.py`` gave ``-try-<time>-<hex>``, which `bridge-ray logs ID` read as an option."""
+    from bridge_ray.jobs import submission
+
+    made = submission._submission_id(Path(recipe))
+    assert submission._ID_RE.match(made) and made.startswith(f"{name}-20"), made

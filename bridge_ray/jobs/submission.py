@@ -336,7 +336,10 @@ def check_args(record: ClusterRecord, project: Path, recipe: Path, args: list[st
 
 
 def _submission_id(path: Path) -> str:
-    return f"{path.stem.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    """``<recipe>-<time>-<hex>``, the recipe's name cut to what an id may hold (``_ID_RE``): a recipe named
+    ``_try.py`` once gave ``-try-...``, which every command then read as an option."""
+    name = re.sub(r"[^A-Za-z0-9.]+", "-", path.stem).strip("-.")[:80] or "job"
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def plan(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluster: str = DEFAULT_CLUSTER,
