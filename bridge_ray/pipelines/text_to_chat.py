@@ -204,7 +204,8 @@ def run(cfg: ChainConfig) -> dict[str, stages.StageRecord]:
     from bridge_ray.sft.trainer import connect
 
     cfg = plan(validate(cfg))
-    if cfg.hub_repo_id:  # the upload comes last: its token is checked before hours of training
+    # The upload comes last: its token is looked for now, not after hours of training (unless it is done).
+    if cfg.hub_repo_id and "upload" not in stages.load_records(cfg.run_dir):
         from bridge_ray.models import hub
 
         hub.require_token(f"hub_repo_id={cfg.hub_repo_id}")

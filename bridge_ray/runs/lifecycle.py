@@ -54,10 +54,11 @@ class MergedModel:
 
 
 def start(output_dir: str | Path, loggers: tuple[str, ...] = (), hub_repo_id: str | None = None) -> Path:
-    """Record the job's host, packages and output dir in its run record, before the preflight.
+    """Record the job's host, packages and output dir in its run record, and hold the output dir
+    (``claim``), before the preflight.
 
-    The output dir is the preflight's to create and check (``config.output_dir_problem``): an
-    unwritable one is a one-line PreflightError, and a run stopped there is still recorded.
+    The output dir is the preflight's to check (``config.output_dir_problem``): an unwritable one
+    is a one-line PreflightError, and a run stopped there is still recorded.
 
     Args:
         output_dir: the run's absolute output folder (shared by every node).
