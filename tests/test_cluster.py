@@ -64,6 +64,19 @@ def test_submit_follow_succeeds_with_env(local_cluster):
     assert out.stdout.strip().splitlines()[-1].endswith(" SUCCEEDED")
 
 
+def test_follow_shows_every_line_once_in_order_when_the_job_ends(local_cluster, tmp_path):
+    """Ray closes a job's log stream ~5 s after the job ends, and the last lines arrive in ~1 s batches:
+    the follower stops when the job ends and takes the lines the stream had not delivered from the
+    whole log. A job that prints fast up to its last instant loses no line and shows none twice."""
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "burst.py").write_text("for i in range(3000):\n    print(f'line {i:04d}')\n")
+    out = run_cli("submit", str(tmp_path / "burst.py"), "--name", "ci", "--follow", "--verbose")
+    assert out.returncode == 0, out.stderr
+    shown = [line for line in out.stdout.splitlines() if line.startswith("line ")]
+    assert shown == [f"line {i:04d}" for i in range(3000)]
+    assert out.stdout.rstrip().endswith(" SUCCEEDED")
+
+
 def test_submit_prints_next_steps_and_logs(local_cluster):
     out = run_cli("submit", "recipes/hello_cluster.py", "--name", "ci")
     assert out.returncode == 0, out.stderr

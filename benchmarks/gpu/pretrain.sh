@@ -10,7 +10,8 @@
 #     profile=NAME   the same with steps 8-9 profiled (BRIDGE_RAY_PROFILE_STEPS): /tmp/pt-NAME-profile/…/profile
 #                    (`default` = no override)
 #     summary        bridge-ray / torchrun of the pairs so far, and every variant's steady state
-#     pack           OUT/pretrain-runs.tgz: summaries, step rows, logs, profiles (no tokens, model or token file)
+#     pack           OUT/pretrain-runs.tgz: summaries, step rows, logs, profiles (no tokens, model, token file or
+#                    Perfetto trace: fetch that from /tmp/pt-*/…/profile/ while the host is warm)
 #
 # Env: STEPS (14), SKIP (4), RUN_TIMEOUT per run (220 s); CPU=1: the tiny shape on 2 CPU ranks (checks the script).
 set -uo pipefail
@@ -53,7 +54,7 @@ for stage in "$@"; do
       for f in /tmp/pt-*/pair-0-bridge/summary.json; do [ -f "$f" ] && echo "$f $(tr -d '\n ' < "$f" | cut -c1-300)"; done ;;
     pack)
       tar -czf "$out/pretrain-runs.tgz" -C /tmp --exclude=assets --exclude=tokens --exclude=init --exclude=checkpoints \
-        --exclude=auth_token --exclude=ray_train $(cd /tmp && ls -d pt pt-* 2>/dev/null)
+        --exclude=auth_token --exclude=ray_train --exclude='trace-*.json.gz' $(cd /tmp && ls -d pt pt-* 2>/dev/null)
       ls -la "$out" ;;
     *)
       [ -n "${VARIANTS[$stage]+set}" ] || { echo "unknown stage $stage" >&2; exit 2; }

@@ -137,21 +137,43 @@ class Job:
         """
         self.info()
         record, c = self._session(f"following job {self.submission_id}")
+        shown = 0  # log lines written so far
 
         async def tail():
+            nonlocal shown
             async for chunk in c.tail_job_logs(self.submission_id):
                 write(chunk.rstrip("\n"))
+                shown += len(chunk.splitlines())
+
+        async def ended():
+            """Returns once Ray says the job has ended: Ray closes the log stream ~5 s after that."""
+            loop = asyncio.get_running_loop()
+            while True:
+                try:
+                    info = await loop.run_in_executor(None, c.get_job_info, self.submission_id)
+                    if str(info.status.value) in TERMINAL:
+                        return
+                except Exception:  # noqa: BLE001 - a head going away is the GCS watch's to report
+                    pass
+                await asyncio.sleep(0.25)
 
         async def stream() -> bool:
-            """Tail the log until it ends (True) or the head's GCS goes away (False): a dead GCS leaves
-            the log stream open for Ray's 60 s reconnect timeout, and a follower would wait that out."""
-            tailing, watching = asyncio.ensure_future(tail()), asyncio.ensure_future(health.watch_gcs(record))
-            await asyncio.wait((tailing, watching), return_when=asyncio.FIRST_COMPLETED)
-            for task in (tailing, watching):
+            """Tail the log until the job ends or the stream does (True), or the head's GCS goes away (False):
+            a dead GCS leaves the log stream open for Ray's 60 s reconnect timeout, and a follower would wait
+            that out. When the job ends first, the lines the stream has not delivered come from the whole log."""
+            tasks = tailing, watching, ending = (asyncio.ensure_future(tail()), asyncio.ensure_future(
+                health.watch_gcs(record)), asyncio.ensure_future(ended()))
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(tailing, watching, return_exceptions=True)  # the log's session closes
+            await asyncio.gather(*tasks, return_exceptions=True)  # the log's session closes
             if tailing.done() and not tailing.cancelled():
                 tailing.result()  # its error, if the stream broke
+                return True
+            if ending.done() and not ending.cancelled():
+                whole = await asyncio.get_running_loop().run_in_executor(None, c.get_job_logs, self.submission_id)
+                if rest := "\n".join(whole.splitlines()[shown:]).rstrip("\n"):
+                    write(rest)
                 return True
             return False
 
