@@ -453,6 +453,7 @@ def test_ctrl_c_while_following_leaves_the_job_running_and_says_how_to_get_back(
     job = bridge_ray.Job(job_id, "ci")
     assert job.status() == "RUNNING"
     job.stop()
+    assert job.stopped(HANG_GUARD_S) == "STOPPED"  # ended before the module's cluster goes down
 
 
 # ---- 8/9. bad arguments are refused here, before anything is uploaded -----------------------

@@ -25,9 +25,10 @@ from bridge_ray.cluster.records import DEFAULT_CLUSTER, ClusterRecord
 from bridge_ray.errors import (BridgeRayError, ClusterLost, ClusterStale, ConfigError, Interrupted, JobFailed,
                                JobNotFound, RecipeError)
 from bridge_ray.jobs import credentials, runtime_env
+from bridge_ray.jobs.follow import stream as stream_log
 from bridge_ray.jobs.runtime_env import SubmitPlan
 
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")  # runs.TERMINAL: runs imports this package, so not from there
 LOG_TAIL_LINES = 20
 CHECK_TIMEOUT_S = 300.0
 NO_AGENT = "No available agent to submit job"  # Ray's 500 while the head's job agent is not ready
@@ -137,50 +138,11 @@ class Job:
         """
         self.info()
         record, c = self._session(f"following job {self.submission_id}")
-        shown = 0  # log lines written so far
-
-        async def tail():
-            nonlocal shown
-            async for chunk in c.tail_job_logs(self.submission_id):
-                write(chunk.rstrip("\n"))
-                shown += len(chunk.splitlines())
-
-        async def ended():
-            """Returns once Ray says the job has ended: Ray closes the log stream ~5 s after that."""
-            loop = asyncio.get_running_loop()
-            while True:
-                try:
-                    info = await loop.run_in_executor(None, c.get_job_info, self.submission_id)
-                    if str(info.status.value) in TERMINAL:
-                        return
-                except Exception:  # noqa: BLE001 - a head going away is the GCS watch's to report
-                    pass
-                await asyncio.sleep(0.25)
-
-        async def stream() -> bool:
-            """Tail the log until the job ends or the stream does (True), or the head's GCS goes away (False):
-            a dead GCS leaves the log stream open for Ray's 60 s reconnect timeout, and a follower would wait
-            that out. When the job ends first, the lines the stream has not delivered come from the whole log."""
-            tasks = tailing, watching, ending = (asyncio.ensure_future(tail()), asyncio.ensure_future(
-                health.watch_gcs(record)), asyncio.ensure_future(ended()))
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)  # the log's session closes
-            if tailing.done() and not tailing.cancelled():
-                tailing.result()  # its error, if the stream broke
-                return True
-            if ending.done() and not ending.cancelled():
-                whole = await asyncio.get_running_loop().run_in_executor(None, c.get_job_logs, self.submission_id)
-                if rest := "\n".join(whole.splitlines()[shown:]).rstrip("\n"):
-                    write(rest)
-                return True
-            return False
-
         import aiohttp
 
+
         try:
-            if not asyncio.run(stream()):
+            if not asyncio.run(stream_log(c, record, self.submission_id, write)):
                 return self._ended_without_cluster(record)
         except (OSError, RuntimeError, aiohttp.ClientError, asyncio.TimeoutError) as err:
             # Ray's client raises RuntimeError when the log's WebSocket closes abnormally.
@@ -220,8 +182,9 @@ class Job:
         run = self.record_end(info, logs)
         if state != "SUCCEEDED":
             tail = "" if streamed else "\n".join(logs.rstrip().splitlines()[-LOG_TAIL_LINES:])
-            message = run.message if run else (runs.job_error(logs) or runs.first_line(info.message or ""))
-            if streamed and message == runs.job_error(logs):  # its cause was just shown: say how it ended
+            error = runs.job_error(logs)
+            message = run.message if run else (error or runs.first_line(info.message or ""))
+            if streamed and message == error:  # its cause was just shown: say how it ended
                 message = runs.first_line(info.message or "")
             failed = JobFailed(self.submission_id, state, message, log_tail=tail)
             if info.driver_exit_code == ConfigError.exit_code:  # its driver rejected the input: as at submit
