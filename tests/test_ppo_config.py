@@ -8,6 +8,7 @@ import dataclasses
 import json
 import sys
 import textwrap
+import types
 
 import pytest
 
@@ -63,6 +64,61 @@ def test_ppo_preset_composes_to_the_seed_settings(model_dir, tmp_path):
     assert model.use_fused_kernels is True and model.fused_kernel_options.impl_backend == "torch"
     off = composed(ppo.apply_overrides(seed_ppo(model_dir, tmp_path), ["ppo.model.fused_kernels=false"]))
     assert off.actor_rollout_ref.model.use_fused_kernels is False
+
+
+PACKED = ["ppo.model.use_remove_padding=true", "ppo.model.attn_implementation=torch_varlen"]
+
+
+def test_packed_batches_with_torch_varlen_reach_actor_reference_and_critic(model_dir, tmp_path):
+    c = composed(ppo.apply_overrides(seed_ppo(model_dir, tmp_path), PACKED))
+    for model in (c.actor_rollout_ref.model, c.critic.model):
+        assert model.use_remove_padding is True and model.override_config.attn_implementation == "torch_varlen"
+        assert model.external_lib == "bridge_ray.platforms.attention"  # verl imports it in each worker
+    assert c.actor_rollout_ref.model.use_fused_kernels is True
+    plain = composed(seed_ppo(model_dir, tmp_path))
+    assert plain.actor_rollout_ref.model.external_lib is None and plain.critic.model.external_lib is None
+
+
+ATTENTION_MISUSE = {
+    ("ppo.model.use_remove_padding=true",):
+        "model.use_remove_padding=true needs a variable-length attention, not model.attn_implementation=sdpa: set "
+        "ppo.model.attn_implementation=torch_varlen (GPU, torch's own kernel) or flash_attention_2 (flash-attn "
+        "installed), or ppo.model.use_remove_padding=false",
+    ("ppo.model.attn_implementation=torch_varlen",):
+        "model.attn_implementation=torch_varlen runs on packed batches only: set ppo.model.use_remove_padding=true, "
+        "or ppo.model.attn_implementation=sdpa",
+    (*PACKED, "ppo.trainer.device=cpu"):
+        "model.attn_implementation=torch_varlen runs on CUDA GPUs only and this run is on CPU: set "
+        "ppo.model.attn_implementation=sdpa ppo.model.use_remove_padding=false",
+    ("ppo.model.attn_implementation=flash",):
+        "ppo.model.attn_implementation='flash' is not one of 'sdpa', 'eager', 'flash_attention_2', 'torch_varlen'",
+}
+
+
+@pytest.mark.parametrize("overrides", ATTENTION_MISUSE)
+def test_packing_and_attention_that_do_not_fit_are_one_line_each(tmp_path, overrides):
+    with pytest.raises(ConfigError) as err:
+        ppo.validate(ppo.apply_overrides(ppo.grpo_gsm8k_llama1b(output_dir=str(tmp_path)), list(overrides)))
+    assert str(err.value) == ATTENTION_MISUSE[overrides] and err.value.exit_code == 2
+
+
+def test_torch_varlen_on_a_cluster_without_gpus_is_refused_once_the_device_is_known(tmp_path):
+    cfg = ppo.apply_overrides(ppo.grpo_gsm8k_llama1b(output_dir=str(tmp_path)), [*PACKED, "ppo.trainer.device=auto"])
+    on_cpu = preflight.resolve_resources(ppo.validate(cfg), [node(0, 8)])
+    assert ATTENTION_MISUSE[(*PACKED, "ppo.trainer.device=cpu")] in preflight.resource_problems(on_cpu, [node(0, 8)])
+
+
+def test_torch_varlen_probe_names_a_gpu_too_old_for_the_kernel(monkeypatch):
+    """A fake nvidia-smi (no GPU here): a Turing card (7.5) beside a Hopper one (9.0)."""
+    answers = {"--query-gpu=index,compute_cap": "0, 7.5\n1, 9.0\n"}
+    monkeypatch.setattr(preflight.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(preflight.subprocess, "run", lambda cmd, **kw: types.SimpleNamespace(stdout=answers[cmd[1]]))
+    assert preflight.varlen_problems() == [
+        "model.attn_implementation=torch_varlen needs GPUs of compute capability >= 8.0 (Ampere or newer); GPU 0 "
+        "has 7.5: set ppo.model.attn_implementation=sdpa ppo.model.use_remove_padding=false"]
+    monkeypatch.setattr(preflight.importlib.util, "find_spec", lambda name: None)  # torch < 2.10
+    assert preflight.varlen_problems()[0].startswith(
+        "model.attn_implementation=torch_varlen needs torch >= 2.10 (torch.nn.attention.varlen), which python ")
 
 
 def test_grpo_preset_composes_without_critic(model_dir, tmp_path):

@@ -57,6 +57,20 @@ def test_critic_loads_with_the_configured_attention(tiny_model, attention):
     assert values.shape == (1, 3, 1)
 
 
+def test_critic_loads_with_torch_varlen_once_its_plugin_is_imported(tiny_model):
+    """What a packed PPO run's critic worker does: verl imports ``critic.model.external_lib`` (the attention
+    plugin), then loads the critic. torch's varlen kernel needs a CUDA GPU, so this checks the load and the
+    attention the model runs with, not a forward pass."""
+    import verl.utils.model as verl_model
+
+    import bridge_ray.platforms.attention  # noqa: F401 - registers torch_varlen, as verl's external_lib import does
+    import bridge_ray.platforms.value_model  # noqa: F401
+
+    model = verl_model.load_valuehead_model(tiny_model, torch_dtype, _critic_config(tiny_model, "torch_varlen"), False)
+    assert type(model).__name__ == "LlamaForTokenClassification"
+    assert model.config._attn_implementation == "torch_varlen"
+
+
 def test_a_real_load_error_is_not_hidden(tmp_path):
     import verl.utils.model as verl_model
 

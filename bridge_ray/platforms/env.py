@@ -12,6 +12,10 @@ import os
 EXTERNAL_MODULES_ENV = "VERL_USE_EXTERNAL_MODULES"
 CPU_PLATFORM_MODULE = "bridge_ray.platforms.cpu"
 VALUE_MODEL_MODULE = "bridge_ray.platforms.value_model"
+# The transformers attention plugin behind "torch_varlen" (verl's model.external_lib); importing it needs torch.
+ATTENTION_PLUGIN = "bridge_ray.platforms.attention"
+# torch's varlen flash kernel runs on CUDA GPUs of this compute capability or newer.
+VARLEN_MIN_CAPABILITY = (8, 0)
 CPU_ROLLOUT_MODULE = "bridge_ray.platforms.cpu_rollout"
 KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
 STEP_TIMEOUT_ENV = "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"

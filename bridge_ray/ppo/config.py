@@ -17,8 +17,11 @@ from typing import Literal
 
 from bridge_ray.config import trainer_problems
 from bridge_ray.errors import ConfigError
+from bridge_ray.platforms.env import ATTENTION_PLUGIN
 
 ENGINES = ("vllm", "sglang", "trtllm")
+Attention = Literal["sdpa", "eager", "flash_attention_2", "torch_varlen"]
+VARLEN_ATTENTION = ("flash_attention_2", "torch_varlen")  # what packed batches (use_remove_padding) need
 REWARD_HOOK_PATH = "pkg://bridge_ray.ppo.reward"
 REWARD_HOOK_NAME = "compute_score"
 REWARD_SPEC_KWARG = "bridge_ray_reward"
@@ -39,11 +42,17 @@ class ModelConfig:
     chunks (verl's torch backend). Off, verl 0.9.1 without flash-attn takes a bf16 log-softmax one token at a
     time, forward and backward, which made 1B pretraining on the same engine CPU-bound (7.4x slower on an
     H100, benchmarks/RESULTS.md). Triton's backend is not used (it flattens fixed-length log-probs).
+
+    ``use_remove_padding``: the actor, reference and critic pack each micro batch into one row of whole
+    sequences instead of padding every one to prompt + response length. It needs a variable-length attention:
+    ``flash_attention_2`` (flash-attn installed) or ``torch_varlen`` (torch's own varlen flash kernel, CUDA
+    compute capability >= 8.0, registered with transformers by ``bridge_ray.platforms.attention``, which
+    verl imports in each worker). The rollout (vLLM) has its own attention and is not affected.
     """
 
     path: str = ""
     tokenizer_path: str | None = None
-    attn_implementation: str = "sdpa"
+    attn_implementation: Attention = "sdpa"
     use_remove_padding: bool = False
     gradient_checkpointing: bool = True
     fused_kernels: bool = True
@@ -237,13 +246,27 @@ def _rollout_problems(cfg: PPOConfig) -> list[str]:
     return problems
 
 
+def attention_problems(cfg: PPOConfig) -> list[str]:
+    """Packing and attention that do not go together, or not on this run's device (``cpu`` once resolved)."""
+    model, problems = cfg.model, []
+    if model.use_remove_padding and model.attn_implementation not in VARLEN_ATTENTION:
+        problems.append(f"model.use_remove_padding=true needs a variable-length attention, not "
+                        f"model.attn_implementation={model.attn_implementation}: set ppo.model.attn_implementation="
+                        "torch_varlen (GPU, torch's own kernel) or flash_attention_2 (flash-attn installed), or "
+                        "ppo.model.use_remove_padding=false")
+    if model.attn_implementation == "torch_varlen" and not model.use_remove_padding:
+        problems.append("model.attn_implementation=torch_varlen runs on packed batches only: set "
+                        "ppo.model.use_remove_padding=true, or ppo.model.attn_implementation=sdpa")
+    if cfg.trainer.device == "cpu" and model.attn_implementation in VARLEN_ATTENTION:
+        problems.append(f"model.attn_implementation={model.attn_implementation} runs on CUDA GPUs only and this run "
+                        "is on CPU: set ppo.model.attn_implementation=sdpa ppo.model.use_remove_padding=false")
+    return problems
+
+
 def _path_problems(cfg: PPOConfig) -> list[str]:
     problems = [] if cfg.model.path else ["model.path is empty: set ppo.model.path=/abs/path/to/hf-model"]
     if not cfg.data.train_files:
         problems.append("data.train_files is empty: set ppo.data.train_files=[/abs/rl_train.parquet]")
-    if cfg.model.use_remove_padding and cfg.model.attn_implementation != "flash_attention_2":
-        problems.append("model.use_remove_padding=true needs model.attn_implementation=flash_attention_2 "
-                        "(flash-attn varlen); set ppo.model.use_remove_padding=false for sdpa")
     if cfg.reward.function is not None and ":" not in cfg.reward.function:
         problems.append(f"reward.function={cfg.reward.function!r} must be 'package.module:function' or "
                         "'path/to/file.py:function'")
@@ -271,7 +294,8 @@ def validate(cfg: PPOConfig) -> PPOConfig:
     Raises:
         ConfigError: listing every problem found, each with its fix.
     """
-    problems = _path_problems(cfg) + _batch_problems(cfg) + _rollout_problems(cfg) + _trainer_problems(cfg.trainer)
+    problems = (_path_problems(cfg) + attention_problems(cfg) + _batch_problems(cfg) + _rollout_problems(cfg)
+                + _trainer_problems(cfg.trainer))
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -315,6 +339,8 @@ def _model_keys(prefix: str, path: str, model: ModelConfig) -> list[str]:
         f"{prefix}.use_remove_padding={model.use_remove_padding}",
         f"{prefix}.enable_gradient_checkpointing={model.gradient_checkpointing}",
         f"+{prefix}.override_config.attn_implementation={model.attn_implementation}",
+        # verl imports model.external_lib in each worker before it builds the model's config.
+        f"{prefix}.external_lib={ATTENTION_PLUGIN if model.attn_implementation == 'torch_varlen' else 'null'}",
     ]
 
 

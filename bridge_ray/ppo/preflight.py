@@ -20,6 +20,7 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,8 @@ from pathlib import Path
 from bridge_ray.cluster.driver import alive_nodes
 from bridge_ray.config import output_dir_problem
 from bridge_ray.errors import PreflightError
-from bridge_ray.ppo.config import PPOConfig, resolve_cpu, resolve_gpus
+from bridge_ray.platforms.env import VARLEN_MIN_CAPABILITY
+from bridge_ray.ppo.config import PPOConfig, attention_problems, resolve_cpu, resolve_gpus
 
 # verl's RayResourcePool asks for one {"CPU": max_colocate_count, "GPU": 1} bundle per GPU,
 # STRICT_PACK per node; ResourcePoolManager's max_colocate_count is 3 (verl 0.9.1).
@@ -114,6 +116,7 @@ def cpu_resource_problems(cfg: PPOConfig, nodes: list[dict]) -> list[str]:
             f"PPO on CPU needs {need} logical CPUs in Ray ({_plural(ranks, 'training rank')} + {CPU_EXTRA_SLOTS} for "
             f"TransferQueue and placing verl's actors), the cluster has {cluster_summary(nodes)}: start it with "
             f"`bridge-ray up --num-cpus {need}` (logical CPUs may exceed the cores)")
+    problems += attention_problems(cfg)  # trainer.device=auto may only now have become cpu
     if cfg.rollout.engine != "vllm":
         problems.append(f"PPO on CPU generates with vLLM's CPU build only: set ppo.rollout.engine=vllm "
                         f"(got {cfg.rollout.engine})")
@@ -159,6 +162,31 @@ def _nvidia_smi() -> list[dict]:
         return []
     rows = [line.split(",") for line in out.strip().splitlines() if line.count(",") == 2]
     return [{"index": int(i), "total_mib": float(t), "used_mib": float(u)} for i, t, u in rows]
+
+
+def varlen_problems() -> list[str]:
+    """``torch_varlen`` on this node: torch's varlen kernel importable, every GPU Ampere or newer."""
+    fix = "set ppo.model.attn_implementation=sdpa ppo.model.use_remove_padding=false"
+    try:
+        found = importlib.util.find_spec("torch.nn.attention.varlen") is not None
+    except ImportError:
+        found = False
+    if not found:
+        return [f"model.attn_implementation=torch_varlen needs torch >= 2.10 (torch.nn.attention.varlen), which "
+                f"python {sys.executable} lacks: upgrade torch or {fix}"]
+    exe = shutil.which("nvidia-smi")
+    try:
+        out = subprocess.run([exe, "--query-gpu=index,compute_cap", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20, check=False).stdout if exe else ""
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""  # the kernel itself then says so; nvidia-smi without compute_cap is older than the GPUs in question
+    problems = []
+    for line in out.splitlines():
+        index, _, cap = (part.strip() for part in line.partition(","))
+        if re.fullmatch(r"\d+\.\d+", cap) and tuple(map(int, cap.split("."))) < VARLEN_MIN_CAPABILITY:
+            problems.append(f"model.attn_implementation=torch_varlen needs GPUs of compute capability >= "
+                            f"{'.'.join(map(str, VARLEN_MIN_CAPABILITY))} (Ampere or newer); GPU {index} has {cap}: {fix}")
+    return problems
 
 
 def _weights_bytes(model_path: str) -> int:
@@ -244,6 +272,8 @@ def probe_node(cfg: PPOConfig, check_engine: bool, check_reward: bool) -> dict:
         problems += cpu_engine_problems()
     elif check_engine:
         problems += gpu_engine_problems(engine)
+        if cfg.model.attn_implementation == "torch_varlen":
+            problems += varlen_problems()
     weights = _weights_bytes(cfg.model.path) if Path(cfg.model.path).is_dir() else 0
     gpus = _nvidia_smi() if check_engine and cfg.trainer.device != "cpu" else []
     return {"problems": problems, "gpus": gpus, "weights_bytes": weights}

@@ -21,6 +21,7 @@ from typing import Literal, Optional, Union
 from bridge_ray.cluster.records import home_dir
 from bridge_ray.config import trainer_problems
 from bridge_ray.errors import ConfigError, PreflightError
+from bridge_ray.platforms.env import ATTENTION_PLUGIN
 from bridge_ray.sft.hardware import resolve
 
 Attention = Literal["auto", "flash_attention_2", "torch_varlen", "sdpa", "eager"]
@@ -28,8 +29,6 @@ Kernels = Literal["auto", "liger", "fused", "liger+fused", "none"]
 # Attention that only runs on packed batches, or only on CUDA.
 PACKED_ONLY = ("torch_varlen",)
 GPU_ONLY_ATTENTION = ("flash_attention_2", "torch_varlen")
-# The transformers attention plugin behind "torch_varlen" (verl's model.external_lib).
-ATTENTION_PLUGIN = "bridge_ray.platforms.attention"
 
 
 @dataclass(frozen=True)

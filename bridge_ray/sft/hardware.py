@@ -22,6 +22,8 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
+from bridge_ray.platforms.env import VARLEN_MIN_CAPABILITY
+
 if TYPE_CHECKING:
     from bridge_ray.sft.config import SFTConfig
 
@@ -30,8 +32,7 @@ if TYPE_CHECKING:
 AUTO_TOKENS_VARLEN = 16384
 AUTO_TOKENS_SDPA = 4096
 
-# torch's varlen kernel is a flash kernel: Ampere (8.0) or newer.
-MIN_VARLEN_CAPABILITY = (8, 0)
+MIN_VARLEN_CAPABILITY = VARLEN_MIN_CAPABILITY  # torch's varlen kernel is a flash kernel: Ampere or newer
 
 
 @dataclass(frozen=True)
