@@ -152,6 +152,31 @@ def test_probe_on_this_cpu_machine_finds_no_gpu():
     assert hardware.probe() == sft.Hardware()
 
 
+def test_each_node_probes_once_until_its_packages_change(tmp_path, monkeypatch):
+    """The probe's answer is kept in the cluster's temp dir; a package installed into a folder on sys.path
+    (its change time moves) or an unreadable cache makes the node probe again. probe() is replaced by a
+    counter: the real one needs a GPU to say anything but "no GPU"."""
+    calls = []
+    h100 = sft.Hardware(gpu="NVIDIA H100 80GB HBM3", torch_varlen=True, liger=True, triton=True)
+    monkeypatch.setattr(hardware, "probe", lambda: calls.append(1) or h100)
+    monkeypatch.setenv(hardware.TEMP_DIR_ENV, str(tmp_path / "ray"))
+    (tmp_path / "ray").mkdir()
+    packages = tmp_path / "site-packages"
+    packages.mkdir()
+    monkeypatch.setattr(sys, "path", [*sys.path, str(packages), str(tmp_path / "ray" / "working_dir")])
+    assert hardware.cached_probe() == h100 and hardware.cached_probe() == h100 and len(calls) == 1
+    (tmp_path / "ray" / "working_dir").mkdir()  # a job's working_dir, in the Ray temp dir: not the node's software
+    assert hardware.cached_probe() == h100 and len(calls) == 1
+    (packages / "flash_attn").mkdir()
+    os.utime(packages, ns=(0, os.stat(packages).st_mtime_ns + 1))  # coarse clocks: make the change visible
+    assert hardware.cached_probe() == h100 and len(calls) == 2
+    (tmp_path / "ray" / hardware.CACHE_FILE).write_text("{not json")
+    assert hardware.cached_probe() == h100 and len(calls) == 3
+    assert hardware.cached_probe() == h100 and len(calls) == 3
+    monkeypatch.delenv(hardware.TEMP_DIR_ENV)  # outside a bridge-ray cluster: no cache
+    assert hardware.cached_probe() == h100 and len(calls) == 4
+
+
 def test_models_with_sliding_windows_are_refused(reference):
     model = tiny_llama()
     model.config._attn_implementation = "torch_varlen"

@@ -13,15 +13,24 @@ H100 (1B shape, 2026-12-05): liger 6.1k tokens/s, fused 26.1k, same loss.
 
 ``probe()`` answers for this process (imports, the visible GPU); ``probe_workers()`` runs
 it as a one-GPU Ray task, on a fresh worker process that exits afterwards (its CUDA context
-with it), so the driver can resolve a config before training starts.
+with it), so the driver can resolve a config before training starts. The probe costs 15-19 s
+on an H100 host (CUDA start, torch, transformers, liger, Triton imports), so each node keeps
+its answer in the cluster's temp dir, keyed by the Python and its package folders' change
+times: the next run on the same cluster reads it unless something was installed or removed.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
+import json
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from bridge_ray.cluster.processes import TEMP_DIR_ENV
 from bridge_ray.platforms.env import VARLEN_MIN_CAPABILITY
 
 if TYPE_CHECKING:
@@ -149,11 +158,45 @@ def needs_probe(cfg: SFTConfig) -> bool:
         or cfg.model.attn_implementation in ("flash_attention_2", "torch_varlen") or cfg.model.kernels != "none")
 
 
+CACHE_FILE = "bridge-ray-hardware.json"  # in the node's Ray temp dir: private, gone with the cluster
+
+
+def software_key() -> str:
+    """This Python and the folders it imports from, with their change times (installing or removing a
+    package changes its folder's). Folders in the Ray temp dir (a job's working_dir) are left out."""
+    temp = os.environ.get(TEMP_DIR_ENV) or None
+    folders = [p for p in sys.path if p and os.path.isdir(p) and not (temp and p.startswith(temp))]
+    stamp = [sys.executable, *(f"{p}@{os.stat(p).st_mtime_ns}" for p in folders)]
+    return hashlib.sha256("\n".join(stamp).encode()).hexdigest()
+
+
+def cached_probe() -> Hardware:
+    """``probe()``, or the answer this node gave for the same software earlier in the cluster's life."""
+    temp = os.environ.get(TEMP_DIR_ENV)
+    if not temp:
+        return probe()
+    path, key = Path(temp) / CACHE_FILE, software_key()
+    try:
+        cached = json.loads(path.read_text())
+        if cached["key"] == key:
+            return Hardware(**cached["hardware"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none yet, or unreadable: probe again and replace it
+    hardware = probe()
+    partial = path.with_name(f"{CACHE_FILE}.{os.getpid()}")
+    try:
+        partial.write_text(json.dumps({"key": key, "hardware": dataclasses.asdict(hardware)}))
+        os.replace(partial, path)
+    except OSError:
+        pass  # a read-only temp dir: the next run probes again
+    return hardware
+
+
 def probe_workers() -> Hardware:
-    """``probe()`` in a Ray task holding one of the GPUs the workers will use (connected driver only)."""
+    """``cached_probe()`` in a Ray task holding one of the GPUs the workers will use (connected driver only)."""
     import ray
 
-    task = ray.remote(num_cpus=0, num_gpus=1, max_calls=1)(probe)
+    task = ray.remote(num_cpus=0, num_gpus=1, max_calls=1)(cached_probe)
     return ray.get(task.remote())
 
 
