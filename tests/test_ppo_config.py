@@ -77,13 +77,15 @@ def test_packed_batches_with_torch_varlen_reach_actor_reference_and_critic(model
     assert c.actor_rollout_ref.model.use_fused_kernels is True
     plain = composed(seed_ppo(model_dir, tmp_path))
     assert plain.actor_rollout_ref.model.external_lib is None and plain.critic.model.external_lib is None
+    sdpa = ppo.validate(ppo.apply_overrides(ppo.ppo_tiny_cpu("/m", "/d", str(tmp_path)), PACKED[:1]))
+    assert sdpa.model.use_remove_padding and sdpa.model.attn_implementation == "sdpa"  # packed on CPU too
 
 
 ATTENTION_MISUSE = {
-    ("ppo.model.use_remove_padding=true",):
-        "model.use_remove_padding=true needs a variable-length attention, not model.attn_implementation=sdpa: set "
-        "ppo.model.attn_implementation=torch_varlen (GPU, torch's own kernel) or flash_attention_2 (flash-attn "
-        "installed), or ppo.model.use_remove_padding=false",
+    ("ppo.model.use_remove_padding=true", "ppo.model.attn_implementation=eager"):
+        "model.use_remove_padding=true packs sequences into one row, which model.attn_implementation=eager does not "
+        "keep apart: set ppo.model.attn_implementation to torch_varlen (GPU), flash_attention_2 (flash-attn) or "
+        "sdpa, or ppo.model.use_remove_padding=false",
     ("ppo.model.attn_implementation=torch_varlen",):
         "model.attn_implementation=torch_varlen runs on packed batches only: set ppo.model.use_remove_padding=true, "
         "or ppo.model.attn_implementation=sdpa",

@@ -21,7 +21,8 @@ from bridge_ray.platforms.env import ATTENTION_PLUGIN
 
 ENGINES = ("vllm", "sglang", "trtllm")
 Attention = Literal["sdpa", "eager", "flash_attention_2", "torch_varlen"]
-VARLEN_ATTENTION = ("flash_attention_2", "torch_varlen")  # what packed batches (use_remove_padding) need
+GPU_ONLY_ATTENTION = ("flash_attention_2", "torch_varlen")
+PACKING_ATTENTION = ("sdpa", *GPU_ONLY_ATTENTION)  # keep packed sequences apart (sdpa: a block-diagonal mask)
 REWARD_HOOK_PATH = "pkg://bridge_ray.ppo.reward"
 REWARD_HOOK_NAME = "compute_score"
 REWARD_SPEC_KWARG = "bridge_ray_reward"
@@ -44,10 +45,11 @@ class ModelConfig:
     H100, benchmarks/RESULTS.md). Triton's backend is not used (it flattens fixed-length log-probs).
 
     ``use_remove_padding``: the actor, reference and critic pack each micro batch into one row of whole
-    sequences instead of padding every one to prompt + response length. It needs a variable-length attention:
-    ``flash_attention_2`` (flash-attn installed) or ``torch_varlen`` (torch's own varlen flash kernel, CUDA
-    compute capability >= 8.0, registered with transformers by ``bridge_ray.platforms.attention``, which
-    verl imports in each worker). The rollout (vLLM) has its own attention and is not affected.
+    sequences instead of padding every one to prompt + response length. The attention must keep them apart:
+    ``torch_varlen`` (torch's own varlen flash kernel, CUDA compute capability >= 8.0, registered with
+    transformers by ``bridge_ray.platforms.attention``, which verl imports in each worker),
+    ``flash_attention_2`` (flash-attn installed) or ``sdpa`` (a block-diagonal mask: correct, also on CPU,
+    but its cost grows with the square of the row). The rollout (vLLM) has its own attention.
     """
 
     path: str = ""
@@ -249,15 +251,15 @@ def _rollout_problems(cfg: PPOConfig) -> list[str]:
 def attention_problems(cfg: PPOConfig) -> list[str]:
     """Packing and attention that do not go together, or not on this run's device (``cpu`` once resolved)."""
     model, problems = cfg.model, []
-    if model.use_remove_padding and model.attn_implementation not in VARLEN_ATTENTION:
-        problems.append(f"model.use_remove_padding=true needs a variable-length attention, not "
-                        f"model.attn_implementation={model.attn_implementation}: set ppo.model.attn_implementation="
-                        "torch_varlen (GPU, torch's own kernel) or flash_attention_2 (flash-attn installed), or "
-                        "ppo.model.use_remove_padding=false")
+    if model.use_remove_padding and model.attn_implementation not in PACKING_ATTENTION:
+        problems.append(f"model.use_remove_padding=true packs sequences into one row, which "
+                        f"model.attn_implementation={model.attn_implementation} does not keep apart: set "
+                        "ppo.model.attn_implementation to torch_varlen (GPU), flash_attention_2 (flash-attn) or sdpa, "
+                        "or ppo.model.use_remove_padding=false")
     if model.attn_implementation == "torch_varlen" and not model.use_remove_padding:
         problems.append("model.attn_implementation=torch_varlen runs on packed batches only: set "
                         "ppo.model.use_remove_padding=true, or ppo.model.attn_implementation=sdpa")
-    if cfg.trainer.device == "cpu" and model.attn_implementation in VARLEN_ATTENTION:
+    if cfg.trainer.device == "cpu" and model.attn_implementation in GPU_ONLY_ATTENTION:
         problems.append(f"model.attn_implementation={model.attn_implementation} runs on CUDA GPUs only and this run "
                         "is on CPU: set ppo.model.attn_implementation=sdpa ppo.model.use_remove_padding=false")
     return problems
