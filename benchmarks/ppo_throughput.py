@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO))
 from bridge_ray import ppo
 from bridge_ray.config import apply_overrides
 from bridge_ray.platforms import verl_plugin_env
+from bridge_ray.ppo.config import verl_plugins
 
 STEP_RE = re.compile(r"step:(\d+) - (.*)")
 KV_RE = re.compile(r"([\w/@()\-]+):([-+\d.e]+|nan|inf)(?= - |$)")
@@ -389,7 +390,7 @@ def run_plain(cfg, args: argparse.Namespace, tag: str) -> dict:
     ray_tmp = Path(f"/tmp/brpb-{os.getpid()}")
     # The critic's loader plugin (verl 0.9.1 hard-codes flash_attention_2; no flash-attn here), loaded
     # through verl's own VERL_USE_EXTERNAL_MODULES hook: what a plain user without flash-attn must do too.
-    env = dict(base_env(work), RAY_TMPDIR=str(ray_tmp), **verl_plugin_env({}))
+    env = dict(base_env(work), RAY_TMPDIR=str(ray_tmp), **verl_plugin_env({}, verl_plugins(cfg)))
     monitor = GpuMonitor(work / f"{tag}_nvsmi.csv")
     t0 = time.time()
     # cwd: Hydra's @main writes outputs/<date>/ there

@@ -215,6 +215,9 @@ def test_worker_env_adds_verl_ppo_env_under_the_job_env(model_dir, tmp_path, mon
         "team.plugin,bridge_ray.platforms.value_model")
     monkeypatch.setenv("VLLM_USE_FLASHINFER_SAMPLER", "1")
     assert "VLLM_USE_FLASHINFER_SAMPLER" not in worker_env(seed_ppo(model_dir, tmp_path), config)
+    packed = ppo.apply_overrides(seed_ppo(model_dir, tmp_path), PACKED)  # torch_varlen: in every verl process
+    assert worker_env(packed, compose(packed))["VERL_USE_EXTERNAL_MODULES"] == (
+        "team.plugin,bridge_ray.platforms.value_model,bridge_ray.platforms.attention")
 
 
 def test_the_log_says_where_training_starts(model_dir, tmp_path, capsys):

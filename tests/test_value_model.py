@@ -57,18 +57,24 @@ def test_critic_loads_with_the_configured_attention(tiny_model, attention):
     assert values.shape == (1, 3, 1)
 
 
-def test_critic_loads_with_torch_varlen_once_its_plugin_is_imported(tiny_model):
-    """What a packed PPO run's critic worker does: verl imports ``critic.model.external_lib`` (the attention
-    plugin), then loads the critic. torch's varlen kernel needs a CUDA GPU, so this checks the load and the
-    attention the model runs with, not a forward pass."""
-    import verl.utils.model as verl_model
+def test_a_torch_varlen_critic_loads_in_a_fresh_process_through_verls_own_hook(tiny_model):
+    """``import verl`` with the env a packed GPU run's workers get (``VERL_USE_EXTERNAL_MODULES`` naming the
+    critic's loader and the attention plugin), then verl's critic load with ``torch_varlen``, as its training
+    worker does. On an H100 that load failed ("torch_varlen is not supported") while the plugin came only
+    through ``critic.model.external_lib``. torch's varlen kernel needs a CUDA GPU, so this checks the load and
+    the attention the model runs with, not a forward pass."""
+    from bridge_ray import ppo
+    from bridge_ray.ppo.config import verl_plugins
 
-    import bridge_ray.platforms.attention  # noqa: F401 - registers torch_varlen, as verl's external_lib import does
-    import bridge_ray.platforms.value_model  # noqa: F401
-
-    model = verl_model.load_valuehead_model(tiny_model, torch_dtype, _critic_config(tiny_model, "torch_varlen"), False)
-    assert type(model).__name__ == "LlamaForTokenClassification"
-    assert model.config._attn_implementation == "torch_varlen"
+    cfg = ppo.apply_overrides(ppo.grpo_gsm8k_llama1b(), ["ppo.model.use_remove_padding=true",
+                                                          "ppo.model.attn_implementation=torch_varlen"])
+    code = ("import sys, torch, verl, verl.utils.model as m; from transformers import AutoConfig; "
+            "c = AutoConfig.from_pretrained(sys.argv[1], attn_implementation='torch_varlen'); c.num_labels = 1; "
+            "print(m.load_valuehead_model(sys.argv[1], torch.float32, c, False).config._attn_implementation)")
+    env = {**os.environ, **verl_plugin_env({}, verl_plugins(cfg))}
+    out = subprocess.run([sys.executable, "-c", code, tiny_model], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "torch_varlen"
 
 
 def test_a_real_load_error_is_not_hidden(tmp_path):

@@ -27,20 +27,22 @@ def external_modules(*modules: str, existing: str | None = None) -> str:
     return ",".join(names + [m for m in modules if m not in names])
 
 
-def verl_plugin_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Env that loads the plugins every verl run needs, keeping modules ``environ`` already names.
+def verl_plugin_env(environ: dict[str, str] | None = None, modules: tuple[str, ...] = ()) -> dict[str, str]:
+    """Env that loads the plugins every verl run needs, and ``modules``, keeping modules ``environ`` already names.
 
-    Today that is ``value_model`` (the PPO critic loads with the configured attention, not
+    Every run needs ``value_model`` (the PPO critic loads with the configured attention, not
     verl's hard-coded flash_attention_2).
 
     Args:
         environ: the environment to extend (default ``os.environ``).
+        modules: more plugins for this run (``ATTENTION_PLUGIN`` for ``torch_varlen``).
 
     Returns:
         ``{"VERL_USE_EXTERNAL_MODULES": ...}``.
     """
     environ = os.environ if environ is None else environ
-    return {EXTERNAL_MODULES_ENV: external_modules(VALUE_MODEL_MODULE, existing=environ.get(EXTERNAL_MODULES_ENV))}
+    return {EXTERNAL_MODULES_ENV: external_modules(VALUE_MODEL_MODULE, *modules,
+                                                   existing=environ.get(EXTERNAL_MODULES_ENV))}
 
 
 def cpu_env() -> dict[str, str]:

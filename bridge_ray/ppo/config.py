@@ -265,6 +265,17 @@ def attention_problems(cfg: PPOConfig) -> list[str]:
     return problems
 
 
+def verl_plugins(cfg: PPOConfig) -> tuple[str, ...]:
+    """bridge-ray's verl plugins this run needs in every verl process besides the critic's loader.
+
+    ``torch_varlen`` must be registered in each worker before its model loads. verl's
+    ``model.external_lib`` is not enough: on a GPU (H100, 2026-12-06) the critic's load in the
+    training worker failed with ``attn_implementation="torch_varlen" is not supported``, the plugin
+    not imported there. ``VERL_USE_EXTERNAL_MODULES`` is imported by ``import verl`` in every process.
+    """
+    return (ATTENTION_PLUGIN,) if cfg.model.attn_implementation == "torch_varlen" else ()
+
+
 def _path_problems(cfg: PPOConfig) -> list[str]:
     problems = [] if cfg.model.path else ["model.path is empty: set ppo.model.path=/abs/path/to/hf-model"]
     if not cfg.data.train_files:

@@ -52,6 +52,7 @@ from bridge_ray.ppo.config import (
     resolve_gpus,
     to_verl_overrides,
     validate,
+    verl_plugins,
 )
 from bridge_ray.recipe import recipe_main
 from bridge_ray.runs import lifecycle
@@ -129,7 +130,7 @@ def worker_env(cfg: PPOConfig, config) -> dict[str, str]:
         env.update({key: value for key, value in cpu_ppo_env(cfg.rollout.cpu_kv_cache_gib, os.environ).items()
                     if key == EXTERNAL_MODULES_ENV or key not in os.environ})
     else:
-        env.update(verl_plugin_env(os.environ))
+        env.update(verl_plugin_env(os.environ, verl_plugins(cfg)))
     return env
 
 
