@@ -6,6 +6,9 @@
 # Each verl run fits a 10-minute device command (each is cut at RUN_TIMEOUT); give one command the two
 # sides of a pair when they fit, and alternate which side goes first between pairs:
 #   assets       versions, nvidia-smi, the small random-init Llama + synthetic GSM8K (cached in $WORK), dry run
+#   warmup       one unrecorded 2-step plain PPO run (tag warmup_ppo_plain, in no ratio): a fresh machine's first
+#                verl/vLLM start is ~25 s slower (libraries, kernels and caches cold), which the first recorded
+#                side would otherwise pay in its time to first step
 #   ppo-plain    python -m verl.trainer.main_ppo, PPO (GAE + critic), ppo.to_verl_overrides(cfg) (verl's own Ray)
 #   ppo-bridge   bridge-ray up + submit recipes/ppo_gsm8k.py --follow -- <the same cfg as ppo.* args> + down;
 #                the cluster starts WITHOUT VLLM_USE_FLASHINFER_SAMPLER, so bridge-ray's own injection must carry
@@ -47,6 +50,7 @@ for stage in "${stages[@]}"; do
         timeout 300 "${bench[@]}" --steps "$steps" --algo grpo --dry-run 2>&1 | grep -E "assets ready|overrides_identical|Error"
       } > "$out/env.txt" 2>&1 || rc=1
       cat "$out/env.txt" ;;
+    warmup)      timeout 590 "${bench[@]}" --steps 2 --algo ppo --mode plain --tag warmup_ppo_plain > /dev/null || rc=1 ;;
     grpo-plain)  timeout 590 "${bench[@]}" --steps "$steps" --algo grpo --mode plain --tag grpo_plain${SUFFIX:-} > /dev/null || rc=1 ;;
     grpo-bridge) timeout 590 "${bench[@]}" --steps "$steps" --algo grpo --mode bridge --tag grpo_bridge${SUFFIX:-} > /dev/null || rc=1 ;;
     ppo-plain)   timeout 590 "${bench[@]}" --steps "$steps" --algo ppo --mode plain --tag ppo_plain${SUFFIX:-} > /dev/null || rc=1 ;;
@@ -57,7 +61,7 @@ for stage in "${stages[@]}"; do
                    $unset_vllm --tag ppo_stop --work "$work/stop" > /dev/null || rc=1 ;;
     chain)       timeout 590 "${bench[@]}" --steps 4 --algo grpo --mode chain $unset_vllm --tag chain > /dev/null || rc=1 ;;
     summary)     python3 benchmarks/ppo_throughput.py --summarize "$out" | tee "$out/summary.md" ;;
-    *) echo "unknown stage $stage: use assets ppo-plain ppo-bridge grpo-plain grpo-bridge ppo-resume ppo-stop chain summary"
+    *) echo "unknown stage $stage: use assets warmup ppo-plain ppo-bridge grpo-plain grpo-bridge ppo-resume ppo-stop chain summary"
        exit 2 ;;
   esac
   tag="${stage/-/_}"; case "$stage" in *-plain|*-bridge) tag="$tag${SUFFIX:-}" ;; esac
