@@ -164,7 +164,7 @@ def overrides(args, variant: str, run_dir: Path) -> list[str]:
 
 def probe_host() -> dict | None:
     """bridge-ray's hardware probe, in a child process (no CUDA context stays in this one)."""
-    code = ("import dataclasses, json; from bridge_ray.sft.hardware import probe; "
+    code = ("import dataclasses, json; from bridge_ray.platforms.hardware import probe; "
             "print(json.dumps(dataclasses.asdict(probe())))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -54,7 +54,7 @@ def test_presets_compose_against_verls_config(preset, tmp_path):
 
 
 def test_liger_on_workers_without_it_is_one_line():
-    from bridge_ray.sft.hardware import Hardware, liger_missing
+    from bridge_ray.platforms.hardware import Hardware, liger_missing
 
     setting, fix = "pretrain.model.liger=true", "pretrain.model.liger=false"
     assert liger_missing(setting, fix, Hardware(gpu="NVIDIA H100 80GB HBM3", triton=True)) == (

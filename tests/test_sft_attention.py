@@ -18,7 +18,7 @@ import torch
 
 import bridge_ray.platforms.attention as attention
 from bridge_ray import sft
-from bridge_ray.sft import hardware
+from bridge_ray.platforms import hardware
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))

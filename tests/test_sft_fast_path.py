@@ -110,7 +110,7 @@ def test_varlen_kernel_matches_sdpa_on_gpu():
 
 @pytest.mark.gpu
 def test_probe_finds_the_fast_paths_on_gpu():
-    from bridge_ray.sft import hardware
+    from bridge_ray.platforms import hardware
 
     hw = hardware.probe()
     assert hw.gpu and hw.triton and hw.torch_varlen, hw
@@ -118,7 +118,7 @@ def test_probe_finds_the_fast_paths_on_gpu():
 
 @pytest.mark.gpu
 def test_fast_default_matches_the_seed_on_gpu(tmp_path):
-    from bridge_ray.sft import hardware
+    from bridge_ray.platforms import hardware
 
     steps = 10
     assets_dir = os.environ.get("BRIDGE_RAY_TEST_ASSETS")

@@ -352,7 +352,8 @@ def _model_keys(prefix: str, path: str, model: ModelConfig) -> list[str]:
         f"{prefix}.use_remove_padding={model.use_remove_padding}",
         f"{prefix}.enable_gradient_checkpointing={model.gradient_checkpointing}",
         f"+{prefix}.override_config.attn_implementation={model.attn_implementation}",
-        # verl imports model.external_lib in each worker before it builds the model's config.
+        # verl imports model.external_lib where it builds the actor's/ref's HF config, but not before the
+        # critic's load (H100, 2026-12-06): verl_plugins() names the plugin in VERL_USE_EXTERNAL_MODULES too.
         f"{prefix}.external_lib={ATTENTION_PLUGIN if model.attn_implementation == 'torch_varlen' else 'null'}",
     ]
 

@@ -31,6 +31,7 @@ from bridge_ray.cluster.driver import alive_nodes
 from bridge_ray.config import output_dir_problem
 from bridge_ray.errors import PreflightError
 from bridge_ray.platforms.env import VARLEN_MIN_CAPABILITY
+from bridge_ray.platforms.hardware import varlen_capable, varlen_kernel_importable
 from bridge_ray.ppo.config import PPOConfig, attention_problems, resolve_cpu, resolve_gpus
 
 # verl's RayResourcePool asks for one {"CPU": max_colocate_count, "GPU": 1} bundle per GPU,
@@ -165,13 +166,10 @@ def _nvidia_smi() -> list[dict]:
 
 
 def varlen_problems() -> list[str]:
-    """``torch_varlen`` on this node: torch's varlen kernel importable, every GPU Ampere or newer."""
+    """``torch_varlen`` on this node: torch's varlen kernel importable, every GPU Ampere or newer
+    (compute capabilities from ``nvidia-smi``: this task holds no GPU)."""
     fix = "set ppo.model.attn_implementation=sdpa ppo.model.use_remove_padding=false"
-    try:
-        found = importlib.util.find_spec("torch.nn.attention.varlen") is not None
-    except ImportError:
-        found = False
-    if not found:
+    if not varlen_kernel_importable():
         return [f"model.attn_implementation=torch_varlen needs torch >= 2.10 (torch.nn.attention.varlen), which "
                 f"python {sys.executable} lacks: upgrade torch or {fix}"]
     exe = shutil.which("nvidia-smi")
@@ -183,7 +181,7 @@ def varlen_problems() -> list[str]:
     problems = []
     for line in out.splitlines():
         index, _, cap = (part.strip() for part in line.partition(","))
-        if re.fullmatch(r"\d+\.\d+", cap) and tuple(map(int, cap.split("."))) < VARLEN_MIN_CAPABILITY:
+        if re.fullmatch(r"\d+\.\d+", cap) and not varlen_capable(tuple(map(int, cap.split(".")))):
             problems.append(f"model.attn_implementation=torch_varlen needs GPUs of compute capability >= "
                             f"{'.'.join(map(str, VARLEN_MIN_CAPABILITY))} (Ampere or newer); GPU {index} has {cap}: {fix}")
     return problems

@@ -59,7 +59,7 @@ def preflight(cfg: PretrainConfig) -> None:
     if problem := workers_problem(cfg.workers, alive_nodes(), "pretrain.workers"):
         raise PreflightError(problem)
     if cfg.model.liger:
-        from bridge_ray.sft.hardware import liger_missing, probe_workers
+        from bridge_ray.platforms.hardware import liger_missing, probe_workers
 
         if problem := liger_missing("pretrain.model.liger=true", "pretrain.model.liger=false", probe_workers()):
             raise PreflightError(problem)

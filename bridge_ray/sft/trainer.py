@@ -31,6 +31,7 @@ from bridge_ray.config import apply_overrides, epochs_needed, to_dict
 from bridge_ray.errors import TrainingFailed
 from bridge_ray.jobs import tracking
 from bridge_ray.platforms import cpu_env
+from bridge_ray.platforms.hardware import probe_workers
 from bridge_ray.recipe import recipe_main
 from bridge_ray.runs import lifecycle
 from bridge_ray.sft import hardware
@@ -179,7 +180,7 @@ def fit(cfg: SFTConfig) -> SFTResult:
     cfg = prepare_data(cfg)
     cfg = epochs_for_steps(cfg, preflight(cfg))
     clock.lap("preflight")
-    hw = hardware.probe_workers() if hardware.needs_probe(cfg) else None
+    hw = probe_workers() if hardware.needs_probe(cfg) else None
     cfg = validate(resolve(cfg, hw))
     hardware.check(cfg, hw)
     clock.lap("hardware probe")
