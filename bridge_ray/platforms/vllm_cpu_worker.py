@@ -11,7 +11,7 @@ after each sync, which packs the new weights again. Cost: the rollout holds each
 weight twice (plain and packed), fine for the small models a CPU run trains.
 
 verl passes the class to vLLM by name (``engine_kwargs.vllm.worker_extension_cls``, set by
-``bridge_ray.ppo.config`` on CPU); vLLM imports it in its worker process, before the model
+``bridge_ray.ppo.overrides`` on CPU); vLLM imports it in its worker process, before the model
 loads. Drop this when vLLM's CPU build keeps reloadable weights.
 """
 from __future__ import annotations

@@ -21,9 +21,9 @@ from bridge_ray.ppo.config import (
     TrainerConfig,
     resolve_cpu,
     resolve_gpus,
-    to_verl_overrides,
     validate,
 )
+from bridge_ray.ppo.overrides import to_verl_overrides
 from bridge_ray.ppo.presets import (
     PRESETS,
     grpo_gsm8k_llama1b,

@@ -50,10 +50,10 @@ from bridge_ray.ppo.config import (
     checkpoint_dir,
     resolve_cpu,
     resolve_gpus,
-    to_verl_overrides,
     validate,
     verl_plugins,
 )
+from bridge_ray.ppo.overrides import to_verl_overrides
 from bridge_ray.recipe import recipe_main
 from bridge_ray.runs import lifecycle
 from bridge_ray.runs.curves import METRICS_FILE, read_metrics, step_rows
