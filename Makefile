@@ -25,9 +25,14 @@ $(STAMP): setup.cfg pyproject.toml
 # Local Ray cluster (CPU) -> SFT of a tiny offline Llama on synthetic GSM8K -> merged HF model
 # -> GRPO from it (vLLM's CPU build as the rollout) -> merged actor -> down. A rerun skips
 # the finished stages (recipes/sft_then_ppo.py).
+# Each demo trains from scratch in a folder of its own ($BRIDGE_RAY_HOME/outputs/demo-<time>, ~5 MB), so an
+# older demo's folder never stands in the way; the cluster it started goes down at the end, after a
+# failure or Ctrl-C too (one that was already up is left alone: `up` refuses it first).
 demo: $(STAMP)
-	$(BR) up --name demo --num-cpus 4
-	$(BR) submit recipes/sft_then_ppo.py --name demo --follow -- --tiny; rc=$$?; $(BR) down --name demo --force; exit $$rc
+	@$(BR) up --name demo --num-cpus 4 || exit $$?; \
+	trap '$(BR) down --name demo --force' EXIT; trap 'exit 130' INT TERM; \
+	run=$$($(PY) -c 'import time; from bridge_ray.pipelines.stages import default_run_dir as d; print(d(time.strftime("demo-%Y%m%d-%H%M%S")))'); \
+	$(BR) submit recipes/sft_then_ppo.py --name demo --follow -- --tiny --run-dir "$$run"
 
 # Everything CI runs: unit + integration (real Ray, real verl on CPU) + real SLURM.
 test: $(STAMP)
