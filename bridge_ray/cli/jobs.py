@@ -12,6 +12,7 @@ from bridge_ray.cluster.client import quiet_ray_client
 from bridge_ray.cluster.records import DEFAULT_CLUSTER
 from bridge_ray.errors import Interrupted
 from bridge_ray.jobs.runtime_env import parse_env
+from bridge_ray.runs import LOG_TAIL_LINES, TERMINAL
 
 
 def _flag(name: str) -> str:
@@ -58,7 +59,7 @@ def _follow(job: lib.Job, verbose: bool = False) -> str:
     except JobFailed as err:
         if view is not None and not view.showed_output:  # nothing of the job's own said why: its last lines do
             try:
-                err.log_tail = "\n".join(job.logs().rstrip().splitlines()[-lib.LOG_TAIL_LINES:])
+                err.log_tail = "\n".join(job.logs().rstrip().splitlines()[-LOG_TAIL_LINES:])
             except BridgeRayError:  # the cluster went away meanwhile: the failure itself is the news
                 pass
         raise
@@ -142,7 +143,7 @@ def stop_command(submission_id, name, wait_s):
         return
     click.echo(f"{submission_id}: stop requested")
     state = job.stopped(wait_s) if wait_s else None
-    if state in lib.TERMINAL:
+    if state in TERMINAL:
         click.echo(f"{submission_id}: {state}")
     elif wait_s:
         click.echo(f"{submission_id}: still {state} after {wait_s:g} s; `bridge-ray status {submission_id}"

@@ -11,8 +11,6 @@ The names callers use are here; patch private ones (``_send``) in ``bridge_ray.j
 """
 from bridge_ray.jobs.runtime_env import SubmitPlan
 from bridge_ray.jobs.submission import (
-    LOG_TAIL_LINES,
-    TERMINAL,
     Job,
     check_recipe,
     list_jobs,
@@ -23,5 +21,5 @@ from bridge_ray.jobs.submission import (
     submit,
 )
 
-__all__ = ["Job", "LOG_TAIL_LINES", "SubmitPlan", "TERMINAL", "check_recipe", "list_jobs", "list_runs", "load_run",
+__all__ = ["Job", "SubmitPlan", "check_recipe", "list_jobs", "list_runs", "load_run",
            "plan", "refresh_run", "submit"]

@@ -28,8 +28,6 @@ from bridge_ray.jobs import credentials, runtime_env
 from bridge_ray.jobs.follow import stream as stream_log
 from bridge_ray.jobs.runtime_env import SubmitPlan
 
-TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")  # runs.TERMINAL: runs imports this package, so not from there
-LOG_TAIL_LINES = 20
 CHECK_TIMEOUT_S = 300.0
 NO_AGENT = "No available agent to submit job"  # Ray's 500 while the head's job agent is not ready
 # A busy machine can keep a fresh head's job agent unregistered past 60 s (seen once in CI beside a PPO job).
@@ -158,7 +156,7 @@ class Job:
     def _ended_without_cluster(self, record: ClusterRecord) -> str:
         """The head went away while following: the end the run record holds (raised unless SUCCEEDED), else the loss."""
         run = runs.find_run(self.submission_id)
-        if run is not None and run.status in TERMINAL and run.failure != runs.CLUSTER_LOST:
+        if run is not None and run.status in runs.TERMINAL and run.failure != runs.CLUSTER_LOST:
             if run.status == "SUCCEEDED":
                 return run.status
             raise JobFailed(self.submission_id, run.status, run.message) from None
@@ -176,12 +174,12 @@ class Job:
         """
         info = self._polled(timeout_s, poll_s)
         state = str(info.status.value)
-        if state not in TERMINAL:
+        if state not in runs.TERMINAL:
             return state
         logs = self.logs()
         run = self.record_end(info, logs)
         if state != "SUCCEEDED":
-            tail = "" if streamed else "\n".join(logs.rstrip().splitlines()[-LOG_TAIL_LINES:])
+            tail = "" if streamed else "\n".join(logs.rstrip().splitlines()[-runs.LOG_TAIL_LINES:])
             error = runs.job_error(logs)
             message = run.message if run else (error or runs.first_line(info.message or ""))
             if streamed and message == error:  # its cause was just shown: say how it ended
@@ -212,7 +210,7 @@ class Job:
         """After ``stop``: wait up to ``timeout_s`` for the job to end; record its end and return its
         state (STOPPED, or how it ended first), or the state it is still in."""
         info = self._polled(timeout_s, poll_s)
-        if str(info.status.value) in TERMINAL:
+        if str(info.status.value) in runs.TERMINAL:
             self.record_end(info)
         return str(info.status.value)
 
@@ -221,7 +219,7 @@ class Job:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             info = self.info()
-            if str(info.status.value) in TERMINAL or (deadline is not None and time.monotonic() > deadline):
+            if str(info.status.value) in runs.TERMINAL or (deadline is not None and time.monotonic() > deadline):
                 return info
             time.sleep(poll_s)
 
@@ -232,7 +230,7 @@ def refresh_run(run: runs.RunRecord) -> runs.RunRecord:
         job = Job(run.submission_id, run.cluster)
         info = job.info()
         state = str(info.status.value)
-        if state in TERMINAL:
+        if state in runs.TERMINAL:
             return job.record_end(info)
         run.status = state
     except ClusterLost:  # its runs were just recorded as lost
@@ -257,12 +255,12 @@ def load_run(submission_id: str | None = None, refresh: bool = False) -> runs.Ru
         >>> run.status, run.last_step, run.hf_model
     """
     run = runs.load_run(submission_id)
-    return refresh_run(run) if refresh and run.status not in TERMINAL else run
+    return refresh_run(run) if refresh and run.status not in runs.TERMINAL else run
 
 
 def list_runs(refresh: bool = False) -> list[runs.RunRecord]:
     """Every recorded run, oldest first; ``refresh`` asks the clusters about those not seen ending."""
-    return [refresh_run(run) if refresh and run.status not in TERMINAL else run for run in runs.list_runs()]
+    return [refresh_run(run) if refresh and run.status not in runs.TERMINAL else run for run in runs.list_runs()]
 
 
 def _name_flag(cluster: str) -> str:
