@@ -149,7 +149,7 @@ def _fake_run(home: Path, model: Path, submission_id: str = "sft-gsm8k-20261125-
         "model": {"path": "/models/Llama-3.2-1B-Instruct"}, "data": {"train_files": ["/data/gsm8k/train.parquet"]}}}))
     (folder / "metrics.json").write_text(json.dumps({"final": {"step": 6, "loss": 1.25}, "history": []}))
     wandb = {"mode": "online", "url": "https://wandb.ai/me/gsm8k/runs/abc123", "dir": None, "sync_command": None}
-    runs._update(folder, {"hf_model": str(model), "status": "SUCCEEDED", "wandb": wandb})
+    runs.update_fields(folder, {"hf_model": str(model), "status": "SUCCEEDED", "wandb": wandb})
     return runs.load_run(submission_id)
 
 

@@ -23,6 +23,7 @@ from bridge_ray.cli import cli
 from bridge_ray.cluster import records
 from bridge_ray.cluster.records import ClusterRecord
 from bridge_ray.jobs import tracking
+from bridge_ray.errors import RunNotFound
 from bridge_ray.models.checkpoints import CheckpointError
 from bridge_ray.models.export import export
 
@@ -195,10 +196,10 @@ def test_load_and_list_runs(home):
     assert [r.submission_id for r in runs.list_runs()] == ["sft-a-1", "sft-b-1"]
     assert runs.load_run("sft-b").submission_id == "sft-b-1"
     assert runs.load_run().submission_id == "sft-b-1"
-    with pytest.raises(runs.RunNotFound) as err:
+    with pytest.raises(RunNotFound) as err:
         runs.load_run("sft")
     assert str(err.value) == f"several runs start with 'sft' in {home / 'runs'}: list the runs with `bridge-ray runs`"
-    with pytest.raises(runs.RunNotFound, match="no run 'x' in"):
+    with pytest.raises(RunNotFound, match="no run 'x' in"):
         runs.load_run("x")
 
 
