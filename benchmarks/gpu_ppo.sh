@@ -26,7 +26,8 @@
 # Needs the wheel install first (ray, verl, vllm importable: PYTHONPATH/PATH exported).
 # Env: WORK (/tmp/bridge-ray-ppo-bench), STEPS (10), RUN_TIMEOUT (480 s per verl run), SHAPE (small |
 # llama-3.2-1b), SET (space-separated ppo.* overrides for both sides), SUFFIX (appended to each run's tag, for
-# repeated pairs: SUFFIX=_2 gives ppo_plain_2 / ppo_bridge_2).
+# repeated pairs: SUFFIX=_2 gives ppo_plain_2 / ppo_bridge_2), PLAIN_POLL (1: plain loads bridge-ray's replay-poll
+# plugin too, the same settings on both sides; unset: plain polls every 2 s as verl does).
 set -uo pipefail
 dest="$(mkdir -p "$1" && cd "$1" && pwd)"; shift
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -35,7 +36,7 @@ export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 RAY_USAGE_STATS_ENABLED=
 work="${WORK:-/tmp/bridge-ray-ppo-bench}"; steps="${STEPS:-10}"; out="$work/out"; mkdir -p "$out"
 trap 'tar czf "$dest/ppo-out.tgz" -C "$out" .' EXIT
 bench=(python3 benchmarks/ppo_throughput.py --out "$out" --work "$work" --timeout "${RUN_TIMEOUT:-480}"
-       --shape "${SHAPE:-small}" ${GPUS:+--gpus "$GPUS"})
+       --shape "${SHAPE:-small}" ${GPUS:+--gpus "$GPUS"} ${PLAIN_POLL:+--plain-poll})
 for kv in ${SET:-}; do bench+=(--set "$kv"); done   # SET="ppo.rollout.n=5 ppo.data.train_batch_size=64": both sides
 unset_vllm=$([ -n "${KEEP_VLLM_ENV:-}" ] || echo --unset-vllm-env)
 stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(assets ppo-plain ppo-bridge summary)

@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO))
 from bridge_ray import ppo
 from bridge_ray.config import apply_overrides
 from bridge_ray.platforms import verl_plugin_env
+from bridge_ray.platforms.env import REPLAY_POLL_MODULE
 from bridge_ray.ppo.config import verl_plugins
 
 STEP_RE = re.compile(r"step:(\d+) - (.*)")
@@ -388,9 +389,11 @@ def run_plain(cfg, args: argparse.Namespace, tag: str) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     # verl's main_ppo starts its own Ray; its own temp root lets us stop exactly that Ray if it outlives the run.
     ray_tmp = Path(f"/tmp/brpb-{os.getpid()}")
-    # The critic's loader plugin (verl 0.9.1 hard-codes flash_attention_2; no flash-attn here), loaded
-    # through verl's own VERL_USE_EXTERNAL_MODULES hook: what a plain user without flash-attn must do too.
-    env = dict(base_env(work), RAY_TMPDIR=str(ray_tmp), **verl_plugin_env({}, verl_plugins(cfg)))
+    # The critic's loader plugin (verl 0.9.1 hard-codes flash_attention_2; no flash-attn here) and, for
+    # torch_varlen, the attention plugin, loaded through verl's own VERL_USE_EXTERNAL_MODULES hook: what a plain
+    # user without flash-attn must do too. bridge-ray's speed plugin (0.1 s rollout polls) only with --plain-poll.
+    plugins = tuple(m for m in verl_plugins(cfg) if args.plain_poll or m != REPLAY_POLL_MODULE)
+    env = dict(base_env(work), RAY_TMPDIR=str(ray_tmp), **verl_plugin_env({}, plugins))
     monitor = GpuMonitor(work / f"{tag}_nvsmi.csv")
     t0 = time.time()
     # cwd: Hydra's @main writes outputs/<date>/ there
@@ -575,6 +578,9 @@ def main() -> None:
     parser.add_argument("--unset-vllm-env", action="store_true",
                         help="bridge side: start the cluster without VLLM_USE_FLASHINFER_SAMPLER (bridge-ray injects it)")
     parser.add_argument("--keep-run", action="store_true", help="bridge side: keep the run folder (verl resumes)")
+    parser.add_argument("--plain-poll", action="store_true",
+                        help="plain side: load bridge-ray's replay-poll plugin too (same settings as bridge-ray; "
+                             "default: verl's own 2 s polls, what a plain user runs)")
     parser.add_argument("--stop-after", type=int, help="bridge side: `bridge-ray stop` after step K, then resubmit")
     parser.add_argument("--save-freq", type=int, help="checkpoint every N steps (default: the final step only)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="ppo.KEY=VALUE",

@@ -209,15 +209,16 @@ def test_worker_env_adds_verl_ppo_env_under_the_job_env(model_dir, tmp_path, mon
     assert "NCCL_DEBUG" not in env  # the job's value wins: Ray merges the actor's env_vars over the job's
     assert env["TOKENIZERS_PARALLELISM"] == "true" and env["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
     assert env["VERL_FILE_LOGGER_PATH"] == str(tmp_path / "run" / "metrics.jsonl")
-    assert env["VERL_USE_EXTERNAL_MODULES"] == "bridge_ray.platforms.value_model"  # the critic's loader
+    # the critic's loader, and the trainer's 0.1 s rollout polls
+    assert env["VERL_USE_EXTERNAL_MODULES"] == "bridge_ray.platforms.value_model,bridge_ray.platforms.replay_poll"
     monkeypatch.setenv("VERL_USE_EXTERNAL_MODULES", "team.plugin")  # the job's own plugins stay loaded
     assert worker_env(seed_ppo(model_dir, tmp_path), config)["VERL_USE_EXTERNAL_MODULES"] == (
-        "team.plugin,bridge_ray.platforms.value_model")
+        "team.plugin,bridge_ray.platforms.value_model,bridge_ray.platforms.replay_poll")
     monkeypatch.setenv("VLLM_USE_FLASHINFER_SAMPLER", "1")
     assert "VLLM_USE_FLASHINFER_SAMPLER" not in worker_env(seed_ppo(model_dir, tmp_path), config)
     packed = ppo.apply_overrides(seed_ppo(model_dir, tmp_path), PACKED)  # torch_varlen: in every verl process
     assert worker_env(packed, compose(packed))["VERL_USE_EXTERNAL_MODULES"] == (
-        "team.plugin,bridge_ray.platforms.value_model,bridge_ray.platforms.attention")
+        "team.plugin,bridge_ray.platforms.value_model,bridge_ray.platforms.replay_poll,bridge_ray.platforms.attention")
 
 
 def test_the_log_says_where_training_starts(model_dir, tmp_path, capsys):
@@ -282,7 +283,7 @@ def test_cpu_worker_env_loads_the_cpu_plugins_under_the_job_env(model_dir, tmp_p
     monkeypatch.delenv("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", raising=False)
     env = worker_env(cfg, compose(cfg))
     assert env["VERL_USE_EXTERNAL_MODULES"] == ("bridge_ray.platforms.value_model,bridge_ray.platforms.cpu,"
-                                                "bridge_ray.platforms.cpu_rollout")
+                                                "bridge_ray.platforms.cpu_rollout,bridge_ray.platforms.replay_poll")
     assert (env["VERL_PLATFORM"], env["VERL_ENGINE_DEVICE"], env["VLLM_TARGET_DEVICE"]) == ("cpu", "cuda", "cpu")
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert env["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"] == "3600"  # a CPU model step may take minutes on a busy host

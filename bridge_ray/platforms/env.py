@@ -12,6 +12,8 @@ import os
 EXTERNAL_MODULES_ENV = "VERL_USE_EXTERNAL_MODULES"
 CPU_PLATFORM_MODULE = "bridge_ray.platforms.cpu"
 VALUE_MODEL_MODULE = "bridge_ray.platforms.value_model"
+# PPO/GRPO: the trainer picks up finished rollouts within 0.1 s instead of verl's 2 s polls.
+REPLAY_POLL_MODULE = "bridge_ray.platforms.replay_poll"
 # The transformers attention plugin behind "torch_varlen" (verl's model.external_lib); importing it needs torch.
 ATTENTION_PLUGIN = "bridge_ray.platforms.attention"
 # torch's varlen flash kernel runs on CUDA GPUs of this compute capability or newer.

@@ -14,7 +14,7 @@ from typing import Literal
 
 from bridge_ray.config import trainer_problems
 from bridge_ray.errors import ConfigError
-from bridge_ray.platforms.env import ATTENTION_PLUGIN
+from bridge_ray.platforms.env import ATTENTION_PLUGIN, REPLAY_POLL_MODULE
 
 ENGINES = ("vllm", "sglang", "trtllm")
 Attention = Literal["sdpa", "eager", "flash_attention_2", "torch_varlen"]
@@ -256,14 +256,16 @@ def attention_problems(cfg: PPOConfig) -> list[str]:
 
 
 def verl_plugins(cfg: PPOConfig) -> tuple[str, ...]:
-    """bridge-ray's verl plugins this run needs in every verl process besides the critic's loader.
+    """bridge-ray's verl plugins this run loads in every verl process besides the critic's loader.
 
-    ``torch_varlen`` must be registered in each worker before its model loads. verl's
-    ``model.external_lib`` is not enough: on a GPU (H100, 2026-12-06) the critic's load in the
-    training worker failed with ``attn_implementation="torch_varlen" is not supported``, the plugin
-    not imported there. ``VERL_USE_EXTERNAL_MODULES`` is imported by ``import verl`` in every process.
+    - ``replay_poll`` (every run): the trainer takes finished rollouts within 0.1 s, not verl's 2 s polls.
+    - ``attention`` with ``torch_varlen``: it must be registered in each worker before its model
+      loads. verl's ``model.external_lib`` is not enough: on a GPU (H100, 2026-12-06) the critic's
+      load in the training worker failed with ``attn_implementation="torch_varlen" is not
+      supported``, the plugin not imported there. ``VERL_USE_EXTERNAL_MODULES`` is imported by
+      ``import verl`` in every process.
     """
-    return (ATTENTION_PLUGIN,) if cfg.model.attn_implementation == "torch_varlen" else ()
+    return (REPLAY_POLL_MODULE, *((ATTENTION_PLUGIN,) if cfg.model.attn_implementation == "torch_varlen" else ()))
 
 
 def _path_problems(cfg: PPOConfig) -> list[str]:
