@@ -74,7 +74,8 @@ def cpu_env() -> dict[str, str]:
     }
 
 
-def cpu_ppo_env(kv_cache_gib: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+def cpu_ppo_env(kv_cache_gib: int, environ: dict[str, str] | None = None,
+                modules: tuple[str, ...] = ()) -> dict[str, str]:
     """Env vars for verl's PPO/GRPO on CPU with vLLM's CPU build, keeping modules ``environ`` names.
 
     ``cpu_env()``, plus:
@@ -92,9 +93,10 @@ def cpu_ppo_env(kv_cache_gib: int, environ: dict[str, str] | None = None) -> dic
     Args:
         kv_cache_gib: vLLM's KV cache size in GiB.
         environ: the environment to extend (default ``os.environ``).
+        modules: more plugins for this run (``bridge_ray.ppo.config.verl_plugins``).
     """
     environ, env = os.environ if environ is None else environ, cpu_env()
-    modules = external_modules(*env[EXTERNAL_MODULES_ENV].split(","), CPU_ROLLOUT_MODULE,
-                               existing=environ.get(EXTERNAL_MODULES_ENV))
-    return {**env, EXTERNAL_MODULES_ENV: modules, "VLLM_TARGET_DEVICE": "cpu", KV_CACHE_ENV: str(kv_cache_gib),
+    names = external_modules(*env[EXTERNAL_MODULES_ENV].split(","), CPU_ROLLOUT_MODULE, *modules,
+                             existing=environ.get(EXTERNAL_MODULES_ENV))
+    return {**env, EXTERNAL_MODULES_ENV: names, "VLLM_TARGET_DEVICE": "cpu", KV_CACHE_ENV: str(kv_cache_gib),
             STEP_TIMEOUT_ENV: "3600"}

@@ -42,7 +42,7 @@ from bridge_ray.cluster.driver import DriverClock, connect
 from bridge_ray.config import apply_overrides, to_dict
 from bridge_ray.errors import ConfigError, PPOFailed
 from bridge_ray.platforms import cpu_ppo_env, verl_plugin_env
-from bridge_ray.platforms.env import EXTERNAL_MODULES_ENV, external_modules
+from bridge_ray.platforms.env import EXTERNAL_MODULES_ENV
 from bridge_ray.ppo import reward as rewards
 from bridge_ray.ppo.config import (
     REWARD_FAILURE_FILE,
@@ -127,9 +127,8 @@ def worker_env(cfg: PPOConfig, config) -> dict[str, str]:
     if METRICS_FILE_ENV not in os.environ:
         env[METRICS_FILE_ENV] = str(metrics_file(cfg))
     if cfg.trainer.device == "cpu":
-        env.update({key: value for key, value in cpu_ppo_env(cfg.rollout.cpu_kv_cache_gib, os.environ).items()
-                    if key == EXTERNAL_MODULES_ENV or key not in os.environ})
-        env[EXTERNAL_MODULES_ENV] = external_modules(*verl_plugins(cfg), existing=env[EXTERNAL_MODULES_ENV])
+        cpu = cpu_ppo_env(cfg.rollout.cpu_kv_cache_gib, os.environ, verl_plugins(cfg))
+        env.update({key: value for key, value in cpu.items() if key == EXTERNAL_MODULES_ENV or key not in os.environ})
     else:
         env.update(verl_plugin_env(os.environ, verl_plugins(cfg)))
     return env
