@@ -81,6 +81,46 @@ def test_packed_batches_with_torch_varlen_reach_actor_reference_and_critic(model
     assert sdpa.model.use_remove_padding and sdpa.model.attn_implementation == "sdpa"  # packed on CPU too
 
 
+def test_token_budgets_reach_every_role_in_verl(model_dir, tmp_path):
+    """``ppo.actor.max_tokens_per_gpu`` turns on verl's dynamic batches for the actor, the reference,
+    the rollout's log-prob forward and the critic; their own budgets default to the actor's."""
+    c = composed(ppo.apply_overrides(seed_ppo(model_dir, tmp_path),
+                                     [*PACKED, "ppo.actor.max_tokens_per_gpu=8192", "ppo.ref.max_tokens_per_gpu=32768"]))
+    arr, critic = c.actor_rollout_ref, c.critic
+    assert (arr.actor.use_dynamic_bsz, arr.actor.ppo_max_token_len_per_gpu) == (True, 8192)
+    assert (arr.ref.log_prob_use_dynamic_bsz, arr.ref.log_prob_max_token_len_per_gpu) == (True, 32768)
+    assert (arr.rollout.log_prob_use_dynamic_bsz, arr.rollout.log_prob_max_token_len_per_gpu) == (True, 8192)
+    assert (critic.use_dynamic_bsz, critic.ppo_max_token_len_per_gpu, critic.forward_max_token_len_per_gpu) == (
+        True, 8192, 8192)
+    grpo = ppo.resolve_gpus(ppo.grpo_gsm8k_llama1b(model_dir=model_dir, data_dir=str(tmp_path),
+                                                   output_dir=str(tmp_path / "g")), 1, 8)
+    g = composed(ppo.apply_overrides(grpo, ["ppo.actor.max_tokens_per_gpu=4096",
+                                            "ppo.rollout.log_prob_max_tokens_per_gpu=16384"]))
+    assert g.actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu == 16384 and g.critic.enable is False
+    off = composed(seed_ppo(model_dir, tmp_path))  # the default: fixed micro batches everywhere
+    assert not (off.actor_rollout_ref.actor.use_dynamic_bsz or off.actor_rollout_ref.ref.log_prob_use_dynamic_bsz
+                or off.critic.use_dynamic_bsz)
+
+
+TOKEN_BUDGET_MISUSE = {
+    "ppo.ref.max_tokens_per_gpu=8192":
+        "ref.max_tokens_per_gpu=8192 needs ppo.actor.max_tokens_per_gpu too: verl batches every role by tokens or "
+        "none; set ppo.actor.max_tokens_per_gpu, or ppo.ref.max_tokens_per_gpu=null",
+    "ppo.actor.max_tokens_per_gpu=700":
+        "actor.max_tokens_per_gpu=700 is below one whole sequence (data.max_prompt_length + data.max_response_length "
+        "= 768): raise it to >= 768, or set ppo.actor.max_tokens_per_gpu=null",
+    "ppo.actor.max_tokens_per_gpu=many":
+        "ppo.actor.max_tokens_per_gpu='many' is not an integer",
+}
+
+
+@pytest.mark.parametrize("override", TOKEN_BUDGET_MISUSE)
+def test_token_budgets_that_cannot_work_are_one_line_each(tmp_path, override):
+    with pytest.raises(ConfigError) as err:
+        ppo.validate(ppo.apply_overrides(ppo.ppo_gsm8k_llama1b(output_dir=str(tmp_path)), [override]))
+    assert str(err.value) == TOKEN_BUDGET_MISUSE[override] and err.value.exit_code == 2
+
+
 ATTENTION_MISUSE = {
     ("ppo.model.use_remove_padding=true", "ppo.model.attn_implementation=eager"):
         "model.use_remove_padding=true packs sequences into one row, which model.attn_implementation=eager does not "

@@ -242,13 +242,14 @@ def test_stop_mid_run_then_submit_again_resumes_from_the_last_checkpoint(cpu_clu
     again: no process of the stopped run is left (on a GPU, a vLLM engine left behind would keep the
     card's memory from the next run), the run record says STOPPED, and the new submission resumes from
     the newest complete checkpoint with its step numbers carrying on. This run packs its micro batches
-    (``ppo.model.use_remove_padding=true``, sdpa's block-diagonal mask), so verl's packed path for the
+    (``ppo.model.use_remove_padding=true``, sdpa's block-diagonal mask) into token-budget micro batches
+    (``ppo.actor.max_tokens_per_gpu``: verl's dynamic batches), so verl's packed, dynamic path for the
     actor, reference and critic takes real steps here too; the other CPU runs pad."""
     import bridge_ray
 
     run_dir = tmp_path / "run"
     args = ("preset=ppo_tiny_cpu", f"ppo.trainer.output_dir={run_dir}", "ppo.trainer.save_freq=1",
-            "ppo.model.use_remove_padding=true")
+            "ppo.model.use_remove_padding=true", "ppo.actor.max_tokens_per_gpu=448")
     submitted = run_cli("submit", "recipes/ppo_gsm8k.py", "--name", CLUSTER, "--exclude", ".gpu", "--exclude", ".gl",
                         "--", *args, "ppo.trainer.total_steps=100", timeout=600)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr

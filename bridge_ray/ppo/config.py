@@ -52,7 +52,17 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ActorConfig:
-    """Policy updates. Batch sizes count prompts; verl multiplies by ``rollout.n``."""
+    """Policy updates. Batch sizes count prompts; verl multiplies by ``rollout.n``.
+
+    ``max_tokens_per_gpu``: a token budget per GPU micro batch (verl's dynamic batch size): each
+    micro batch holds whole sequences up to this many tokens instead of ``micro_batch_size_per_gpu``
+    sequences, for the update and for every forward (old and reference log-probs, the critic), whose
+    own budgets (``ref.max_tokens_per_gpu``, ``rollout.log_prob_max_tokens_per_gpu``,
+    ``critic.max_tokens_per_gpu``) default to this one. None: fixed micro batches everywhere (verl ties
+    the roles together: all dynamic or none). It must hold one whole sequence (prompt + response).
+    With ``model.use_remove_padding`` the budget counts real tokens, so fewer, fuller micro batches:
+    each reference micro batch copies the whole model from host memory (verl offloads the reference).
+    """
 
     lr: float = 1e-6
     mini_batch_size: int = 64
@@ -65,11 +75,16 @@ class ActorConfig:
     optimizer_offload: bool = False
     use_torch_compile: bool = True
     save_optimizer: bool = True
+    max_tokens_per_gpu: int | None = None
 
 
 @dataclass(frozen=True)
 class CriticConfig:
-    """The value model; used by PPO (GAE advantages) only."""
+    """The value model; used by PPO (GAE advantages) only.
+
+    ``max_tokens_per_gpu``: the critic's token budget per micro batch, update and forward (None: the
+    actor's; set only with ``actor.max_tokens_per_gpu``).
+    """
 
     model_path: str | None = None
     lr: float = 1e-5
@@ -77,14 +92,21 @@ class CriticConfig:
     param_offload: bool = False
     optimizer_offload: bool = False
     warmup_steps: int = 0
+    max_tokens_per_gpu: int | None = None
 
 
 @dataclass(frozen=True)
 class ReferenceConfig:
-    """The frozen reference policy (only built when KL is on)."""
+    """The frozen reference policy (only built when KL is on).
+
+    ``max_tokens_per_gpu``: its forward's token budget per micro batch (None: the actor's; set only
+    with ``actor.max_tokens_per_gpu``). A forward keeps no activations for a backward, so it can be
+    larger than the actor's.
+    """
 
     log_prob_micro_batch_size_per_gpu: int = 4
     param_offload: bool = False
+    max_tokens_per_gpu: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +115,8 @@ class RolloutConfig:
 
     ``cpu_kv_cache_gib``: on CPU, vLLM's KV cache in GiB of host memory (there,
     ``gpu_memory_utilization`` would be a share of all host RAM).
+    ``log_prob_max_tokens_per_gpu``: the token budget of the trainer's forward that recomputes the
+    rollout's log-probs (None: the actor's; set only with ``actor.max_tokens_per_gpu``).
     """
 
     engine: Literal["vllm", "sglang", "trtllm"] = "vllm"
@@ -105,6 +129,7 @@ class RolloutConfig:
     max_num_batched_tokens: int = 8192
     num_agent_workers: int = 8
     cpu_kv_cache_gib: int = 1
+    log_prob_max_tokens_per_gpu: int | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +243,36 @@ def _batch_problems(cfg: PPOConfig) -> list[str]:
     if not problems and data.train_batch_size % actor.mini_batch_size:
         problems.append(f"data.train_batch_size={data.train_batch_size} must be a multiple of "
                         f"actor.mini_batch_size={actor.mini_batch_size} (prompts per PPO update)")
+    return problems + _token_budget_problems(cfg)
+
+
+def token_budgets(cfg: PPOConfig) -> dict[str, int] | None:
+    """Each role's token budget per GPU micro batch (dynamic batches), or None when they are off."""
+    actor = cfg.actor.max_tokens_per_gpu
+    if actor is None:
+        return None
+    return {"actor": actor, "ref": cfg.ref.max_tokens_per_gpu or actor,
+            "rollout": cfg.rollout.log_prob_max_tokens_per_gpu or actor,
+            "critic": cfg.critic.max_tokens_per_gpu or actor}
+
+
+def _token_budget_problems(cfg: PPOConfig) -> list[str]:
+    budgets = {"actor.max_tokens_per_gpu": cfg.actor.max_tokens_per_gpu,
+               "ref.max_tokens_per_gpu": cfg.ref.max_tokens_per_gpu,
+               "rollout.log_prob_max_tokens_per_gpu": cfg.rollout.log_prob_max_tokens_per_gpu,
+               "critic.max_tokens_per_gpu": cfg.critic.max_tokens_per_gpu}
+    sequence = cfg.data.max_prompt_length + cfg.data.max_response_length
+    problems = []
+    for name, value in budgets.items():
+        if value is None:
+            continue
+        if cfg.actor.max_tokens_per_gpu is None:
+            problems.append(f"{name}={value} needs ppo.actor.max_tokens_per_gpu too: verl batches every role by "
+                            f"tokens or none; set ppo.actor.max_tokens_per_gpu, or ppo.{name}=null")
+        elif value < sequence:
+            problems.append(f"{name}={value} is below one whole sequence (data.max_prompt_length + "
+                            f"data.max_response_length = {sequence}): raise it to >= {sequence}, or set "
+                            f"ppo.{name}=null")
     return problems
 
 

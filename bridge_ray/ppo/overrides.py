@@ -13,7 +13,7 @@ from pathlib import Path
 from bridge_ray.errors import ConfigError
 from bridge_ray.platforms.env import ATTENTION_PLUGIN
 from bridge_ray.ppo.config import (REWARD_FAILURE_FILE, DataConfig, ModelConfig, PPOConfig, RolloutConfig,
-                                   checkpoint_dir)
+                                   checkpoint_dir, token_budgets)
 
 REWARD_HOOK_PATH = "pkg://bridge_ray.ppo.reward"
 REWARD_HOOK_NAME = "compute_score"
@@ -92,6 +92,21 @@ def _actor_keys(cfg: PPOConfig) -> list[str]:
         f"{prefix}.checkpoint.save_contents={_hydra_list(contents)}",
         f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={ref.log_prob_micro_batch_size_per_gpu}",
         f"actor_rollout_ref.ref.fsdp_config.param_offload={ref.param_offload}",
+    ] + _token_budget_keys(cfg)
+
+
+def _token_budget_keys(cfg: PPOConfig) -> list[str]:
+    """verl's dynamic batch keys for the actor, reference and rollout log-probs (the critic's: ``_critic_keys``)."""
+    budgets = token_budgets(cfg)
+    if budgets is None:
+        return []
+    return [
+        "actor_rollout_ref.actor.use_dynamic_bsz=True",
+        f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={budgets['actor']}",
+        "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=True",
+        f"actor_rollout_ref.ref.log_prob_max_token_len_per_gpu={budgets['ref']}",
+        "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=True",
+        f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={budgets['rollout']}",
     ]
 
 
@@ -124,7 +139,15 @@ def _critic_keys(cfg: PPOConfig) -> list[str]:
         f"critic.fsdp.optimizer_offload={critic.optimizer_offload}",
         f"critic.checkpoint.save_contents={_hydra_list(contents)}",
         f"trainer.critic_warmup={critic.warmup_steps}",
-    ]
+    ] + _critic_budget_keys(cfg)
+
+
+def _critic_budget_keys(cfg: PPOConfig) -> list[str]:
+    budgets = token_budgets(cfg)
+    if budgets is None:
+        return []
+    return ["critic.use_dynamic_bsz=True", f"critic.ppo_max_token_len_per_gpu={budgets['critic']}",
+            f"critic.forward_max_token_len_per_gpu={budgets['critic']}"]
 
 
 def _cpu_keys(cfg: PPOConfig) -> list[str]:
