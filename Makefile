@@ -30,7 +30,7 @@ $(STAMP): setup.cfg pyproject.toml
 # failure or Ctrl-C too (one that was already up is left alone: `up` refuses it first).
 demo: $(STAMP)
 	@$(BR) up --name demo --num-cpus 4 || exit $$?; \
-	trap '$(BR) down --name demo --force' EXIT; trap 'exit 130' INT TERM; \
+	trap '$(BR) down --name demo --force' EXIT; trap 'echo "make demo: interrupted; cluster demo goes down now, and its job with it" >&2; exit 130' INT TERM; \
 	run=$$($(PY) -c 'import time; from bridge_ray.pipelines.stages import default_run_dir as d; print(d(time.strftime("demo-%Y%m%d-%H%M%S")))'); \
 	$(BR) submit recipes/sft_then_ppo.py --name demo --follow -- --tiny --run-dir "$$run"
 
