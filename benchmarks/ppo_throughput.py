@@ -22,6 +22,13 @@ torch.compile: both only cut startup).
     python benchmarks/ppo_throughput.py --algo grpo --dry-run --out /tmp/bench  # CPU: all but the verl step
     python benchmarks/ppo_throughput.py --algo ppo --mode bridge --keep-run --steps 12 --tag ppo_resume --out OUT
     python benchmarks/ppo_throughput.py --summarize OUT             # markdown table of OUT/results.json
+    python benchmarks/ppo_throughput.py --device cpu --algo ppo --mode both --out OUT   # no GPU: see below
+
+``--device cpu``: both sides on CPU with the demo's tiny Llama and ``ppo.ppo_tiny_cpu`` /
+``grpo_tiny_cpu`` settings (verl's FSDP2 over gloo, vLLM's CPU build as the rollout, bridge-ray's
+CPU plugins through ``VERL_USE_EXTERNAL_MODULES`` on both sides); bridge-ray's cluster gets
+``--num-cpus CPU_SLOTS`` logical CPUs, plain's own Ray ``ray_kwargs.ray_init.num_cpus`` the same.
+It tells whether the launcher adds work to a step where no GPU hides the host's share.
 """
 from __future__ import annotations
 
@@ -46,7 +53,7 @@ sys.path.insert(0, str(REPO))
 
 from bridge_ray import ppo
 from bridge_ray.config import apply_overrides
-from bridge_ray.platforms import verl_plugin_env
+from bridge_ray.platforms import cpu_ppo_env, verl_plugin_env
 from bridge_ray.platforms.env import REPLAY_POLL_MODULE
 from bridge_ray.ppo.config import verl_plugins
 
@@ -55,6 +62,7 @@ KV_RE = re.compile(r"([\w/@()\-]+):([-+\d.e]+|nan|inf)(?= - |$)")
 CLUSTER = "ppo-bench"
 RESULTS = "results.json"  # one entry per run, by tag
 EXCLUDES = ["--exclude", ".gpu", "--exclude", ".gl"]
+CPU_SLOTS = 4  # logical CPUs of either side's Ray on --device cpu (as `make demo`): verl's CPU actors need them
 LOG_CAP_BYTES = 12 * 2**20  # past this a log keeps only step and error lines (the GPU host returns files <= 16 MiB)
 KEEP_RE = re.compile(r"step:\d+ - |Error|error|Traceback|bridge-ray|benchmark:")
 PRESETS = {"grpo": ppo.grpo_gsm8k_llama1b, "ppo": ppo.ppo_gsm8k_llama1b}
@@ -91,9 +99,16 @@ def build_assets(work: Path, shape: str) -> dict[str, str]:
     return files
 
 
-def bench_config(algo: str, files: dict, run_dir: Path, steps: int, gpus: int) -> ppo.PPOConfig:
+def bench_config(algo: str, files: dict, run_dir: Path, steps: int, gpus: int, device: str = "gpu") -> ppo.PPOConfig:
+    if device == "cpu":
+        preset = ppo.ppo_tiny_cpu if algo == "ppo" else ppo.grpo_tiny_cpu
+        return ppo.resolve_cpu(preset(files["model"], str(Path(files["rl_train"]).parent), str(run_dir), steps))
     cfg = ppo.tiny_gsm8k(algo, files["model"], files["rl_train"], files["rl_val"], str(run_dir), total_steps=steps)
     return ppo.resolve_gpus(cfg, 1, gpus)
+
+
+def on_cpu(cfg) -> bool:
+    return cfg.trainer.device == "cpu"
 
 
 def _yaml(value) -> str:
@@ -140,7 +155,12 @@ def stamped_run(cmd: list[str], log: Path, env: dict, timeout_s: float, cwd: Pat
                 line = q.get(timeout=max(0.1, left)) if left > 0 else None
             except queue.Empty:
                 line = None
-            if line is None:
+            if line is None:  # output closed (the process is ending) or time is up
+                if left > 0:
+                    try:
+                        proc.wait(timeout=max(0.1, timeout_s - (time.time() - t0)))
+                    except subprocess.TimeoutExpired:
+                        pass
                 break
             now = time.time() - t0
             lines.append((now, line.rstrip("\n")))
@@ -370,13 +390,16 @@ def base_env(work: Path, vllm_env: bool = True) -> dict:
     return env
 
 
-def plain_command(overrides: list[str]) -> list[str]:
-    return [sys.executable, "-m", "verl.trainer.main_ppo", *overrides]
+def plain_command(overrides: list[str], cpu: bool = False) -> list[str]:
+    """``main_ppo`` with ``overrides``; on CPU its own Ray gets as many logical CPUs as bridge-ray's cluster."""
+    cluster = [f"ray_kwargs.ray_init.num_cpus={CPU_SLOTS}"] if cpu else []
+    return [sys.executable, "-m", "verl.trainer.main_ppo", *overrides, *cluster]
 
 
-def bridge_commands(algo: str, args: list[str], gpus: int, submission_id: str) -> dict[str, list[str]]:
+def bridge_commands(algo: str, args: list[str], gpus: int, submission_id: str, cpu: bool = False) -> dict[str, list[str]]:
     br = [sys.executable, "-m", "bridge_ray"]
-    return {"up": br + ["up", "--name", CLUSTER, "--num-gpus", str(gpus)],
+    size = ["--num-cpus", str(CPU_SLOTS)] if cpu else ["--num-gpus", str(gpus)]
+    return {"up": br + ["up", "--name", CLUSTER, *size],
             "submit": br + ["submit", f"recipes/{algo}_gsm8k.py", "--name", CLUSTER, *EXCLUDES,
                             "--submission-id", submission_id, "--follow", "--verbose", "--", *args],
             "stop": br + ["stop", submission_id, "--name", CLUSTER],
@@ -393,11 +416,14 @@ def run_plain(cfg, args: argparse.Namespace, tag: str) -> dict:
     # torch_varlen, the attention plugin, loaded through verl's own VERL_USE_EXTERNAL_MODULES hook: what a plain
     # user without flash-attn must do too. bridge-ray's speed plugin (0.1 s rollout polls) only with --plain-poll.
     plugins = tuple(m for m in verl_plugins(cfg) if args.plain_poll or m != REPLAY_POLL_MODULE)
-    env = dict(base_env(work), RAY_TMPDIR=str(ray_tmp), **verl_plugin_env({}, plugins))
+    loader = (lambda: cpu_ppo_env(cfg.rollout.cpu_kv_cache_gib, {}, plugins)) if on_cpu(cfg) else (
+        lambda: verl_plugin_env({}, plugins))
+    env = dict(base_env(work), RAY_TMPDIR=str(ray_tmp), **loader())
     monitor = GpuMonitor(work / f"{tag}_nvsmi.csv")
     t0 = time.time()
     # cwd: Hydra's @main writes outputs/<date>/ there
-    rc, lines = stamped_run(plain_command(ppo.to_verl_overrides(cfg)), out / f"{tag}.log", env, timeout_s, cwd=work,
+    rc, lines = stamped_run(plain_command(ppo.to_verl_overrides(cfg), on_cpu(cfg)), out / f"{tag}.log", env, timeout_s,
+                            cwd=work,
                             on_line=StepWatch(out / f"{tag}_procs.json", cpu_until=cfg.trainer.total_steps - 1))
     wall = time.time() - t0
     gpu = monitor.stop()
@@ -447,7 +473,7 @@ def run_bridge(algo: str, cfg, args: argparse.Namespace, tag: str) -> dict:
         shutil.rmtree(run_dir, ignore_errors=True)
     env, log = base_env(work, vllm_env), out / f"{tag}.log"
     sub_id = f"{tag.replace('_', '-')}-{time.strftime('%H%M%S')}"
-    cmds = bridge_commands(algo, recipe_args(PRESETS[algo](), cfg), cfg.trainer.gpus_per_node, sub_id)
+    cmds = bridge_commands(algo, recipe_args(PRESETS[algo](), cfg), cfg.trainer.gpus_per_node, sub_id, on_cpu(cfg))
     stamped_run(cmds["down"], log, env, 120)  # a cluster left by an earlier, killed stage
     t0 = time.time()
     rc_up, _ = stamped_run(cmds["up"], log, env, 180)
@@ -460,7 +486,8 @@ def run_bridge(algo: str, cfg, args: argparse.Namespace, tag: str) -> dict:
     if watch.stopped_at is not None:
         extra = {"stopped": {"rc": rc, "after_step": watch.stopped_at, **_bridge_summary(lines, cfg),
                              "gpu_processes_gone_after_s": gpu_processes_gone(120)}}
-        again = bridge_commands(algo, recipe_args(PRESETS[algo](), cfg), cfg.trainer.gpus_per_node, sub_id + "-again")
+        again = bridge_commands(algo, recipe_args(PRESETS[algo](), cfg), cfg.trainer.gpus_per_node, sub_id + "-again",
+                                on_cpu(cfg))
         rc, lines = stamped_run(again["submit"], log, env, timeout_s)
     wall = time.time() - t0
     gpu = monitor.stop()
@@ -526,8 +553,8 @@ def dry_run(algo: str, cfg) -> dict:
     assert recipe_overrides == plain, f"recipe and plain overrides differ: {set(recipe_overrides) ^ set(plain)}"
     sample = [(12.5, "(TaskRunner pid=1) step:3 - timing_s/step:4.25 - perf/throughput:1234.5 - timing_per_token_ms/gen:0.5")]
     assert parse_steps(sample * 2)[0]["perf/throughput"] == 1234.5
-    cmds = bridge_commands(algo, args, cfg.trainer.gpus_per_node, "dry-run")
-    return {"overrides_identical": True, "num_overrides": len(plain), "plain": shlex.join(plain_command(plain)),
+    cmds = bridge_commands(algo, args, cfg.trainer.gpus_per_node, "dry-run", on_cpu(cfg))
+    return {"overrides_identical": True, "num_overrides": len(plain), "plain": shlex.join(plain_command(plain, on_cpu(cfg))),
             "bridge_ray": [shlex.join(cmds[k]) for k in ("up", "submit", "down")]}
 
 
@@ -570,7 +597,10 @@ def main() -> None:
     parser.add_argument("--sft-steps", type=int, default=20, help="chain: SFT steps before GRPO")
     parser.add_argument("--out", type=Path, help="logs and JSON (a few files)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bridge-ray-ppo-bench"), help="assets, runs (big)")
-    parser.add_argument("--shape", choices=("small", "tiny", "llama-3.2-1b"), default="small")
+    parser.add_argument("--shape", choices=("small", "tiny", "llama-3.2-1b"), default=None,
+                        help="default: small (GPU), tiny (--device cpu)")
+    parser.add_argument("--device", choices=("gpu", "cpu"), default="gpu",
+                        help="cpu: both sides on CPU with the CPU presets' settings (no GPU needed)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--gpus", type=int, default=0, help="GPUs on this node (default: nvidia-smi's count)")
     parser.add_argument("--timeout", type=float, default=480, help="seconds per verl run (each side)")
@@ -588,6 +618,9 @@ def main() -> None:
     parser.add_argument("--tag", help="name of this run's log and results entry (default ALGO_SIDE)")
     parser.add_argument("--summarize", type=Path, metavar="OUT", help="print the markdown table of OUT/results.json")
     args = parser.parse_args()
+    args.shape = args.shape or ("tiny" if args.device == "cpu" else "small")
+    if args.device == "cpu" and args.shape != "tiny":
+        parser.error("--device cpu runs the tiny shape (the CPU presets' model): drop --shape")
     if args.summarize:
         path = args.summarize / RESULTS
         print(markdown(list(json.loads(path.read_text()).values())) if path.exists() else f"no {path} yet")
@@ -606,7 +639,8 @@ def main() -> None:
     t0 = time.time()
     files = build_assets(args.work, args.shape)
     print(f"assets ready in {time.time() - t0:.0f}s: {files['model']}", flush=True)
-    cfg = bench_config(args.algo, files, args.work / f"run-{args.algo}", args.steps, args.gpus or gpu_count())
+    gpus = 1 if args.device == "cpu" else args.gpus or gpu_count()
+    cfg = bench_config(args.algo, files, args.work / f"run-{args.algo}", args.steps, gpus, args.device)
     extra = args.overrides + ([f"ppo.trainer.save_freq={args.save_freq}"] if args.save_freq else [])
     cfg = apply_overrides(cfg, extra, prefix="ppo") if extra else cfg
     if args.mode == "chain" and args.algo != "grpo":

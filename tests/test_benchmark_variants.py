@@ -53,3 +53,38 @@ def test_pretrain_benchmark_variants_validate_and_compose(name, overrides, tmp_p
     cfg = pretrain.validate(pretrain.apply_overrides(cfg, overrides))
     composed = compose_verl_config(pretrain.to_verl_overrides(cfg, [str(tmp_path / "a.bin")]))
     assert composed.model.use_liger is cfg.model.liger
+
+
+def ppo_benchmark():
+    spec = importlib.util.spec_from_file_location("ppo_throughput", REPO / "benchmarks" / "ppo_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("device", ["gpu", "cpu"])
+def test_ppo_benchmark_sides_get_the_same_verl_overrides(device, tmp_path):
+    """The benchmark's bridge-ray arguments rebuild its config, and the recipe hands verl exactly plain's
+    overrides (the recipe's own ``--dry-run``); on CPU both sides' Ray get the same logical CPUs."""
+    bench = ppo_benchmark()
+    model, data = tmp_path / "model", tmp_path / "data"
+    files = {"model": str(model), "rl_train": str(data / "rl_train.parquet"), "rl_val": str(data / "rl_val.parquet")}
+    cfg = bench.bench_config("ppo", files, tmp_path / "run", 4, 1, device)
+    args = bench.recipe_args(bench.PRESETS["ppo"](), cfg)
+    assert bench.apply_overrides(bench.PRESETS["ppo"](), args, prefix="ppo") == cfg
+    plain = bench.plain_command(bench.ppo.to_verl_overrides(cfg), bench.on_cpu(cfg))
+    up = bench.bridge_commands("ppo", args, 1, "id", bench.on_cpu(cfg))["up"]
+    if device == "cpu":
+        assert cfg.trainer.device == "cpu" and plain[-1] == f"ray_kwargs.ray_init.num_cpus={bench.CPU_SLOTS}"
+        assert up[-2:] == ["--num-cpus", str(bench.CPU_SLOTS)]
+    else:
+        assert not any(a.startswith("ray_kwargs") for a in plain) and up[-2:] == ["--num-gpus", "1"]
+
+
+def test_stamped_run_waits_for_a_process_that_closed_its_output(tmp_path):
+    """A process that closes its output and then takes a moment to exit is not killed as timed out."""
+    bench, log = ppo_benchmark(), tmp_path / "log"
+    rc, lines = bench.stamped_run(["sh", "-c", "echo one; exec >&- 2>&-; sleep 1; exit 3"], log, {}, 60)
+    assert rc == 3 and [line for _, line in lines] == ["one"] and "timeout" not in log.read_text()
+    rc, _ = bench.stamped_run(["sh", "-c", "sleep 30"], log, {}, 1)  # past the limit: the group is killed
+    assert rc != 0 and "benchmark: timeout 1s, killing the process group" in log.read_text()
