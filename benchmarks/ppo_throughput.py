@@ -8,8 +8,8 @@ recipe's preset into the same ``cfg``, and the job records the overrides it hand
 (plain first, then moved aside), so even ``trainer.default_local_dir`` matches.
 
 Measured from verl's console lines (``step:N - timing_s/step:... - perf/throughput:...``),
-stamped on arrival: steady-state step time (median of steps 2..N-1: step 1 warms up, step N
-saves the checkpoint), training throughput (verl's ``perf/throughput``, tokens/s/GPU), rollout
+stamped on arrival: steady-state step time (median of steps 2..N without those that saved a
+checkpoint: step 1 warms up, step N always saves), training throughput (verl's ``perf/throughput``, tokens/s/GPU), rollout
 throughput (generated tokens/s, from ``timing_per_token_ms/gen``), actor update throughput,
 time to the first step, peak GPU memory (nvidia-smi).
 
@@ -197,10 +197,11 @@ def parse_steps(lines: list[tuple[float, str]]) -> list[dict]:
 
 
 def summarize(steps: list[dict], cfg: ppo.PPOConfig) -> dict:
-    """Steady-state numbers from the parsed steps (steps 2..N-1 when there are at least 4)."""
+    """Steady-state numbers from the parsed steps: step 2 on, without the steps that saved a checkpoint
+    (verl's ``timing_s/save_checkpoint``; the final step always saves), unless nothing else is left."""
     if not steps:
         return {"num_steps": 0}
-    steady = steps[1:-1] if len(steps) >= 4 else steps[1:] or steps
+    steady = [s for s in steps[1:] if "timing_s/save_checkpoint" not in s] or steps[1:] or steps
     med = lambda key: statistics.median(s[key] for s in steady) if all(key in s for s in steady) else None
     gen_ms = med("timing_per_token_ms/gen")
     actor_ms = med("timing_per_token_ms/update_actor")

@@ -88,3 +88,19 @@ def test_stamped_run_waits_for_a_process_that_closed_its_output(tmp_path):
     assert rc == 3 and [line for _, line in lines] == ["one"] and "timeout" not in log.read_text()
     rc, _ = bench.stamped_run(["sh", "-c", "sleep 30"], log, {}, 1)  # past the limit: the group is killed
     assert rc != 0 and "benchmark: timeout 1s, killing the process group" in log.read_text()
+
+
+def test_ppo_benchmark_steady_state_leaves_out_warmup_and_checkpoint_steps():
+    """Step 1 warms up and a step that saved a checkpoint is not a training step's time (a 3-step run
+    on the GPU host once reported the mean of step 2 and the final, saving step 3 as its step time)."""
+    bench = ppo_benchmark()
+    step = lambda n, t, **kw: {"step": n, "t": 10.0 * n, "timing_s/step": t, **kw}
+    cfg = bench.bench_config("grpo", {"model": "/m", "rl_train": "/d/t.parquet", "rl_val": "/d/v.parquet"},
+                             bench.Path("/r"), 3, 1)
+    saved = {"timing_s/save_checkpoint": 17.9}
+    three = bench.summarize([step(1, 57.0), step(2, 22.7), step(3, 41.3, **saved)], cfg)
+    assert three["steady_steps"] == [2] and three["step_time_s"] == 22.7
+    six = bench.summarize([step(1, 9.0), step(2, 4.0, **saved), step(3, 3.0), step(4, 5.0), step(5, 4.0),
+                           step(6, 20.0, **saved)], cfg)
+    assert six["steady_steps"] == [3, 4, 5] and six["step_time_s"] == 4.0
+    assert bench.summarize([step(1, 9.0, **saved)], cfg)["steady_steps"] == [1]
