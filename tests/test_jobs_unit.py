@@ -199,7 +199,8 @@ def test_secrets_file_is_private_and_loads_over_the_inherited_env(tmp_path, monk
 
 def test_a_renamed_process_holding_the_clusters_files_is_found_by_a_stop_and_the_caller_never(tmp_path):
     """Like ``ray::RuntimeEnvAgent`` after its raylet died: no temp dir on its command line, no tag
-    readable, no parent of the cluster's; only its open log file under the temp dir marks it."""
+    readable, no parent of the cluster's; only its log file under the temp dir, open to write, marks
+    it. A process that only reads there (the user's ``tail -f`` of that log) is not the cluster's."""
     import subprocess
     import sys
 
@@ -207,19 +208,30 @@ def test_a_renamed_process_holding_the_clusters_files_is_found_by_a_stop_and_the
 
     temp_dir = tmp_path / "cluster-temp"
     (temp_dir / "logs").mkdir(parents=True)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import os, sys, time; f = open(os.environ['LOG'], 'w'); print('open', flush=True); "
-                               "sys.stdin.read()"],
-        env={"LOG": str(temp_dir / "logs" / "agent.log")}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    log = temp_dir / "logs" / "agent.log"
+    log.write_text("")
+
+    def holding(mode: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-c", f"import os, sys; f = open(os.environ['LOG'], {mode!r}); print('open', flush=True); "
+                                   "sys.stdin.read()"],
+            env={"LOG": str(log)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    holder = holding("a")
+    reader = holding("r")
     try:
-        assert holder.stdout.readline().strip() == "open"
+        assert holder.stdout.readline().strip() == "open" and reader.stdout.readline().strip() == "open"
         with open(temp_dir / "logs" / "driver.log", "w"):  # this process holds one too: never found
-            assert processes.find_pids(str(temp_dir), by_open_files=True) == [holder.pid]
+            found = processes.find_pids(str(temp_dir), by_open_files=True)
+        # Both are this process's children: the caller holding a file there neither is found nor brings its
+        # children in (CI once found a cluster an earlier test had started, as this process's descendant).
+        assert found == [holder.pid]
         assert processes.find_pids(str(temp_dir)) == []  # open files are read only when asked (a stop)
         assert processes.find_pids(str(tmp_path / "cluster-tem"), by_open_files=True) == []  # a folder, not a prefix
     finally:
-        holder.kill()
-        holder.wait()
+        for process in (holder, reader):
+            process.kill()
+            process.wait()
 
 
 def test_a_stop_also_stops_what_a_process_starts_while_it_is_being_stopped(tmp_path):

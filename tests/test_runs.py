@@ -203,6 +203,20 @@ def test_load_and_list_runs(home):
         runs.load_run("x")
 
 
+def test_down_force_says_who_stopped_a_run_also_after_a_follower_recorded_its_end(home):
+    """A follower (``logs --follow``) may see the job STOPPED and record Ray's words before ``down --force``
+    gets to it (CI once saw this on a loaded machine): the record still says who stopped it."""
+    _started(home)
+    runs.finish_run("r-1", "STOPPED", "Job was intentionally stopped.")
+    runs.record_stopped("r-1", "stopped by `bridge-ray down --force`")
+    assert (runs.load_run("r-1").status, runs.load_run("r-1").message) == ("STOPPED", "stopped by `bridge-ray down --force`")
+    # A run that had ended otherwise before the stop keeps how it ended.
+    _started(home, "r-2")
+    runs.finish_run("r-2", "SUCCEEDED")
+    runs.record_stopped("r-2", "stopped by `bridge-ray down --force`")
+    assert (runs.load_run("r-2").status, runs.load_run("r-2").message) == ("SUCCEEDED", "")
+
+
 def test_refresh_records_the_runs_of_a_dead_head_as_lost(home):
     _started(home)
     run = jobs.load_run("r-1", refresh=True)

@@ -4,7 +4,7 @@ Three marks find them, and any one suffices: Ray's daemons carry the cluster's t
 their command line; every process bridge-ray starts for a cluster carries the cluster's tag
 in its environment (``BRIDGE_RAY_CLUSTER_TAG``), which all its descendants inherit, also those
 that outlive their parent (Ray's client server) and those whose command line names no temp
-dir; and every Ray process holds its log files, under the temp dir, open. The last mark is
+dir; and every Ray process holds its log files, under the temp dir, open to write. The last mark is
 for processes that rename themselves (``ray::RuntimeEnvAgent``: setproctitle overwrites both
 the command line and what ``/proc/PID/environ`` shows) and outlive their raylet, which leaves
 them neither mark nor a parent of the cluster's. Reading it means reading every process's open
@@ -86,8 +86,17 @@ def child_env(tag: str, **extra: str) -> dict[str, str]:
     return {**clean_env(), TAG_ENV: tag, **worker_niceness(), **extra}
 
 
+def _open_for_writing(pid: int, fd: str) -> bool:
+    """Whether ``pid``'s descriptor ``fd`` was opened to write (``flags`` in ``/proc/PID/fdinfo/FD``, octal)."""
+    for line in _read(Path(f"/proc/{pid}/fdinfo/{fd}")).decode(errors="replace").splitlines():
+        if line.startswith("flags:"):
+            return bool(int(line.split()[1], 8) & (os.O_WRONLY | os.O_RDWR))
+    return False
+
+
 def _holds_file_under(pid: int, folder: str) -> bool:
-    """Whether ``pid`` has a file under ``folder`` open (False for other users' processes: unreadable)."""
+    """Whether ``pid`` has a file under ``folder`` open to write (False for other users' processes:
+    unreadable). A reader (``tail -f`` of a Ray log, a backup or virus scanner) is not the cluster's."""
     fds = Path(f"/proc/{pid}/fd")
     try:
         names = os.listdir(fds)
@@ -95,7 +104,7 @@ def _holds_file_under(pid: int, folder: str) -> bool:
         return False
     for name in names:
         try:
-            if os.readlink(fds / name).startswith(folder):
+            if os.readlink(fds / name).startswith(folder) and _open_for_writing(pid, name):
                 return True
         except OSError:  # closed meanwhile
             continue
@@ -109,10 +118,14 @@ def find_pids(marker: str | None, tag: str | None = None, by_open_files: bool = 
     Args:
         marker: text of the command line; an absolute folder (the cluster's temp dir) for ``by_open_files``.
         tag: the cluster's tag (``child_env``).
-        by_open_files: also the processes left that hold a file under the folder ``marker`` open, and
-            their descendants: the renamed orphans a stop must not miss (see the module docstring).
+        by_open_files: also the processes left that hold a file under the folder ``marker`` open to
+            write, and their descendants: the renamed orphans a stop must not miss (see the module
+            docstring). A process that only reads there (the user's ``tail -f``) is never found.
     """
-    pids = _all_pids()
+    # The caller and its ancestors are never a seed: a caller that holds the cluster's files (its
+    # driver's logs) would otherwise bring in all its other children.
+    caller = _self_and_ancestors()
+    pids = [p for p in _all_pids() if p not in caller]
     children: dict[int, list[int]] = {}
     for p in pids:
         children.setdefault(_ppid(p), []).append(p)
@@ -123,7 +136,7 @@ def find_pids(marker: str | None, tag: str | None = None, by_open_files: bool = 
     under = marker.rstrip("/") + "/" if marker and marker.startswith("/") else None
     if by_open_files and under:
         found |= _with_descendants({p for p in pids if p not in found and _holds_file_under(p, under)}, children)
-    return sorted(found - _self_and_ancestors())
+    return sorted(found)
 
 
 def _with_descendants(pids: set[int], children: dict[int, list[int]]) -> set[int]:

@@ -218,10 +218,17 @@ def mark_lost(cluster: str, cause: str) -> list[str]:
 
 
 def record_stopped(submission_id: str, message: str) -> None:
-    """Record a run as STOPPED (``down --force`` stopped it); no-op without a record."""
+    """Record a run as STOPPED with ``message`` (who stopped it: ``down --force``); no-op without a record.
+
+    A follower of the job (``logs --follow``, ``submit --follow``) may have recorded the end first,
+    with Ray's own words ("Job was intentionally stopped."): the message then says who stopped it.
+    """
     folder = run_dir(submission_id)
-    if (folder / "run.json").exists():
-        finish_run(submission_id, "STOPPED", message)
+    if not (folder / "run.json").exists():
+        return
+    run = finish_run(submission_id, "STOPPED", message)
+    if run is not None and run.status == "STOPPED" and run.message != message:
+        update_fields(folder, {"message": message})
 
 
 def _copy_outputs(folder: Path, output_dir: str | None) -> None:
