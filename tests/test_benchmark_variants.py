@@ -56,9 +56,13 @@ def test_pretrain_benchmark_variants_validate_and_compose(name, overrides, tmp_p
 
 
 def ppo_benchmark():
-    spec = importlib.util.spec_from_file_location("ppo_throughput", REPO / "benchmarks" / "ppo_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(REPO / "benchmarks"))  # its own helpers (ppo_measure)
+    try:
+        spec = importlib.util.spec_from_file_location("ppo_throughput", REPO / "benchmarks" / "ppo_throughput.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
     return module
 
 
@@ -73,7 +77,9 @@ def test_ppo_benchmark_sides_get_the_same_verl_overrides(device, tmp_path):
     args = bench.recipe_args(bench.PRESETS["ppo"](), cfg)
     assert bench.apply_overrides(bench.PRESETS["ppo"](), args, prefix="ppo") == cfg
     plain = bench.plain_command(bench.ppo.to_verl_overrides(cfg), bench.on_cpu(cfg))
-    up = bench.bridge_commands("ppo", args, 1, "id", bench.on_cpu(cfg))["up"]
+    commands = bench.bridge_commands("ppo", cfg, "id")
+    assert commands["submit"][commands["submit"].index("--") + 1:] == args
+    up = commands["up"]
     if device == "cpu":
         assert cfg.trainer.device == "cpu" and plain[-1] == f"ray_kwargs.ray_init.num_cpus={bench.CPU_SLOTS}"
         assert up[-2:] == ["--num-cpus", str(bench.CPU_SLOTS)]

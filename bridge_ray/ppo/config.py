@@ -14,7 +14,7 @@ from typing import Literal
 
 from bridge_ray.config import trainer_problems
 from bridge_ray.errors import ConfigError
-from bridge_ray.platforms.env import ATTENTION_PLUGIN, REPLAY_POLL_MODULE
+from bridge_ray.platforms.env import ATTENTION_PLUGIN, REPLAY_POLL_MODULE, cpu_ppo_env, verl_plugin_env
 
 ENGINES = ("vllm", "sglang", "trtllm")
 Attention = Literal["sdpa", "eager", "flash_attention_2", "torch_varlen"]
@@ -321,6 +321,16 @@ def verl_plugins(cfg: PPOConfig) -> tuple[str, ...]:
       ``import verl`` in every process.
     """
     return (REPLAY_POLL_MODULE, *((ATTENTION_PLUGIN,) if cfg.model.attn_implementation == "torch_varlen" else ()))
+
+
+def plugin_env(cfg: PPOConfig, environ: dict[str, str], modules: tuple[str, ...] | None = None) -> dict[str, str]:
+    """The env that loads bridge-ray's verl plugins in every process of a run of ``cfg``: on CPU also
+    the ``cpu`` platform and vLLM's CPU settings (``cpu_ppo_env``), keeping the modules ``environ``
+    names. ``modules``: the plugins (default ``verl_plugins(cfg)``; a benchmark may leave one out)."""
+    modules = verl_plugins(cfg) if modules is None else modules
+    if cfg.trainer.device == "cpu":
+        return cpu_ppo_env(cfg.rollout.cpu_kv_cache_gib, environ, modules)
+    return verl_plugin_env(environ, modules)
 
 
 def _path_problems(cfg: PPOConfig) -> list[str]:

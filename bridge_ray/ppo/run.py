@@ -41,17 +41,16 @@ from pathlib import Path
 from bridge_ray.cluster.driver import DriverClock, connect
 from bridge_ray.config import apply_overrides, to_dict
 from bridge_ray.errors import ConfigError, PPOFailed
-from bridge_ray.platforms import cpu_ppo_env, verl_plugin_env
 from bridge_ray.platforms.env import EXTERNAL_MODULES_ENV
 from bridge_ray.ppo import reward as rewards
 from bridge_ray.ppo.config import (
     REWARD_FAILURE_FILE,
     PPOConfig,
     checkpoint_dir,
+    plugin_env,
     resolve_cpu,
     resolve_gpus,
     validate,
-    verl_plugins,
 )
 from bridge_ray.ppo.overrides import to_verl_overrides
 from bridge_ray.recipe import recipe_main
@@ -126,11 +125,9 @@ def worker_env(cfg: PPOConfig, config) -> dict[str, str]:
         env[FLASHINFER_SAMPLER_ENV] = "0"
     if METRICS_FILE_ENV not in os.environ:
         env[METRICS_FILE_ENV] = str(metrics_file(cfg))
-    if cfg.trainer.device == "cpu":
-        cpu = cpu_ppo_env(cfg.rollout.cpu_kv_cache_gib, os.environ, verl_plugins(cfg))
-        env.update({key: value for key, value in cpu.items() if key == EXTERNAL_MODULES_ENV or key not in os.environ})
-    else:
-        env.update(verl_plugin_env(os.environ, verl_plugins(cfg)))
+    # The user's own settings of the CPU variables stay; the plugin list always joins theirs.
+    env.update({key: value for key, value in plugin_env(cfg, os.environ).items()
+                if key == EXTERNAL_MODULES_ENV or key not in os.environ})
     return env
 
 
