@@ -19,15 +19,20 @@ from conftest import REPO
 H100 = sft.Hardware(gpu="NVIDIA H100 80GB HBM3", torch_varlen=True, triton=True, liger=True)
 
 
-def sft_variants() -> dict:
-    sys.path.insert(0, str(REPO / "benchmarks"))  # its own helpers (_tools)
+def benchmark(name: str):
+    """The script ``benchmarks/NAME.py`` as a module, with its own helpers (``_tools``, ``ppo_measure``)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        spec = importlib.util.spec_from_file_location("sft_throughput", REPO / "benchmarks" / "sft_throughput.py")
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
-    return module.VARIANTS
+    return module
+
+
+def sft_variants() -> dict:
+    return benchmark("sft_throughput").VARIANTS
 
 
 def pretrain_variants() -> dict[str, list[str]]:
@@ -56,14 +61,7 @@ def test_pretrain_benchmark_variants_validate_and_compose(name, overrides, tmp_p
 
 
 def ppo_benchmark():
-    sys.path.insert(0, str(REPO / "benchmarks"))  # its own helpers (ppo_measure)
-    try:
-        spec = importlib.util.spec_from_file_location("ppo_throughput", REPO / "benchmarks" / "ppo_throughput.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return module
+    return benchmark("ppo_throughput")
 
 
 @pytest.mark.parametrize("device", ["gpu", "cpu"])
