@@ -90,7 +90,8 @@ def test_a_negative_stop_wait_is_refused_before_any_cluster_is_asked():
 
     result = CliRunner().invoke(cli, ["stop", "some-job", "--name", "no-such-cluster", "--wait", "-1"])
     assert result.exit_code == 2
-    assert "Error: Invalid value for '--wait': -1.0 is not in the range x>=0." in result.output
+    assert result.output == ("error: Invalid value for '--wait': -1.0 is not in the range x>=0: "
+                             "see `cli stop --help`\n")
     assert "Traceback" not in result.output and "no-such-cluster" not in result.output
 
 
@@ -131,6 +132,39 @@ def test_gitignored_paths_do_not_count_toward_the_upload(tmp_path):
     assert runtime_env.build(recipe, {})["working_dir"] == str(tmp_path)
     # code.py (6 bytes) + .gitignore (45) + pyproject.toml (0): the ignored 8 KiB do not count.
     assert runtime_env.check_package_size(tmp_path, runtime_env.DEFAULT_EXCLUDES + (".gpu", "*.tar.xz")) == 51
+
+
+def test_an_exclude_that_leaves_out_the_recipe_or_bridge_rays_own_files_is_one_line(tmp_path):
+    """Ray would upload the project without them and the job would fail on the cluster (a reviewer's
+    ``--exclude recipes`` did, with a traceback from bridge-ray's launcher): refused here instead."""
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "recipes").mkdir()
+    recipe = tmp_path / "recipes" / "train.py"
+    recipe.write_text("print(1)\n")
+    for pattern in ("recipes", "*.py", "train*", "recipes/train.py"):
+        with pytest.raises(ConfigError) as err:
+            runtime_env.build(recipe, {}, excludes=(pattern,))
+        assert str(err.value) == (f"--exclude {pattern!r} leaves the recipe recipes/train.py out of the job's upload, "
+                                  "so the job could not run it: narrow the pattern")
+    assert runtime_env.build(recipe, {}, excludes=("data", "*.parquet"))["working_dir"] == str(tmp_path)
+    (tmp_path / ".gitignore").write_text("recipes/\n")
+    with pytest.raises(ConfigError, match=r"^.gitignore's 'recipes' leaves the recipe recipes/train.py out .*: "
+                                          "narrow that line$"):
+        runtime_env.build(recipe, {})
+    (tmp_path / ".gitignore").unlink()
+    (tmp_path / "bridge_ray" / "jobs").mkdir(parents=True)  # a checkout of bridge-ray: the job imports it from here
+    for name in ("__init__.py", "jobs/__init__.py", "jobs/launch.py"):
+        (tmp_path / "bridge_ray" / name).write_text("")
+    with pytest.raises(ConfigError) as err:
+        runtime_env.build(recipe, {}, excludes=("jobs",))
+    assert str(err.value) == ("--exclude 'jobs' leaves bridge-ray's own bridge_ray/jobs/__init__.py out of the job's "
+                              "upload, so the job could not import bridge-ray: narrow the pattern")
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / "r.py").write_text("")
+    with pytest.raises(ConfigError, match=r"^the default exclude 'outputs' leaves the recipe outputs/r.py out .*: "
+                                          "move the file out of that folder$"):
+        runtime_env.build(outputs / "r.py", {})
 
 
 def _check(*args: str, cwd=None):
@@ -276,7 +310,7 @@ def test_a_stop_also_stops_what_a_process_starts_while_it_is_being_stopped(tmp_p
     ("HF_TOKEN", True), ("HUGGING_FACE_HUB_TOKEN", True), ("WANDB_API_KEY", True), ("AWS_SECRET_ACCESS_KEY", True),
     ("DB_PASSWORD", True), ("SSH_KEY", True), ("GOOGLE_APPLICATION_CREDENTIALS", True), ("ray_auth_token", True),
     ("TOKENIZERS_PARALLELISM", False), ("MAX_TOKENS", False), ("NCCL_IB_HCA", False), ("RAY_AUTH_MODE", False),
-    ("KEYBOARD", False),
+    ("KEYBOARD", False), ("GITHUB_PAT", True), ("SESSION_COOKIE", True), ("NCCL_IB_PATH", False), ("PATH", False),
 ])
 def test_secret_names_are_whole_words(key, secret):
     """A setting such as TOKENIZERS_PARALLELISM passes with --env and shows in a dry run; credentials never do."""
@@ -374,3 +408,21 @@ def test_a_generated_job_id_is_one_the_id_rule_allows_and_never_starts_with_a_da
 
     made = submission._submission_id(Path(recipe))
     assert submission._ID_RE.match(made) and made.startswith(f"{name}-20"), made
+
+
+@pytest.mark.parametrize("args, line", [
+    (("up", "--port", "80"), "error: Invalid value for '--port': 80 is not in the range 1024<=x<=65535: "
+                             "see `bridge-ray up --help`"),
+    (("--bogus",), "error: No such option '--bogus': see `bridge-ray --help`"),
+    (("nosuchcmd",), "error: No such command 'nosuchcmd': see `bridge-ray --help`"),
+    (("submit",), "error: Missing argument 'RECIPE': see `bridge-ray submit --help`"),
+    (("data", "to-messages"), "error: Missing argument 'SOURCE': see `bridge-ray data to-messages --help`"),
+    (("runs", "show", "--x"), "error: No such option '--x': see `bridge-ray runs show --help`"),
+])
+def test_a_usage_error_is_one_line_with_where_to_look(args, line, tmp_path):
+    """click's own form is four lines (usage, hint, blank, error); bridge-ray's is one, exit 2."""
+    from conftest import run_cli
+
+    out = run_cli(*args, env={"BRIDGE_RAY_HOME": str(tmp_path)})
+    assert (out.returncode, out.stdout, out.stderr) == (2, "", line + "\n")
+    assert not any(tmp_path.iterdir())  # nothing started or recorded

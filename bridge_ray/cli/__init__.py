@@ -15,16 +15,33 @@ from bridge_ray.errors import BridgeRayError
 DEBUG_ENV = "BRIDGE_RAY_DEBUG"
 
 
+def _usage_error(err: click.UsageError) -> None:
+    """A usage error (unknown option, bad value, missing argument) as one line, exit 2: click's own
+    form is four (usage, hint, blank, error)."""
+    message = "; ".join(line.strip() for line in err.format_message().splitlines() if line.strip()).rstrip(".")
+    command = err.ctx.command_path if err.ctx is not None else "bridge-ray"
+    click.echo(f"error: {message}: see `{command} --help`", err=True)
+    sys.exit(err.exit_code)
+
+
 class _Group(click.Group):
     """Prints a BridgeRayError as one line and exits with its code, instead of a traceback.
 
-    Ctrl-C exits 130 with one line; anything else unexpected is one line too (a bug to report),
-    with the traceback only when ``BRIDGE_RAY_DEBUG`` is set.
+    A usage error is one line too (exit 2); Ctrl-C exits 130 with one line; anything else
+    unexpected is one line (a bug to report), with the traceback only when ``BRIDGE_RAY_DEBUG`` is set.
     """
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as err:
+            _usage_error(err)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as err:
+            _usage_error(err)
         except BridgeRayError as err:
             click.echo(f"{err.prefix}{err}", err=True)
             tail = getattr(err, "log_tail", "")

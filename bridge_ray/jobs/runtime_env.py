@@ -26,7 +26,7 @@ RAY_PACKAGE_LIMIT = 100 * 1024 * 1024
 # Words of an env var's name (split at "_") that make it a credential; a name ending in KEY is one too.
 # Whole words, so TOKENIZERS_PARALLELISM or MAX_TOKENS are plain settings.
 _SECRET_WORDS = frozenset({"TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "CREDENTIALS",
-                           "APIKEY"})
+                           "APIKEY", "PAT", "COOKIE"})
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROJECT_MARKERS = ("setup.cfg", "pyproject.toml", "setup.py", ".git")
 
@@ -64,8 +64,8 @@ def is_secret(key: str) -> bool:
     """Whether an env var name looks like a credential (``HF_TOKEN``, ``WANDB_API_KEY``, ...).
 
     Example:
-        >>> [is_secret(k) for k in ("HF_TOKEN", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY", "TOKENIZERS_PARALLELISM")]
-        [True, True, True, False]
+        >>> [is_secret(k) for k in ("HF_TOKEN", "WANDB_API_KEY", "GITHUB_PAT", "TOKENIZERS_PARALLELISM", "NCCL_IB_PATH")]
+        [True, True, True, False, False]
     """
     words = key.upper().split("_")
     return bool(_SECRET_WORDS.intersection(words)) or words[-1] == "KEY"
@@ -161,12 +161,51 @@ def gitignore_patterns(root: Path) -> tuple[str, ...]:
     return tuple(line.strip("/") for line in lines if line and not line.startswith(("#", "!")))
 
 
+def _leaving_out(rel: Path, excludes: tuple[str, ...]) -> str | None:
+    """The pattern that leaves the file ``rel`` (relative to the project) out of the upload, if any:
+    the file's own, or one of a folder above it (as ``_walk`` prunes)."""
+    parts = rel.parts
+    for depth in range(1, len(parts) + 1):
+        sub = os.path.join(*parts[:depth])
+        for pattern in excludes:
+            if fnmatch.fnmatch(parts[depth - 1], pattern) or fnmatch.fnmatch(sub, pattern):
+                return pattern
+    return None
+
+
+def _check_not_left_out(root: Path, recipe: Path, user: tuple[str, ...], ignored: tuple[str, ...]) -> None:
+    """The recipe, and bridge-ray's own files where the project holds them, must be uploaded.
+
+    Raises:
+        ConfigError: naming the pattern (an ``--exclude``, a ``.gitignore`` line or a default) that leaves them out.
+    """
+    recipe_rel = recipe.resolve().relative_to(root.resolve())
+    needed = [(recipe_rel, "the recipe", "run it")]
+    package = root / "bridge_ray"
+    if (package / "__init__.py").is_file():  # the job imports bridge-ray from the upload
+        needed += [(path.relative_to(root), "bridge-ray's own", "import bridge-ray") for path in sorted(package.rglob("*.py"))]
+    patterns = ([(p, f"--exclude {p!r}", "narrow the pattern") for p in user]
+                + [(p, f".gitignore's {p!r}", "narrow that line") for p in ignored]
+                + [(p, f"the default exclude {p!r}", "move the file out of that folder") for p in DEFAULT_EXCLUDES])
+    for rel, what, use in needed:
+        for pattern, where, fix in patterns:
+            if _leaving_out(rel, (pattern,)):
+                raise ConfigError(f"{where} leaves {what} {rel} out of the job's upload, so the job could not {use}: {fix}")
+
+
 def build(recipe: Path, env: dict[str, str], profile_env: dict[str, str] | None = None,
           excludes: tuple[str, ...] = ()) -> dict:
-    """The job's runtime_env: working_dir + excludes + env_vars (profile < allow-listed env < --env)."""
+    """The job's runtime_env: working_dir + excludes + env_vars (profile < allow-listed env < --env).
+
+    Raises:
+        ConfigError: an exclude leaves the recipe (or bridge-ray's own files in its project) out.
+        WorkingDirTooLarge: the upload is over Ray's limit, or holds broken links.
+    """
     root = project_dir(recipe)
     all_excludes = DEFAULT_EXCLUDES + tuple(excludes)
-    check_package_size(root, all_excludes + gitignore_patterns(root))
+    ignored = gitignore_patterns(root)
+    _check_not_left_out(root, recipe, tuple(excludes), ignored)
+    check_package_size(root, all_excludes + ignored)
     env_vars = {**(profile_env or {}), **allowed_env(), "PYTHONUNBUFFERED": "1", **env}
     return {"working_dir": str(root), "excludes": list(all_excludes), "env_vars": env_vars}
 
