@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import typing
 from pathlib import Path
@@ -132,6 +133,8 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
             number = kind(value)  # YAML 1.1 reads 2e-4 as a string; int("3.5") still fails below
         except (TypeError, ValueError):
             number = None
+        if number is not None and kind is float and not math.isfinite(number):
+            raise ConfigError(f"{key}={value!r} is not a finite number")
         if number is not None and (kind is float or float(value) == number):
             return number
         raise ConfigError(f"{key}={value!r} is not {'an integer' if kind is int else 'a number'}")
@@ -165,7 +168,12 @@ def _set(cfg: Any, path: list[str], raw: str, key: str) -> Any:
         return dataclasses.replace(cfg, **{head: _set(current, path[1:], raw, key)})
     if dataclasses.is_dataclass(current):
         raise ConfigError(f"{key} is a group: set one of its keys, e.g. {key}.{dataclasses.fields(current)[0].name}=...")
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:  # an unclosed bracket or quote: its message spans lines, with a caret
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"{key}={raw}: the value is not valid YAML ({problem}): close its brackets or quotes, "
+                          f"or pass a string quoted, e.g. '{key}=\"text\"'") from None
     return dataclasses.replace(cfg, **{head: _coerce(value, kind, key)})
 
 

@@ -189,6 +189,43 @@ def test_the_local_check_builds_and_validates_what_the_recipe_declares(tmp_path)
     assert _check("connects.py", cwd=tmp_path).returncode == 0  # ray.init ends the check, never starts a Ray
 
 
+def test_a_config_that_exits_instead_of_returning_is_one_line_naming_it(tmp_path):
+    """``sys.exit(3)`` inside config() once read as the check's own "cannot check here" code: an empty
+    note, and the run submitted unchecked."""
+    from bridge_ray.jobs.submission import check_args
+
+    record = records.ClusterRecord(name="unit", backend="local", gcs_address="127.0.0.1:1",
+                                   dashboard_url="http://127.0.0.1:1")
+    (tmp_path / "exits.py").write_text("import sys\n\n\ndef config(argv):\n    sys.exit(3)\n")
+    with pytest.raises(RecipeError) as err:
+        check_args(record, tmp_path, tmp_path / "exits.py", [], {})
+    assert str(err.value) == ("exits.py's config() exited (sys.exit(3)) instead of returning its config(s): fix it, "
+                              "or submit with --no-check if it only runs on the cluster")
+    (tmp_path / "dies.py").write_text("import os\n\n\ndef config(argv):\n    os._exit(3)\n")
+    with pytest.raises(RecipeError) as err:
+        check_args(record, tmp_path, tmp_path / "dies.py", ["a=1"], {})
+    assert str(err.value) == "dies.py a=1 exited with code 3 when checked here; nothing was submitted"
+
+
+def test_a_config_that_does_not_return_says_so_then_gives_up_and_leaves_nothing_running(tmp_path, monkeypatch, capsys):
+    """A blocking config(): a note once it runs long (the submit used to print nothing for 300 s), then one
+    line; the check's process is gone (limits shortened here; the recipe blocks until killed)."""
+    from bridge_ray.cluster import processes
+    from bridge_ray.jobs import submission
+
+    monkeypatch.setattr(submission, "CHECK_NOTE_S", 0.5)
+    monkeypatch.setattr(submission, "CHECK_TIMEOUT_S", 4.0)
+    record = records.ClusterRecord(name="unit", backend="local", gcs_address="127.0.0.1:1",
+                                   dashboard_url="http://127.0.0.1:1")
+    (tmp_path / "blocks.py").write_text("import threading\n\n\ndef config(argv):\n    threading.Event().wait()\n")
+    with pytest.raises(RecipeError) as err:
+        submission.check_args(record, tmp_path, tmp_path / "blocks.py", ["x=1"], {})
+    assert str(err.value) == ("blocks.py's config(x=1) did not return within 4 s when checked here: submit with "
+                              "--no-check if it must run a long step first")
+    assert capsys.readouterr().err == "note: still checking blocks.py's config() here (up to 4 s; --no-check skips it)\n"
+    assert processes.find_pids("blocks.py") == []
+
+
 def test_the_local_check_covers_tokenizer_pretrain_and_chain_recipes():
     """Every recipe's config type is validated here, before anything is uploaded."""
     bad = _check("recipes/train_tokenizer.py", "tokenizer.vocab_size=10")

@@ -102,7 +102,7 @@ def test_token_budgets_reach_every_role_in_verl(model_dir, tmp_path):
                 or off.critic.use_dynamic_bsz)
 
 
-TOKEN_BUDGET_MISUSE = {
+SETTING_MISUSE = {
     "ppo.ref.max_tokens_per_gpu=8192":
         "ref.max_tokens_per_gpu=8192 needs ppo.actor.max_tokens_per_gpu too: verl batches every role by tokens or "
         "none; set ppo.actor.max_tokens_per_gpu, or ppo.ref.max_tokens_per_gpu=null",
@@ -111,14 +111,17 @@ TOKEN_BUDGET_MISUSE = {
         "= 768): raise it to >= 768, or set ppo.actor.max_tokens_per_gpu=null",
     "ppo.actor.max_tokens_per_gpu=many":
         "ppo.actor.max_tokens_per_gpu='many' is not an integer",
+    "ppo.actor.lr=0": "actor.lr=0.0 must be > 0, e.g. ppo.actor.lr=1e-6",
+    "ppo.critic.lr=-1e-5": "critic.lr=-1e-05 must be > 0, e.g. ppo.critic.lr=1e-6",
+    "ppo.actor.lr=nan": "ppo.actor.lr='nan' is not a finite number",
 }
 
 
-@pytest.mark.parametrize("override", TOKEN_BUDGET_MISUSE)
-def test_token_budgets_that_cannot_work_are_one_line_each(tmp_path, override):
+@pytest.mark.parametrize("override", SETTING_MISUSE)
+def test_settings_that_cannot_work_are_one_line_each(tmp_path, override):
     with pytest.raises(ConfigError) as err:
         ppo.validate(ppo.apply_overrides(ppo.ppo_gsm8k_llama1b(output_dir=str(tmp_path)), [override]))
-    assert str(err.value) == TOKEN_BUDGET_MISUSE[override] and err.value.exit_code == 2
+    assert str(err.value) == SETTING_MISUSE[override] and err.value.exit_code == 2
 
 
 ATTENTION_MISUSE = {

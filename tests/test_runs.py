@@ -263,6 +263,22 @@ def test_runs_cli_lists_and_shows(home, monkeypatch):
     assert missing.exit_code == 2 and "no run 'nope'" in missing.output
 
 
+def test_logs_of_a_job_whose_cluster_is_gone_show_the_log_its_run_saved(home):
+    """After ``down`` the reviewer got "start one with `bridge-ray up`", which cannot bring a log back;
+    the run folder keeps the whole log of every job seen ending."""
+    _started(home)
+    runs.finish_run("r-1", "SUCCEEDED", "", "[bridge-ray] starting\nverl chatter\n[bridge-ray] done\n")
+    records.record_path("unit").unlink()
+    result = subprocess.run([sys.executable, "-m", "bridge_ray", "logs", "r-1", "--name", "unit", "--all"],
+                            capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert (result.returncode, result.stdout) == (0, "[bridge-ray] starting\nverl chatter\n[bridge-ray] done\n")
+    assert result.stderr == (f"note: cluster 'unit' is not there to ask: this is the log saved when job r-1 ended "
+                             f"({home / 'runs' / 'r-1' / 'job.log'})\n")
+    unseen = subprocess.run([sys.executable, "-m", "bridge_ray", "logs", "r-2", "--name", "unit"],
+                            capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert unseen.returncode == 2 and unseen.stderr.startswith("error: no cluster named 'unit' is recorded")
+
+
 def test_wandb_names_come_from_env_over_config():
     assert tracking.resolve_names("cfg-p", "cfg-e", {}) == ("cfg-p", "cfg-e")
     assert tracking.resolve_names("cfg-p", "cfg-e", {"WANDB_PROJECT": "p", "WANDB_NAME": "n"}) == ("p", "n")

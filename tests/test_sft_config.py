@@ -241,11 +241,30 @@ def test_unknown_override_names_the_group_keys():
     ({"workers.num_workers": "many"}, "workers.num_workers='many' is not an integer"),
     ({"workers.strategy": "fsdp"}, "sft.workers.strategy=fsdp (FSDP1) runs on GPU workers only: set "
                                    "sft.workers.strategy=fsdp2 for CPU workers (workers.gpus_per_worker=0)"),
+    ({"optim.lr": "-1"}, "optim.lr=-1.0 must be > 0, e.g. sft.optim.lr=1e-5"),
+    ({"optim.warmup_ratio": "1.5"}, "optim.weight_decay=0.01 must be >= 0, optim.clip_grad=1.0 > 0 and "
+                                    "optim.warmup_ratio=1.5 in [0, 1)"),
 ])
 def test_validation_messages(changes, message):
     with pytest.raises(ConfigError) as err:
         validate(tiny(**changes))
     assert message in err.value.problems
+
+
+@pytest.mark.parametrize("value, shown", [("nan", "'nan'"), (".inf", "inf"), ("1e999", "'1e999'"), ("-.inf", "-inf")])
+def test_a_number_that_is_not_finite_is_refused(value, shown):
+    with pytest.raises(ConfigError) as err:
+        tiny(**{"sft.optim.lr": value})
+    assert err.value.problems == [f"sft.optim.lr={shown} is not a finite number"]
+
+
+def test_an_override_that_is_not_valid_yaml_is_one_line_about_the_value():
+    """An unclosed bracket or quote: YAML's own message spans lines with a caret under the value."""
+    with pytest.raises(ConfigError) as err:
+        tiny(**{"sft.optim.lr": "[1,2"})
+    assert err.value.problems == ["sft.optim.lr=[1,2: the value is not valid YAML (expected ',' or ']', but got "
+                                  "'<stream end>'): close its brackets or quotes, or pass a string quoted, e.g. "
+                                  "'sft.optim.lr=\"text\"'"]
 
 
 def test_varlen_attention_needs_packing_on_gpus():

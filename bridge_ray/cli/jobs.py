@@ -7,10 +7,11 @@ import sys
 import click
 
 from bridge_ray import jobs as lib
+from bridge_ray import runs
 from bridge_ray.cli.cluster import name_option
 from bridge_ray.cluster.client import quiet_ray_client
 from bridge_ray.cluster.records import DEFAULT_CLUSTER
-from bridge_ray.errors import Interrupted
+from bridge_ray.errors import ClusterNotFound, ClusterStale, Interrupted
 from bridge_ray.jobs.runtime_env import parse_env
 from bridge_ray.runs import LOG_TAIL_LINES, TERMINAL
 
@@ -120,14 +121,33 @@ def logs_command(submission_id, name, follow, everything):
     """Print a job's progress (its own lines and one per training step); --all for the whole log."""
     from bridge_ray.jobs.progress import ConsoleView
 
-    job = lib.Job(submission_id, name)
-    if follow:
+    try:
+        job = lib.Job(submission_id, name)
+        text = None if follow else job.logs()
+    except (ClusterNotFound, ClusterStale):  # the cluster is gone: the log saved when the job ended, if any
+        text = _saved_log(submission_id, name)
+        if text is None:
+            raise
+    if text is None:
         _follow(job, everything)
         return
     if everything:
-        sys.stdout.write(job.logs())
+        sys.stdout.write(text)
         return
-    ConsoleView(lambda line: click.echo(line)).feed(job.logs())
+    ConsoleView(lambda line: click.echo(line)).feed(text)
+
+
+def _saved_log(submission_id: str, name: str) -> str | None:
+    """The job's whole log as its run folder kept it (``runs/ID/job.log``), for a cluster that is not
+    there to ask; None without one (no such run, or it ended unseen)."""
+    if submission_id in ("", ".", "..") or "/" in submission_id:
+        return None
+    saved = runs.run_dir(submission_id) / runs.JOB_LOG
+    if not saved.is_file():
+        return None
+    click.echo(f"note: cluster {name!r} is not there to ask: this is the log saved when job {submission_id} ended "
+               f"({saved})", err=True)
+    return saved.read_text(errors="replace")
 
 
 @click.command("stop")

@@ -129,6 +129,10 @@ def check(recipe: str, args: list[str]) -> int:
     except ImportError as err:
         print(f"cannot check {recipe} here: {err}", file=sys.stderr)
         return CANNOT_CHECK
+    except SystemExit as err:  # config() must return its config(s); exiting would read as this check's own code
+        print(f"{recipe}'s config() exited (sys.exit({err.code!r})) instead of returning its config(s)",
+              file=sys.stderr)
+        return FAILED_HERE
     except Exception as err:  # noqa: BLE001 - whatever the recipe raised, reported in one line
         print(f"{recipe} failed when checked here: {type(err).__name__}: {err}{_where(err, recipe)}", file=sys.stderr)
         return FAILED_HERE

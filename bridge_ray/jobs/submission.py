@@ -29,6 +29,7 @@ from bridge_ray.jobs.follow import stream as stream_log
 from bridge_ray.jobs.runtime_env import SubmitPlan
 
 CHECK_TIMEOUT_S = 300.0
+CHECK_NOTE_S = 30.0  # a check still running after this says so
 NO_AGENT = "No available agent to submit job"  # Ray's 500 while the head's job agent is not ready
 # A busy machine can keep a fresh head's job agent unregistered past 60 s (seen once in CI beside a PPO job).
 AGENT_WAIT_S = 180.0
@@ -298,23 +299,34 @@ def check_args(record: ClusterRecord, project: Path, recipe: Path, args: list[st
 
     python = record.python if os.path.isfile(record.python) else sys.executable
     rel = str(recipe.relative_to(project))
+    proc = subprocess.Popen([python, "-m", "bridge_ray.jobs.launch", "--check", rel, *args], cwd=project,
+                            env={**clean_env(), **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        out = subprocess.run([python, "-m", "bridge_ray.jobs.launch", "--check", rel, *args], cwd=project,
-                             env={**clean_env(), **env}, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
+        try:
+            stdout, stderr = proc.communicate(timeout=CHECK_NOTE_S)
+        except subprocess.TimeoutExpired:  # a slow config(): say what is going on instead of staying silent
+            print(f"note: still checking {rel}'s config() here (up to {CHECK_TIMEOUT_S:.0f} s; --no-check skips it)",
+                  file=sys.stderr)
+            stdout, stderr = proc.communicate(timeout=CHECK_TIMEOUT_S - CHECK_NOTE_S)
     except subprocess.TimeoutExpired:
         raise RecipeError(f"{rel}'s config({shlex.join(args)}) did not return within {CHECK_TIMEOUT_S:.0f} s when "
                           "checked here: submit with --no-check if it must run a long step first") from None
+    finally:
+        if proc.poll() is None:  # timed out, or Ctrl-C: the check never outlives the submit
+            proc.kill()
+            proc.wait()
+    out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     said = next((line for line in reversed(out.stderr.splitlines()) if line.strip()), "")
     if out.returncode == 0:
         return
-    if out.returncode == launch.CANNOT_CHECK:
+    if out.returncode == launch.CANNOT_CHECK and said:
         print(f"note: {said}; submitting without checking its arguments", file=sys.stderr)
         return
     if said.startswith("error: "):
         raise ConfigError(said[len("error: "):])
     if out.returncode == launch.FAILED_HERE:
         raise RecipeError(f"{said}: fix it, or submit with --no-check if it only runs on the cluster")
-    raise RecipeError(f"{rel} {shlex.join(args)} exited with code {out.returncode} when checked here"
+    raise RecipeError(f"{shlex.join([rel, *args])} exited with code {out.returncode} when checked here"
                       + (f": {said}" if said else "") + "; nothing was submitted")
 
 

@@ -365,6 +365,8 @@ def validate(cfg: PPOConfig) -> PPOConfig:
         ConfigError: listing every problem found, each with its fix.
     """
     problems = (_path_problems(cfg) + attention_problems(cfg) + _batch_problems(cfg) + _rollout_problems(cfg)
+                + [f"{role}.lr={lr} must be > 0, e.g. ppo.{role}.lr=1e-6" for role, lr in
+                   (("actor", cfg.actor.lr), ("critic", cfg.critic.lr)) if lr <= 0]
                 + _trainer_problems(cfg.trainer))
     if problems:
         raise ConfigError(problems)

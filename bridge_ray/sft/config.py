@@ -322,6 +322,14 @@ def _trainer_problems(trainer: TrainerConfig) -> list[str]:
     return problems
 
 
+def _optim_problems(optim: OptimConfig) -> list[str]:
+    problems = [] if optim.lr > 0 else [f"optim.lr={optim.lr} must be > 0, e.g. sft.optim.lr=1e-5"]
+    if optim.weight_decay < 0 or optim.clip_grad <= 0 or not 0 <= optim.warmup_ratio < 1:
+        problems.append(f"optim.weight_decay={optim.weight_decay} must be >= 0, optim.clip_grad={optim.clip_grad} > 0 "
+                        f"and optim.warmup_ratio={optim.warmup_ratio} in [0, 1)")
+    return problems
+
+
 def validate(cfg: SFTConfig) -> SFTConfig:
     """Check a config before anything starts.
 
@@ -333,7 +341,7 @@ def validate(cfg: SFTConfig) -> SFTConfig:
     """
     problems = (_model_problems(cfg.model, cfg.workers) + _data_problems(cfg.data)
                 + (_workers_problems(cfg.workers) or _batch_problems(cfg.data, cfg.workers))
-                + _trainer_problems(cfg.trainer))
+                + _optim_problems(cfg.optim) + _trainer_problems(cfg.trainer))
     if problems:
         raise ConfigError(problems)
     return cfg
