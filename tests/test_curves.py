@@ -57,3 +57,11 @@ def test_plot_of_an_unknown_run_is_one_line(tmp_path):
                          env={**os.environ, "BRIDGE_RAY_HOME": str(tmp_path)})
     assert out.returncode == 2 and out.stderr.strip() == (
         f"error: no run 'nope' in {tmp_path / 'runs'}: list the runs with `bridge-ray runs`")
+
+
+@pytest.mark.parametrize("text", ['[{"step": 1, "loss": 2.0}]', '{"history": {"step": 1}}',
+                                  '{"history": [3, null, {"loss": 1.0}, {"step": "2", "loss": 1.0}]}', "{"])
+def test_a_metrics_file_of_another_shape_gives_no_curves_instead_of_failing(tmp_path, text):
+    """A hand-edited or foreign metrics.json beside a run made `runs show` fail with an AttributeError."""
+    (tmp_path / "metrics.json").write_text(text)
+    assert curves.of_folder(tmp_path) == {}

@@ -139,10 +139,11 @@ def upload_command(run_or_dir, repo_id, private):
 @click.argument("run")
 @click.option("--step", type=int, help="The checkpointed step to merge (default: the latest).")
 @click.option("--target-dir", type=click.Path(), help="Where to write the model (default: <output_dir>/hf_step_<N>).")
-def export_command(run, step, target_dir):
+@click.option("--overwrite", is_flag=True, help="Replace what a --target-dir that is not empty holds.")
+def export_command(run, step, target_dir, overwrite):
     """Merge a checkpoint of RUN into a Hugging Face model folder."""
     with Phases() as say:
-        target = export_run(run, step=step, target_dir=target_dir, on_phase=say)
+        target = export_run(run, step=step, target_dir=target_dir, on_phase=say, overwrite=overwrite)
     click.echo(f"merged into {target}\nNext: bridge-ray upload {target} --repo-id OWNER/NAME")
 
 

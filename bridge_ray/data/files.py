@@ -127,6 +127,31 @@ def write_parquet(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
+def check_outputs(outputs: list[Path], inputs: list[str | Path] = (), overwrite: bool = False) -> None:
+    """Refuse, before anything is written, an output that would destroy data.
+
+    Args:
+        outputs: The files a command is about to write.
+        inputs: The files it reads: an output that is one of them (the same file, by any path) is
+            always refused, ``overwrite`` or not.
+        overwrite: Replace outputs that already exist (the CLI's ``--overwrite``).
+
+    Raises:
+        ConfigError: Naming the output and the fix; nothing has been written.
+    """
+    sources = [Path(p) for p in inputs]
+    for out in map(Path, outputs):
+        if any(out.resolve() == p.resolve() or (out.exists() and p.exists() and os.path.samefile(out, p))
+               for p in sources):
+            raise ConfigError(f"{out} is also an input: writing it would destroy the rows it is made from; "
+                              "write the output to another path")
+        if out.is_dir():
+            raise ConfigError(f"{out} is a folder: name the file to write, e.g. {out / out.with_suffix('.parquet').name}")
+        if os.path.lexists(out) and not overwrite:
+            raise ConfigError(f"{out} already exists: pass --overwrite (overwrite=True) to replace it, "
+                              "or write to another path")
+
+
 def lookup(row: dict, key: str) -> Any:
     """The value of a possibly dotted key (``extra_info.question``), or ``_MISSING``."""
     if key in row:
@@ -246,6 +271,7 @@ def convert_to_messages(
     prompt_key: str,
     response_key: str,
     system_prompt: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Turn a prompt/response file into the ``messages`` parquet verl's SFT dataset reads.
 
@@ -256,13 +282,20 @@ def convert_to_messages(
             list of ``{role, content}`` turns such as the RL files' ``prompt`` (the exact prompt PPO samples on).
         response_key: Response column (``extra_info.answer``).
         system_prompt: If given, a system turn opens every conversation.
+        overwrite: Replace ``out_path`` when it exists (it is never ``source``).
 
     Returns:
         ``out_path``.
 
     Raises:
-        ConfigError: From ``check_sft_file``; nothing is written then.
+        ConfigError: From ``check_sft_file``, or ``out_path`` is ``source``, exists (without
+            ``overwrite``) or does not end in ``.parquet``; nothing is written then.
     """
+    out_path = Path(out_path)
+    check_outputs([out_path], inputs=[source], overwrite=overwrite)
+    if out_path.suffix != ".parquet":
+        raise ConfigError(f"{out_path}: the output is a parquet file: name it with .parquet, "
+                          f"e.g. {out_path.with_suffix('.parquet')}")
     check_sft_file(source, prompt_key=prompt_key, response_key=response_key)
     opening = [{"role": "system", "content": system_prompt}] if system_prompt else []
     rows = [

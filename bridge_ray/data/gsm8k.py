@@ -16,7 +16,7 @@ import random
 import re
 from pathlib import Path
 
-from bridge_ray.data.files import raise_row_problems, read_rows, write_parquet
+from bridge_ray.data.files import check_outputs, raise_row_problems, read_rows, write_parquet
 from bridge_ray.errors import ConfigError
 
 HUB_ID = "openai/gsm8k"
@@ -149,23 +149,28 @@ def _rl_row(example: Example, split: str, index: int) -> dict:
     }
 
 
+def output_paths(out_dir: str | Path) -> dict[str, Path]:
+    """The four parquets ``write_gsm8k`` writes into ``out_dir``, keyed by name."""
+    return {name: Path(out_dir) / f"{name}.parquet" for name in OUTPUT_NAMES}
+
+
 def write_gsm8k(train: list[Example], val: list[Example], out_dir: str | Path) -> dict[str, Path]:
     """Write the SFT and RL parquets for already-checked examples.
 
     Returns:
         Paths keyed ``train``, ``val`` (SFT) and ``rl_train``, ``rl_val`` (RL).
     """
-    out_dir = Path(out_dir)
+    paths = output_paths(out_dir)
     return {
-        "train": write_parquet([_sft_row(e) for e in train], out_dir / "train.parquet"),
-        "val": write_parquet([_sft_row(e) for e in val], out_dir / "val.parquet"),
-        "rl_train": write_parquet([_rl_row(e, "train", i) for i, e in enumerate(train)], out_dir / "rl_train.parquet"),
-        "rl_val": write_parquet([_rl_row(e, "test", i) for i, e in enumerate(val)], out_dir / "rl_val.parquet"),
+        "train": write_parquet([_sft_row(e) for e in train], paths["train"]),
+        "val": write_parquet([_sft_row(e) for e in val], paths["val"]),
+        "rl_train": write_parquet([_rl_row(e, "train", i) for i, e in enumerate(train)], paths["rl_train"]),
+        "rl_val": write_parquet([_rl_row(e, "test", i) for i, e in enumerate(val)], paths["rl_val"]),
     }
 
 
 def generate_synthetic(
-    out_dir: str | Path, num_train: int = 2000, num_val: int = 128, seed: int = 0
+    out_dir: str | Path, num_train: int = 2000, num_val: int = 128, seed: int = 0, overwrite: bool = False
 ) -> dict[str, Path]:
     """Write synthetic GSM8K-style data, offline, in verl's SFT and RL formats.
 
@@ -174,14 +179,19 @@ def generate_synthetic(
         num_train: Training problems.
         num_val: Validation problems (RL rows carry ``split`` "test", as verl's GSM8K does).
         seed: Same seed, same files.
+        overwrite: Replace the parquets when ``out_dir`` holds them already.
 
     Returns:
         Paths keyed ``train``, ``val``, ``rl_train``, ``rl_val``.
+
+    Raises:
+        ConfigError: One of the parquets exists and ``overwrite`` is False; nothing is written.
 
     Example:
         >>> paths = generate_synthetic("/tmp/gsm8k", num_train=512)
         >>> paths["train"]  # verl: data.train_files=/tmp/gsm8k/train.parquet
     """
+    check_outputs(list(output_paths(out_dir).values()), overwrite=overwrite)
     examples = sample_examples(num_train + num_val, seed)
     return write_gsm8k(examples[:num_train], examples[num_train:], out_dir)
 
@@ -230,6 +240,7 @@ def convert_gsm8k(
     out_dir: str | Path,
     val_source: str | Path | None = None,
     num_val: int = 128,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Convert the real GSM8K into verl's SFT and RL parquets.
 
@@ -240,17 +251,27 @@ def convert_gsm8k(
         val_source: A local file for validation rows (e.g. GSM8K's test split). Without one, the last
             ``num_val`` rows of ``source`` are held out.
         num_val: Rows held out when ``val_source`` is None and ``source`` is a local file.
+        overwrite: Replace the parquets when ``out_dir`` holds them already (never ``source`` or
+            ``val_source`` themselves).
 
     Returns:
         Paths keyed ``train``, ``val``, ``rl_train``, ``rl_val``.
 
     Raises:
-        ConfigError: A file is missing or has bad rows (nothing is written), or the Hub is unreachable.
+        ConfigError: A file is missing or has bad rows, an output exists (without ``overwrite``) or is
+            an input (nothing is written then), ``val_source`` comes with the Hub's dataset, or the Hub
+            is unreachable.
 
     Example:
         >>> convert_gsm8k("gsm8k/train.jsonl", "data/gsm8k", val_source="gsm8k/test.jsonl")
     """
-    if str(source) == HUB_ID and not Path(source).exists():
+    from_hub = str(source) == HUB_ID and not Path(source).exists()
+    if from_hub and val_source is not None:
+        raise ConfigError(f'"{HUB_ID}" brings its own validation rows (its test split): drop --val (val_source=), '
+                          "or pass local train and validation files")
+    inputs = [] if from_hub else [p for p in (source, val_source) if p is not None]
+    check_outputs(list(output_paths(out_dir).values()), inputs=inputs, overwrite=overwrite)
+    if from_hub:
         train_rows, val_rows = _load_hub_splits()
         train = examples_from_rows(train_rows, f"{HUB_ID}[train]")
         val = examples_from_rows(val_rows, f"{HUB_ID}[test]")

@@ -200,7 +200,7 @@ def build_demo_assets(
     if stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp and _complete(paths):
         return paths
     stamp_path.unlink(missing_ok=True)
-    generate_synthetic(out_dir / "data", num_train=num_train, num_val=num_val, seed=seed)
+    generate_synthetic(out_dir / "data", num_train=num_train, num_val=num_val, seed=seed, overwrite=True)
     build_tokenizer(paths["model"], default_corpus(seed=seed))
     build_llama(paths["model"], shape=shape, tokenizer_dir=paths["model"], seed=seed)
     stamp_path.write_text(json.dumps(stamp, indent=2))

@@ -57,7 +57,8 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     return steps[-1][1] if steps else None
 
 
-def merge_to_hf(checkpoint: str | Path, target_dir: str | Path, env: dict[str, str] | None = None) -> Path:
+def merge_to_hf(checkpoint: str | Path, target_dir: str | Path, env: dict[str, str] | None = None,
+                log_file: str | Path | None = None) -> Path:
     """Merge verl FSDP shards in ``checkpoint`` (a ``global_step_N`` folder) into an HF model.
 
     Runs ``python -m verl.model_merger merge --backend fsdp`` in a subprocess, on a view of the
@@ -71,12 +72,13 @@ def merge_to_hf(checkpoint: str | Path, target_dir: str | Path, env: dict[str, s
         checkpoint: A folder of FSDP shards: a ``global_step_N``'s ``weights_dir``.
         target_dir: Folder for the merged ``save_pretrained`` output.
         env: Extra environment for the merger (e.g. ``cpu_env()`` on CPU-only hosts).
+        log_file: Where the merger's whole output goes when it fails (default ``<target_dir>-merge.log``).
 
     Returns:
         ``target_dir``.
 
     Raises:
-        CheckpointError: with the merger's last output lines when it fails.
+        CheckpointError: one line with the merger's last output line and where its whole output is.
     """
     checkpoint, target_dir = Path(checkpoint), Path(target_dir)
     if not any(checkpoint.glob(MODEL_SHARDS)):
@@ -86,8 +88,16 @@ def merge_to_hf(checkpoint: str | Path, target_dir: str | Path, env: dict[str, s
                "--local_dir", str(_merge_view(checkpoint, Path(view))), "--target_dir", str(target_dir)]
         proc = subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise CheckpointError(f"merging {checkpoint} into {target_dir} failed (exit {proc.returncode}):\n{tail}")
+        output = (proc.stdout + proc.stderr).strip()
+        last = next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "no output")
+        log = Path(log_file) if log_file else target_dir.with_name(f"{target_dir.name}-merge.log")
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(output + "\n")
+            where = f" (whole output: {log})"
+        except OSError:
+            where = ""
+        raise CheckpointError(f"merging {checkpoint} failed (exit {proc.returncode}): {last}{where}")
     return target_dir
 
 
@@ -125,7 +135,8 @@ def check_hf_model(path: str | Path, prompt: str = "What is 2 + 3?", max_new_tok
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path)
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"merged model at {path} does not load with transformers: {err}") from err
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"merged model at {path} does not load with transformers: {first}") from err
     inputs = tokenizer(prompt, return_tensors="pt")
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=1, do_sample=False,
                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)

@@ -93,9 +93,23 @@ def resolve(run_or_dir: str | Path) -> tuple[Path, runs.RunRecord | None]:
         return folder, _run_of(folder)
     run = runs.read_run(path) if path.is_dir() else runs.load_run(str(run_or_dir))
     if not run.hf_model:
+        _has_checkpoint(run)
         raise ConfigError(f"run {run.submission_id} has no merged model recorded: "
                           f"merge one with `bridge-ray export {run.submission_id}` and upload that folder")
     return Path(run.hf_model), run
+
+
+def _has_checkpoint(run: runs.RunRecord) -> None:
+    """Raise, for a run without a merged model, when ``bridge-ray export RUN`` would find nothing to merge."""
+    from bridge_ray.models.export import CheckpointNotFound, find_checkpoint
+
+    if not run.output_dir:
+        raise ConfigError(f"run {run.submission_id} has no merged model to upload and recorded no output dir to merge "
+                          "one from: upload a model folder instead (`bridge-ray upload FOLDER --repo-id ...`)")
+    try:
+        find_checkpoint(Path(run.output_dir))
+    except CheckpointNotFound as err:
+        raise ConfigError(f"run {run.submission_id} has no merged model to upload and none to merge: {err}") from None
 
 
 def _run_of(folder: Path) -> runs.RunRecord | None:

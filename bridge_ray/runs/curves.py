@@ -56,9 +56,12 @@ def _rows(folder: Path) -> list[dict]:
     history = folder / "metrics.json"
     if history.is_file():
         try:
-            return list(json.loads(history.read_text()).get("history") or [])
-        except ValueError:
+            data = json.loads(history.read_text())
+        except (OSError, ValueError):
             return []
+        rows = data.get("history") if isinstance(data, dict) else None
+        # A hand-edited or foreign file: only rows that are objects with a whole step count.
+        return [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)] if isinstance(rows, list) else []
     return step_rows(folder / METRICS_FILE)
 
 

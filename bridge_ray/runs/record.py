@@ -11,6 +11,7 @@ import fcntl
 import glob
 import json
 import os
+import typing
 from pathlib import Path
 
 from bridge_ray.cluster import records
@@ -29,6 +30,9 @@ def read_record(folder: Path) -> RunRecord:
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or not isinstance(data.get("submission_id"), str):
             raise ValueError("not a run record")
+        problem = _type_problem(data)
+        if problem:
+            raise ValueError(problem)
         return RunRecord.from_dict(data)
     except (OSError, ValueError, TypeError) as err:
         raise RunRecordBroken(f"the run record {path} is unreadable ({err}): fix or delete {folder}") from None
@@ -86,6 +90,27 @@ class RunRecord:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+_TIMES = ("start_time", "end_time")
+_YEAR_9999 = 253_402_214_400  # the last UNIX time a date can show, less a day for time zones
+_KIND_NAMES = {str: "a string", dict: "an object", float: "a number", int: "an integer", type(None): "null"}
+
+
+def _type_problem(data: dict) -> str | None:
+    """What is wrong-typed in a record's fields (a hand-edited or foreign ``run.json``), or None."""
+    hints = typing.get_type_hints(RunRecord)
+    for name, value in data.items():
+        if name not in hints:
+            continue
+        kinds = typing.get_args(hints[name]) or (hints[name],)
+        accepted = tuple(k for kind in kinds for k in ((int, float) if kind is float else (kind,)))
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            expected = " or ".join(_KIND_NAMES[kind] for kind in kinds)
+            return f'"{name}" is {_KIND_NAMES.get(type(value), "a " + type(value).__name__)}: {value!r:.40}, not {expected}'
+        if name in _TIMES and value is not None and not 0 <= value < _YEAR_9999:  # NaN too
+            return f'"{name}" is {value!r}, not a UNIX time'
+    return None
+
+
 def runs_root() -> Path:
     """``$BRIDGE_RAY_HOME/runs``."""
     return records.home_dir() / "runs"
@@ -126,12 +151,13 @@ def _first(folders: list[Path], name: str) -> Path | None:
     return next((folder / name for folder in folders if (folder / name).is_file()), None)
 
 
-def _read_json(path: Path | None):
-    """A JSON file the job writes, or None when absent or half-written."""
+def _read_json(path: Path | None) -> dict | None:
+    """A JSON object the job writes, or None when absent, half-written or not an object."""
     try:
-        return json.loads(path.read_text()) if path else None
+        found = json.loads(path.read_text()) if path else None
     except (OSError, ValueError):
         return None
+    return found if isinstance(found, dict) else None
 
 
 def _last_row(steps_file: Path | None) -> dict | None:
@@ -154,9 +180,10 @@ def with_outputs(run: RunRecord) -> RunRecord:
     folders = [Path(run.run_dir)] + ([Path(run.output_dir)] if run.output_dir else [])
     run.config = run.config or _read_json(_first(folders, "config.json"))
     metrics = _read_json(_first(folders, "metrics.json")) or {}
-    final = (metrics.get("final") or (metrics.get("history") or [None])[-1] or _last_row(_first(folders, "steps.jsonl"))
+    history = metrics.get("history") if isinstance(metrics.get("history"), list) else []
+    final = (metrics.get("final") or (history or [None])[-1] or _last_row(_first(folders, "steps.jsonl"))
              or (None if run.last_step is not None else _last_verl_row(_first(folders, METRICS_FILE))))
-    if final:
+    if isinstance(final, dict) and final:
         run.metrics = {k: v for k, v in final.items() if isinstance(v, (int, float, str, type(None)))}
         run.last_step = final.get("step", run.last_step)
     run.wandb = tracking.find_run(run.run_dir) or run.wandb

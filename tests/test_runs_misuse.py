@@ -1,0 +1,217 @@
+"""`bridge-ray runs`, `export` and `upload` misused: one line, exit 2 for what the user can fix, nothing lost.
+
+    .venv/bin/python -m pytest tests/test_runs_misuse.py -q      # unit, seconds (no cluster, no real merge)
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bridge_ray import runs
+from bridge_ray.cli import cli
+from bridge_ray.models import checkpoints, export as export_module
+
+SHARD = "model_world_size_1_rank_0.pt"
+HOW = ("training saves one every `save_freq` steps and at its end: train or resume the run until it saves one, "
+       "or pass the output dir of a run that did")
+
+
+@pytest.fixture
+def home(monkeypatch, tmp_path) -> Path:
+    monkeypatch.setenv("BRIDGE_RAY_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(runs.RUN_DIR_ENV, raising=False)
+    return tmp_path / "home"
+
+
+def _record(home: Path, submission_id: str, **fields) -> Path:
+    folder = home / "runs" / submission_id
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"submission_id": submission_id, "cluster": "c", "recipe": "r.py",
+                                                 "status": "SUCCEEDED", **fields}))
+    return folder
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def _refused(result, message: str, code: int = 2) -> None:
+    assert result.exit_code == code, result.output
+    assert result.output == f"error: {message}\n"
+
+
+def _checkpoint(output_dir: Path, step: int, complete: bool = True) -> Path:
+    folder = output_dir / "checkpoints" / f"global_step_{step}"
+    folder.mkdir(parents=True)
+    if complete:
+        (folder / SHARD).write_bytes(b"shard")
+    return folder
+
+
+@pytest.mark.parametrize("field,value,said", [
+    ("start_time", "yesterday", "\"start_time\" is a string: 'yesterday', not a number or null"),
+    ("end_time", [1], '"end_time" is a list: [1], not a number or null'),
+    ("start_time", True, '"start_time" is a bool: True, not a number or null'),
+    ("start_time", 1e20, '"start_time" is 1e+20, not a UNIX time'),
+    ("last_step", "6", "\"last_step\" is a string: '6', not an integer or null"),
+    ("git", "abc", "\"git\" is a string: 'abc', not an object"),
+    ("status", None, '"status" is null: None, not a string'),
+])
+def test_a_wrong_typed_record_is_broken_and_hides_no_other_run(home, field, value, said):
+    _record(home, "good-1", start_time=100.0)
+    bad = _record(home, "bad-1", **{"start_time": 50, field: value})
+    listed = _cli("runs", "list")
+    assert listed.exit_code == 0 and listed.output.startswith("good-1  SUCCEEDED") and "bad-1" not in listed.output
+    _refused(_cli("runs", "show", "bad-1"),
+             f"the run record {bad / 'run.json'} is unreadable ({said}): fix or delete {bad}")
+
+
+def test_nan_start_time_is_broken_too(home):
+    bad = home / "runs" / "nan-1"
+    bad.mkdir(parents=True)
+    (bad / "run.json").write_text('{"submission_id": "nan-1", "start_time": NaN}')
+    _refused(_cli("runs", "show", "nan-1"),
+             f'the run record {bad / "run.json"} is unreadable ("start_time" is nan, not a UNIX time): '
+             f"fix or delete {bad}")
+    assert _cli("runs").exit_code == 0
+
+
+def test_export_of_a_run_without_an_output_dir(home):
+    _record(home, "hello-1")
+    _refused(_cli("export", "hello-1"), "run hello-1 recorded no output dir, so it has no checkpoint to export (it "
+             "trained nothing, or its job never called bridge_ray.runs.lifecycle.start): pass the folder its "
+             "training wrote to instead")
+    _refused(_cli("upload", "hello-1", "--repo-id", "me/m"),
+             "run hello-1 has no merged model to upload and recorded no output dir to merge one from: upload a "
+             "model folder instead (`bridge-ray upload FOLDER --repo-id ...`)")
+
+
+def test_export_and_upload_of_a_run_that_saved_no_checkpoint(home, tmp_path):
+    out = tmp_path / "out"
+    _record(home, "sft-1", output_dir=str(out))
+    _refused(_cli("export", "sft-1"), f"no checkpoint to export: {out} does not exist; {HOW}")
+    _refused(_cli("upload", "sft-1", "--repo-id", "me/m"),
+             f"run sft-1 has no merged model to upload and none to merge: no checkpoint to export: {out} does not "
+             f"exist; {HOW}")
+    (out / "checkpoints").mkdir(parents=True)
+    _refused(_cli("export", "sft-1"), f"no checkpoint to export under {out / 'checkpoints'}: the run saved none; {HOW}")
+    _refused(_cli("export", "sft-1", "--step", "3"),
+             f"no checkpoint for step 3 under {out / 'checkpoints'} (steps there: none): {HOW}")
+
+
+def test_export_of_unfinished_checkpoints_says_so(home, tmp_path):
+    out = tmp_path / "out"
+    _record(home, "sft-1", output_dir=str(out))
+    _checkpoint(out, 3, complete=False)
+    root = out / "checkpoints"
+    unfinished = f"holds no model shards (model_world_size_*_rank_*.pt: a save that did not finish)"
+    _refused(_cli("export", "sft-1"), f"no complete checkpoint to export under {root}: global_step_3 {unfinished}; {HOW}")
+    _refused(_cli("export", "sft-1", "--step", "3"),
+             f"no complete checkpoint to export under {root}: global_step_3 {unfinished}; {HOW}")
+    _checkpoint(out, 2)
+    _refused(_cli("export", "sft-1", "--step", "3"),
+             f"no complete checkpoint to export under {root}: global_step_3 {unfinished}; "
+             "pass --step with a complete one (2)")
+    _refused(_cli("export", "sft-1", "--step", "5"),
+             f"no checkpoint for step 5 under {root} (steps there: 2): pass --step with one of them")
+    # With no --step the latest complete one is merged, as the docs say.
+    assert export_module.find_checkpoint(out) == root / "global_step_2"
+    _checkpoint(out, 4)
+    assert export_module.find_checkpoint(out) == root / "global_step_4"
+
+
+@pytest.fixture
+def fake_merge(monkeypatch):
+    """verl's merger and the generation check stood in for: the merge writes one file."""
+    merged = []
+
+    def merge(weights, target, env=None, log_file=None):
+        Path(target).mkdir(parents=True)
+        (Path(target) / "config.json").write_text("{}")
+        merged.append((weights, Path(target)))
+        return Path(target)
+
+    monkeypatch.setattr(export_module, "merge_to_hf", merge)
+    monkeypatch.setattr(export_module, "check_hf_model", lambda path: "ok")
+    monkeypatch.setattr(export_module, "_merge_env", lambda: {})
+    return merged
+
+
+def test_export_target_dir_that_is_not_empty_needs_overwrite(home, tmp_path, fake_merge):
+    out = tmp_path / "out"
+    _record(home, "sft-1", output_dir=str(out))
+    _checkpoint(out, 3)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    _refused(_cli("export", "sft-1", "--target-dir", str(mine)),
+             f"--target-dir {mine} is not empty: pass --overwrite to replace what is in it, or choose a new folder "
+             f"(default: {out / 'hf_step_3'})")
+    assert (mine / "notes.txt").read_text() == "keep" and not fake_merge
+    done = _cli("export", "sft-1", "--target-dir", str(mine), "--overwrite")
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json"]  # replaced, not mixed
+    assert runs.load_run("sft-1").exports == {"3": str(mine)}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_export_to_the_default_target_again_replaces_it(home, tmp_path, fake_merge):
+    out = tmp_path / "out"
+    _record(home, "sft-1", output_dir=str(out))
+    _checkpoint(out, 3)
+    (out / "hf_step_3").mkdir()
+    (out / "hf_step_3" / "stale.bin").write_text("old")
+    assert _cli("export", "sft-1").exit_code == 0
+    assert sorted(p.name for p in (out / "hf_step_3").iterdir()) == ["config.json"]
+
+
+def test_export_target_dir_never_the_checkpoint_or_a_file(home, tmp_path, fake_merge):
+    out = tmp_path / "out"
+    _record(home, "sft-1", output_dir=str(out))
+    step = _checkpoint(out, 3)
+    default = out / "hf_step_3"
+    for target in (out, step, step / "hf"):
+        _refused(_cli("export", "sft-1", "--target-dir", str(target), "--overwrite"),
+                 f"--target-dir {target} holds or lies inside the checkpoint {step}: choose a folder outside it, "
+                 f"e.g. {default}")
+    a_file = tmp_path / "model.txt"
+    a_file.write_text("x")
+    _refused(_cli("export", "sft-1", "--target-dir", str(a_file), "--overwrite"),
+             f"--target-dir {a_file} is a file: choose a folder, e.g. {default}")
+    assert (step / SHARD).read_bytes() == b"shard" and a_file.read_text() == "x" and not fake_merge
+
+
+def test_a_failed_merge_is_one_line_and_keeps_the_earlier_model(home, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _record(home, "sft-1", output_dir=str(out))
+    step = _checkpoint(out, 3)
+    (out / "hf_step_3").mkdir()
+    (out / "hf_step_3" / "config.json").write_text("earlier")
+    output = "loading shards\nTraceback (most recent call last):\n  File x\nRuntimeError: bad shard\n"
+    monkeypatch.setattr(export_module, "_merge_env", lambda: {})
+    monkeypatch.setattr(checkpoints.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, stdout="", stderr=output))
+    staging = out / f".hf_step_3.merging-{os.getpid()}"
+    log = out / "hf_step_3-merge.log"
+    result = _cli("export", "sft-1")
+    assert result.exit_code == 1
+    # stderr: the phase lines (progress), then the error as one line.
+    assert result.output.splitlines()[-1] == (f"error: merging {step} failed (exit 1): RuntimeError: bad shard "
+                                              f"(whole output: {log})")
+    assert [line for line in result.output.splitlines() if not line.startswith("[bridge-ray] ")] == [
+        result.output.splitlines()[-1]]
+    assert log.read_text() == output and (out / "hf_step_3" / "config.json").read_text() == "earlier"
+    assert not staging.exists() and runs.load_run("sft-1").exports == {}
+
+
+def test_upload_of_a_run_with_a_checkpoint_but_no_merged_model_says_export(home, tmp_path):
+    out = tmp_path / "out"
+    _record(home, "sft-1", output_dir=str(out))
+    _checkpoint(out, 3)
+    _refused(_cli("upload", "sft-1", "--repo-id", "me/m"),
+             "run sft-1 has no merged model recorded: merge one with `bridge-ray export sft-1` and upload that folder")
