@@ -299,12 +299,18 @@ def test_wandb_offline_writes_its_files_and_the_record_finds_them(home, tmp_path
 
 
 def test_export_names_the_steps_there_are(home, tmp_path):
-    (tmp_path / "out" / "checkpoints" / "global_step_3").mkdir(parents=True)
-    (tmp_path / "out" / "checkpoints" / "global_step_6").mkdir()
+    root = tmp_path / "out" / "checkpoints"
+    (root / "global_step_3").mkdir(parents=True)
+    (root / "global_step_6").mkdir()
     with pytest.raises(CheckpointError) as err:
         export(tmp_path / "out", step=4)
-    assert str(err.value) == (f"no checkpoint for step 4 under {tmp_path / 'out' / 'checkpoints'} "
-                              "(steps there: 3, 6): pass --step with one of them")
+    assert str(err.value) == (f"no checkpoint for step 4 under {root} (steps there: 3, 6, none complete): training "
+                              "saves one every `save_freq` steps and at its end: train or resume the run until it "
+                              "saves one, or pass the output dir of a run that did")
+    (root / "global_step_6" / "model_world_size_1_rank_0.pt").write_bytes(b"")  # a complete save
+    with pytest.raises(CheckpointError) as err:
+        export(tmp_path / "out", step=4)
+    assert str(err.value) == f"no checkpoint for step 4 under {root} (steps there: 6): pass --step with one of them"
 
 
 # Integration: a real Ray head (the session ``local_cluster``, name "ci") -------------------------

@@ -72,9 +72,10 @@ def find_checkpoint(output_dir: Path, step: int | None = None) -> Path:
         if step in complete:
             return root / f"global_step_{step}"
         if step not in present:
-            found = ", ".join(map(str, complete or present)) or "none"
-            raise CheckpointNotFound(f"no checkpoint for step {step} under {root} (steps there: {found}): "
-                                     + ("pass --step with one of them" if found != "none" else _HOW_TO_GET_ONE))
+            there = (f"steps there: {', '.join(map(str, complete))}): pass --step with one of them" if complete else
+                     f"steps there: {', '.join(map(str, present))}, none complete): {_HOW_TO_GET_ONE}" if present else
+                     f"steps there: none): {_HOW_TO_GET_ONE}")
+            raise CheckpointNotFound(f"no checkpoint for step {step} under {root} ({there}")
     elif complete:
         latest = latest_checkpoint(root)
         return latest if latest is not None and _complete(latest) else root / f"global_step_{complete[-1]}"
