@@ -10,11 +10,13 @@ import click
 @click.option("--name", default="default", show_default=True, help="Cluster to check.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--timeout", default=60.0, show_default=True, type=float,
-              help="Seconds the all-reduce may take once its ranks run (probes and ranks get 5 min to start).")
+              help="Seconds the all-reduce may take once its ranks run, above 0 and at most 3600 "
+                   "(probes and ranks get 5 min to start).")
 @click.option("--env", "env", multiple=True, metavar="KEY=VAL",
-              help="Try this variable over the detected profile; saved if the all-reduce passes.")
+              help="Try this variable over the detected profile; saved if the all-reduce passes. "
+                   "Secrets (HF_TOKEN, ...) are refused: export them in your shell.")
 @click.option("--shared-dir", "shared_dirs", multiple=True, metavar="PATH",
-              help="Another directory every node must see (e.g. the output dir).")
+              help="Another existing, writable directory every node must see (e.g. the output dir).")
 def doctor_command(name: str, as_json: bool, timeout: float, env: tuple[str, ...],
                    shared_dirs: tuple[str, ...]) -> None:
     """Probe every node, all-reduce across them, print a PASS/FAIL table; exit 1 on any FAIL.

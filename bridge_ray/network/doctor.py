@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import uuid
-from pathlib import Path
 
 import ray
 import ray.cloudpickle
@@ -19,17 +18,21 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from bridge_ray.cluster import records
 from bridge_ray.cluster import local
 from bridge_ray.cluster.auth import auth_env
+from bridge_ray.errors import ConfigError
+from bridge_ray.jobs.runtime_env import is_secret
 from bridge_ray.network import collective, probe
 from bridge_ray.network.checks import FAIL, PASS, Check, static_checks
 from bridge_ray.network.probe import NodeProbe
 from bridge_ray.network.profile import (
     SOCKET_KEYS, VERL_PPO_RESERVED_KEYS, ClusterProfile, derive_profile, load_overrides,
-    save_profile,
+    save_profile, secret_env_problem,
 )
 
 # Starting a task's or a rank's process (Ray worker start-up, importing torch) is not what the doctor
 # measures, and on a busy node it takes far longer than any network stage: it gets its own bound.
 STARTUP_S = 300.0
+# The all-reduce's limit: above 0, and no longer than an hour (a collective that slow has failed anyway).
+MAX_TIMEOUT_S = 3600.0
 # Nodes need only ray and torch to run these two modules, not bridge_ray itself.
 ray.cloudpickle.register_pickle_by_value(probe)
 ray.cloudpickle.register_pickle_by_value(collective)
@@ -86,17 +89,24 @@ def _on(node: _Node) -> NodeAffinitySchedulingStrategy:
     return NodeAffinitySchedulingStrategy(node.node_id, soft=False)
 
 
+def _write_markers(dirs: list[str], token: str) -> None:
+    """Write the doctor's marker into each directory; the caller removes them (also after a failure)."""
+    for directory in dirs:
+        try:
+            probe.marker_path(directory, token).write_text(token)
+        except OSError as err:
+            raise ConfigError(f"cannot write a file in {directory} ({err.strerror or type(err).__name__}): "
+                              "each shared directory must be a folder you can write; give another "
+                              "--shared-dir") from None
+
+
 def _probe_all(nodes: list[_Node], dirs: list[str], timeout_s: float) -> tuple[list[NodeProbe], list[Check]]:
     """Run ``probe_node`` pinned to each node; nodes that do not answer in time become FAILs."""
     token = uuid.uuid4().hex
-    markers = {}
-    for directory in dirs:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        probe.marker_path(directory, token).write_text(token)
-        markers[str(directory)] = token
-    task = ray.remote(num_cpus=0, max_retries=0)(probe.probe_node)
-    refs = {task.options(scheduling_strategy=_on(n)).remote(markers=markers): n for n in nodes}
     try:
+        _write_markers(dirs, token)
+        task = ray.remote(num_cpus=0, max_retries=0)(probe.probe_node)
+        refs = {task.options(scheduling_strategy=_on(n)).remote(markers={d: token for d in dirs}): n for n in nodes}
         limit = max(timeout_s, STARTUP_S)
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=limit)
         probes, checks = [], []
@@ -117,7 +127,10 @@ def _probe_all(nodes: list[_Node], dirs: list[str], timeout_s: float) -> tuple[l
         return probes, checks
     finally:
         for directory in dirs:
-            probe.marker_path(directory, token).unlink(missing_ok=True)
+            try:
+                probe.marker_path(directory, token).unlink(missing_ok=True)
+            except OSError:  # never written (_write_markers refused the directory)
+                pass
 
 
 def _last_line(text: str) -> str:
@@ -269,12 +282,53 @@ def _use_auth(record: records.ClusterRecord) -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+def check_options(timeout_s: float, env: dict[str, str]) -> None:
+    """The doctor's timeout and ``--env`` keys, before anything runs.
+
+    Raises:
+        ConfigError: a timeout not above 0 or over ``MAX_TIMEOUT_S`` (NaN included), or a secret-named key.
+    """
+    problems = [] if 0 < timeout_s <= MAX_TIMEOUT_S else [
+        f"--timeout {timeout_s:g} is out of range: give the seconds the all-reduce may take, above 0 and at "
+        f"most {MAX_TIMEOUT_S:g}, e.g. --timeout 60"]
+    problems += [secret_env_problem(k) for k in env if is_secret(k)]
+    if problems:
+        raise ConfigError(problems)
+
+
+def checked_shared_dirs(dirs: list[str] | tuple[str, ...]) -> list[str]:
+    """The ``--shared-dir`` folders as absolute paths (a node would read a relative one from its own cwd).
+
+    Raises:
+        ConfigError: one is missing, not a folder, or not writable. Nothing is created: a mistyped
+            path must not become a new folder.
+    """
+    found, problems = [], []
+    for given in dirs:
+        path = os.path.abspath(os.path.expanduser(given))
+        if not os.path.exists(path):
+            problems.append(f"--shared-dir {given} does not exist: give an existing folder every node must see "
+                            "(e.g. the output dir), or create it first")
+        elif not os.path.isdir(path):
+            problems.append(f"--shared-dir {given} is not a folder: give the folder every node must see "
+                            "(e.g. the output dir)")
+        elif not os.access(path, os.W_OK | os.X_OK):
+            problems.append(f"--shared-dir {given} is not writable by you: the doctor writes a marker file "
+                            "there; give a folder you can write")
+        else:
+            found.append(path)
+    if problems:
+        raise ConfigError(problems)
+    return list(dict.fromkeys(found))
+
+
 def run_doctor(name: str = records.DEFAULT_CLUSTER, timeout_s: float = 60.0,
                env: dict[str, str] | None = None, shared_dirs: list[str] | tuple[str, ...] = ()) -> DoctorReport:
     """Run the doctor on a recorded cluster and save its profile for later nodes and jobs.
 
-    The user's ``env`` joins ``overrides.env`` only if the all-reduce passed with it; keys
-    that verl's PPO driver sets itself are never saved. This process becomes a Ray driver of
+    The user's ``env`` joins ``overrides.env`` only if the all-reduce, and the check of each interface
+    it names, passed with it; keys that verl's PPO driver sets itself are never saved, and neither
+    ``env`` nor the saved profile may name a secret (``runtime_env.is_secret``). This process becomes a Ray driver of
     ``record.gcs_address``, so run it where a driver can join: a cluster node (the local
     head, or inside the SLURM allocation).
 
@@ -282,24 +336,29 @@ def run_doctor(name: str = records.DEFAULT_CLUSTER, timeout_s: float = 60.0,
         name: the cluster record to use.
         timeout_s: limit of the all-reduce (see ``doctor``).
         env: ``--env`` overrides, tried on top of the saved ones.
-        shared_dirs: directories beyond BRIDGE_RAY_HOME that every node must see.
+        shared_dirs: existing, writable directories beyond BRIDGE_RAY_HOME that every node must see.
 
     Raises:
+        ConfigError: a timeout out of range, a secret-named key in ``env`` or in the saved profile, or a
+            shared directory that is missing, not a folder, or not writable; nothing is written.
         ClusterNotFound: no record called ``name``.
 
     Example:
         >>> report = run_doctor("default", env={"NCCL_IB_GID_INDEX": "3"})
         >>> report.ok, report.profile_path
     """
-    record = records.load(name)
     env = dict(env or {})
-    _use_auth(record)
+    check_options(timeout_s, env)
+    dirs = checked_shared_dirs(shared_dirs)
+    record = records.load(records.check_name(name))
     overrides = {**load_overrides(name), **env}
-    report = doctor(record.gcs_address, timeout_s, overrides, [str(records.home_dir()), *shared_dirs])
+    _use_auth(record)
+    report = doctor(record.gcs_address, timeout_s, overrides, list(dict.fromkeys([str(records.home_dir()), *dirs])))
     if not report.probes:  # nothing learned: keep the profile saved before
         return report
     collective_passed = report.checks[-1].status == PASS
-    kept = overrides if collective_passed else load_overrides(name)
+    refused = [c.name for c in report.checks if c.status == FAIL and c.name in {f"interface {k}" for k in env}]
+    kept = overrides if collective_passed and not refused else load_overrides(name)
     dropped = sorted(k for k in kept if k in VERL_PPO_RESERVED_KEYS)
     report.profile.overrides = {k: v for k, v in kept.items() if k not in VERL_PPO_RESERVED_KEYS}
     if dropped:
@@ -307,6 +366,8 @@ def run_doctor(name: str = records.DEFAULT_CLUSTER, timeout_s: float = 60.0,
             f"not saved: {', '.join(dropped)} (set by verl's PPO driver; pass it to the job's --env)")
     if env and not collective_passed:
         report.profile.notes.append("--env not saved: the all-reduce failed with it")
+    elif refused:
+        report.profile.notes.append(f"--env not saved: the check {', '.join(refused)} failed")
     report.profile_path = str(save_profile(name, report.profile))
     return report
 

@@ -10,13 +10,16 @@ Three files live in ``records.cluster_dir(name)``:
   because some libraries read these variables at import.
 
 Jobs get ``profile_env(name)`` in their runtime_env; the job's own ``--env`` wins over it.
-No key that verl's PPO driver sets itself (``VERL_PPO_RESERVED_KEYS``) is ever carried.
+No key that verl's PPO driver sets itself (``VERL_PPO_RESERVED_KEYS``) is ever carried, and no
+secret (``HF_TOKEN``, ...; ``runtime_env.is_secret``): a profile travels in every job's runtime_env,
+which Ray shows on worker command lines and in its logs. The files are the user's own, mode 0600.
 """
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
 import json
+import os
 import re
 import shlex
 import time
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from bridge_ray.cluster import records
 from bridge_ray.errors import ConfigError
+from bridge_ray.jobs.runtime_env import is_secret
 from bridge_ray.network.probe import IbPort, NodeProbe
 
 # Keys verl/trainer/constants_ppo.py (get_ppo_ray_runtime_env, verl 0.9.1) sets for PPO workers.
@@ -85,22 +89,40 @@ def without_reserved(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in VERL_PPO_RESERVED_KEYS}
 
 
-def parse_env_assignments(items: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """Parse ``KEY=VALUE`` strings (``--env``, ``overrides.env`` lines).
-
-    Raises:
-        ConfigError: listing every malformed item.
-    """
+def _parse_lines(items: list[str] | tuple[str, ...], what: str) -> tuple[dict[str, str], list[str]]:
+    """``KEY=VALUE`` strings to a dict, and a problem for each malformed one; ``what`` names an item's source."""
     env, problems = {}, []
+    example = f"{'--env ' if what == '--env' else ''}NCCL_IB_GID_INDEX=3"
     for item in items:
         key, sep, value = item.removeprefix("export ").partition("=")
-        if not sep or not _KEY_RE.match(key.strip()):
-            problems.append(f"--env {item!r} is not KEY=VALUE (e.g. --env NCCL_IB_GID_INDEX=3)")
+        if not sep or not _KEY_RE.fullmatch(key.strip()):
+            problems.append(f"{what} {item!r} is not KEY=VALUE (e.g. {example})")
+            continue
+        if "\n" in value or "\r" in value:
+            problems.append(f"{what} {key.strip()}=...: a value cannot hold a line break; give one line")
             continue
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
         env[key.strip()] = value
+    return env, problems
+
+
+def secret_env_problem(key: str) -> str:
+    """Why ``--env KEY=...`` of ``doctor`` is refused when ``KEY`` names a secret, and what to do instead."""
+    return (f"--env {key}=...: a secret has no place in the network profile (saved for every job, shown in "
+            f"Ray's logs) nor on a command line (`ps` shows it to every user): export {key} in your shell "
+            "instead; bridge-ray sends it to each job in a 0600 file")
+
+
+def parse_env_assignments(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Parse ``KEY=VALUE`` strings (``doctor --env``).
+
+    Raises:
+        ConfigError: listing every malformed item and every secret-named key (``HF_TOKEN=...``).
+    """
+    env, problems = _parse_lines(items, "--env")
+    problems += [secret_env_problem(k) for k in env if is_secret(k)]
     if problems:
         raise ConfigError(problems)
     return env
@@ -240,13 +262,35 @@ def env_file_path(name: str) -> Path:
     return records.cluster_dir(name) / "profile.env"
 
 
+def _refuse_secrets(keys, path: Path, fix: str) -> None:
+    """ConfigError when a profile file names a secret: it would travel in every job's runtime_env."""
+    secret = sorted({k for k in keys if is_secret(k)})
+    if secret:
+        names = ", ".join(secret)
+        raise ConfigError(f"{path} sets {names}, a secret: a network profile travels in every job's runtime_env "
+                          f"(Ray's logs, worker command lines): {fix} and export {names} in your shell instead "
+                          "(bridge-ray sends it to each job in a 0600 file)")
+
+
+def _doctor_command(name: str) -> str:
+    return f"bridge-ray doctor{'' if name == records.DEFAULT_CLUSTER else ' --name ' + name}"
+
+
 def load_overrides(name: str) -> dict[str, str]:
-    """The user's overrides from ``overrides.env`` (empty when there is none)."""
+    """The user's overrides from ``overrides.env`` (empty when there is none).
+
+    Raises:
+        ConfigError: a line is not ``KEY=VALUE``, or sets a secret (refused rather than carried).
+    """
     path = overrides_path(name)
     if not path.exists():
         return {}
     lines = [ln.strip() for ln in path.read_text().splitlines()]
-    return parse_env_assignments([ln for ln in lines if ln and not ln.startswith("#")])
+    env, problems = _parse_lines([ln for ln in lines if ln and not ln.startswith("#")], f"{path}: line")
+    if problems:
+        raise ConfigError([f"{problem}: fix or remove it" for problem in problems])
+    _refuse_secrets(env, path, "remove that line" if sum(map(is_secret, env)) == 1 else "remove those lines")
+    return env
 
 
 def render_env_file(profile: ClusterProfile) -> str:
@@ -264,11 +308,20 @@ def render_env_file(profile: ClusterProfile) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    records.write_text(path, text)
+    """Write ``text`` to ``path`` atomically, readable by this user only (the user's own settings)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(partial, path)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise records.home_error(path, err) from None
 
 
 def save_profile(name: str, profile: ClusterProfile) -> Path:
-    """Write ``profile.json``, ``overrides.env`` and ``profile.env``; return the JSON's path.
+    """Write ``profile.json``, ``overrides.env`` and ``profile.env`` (each 0600); return the JSON's path.
 
     Raises:
         HomeNotWritable: the cluster's folder cannot take them.
@@ -283,16 +336,21 @@ def save_profile(name: str, profile: ClusterProfile) -> Path:
 
 
 def load_profile(name: str) -> ClusterProfile | None:
-    """The saved profile with the current ``overrides.env``, or None if doctor never ran."""
+    """The saved profile with the current ``overrides.env``, or None if doctor never ran.
+
+    Raises:
+        ConfigError: a file is unreadable, or sets a secret (refused rather than carried).
+    """
     path = profile_path(name)
     if not path.exists():
         return None
     try:
         profile = ClusterProfile(**json.loads(path.read_text()))
-    except (ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
-        raise ConfigError(f"the network profile {path} is unreadable ({err}): run `bridge-ray doctor"
-                          f"{'' if name == records.DEFAULT_CLUSTER else ' --name ' + name}` to write it again, "
-                          "or delete it") from None
+        _refuse_secrets([*profile.env, *(k for env in profile.node_env.values() for k in env)], path,
+                        f"run `{_doctor_command(name)}` to write it again")
+    except (ValueError, TypeError, AttributeError) as err:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"the network profile {path} is unreadable ({err}): run `{_doctor_command(name)}` "
+                          "to write it again, or delete it") from None
     profile.overrides = load_overrides(name)
     return profile
 
