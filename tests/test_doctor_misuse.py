@@ -244,3 +244,10 @@ def test_shared_dir_that_takes_no_marker_is_one_line(dx_cluster):
     out = run_cli("doctor", "--name", "dxmis", "--shared-dir", "/proc")
     _refused(out, "cannot write a file in /proc (No such file or directory): each shared directory must be a "
                   "folder you can write; give another --shared-dir")
+
+
+def test_a_head_that_does_not_answer_is_one_line_at_once(fake_cluster):
+    """The doctor used to join as a Ray driver and wait minutes for a head that was not there."""
+    out = run_cli("doctor", "--name", fake_cluster, timeout=60)
+    _refused(out, f"cluster {fake_cluster!r} is recorded but its head at  does not answer (stale record): run "
+                  f"`bridge-ray down --name {fake_cluster}` to clear it, then `bridge-ray up --name {fake_cluster}`")

@@ -16,7 +16,7 @@ import ray.cloudpickle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from bridge_ray.cluster import records
-from bridge_ray.cluster import local
+from bridge_ray.cluster import health, local
 from bridge_ray.cluster.auth import auth_env
 from bridge_ray.errors import ConfigError
 from bridge_ray.jobs.runtime_env import is_secret
@@ -342,6 +342,7 @@ def run_doctor(name: str = records.DEFAULT_CLUSTER, timeout_s: float = 60.0,
         ConfigError: a timeout out of range, a secret-named key in ``env`` or in the saved profile, or a
             shared directory that is missing, not a folder, or not writable; nothing is written.
         ClusterNotFound: no record called ``name``.
+        ClusterStale: its head does not answer.
 
     Example:
         >>> report = run_doctor("default", env={"NCCL_IB_GID_INDEX": "3"})
@@ -352,6 +353,7 @@ def run_doctor(name: str = records.DEFAULT_CLUSTER, timeout_s: float = 60.0,
     dirs = checked_shared_dirs(shared_dirs)
     record = records.load(records.check_name(name))
     overrides = {**load_overrides(name), **env}
+    health.check_alive(record)  # a dead head: one line now, not a Ray driver waiting minutes to join
     _use_auth(record)
     report = doctor(record.gcs_address, timeout_s, overrides, list(dict.fromkeys([str(records.home_dir()), *dirs])))
     if not report.probes:  # nothing learned: keep the profile saved before
