@@ -228,6 +228,16 @@ def test_forced_interface_on_unshared_subnet_fails():
     assert ok[0].status == "PASS"
 
 
+def test_nccl_reads_an_interface_name_as_a_prefix_and_gloo_does_not():
+    """NCCL_SOCKET_IFNAME=eth takes eth0 (``=eth`` only an interface called eth); gloo's names are exact."""
+    probes = load("no-ib")
+    subnets = prof.shared_subnets(probes)
+    status = lambda key, value: checks.check_socket_overrides(probes, {key: value}, subnets)[0].status  # noqa: E731
+    assert status("NCCL_SOCKET_IFNAME", "eth") == "PASS"
+    assert status("NCCL_SOCKET_IFNAME", "=eth") == "FAIL" and status("GLOO_SOCKET_IFNAME", "eth") == "FAIL"
+    assert status("NCCL_SOCKET_IFNAME", "=eth0") == "PASS" and status("NCCL_SOCKET_IFNAME", "ens") == "FAIL"
+
+
 def test_small_shm_fails():
     probes = load("no-ib")
     probes[0].shm_bytes, probes[1].shm_bytes = 64 << 20, 8 << 30

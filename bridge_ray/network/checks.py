@@ -92,11 +92,10 @@ def check_subnet(probes: list[NodeProbe], subnets: list[SharedSubnet]) -> Check:
     return Check("common subnet", FAIL, "no IPv4 subnet is shared by all nodes (" + _listing(seen) + ")", fix)
 
 
-def _iface_networks(probe: NodeProbe, name: str) -> set[str]:
-    for iface in probe.interfaces:
-        if iface.name == name and iface.up:
-            return {str(ipaddress.IPv4Interface(c).network) for c in iface.ipv4}
-    return set()
+def _iface_networks(probe: NodeProbe, name: str, prefix: bool = False) -> set[str]:
+    """The IPv4 networks of the up interface ``name`` (``prefix``: of every up interface whose name starts so)."""
+    return {str(ipaddress.IPv4Interface(c).network) for iface in probe.interfaces if iface.up
+            and (iface.name.startswith(name) if prefix else iface.name == name) for c in iface.ipv4}
 
 
 def check_socket_overrides(probes: list[NodeProbe], env: dict[str, str],
@@ -109,8 +108,11 @@ def check_socket_overrides(probes: list[NodeProbe], env: dict[str, str],
         if not value or value.startswith("^"):
             continue
         problems = []
+        # NCCL reads each name as a prefix ("eth" takes eth0, eth1) unless the list starts with "=";
+        # gloo takes exact names.
+        prefix = key.startswith("NCCL_") and not value.startswith("=")
         for name in value.lstrip("=").split(","):
-            nets = {p.hostname: _iface_networks(p, name) for p in probes}
+            nets = {p.hostname: _iface_networks(p, name, prefix) for p in probes}
             missing = [h for h, n in nets.items() if not n]
             if missing:
                 problems.append(f"{name} is not up with an IPv4 address on {', '.join(missing)}")
