@@ -70,7 +70,7 @@ def test_cli_dry_run_prints_the_script_and_submits_nothing(tmp_path):
 
 def test_cli_slurm_options_need_slurm():
     out = run_cli("up", "--name", "x", "--nodes", "2")
-    assert out.returncode == 2 and "Error: --nodes needs --slurm" in out.stderr
+    assert (out.returncode, out.stderr) == (2, "error: --nodes needs --slurm: see `bridge-ray up --help`\n")
 
 
 def test_no_slurm_on_path(tmp_path):

@@ -7,6 +7,7 @@ import click
 
 from bridge_ray import cluster as lib
 from bridge_ray.cluster.records import DEFAULT_CLUSTER
+from bridge_ray.errors import ClusterStale, ConfigError
 
 name_option = click.option("--name", default=DEFAULT_CLUSTER, show_default=True, help="Which cluster.")
 
@@ -52,6 +53,7 @@ def up_command(name, num_cpus, num_gpus, port, dashboard_port, address, token_fi
     if given and not slurm:
         flag = next(param.opts[0] for param in ctx.command.params if param.name == given[0])
         raise click.UsageError(f"{flag} needs --slurm")
+    _check_backend_flags(ctx, address, slurm)
     if slurm:
         script_options = _with_settings(script_options, setup_file)
     if dry_run:
@@ -72,6 +74,17 @@ def up_command(name, num_cpus, num_gpus, port, dashboard_port, address, token_fi
             raise SystemExit(1)
     click.echo(f"Next: bridge-ray submit recipes/hello_cluster.py{flag} --follow | bridge-ray status{flag} "
                f"| bridge-ray down{flag}")
+
+
+def _check_backend_flags(ctx: click.Context, address: str | None, slurm: bool) -> None:
+    """Refuse the flags of one backend given with another, before anything starts (they would be ignored)."""
+    if address and slurm:
+        raise ConfigError("--address registers a running cluster and --slurm starts one: give one of them")
+    for flag in ("token_file", "python"):
+        if not address and ctx.get_parameter_source(flag) == click.core.ParameterSource.COMMANDLINE:
+            option = flag.replace("_", "-")
+            raise ConfigError(f"--{option} needs --address (it is for a cluster registered by its Jobs API URL): add "
+                              f"--address http://HEAD:8265, or leave --{option} out")
 
 
 def _with_settings(options: dict, setup_file) -> dict:
@@ -135,7 +148,19 @@ def status_command(submission_id, name):
     st = lib.status(name)
     click.echo(format_status(st))
     if not st.alive and not st.pending:
-        raise SystemExit(2)
+        flag = "" if name == DEFAULT_CLUSTER else f" --name {name}"
+        raise ClusterStale(f"cluster {name!r} is recorded but its head at {st.record.dashboard_url} does not answer "
+                           f"(stale record): run `bridge-ray down{flag}` to clear it, then `{_up_again(st.record)}`")
+
+
+def _up_again(record) -> str:
+    """The command that brings a stale cluster back under its name."""
+    flag = "" if record.name == DEFAULT_CLUSTER else f" --name {record.name}"
+    if record.backend == "slurm":
+        return f"bridge-ray up --slurm{flag} ..."
+    if record.backend == "address":
+        return f"bridge-ray up{flag} --address {record.dashboard_url} --token-file FILE"
+    return f"bridge-ray up{flag}"
 
 
 def format_status(st: lib.ClusterStatus) -> str:
@@ -150,8 +175,7 @@ def format_status(st: lib.ClusterStatus) -> str:
         if st.pending:
             lines.append(f"  waiting for the allocation; `bridge-ray down{flag}` cancels it")
             return "\n".join(lines)
-        again = f"bridge-ray up --slurm{flag} ..." if r.backend == "slurm" else f"bridge-ray up{flag}"
-        lines.append(f"  STALE: the head does not answer; fix: `bridge-ray down{flag}` then `{again}`")
+        lines.append(f"  STALE: the head does not answer; fix: `bridge-ray down{flag}` then `{_up_again(r)}`")
         return "\n".join(lines)
     alive = [n for n in st.nodes if n["state"] == "ALIVE"]
     lines.append(f"  nodes: {len(alive)} alive" + (f", {len(st.nodes) - len(alive)} dead" if len(alive) < len(st.nodes) else ""))

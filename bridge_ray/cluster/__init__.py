@@ -11,15 +11,18 @@ inside: ``driver`` (attach to it), ``walltime`` (when its allocation ends), ``re
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
+import signal
 import time
+import urllib.parse
 from pathlib import Path
 
 from bridge_ray import runs
 from bridge_ray.cluster import records
 from bridge_ray.cluster import health, local
 from bridge_ray.cluster.records import DEFAULT_CLUSTER, ClusterRecord
-from bridge_ray.errors import AuthError, ClusterExists, ClusterRecordBroken, ConfigError, JobsRunning
+from bridge_ray.errors import AuthError, ClusterExists, ClusterRecordBroken, ConfigError, Interrupted, JobsRunning
 from bridge_ray.jobs import credentials
 
 ACTIVE_JOB_STATES = ("PENDING", "RUNNING")
@@ -57,6 +60,9 @@ def up(name: str = DEFAULT_CLUSTER, *, address: str | None = None, token_file: s
        ports: dict[str, int | None] | None = None, slurm: dict | None = None) -> ClusterRecord:
     """Start (or register) a cluster and record it under ``name``.
 
+    A start that fails or is interrupted (Ctrl-C, SIGTERM) stops what it started and leaves no
+    record, token or empty folder behind (a SLURM allocation kept pending stays recorded).
+
     Args:
         name: the cluster's name; several clusters may live side by side.
         address: register an existing cluster's Jobs API URL instead of starting one.
@@ -72,7 +78,9 @@ def up(name: str = DEFAULT_CLUSTER, *, address: str | None = None, token_file: s
 
     Raises:
         ClusterExists: a live cluster already has this name.
+        ConfigError: ``address`` is no Jobs API URL, or nothing answers there.
         PortInUse: a requested port is taken.
+        Interrupted: Ctrl-C or SIGTERM arrived while the cluster was starting (all of it was stopped).
 
     Example:
         >>> record = bridge_ray.up()            # local Ray head, token auth, loopback only
@@ -82,14 +90,48 @@ def up(name: str = DEFAULT_CLUSTER, *, address: str | None = None, token_file: s
     _clear_stale(name)
     if address:
         record = _register(name, address, token_file, python)
-    elif slurm is not None:
-        from bridge_ray.cluster import slurm as slurm_backend
+        records.save(record)
+        return record
+    created, record = not records.cluster_dir(name).exists(), None
+    try:
+        with local.handling_signals(_raise_interrupt, signal.SIGTERM):
+            if slurm is not None:
+                from bridge_ray.cluster import slurm as slurm_backend
 
-        record = slurm_backend.start(name, **slurm)
-    else:
-        record = local.start(name, num_cpus=num_cpus, num_gpus=num_gpus, ports=ports)
-    records.save(record)
+                record = slurm_backend.start(name, **slurm)
+            else:
+                record = local.start(name, num_cpus=num_cpus, num_gpus=num_gpus, ports=ports)
+            records.save(record)
+    except BaseException as err:
+        with local.handling_signals(signal.SIG_IGN, signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut it short
+            _abandon(name, record, everything=created and isinstance(err, KeyboardInterrupt))
+        if isinstance(err, KeyboardInterrupt):
+            raise Interrupted(f"interrupted: stopped what `bridge-ray up{_flag(name)}` had started; "
+                              f"nothing of cluster {name!r} is left") from None
+        raise
     return record
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _abandon(name: str, record: ClusterRecord | None, everything: bool) -> None:
+    """Undo an ``up`` that did not finish: stop a started but unrecorded cluster, drop its token and
+    secrets, and its folder when empty, or when ``everything`` (an interrupted ``up`` that made it).
+
+    A backend that raises has stopped what it started itself (``local.start``, ``slurm.start``). A record
+    on disk stays: a SLURM allocation kept pending (``--keep-pending``) is recorded on purpose.
+    """
+    if records.record_path(name).exists():
+        return
+    if record is not None:
+        _stop(record)
+    if not records.cluster_dir(name).is_dir():  # nothing was made (a home that cannot be written)
+        return
+    _forget(name)
+    if everything:
+        shutil.rmtree(records.cluster_dir(name), ignore_errors=True)
 
 
 def _clear_stale(name: str) -> None:
@@ -113,13 +155,37 @@ def _alive_or_auth_error(record: ClusterRecord) -> bool:
         return True
 
 
+def _jobs_api_url(address: str) -> str:
+    """``address`` as a Jobs API URL (``HOST:PORT`` gets ``http://``), or ConfigError saying what it needs."""
+    url = (address if "://" in address else f"http://{address}").rstrip("/")
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = None
+    if (parts.scheme not in ("http", "https") or not re.fullmatch(r"[A-Za-z0-9._:-]+", parts.hostname or "")
+            or not port or parts.username or parts.query or parts.fragment or any(c.isspace() for c in url)):
+        raise ConfigError(f"--address {address!r} is not a Jobs API URL: give http://HOST:PORT (or https://), "
+                          "e.g. http://127.0.0.1:8265")
+    return url
+
+
 def _register(name: str, address: str, token_file: str | None, python: str) -> ClusterRecord:
-    url = address if "://" in address else f"http://{address}"
+    url = _jobs_api_url(address)
     if token_file and not Path(token_file).is_file():
         raise ConfigError(f"--token-file {token_file} does not exist: pass the cluster's Ray auth token file")
-    record = ClusterRecord(name=name, backend="address", gcs_address="", dashboard_url=url.rstrip("/"),
+    record = ClusterRecord(name=name, backend="address", gcs_address="", dashboard_url=url,
                            token_path=str(Path(token_file).resolve()) if token_file else None, python=python)
-    health.check_alive(record)
+    try:
+        alive = health.is_alive(record)
+    except AuthError:
+        if not token_file:
+            raise AuthError(f"the cluster at {url} requires an auth token: pass its Ray auth token file with "
+                            "--token-file FILE") from None
+        raise AuthError(f"the cluster at {url} refused the token in {token_file}: pass that cluster's own Ray auth "
+                        "token file with --token-file FILE") from None
+    if not alive:
+        raise ConfigError(f"nothing answers at {url}: check the Jobs API address, e.g. http://HEAD:8265")
     return record
 
 
@@ -145,6 +211,10 @@ def _forget(name: str) -> None:
     records.delete(name)
     shutil.rmtree(credentials.secrets_dir(name), ignore_errors=True)
     (records.cluster_dir(name) / "auth_token").unlink(missing_ok=True)
+    try:
+        records.cluster_dir(name).rmdir()
+    except OSError:  # it holds the cluster's logs, or there is none
+        pass
 
 
 def _active_jobs(record: ClusterRecord) -> list[dict] | None:

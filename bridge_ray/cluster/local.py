@@ -6,14 +6,18 @@ read-only process metrics on loopback. Nothing listens on another address.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 from bridge_ray.cluster import health, processes
 from bridge_ray.cluster import records
@@ -116,12 +120,29 @@ def attach_here() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False  # read at import; this process may have imported Ray already
 
 
+@contextlib.contextmanager
+def handling_signals(handler, *signums: int) -> Iterator[None]:
+    """Handle ``signums`` with ``handler`` (a function, or ``signal.SIG_IGN``) inside the block, then restore
+    the handlers; a no-op outside the main thread, where Python cannot set them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {signum: signal.signal(signum, handler) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, previous in old.items():
+            if previous is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(signum, previous)
+
+
 def start(name: str, num_cpus: int | None = None, num_gpus: int | None = None,
           ports: dict[str, int | None] | None = None, timeout_s: float = 300.0) -> ClusterRecord:
     """Start a Ray head on this machine and return its record (not yet saved).
 
     Every port binds 127.0.0.1, auth is on, and the head uses its own private temp dir and free
-    ports, so several clusters can live side by side.
+    ports, so several clusters can live side by side. Whatever ends it early (an error, Ctrl-C)
+    first stops every process it started and removes their temp dirs.
 
     Raises:
         PortInUse: a requested port is taken.
@@ -132,8 +153,40 @@ def start(name: str, num_cpus: int | None = None, num_gpus: int | None = None,
     token_path = new_token_file(folder / "auth_token")
     chosen = choose_ports(ports or {})
     metrics = choose_ports({}, tuple(METRICS_PORT_ENV))
+    temp_dirs: list[Path] = []
+    try:
+        return _start_head(name, folder, token_path, chosen, metrics, num_cpus, num_gpus, timeout_s, temp_dirs)
+    except BaseException:
+        with handling_signals(signal.SIG_IGN, signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut it short
+            _stop_started(name, temp_dirs)
+        raise
+
+
+def _stop_started(name: str, temp_dirs: list[Path]) -> None:
+    """Stop every process a ``start`` of cluster ``name`` began (found by its tag and its temp dirs, as
+    ``stop`` finds them) and remove those temp dirs: a start that did not finish leaves nothing running."""
+    tag = str(cluster_dir(name))
+
+    def find() -> list[int]:
+        found = set(processes.find_pids(None, tag=tag))
+        for temp_dir in temp_dirs:
+            found.update(processes.find_pids(str(temp_dir), by_open_files=True))
+        return sorted(found)
+
+    processes.stop_all(find, grace_s=3.0)
+    for temp_dir in temp_dirs:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _start_head(name: str, folder: Path, token_path: Path, chosen: dict[str, int], metrics: dict[str, int],
+                num_cpus: int | None, num_gpus: int | None, timeout_s: float, temp_dirs: list[Path]) -> ClusterRecord:
+    """``start``'s attempts; each temp dir it makes is added to ``temp_dirs`` before Ray uses it."""
     for attempt in range(1, START_ATTEMPTS + 1):
-        record, result, log_path = _ray_start(name, folder, token_path, chosen, metrics, num_cpus, num_gpus)
+        # Unix socket paths must stay under ~107 bytes, so the temp dir is short and unique.
+        temp_dir = processes.private_root() / f"{name[:20]}-{secrets.token_hex(3)}"
+        temp_dirs.append(temp_dir)
+        temp_dir.mkdir(mode=0o700)
+        record, result, log_path = _ray_start(name, folder, token_path, temp_dir, chosen, metrics, num_cpus, num_gpus)
         tail = (log_path.read_text().strip().splitlines() or ["(no output)"])[-1]
         # `ray start` gives the raylet a fixed 30 s to register and then gives up, leaving every process
         # running: on a busy machine, wait for the registration itself instead of failing.
@@ -184,11 +237,9 @@ def _keep_logs(record: ClusterRecord, folder: Path) -> Path:
     return kept
 
 
-def _ray_start(name: str, folder: Path, token_path: Path, chosen: dict[str, int], metrics: dict[str, int],
-               num_cpus: int | None, num_gpus: int | None) -> tuple[ClusterRecord, subprocess.CompletedProcess, Path]:
-    # Unix socket paths must stay under ~107 bytes, so the temp dir is short and unique.
-    temp_dir = processes.private_root() / f"{name[:20]}-{secrets.token_hex(3)}"
-    temp_dir.mkdir(mode=0o700)
+def _ray_start(name: str, folder: Path, token_path: Path, temp_dir: Path, chosen: dict[str, int],
+               metrics: dict[str, int], num_cpus: int | None,
+               num_gpus: int | None) -> tuple[ClusterRecord, subprocess.CompletedProcess, Path]:
     cmd = [ray_executable(), "start", "--head", f"--node-ip-address={LOOPBACK}",
            f"--dashboard-host={LOOPBACK}", "--include-dashboard=true", f"--temp-dir={temp_dir}",
            "--disable-usage-stats"]

@@ -11,6 +11,8 @@ import json
 import os
 import re
 import time
+import types
+import typing
 from pathlib import Path
 
 from bridge_ray.errors import ClusterNotFound, ClusterRecordBroken, ConfigError, HomeNotWritable
@@ -115,12 +117,17 @@ class ClusterRecord:
 
 
 def cluster_dir(name: str) -> Path:
-    """Per-cluster folder (token, logs, profile) beside the record."""
-    return home_dir() / "clusters" / name
+    """Per-cluster folder (token, logs, profile) beside the record.
+
+    Raises:
+        ConfigError: ``name`` is not a valid cluster name (``../x`` would leave the home).
+    """
+    return home_dir() / "clusters" / check_name(name)
 
 
 def record_path(name: str) -> Path:
-    return home_dir() / "clusters" / f"{name}.json"
+    """The record's file. Raises ConfigError for an invalid ``name``."""
+    return home_dir() / "clusters" / f"{check_name(name)}.json"
 
 
 def save(record: ClusterRecord) -> Path:
@@ -132,6 +139,63 @@ def save(record: ClusterRecord) -> Path:
     return write_text(record_path(record.name), record.to_json())
 
 
+BACKENDS = ("local", "slurm", "address")
+
+def _temp_dir_name(backend: str, name: str) -> str | None:
+    """The pattern of the name ``up`` gives a cluster's temp dir (``local._ray_start``, ``slurm_node.Node.temp_dir``)."""
+    return {"local": re.escape(name[:20]) + r"-[0-9a-f]{6}", "slurm": r"slurm-[0-9]+(\.[0-9]+)?"}.get(backend)
+
+
+def _type_name(hint) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _has_type(value, hint) -> bool:
+    """Whether a JSON value fits a field's annotation (``str | None``, ``dict[str, int]``, ``float``, ...)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:  # JSON writes 3.0 as 3; a bool is no number here
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is dict:
+        return isinstance(value, dict) and all(_has_type(k, args[0]) and _has_type(v, args[1]) for k, v in value.items())
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(v, args[0]) for v in value)
+    return isinstance(value, hint) and not (isinstance(value, bool) and hint is not bool)
+
+
+def _check_fields(data: dict, name: str) -> None:
+    """Raise ValueError naming the first field a record must not hold as it is.
+
+    A record decides what ``down`` stops and deletes, so its temp dir must be one bridge-ray makes:
+    a direct child of the per-user root ``/tmp/bridge-ray-UID`` named as ``up`` names it (never an
+    arbitrary folder, whose processes and files ``down`` would take), and its SLURM job id a number.
+    """
+    missing = [k for k in ("name", "backend", "gcs_address", "dashboard_url") if not isinstance(data.get(k), str)]
+    if missing:
+        raise ValueError(f"it lacks {', '.join(missing)}")
+    hints = typing.get_type_hints(ClusterRecord)
+    for key, value in data.items():
+        if key in hints and not _has_type(value, hints[key]):
+            raise ValueError(f"{key} is {value!r}, not {_type_name(hints[key])}")
+    if data["name"] != name or not _NAME_RE.match(name):
+        raise ValueError(f"name {data['name']!r} is not the file's name, or no valid cluster name")
+    if data["backend"] not in BACKENDS:
+        raise ValueError(f"backend {data['backend']!r} is none of {', '.join(BACKENDS)}")
+    temp_dir = data.get("temp_dir")
+    if temp_dir is not None:
+        path = Path(temp_dir)
+        root = Path("/tmp") / f"bridge-ray-{os.getuid()}"  # processes.private_root(), without creating it
+        pattern = _temp_dir_name(data["backend"], name)
+        if path.parent != root or not pattern or not re.fullmatch(pattern, path.name):
+            raise ValueError(f"temp_dir {temp_dir!r} is not one bridge-ray makes, a folder of {root}")
+    job_id = (data.get("slurm") or {}).get("job_id")
+    if job_id is not None and not (isinstance(job_id, str) and job_id.isdigit()):
+        raise ValueError(f"SLURM job id {job_id!r} is not a number")
+
+
 def _parse(path: Path) -> ClusterRecord:
     """The record in ``path``, or ClusterRecordBroken naming the file and the way out."""
     name = path.stem
@@ -139,9 +203,7 @@ def _parse(path: Path) -> ClusterRecord:
         data = json.loads(path.read_text())
         if not isinstance(data, dict):
             raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
-        missing = [k for k in ("name", "backend", "gcs_address", "dashboard_url") if not isinstance(data.get(k), str)]
-        if missing:
-            raise ValueError(f"it lacks {', '.join(missing)}")
+        _check_fields(data, name)
         record = ClusterRecord.from_dict(data)
     except (OSError, ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
         flag = "" if name == DEFAULT_CLUSTER else f" --name {name}"
@@ -155,7 +217,9 @@ def load(name: str = DEFAULT_CLUSTER) -> ClusterRecord:
     """Load the record called ``name``.
 
     Raises:
+        ConfigError: ``name`` is not a valid cluster name.
         ClusterNotFound: no such record, with the command that creates one.
+        ClusterRecordBroken: the record cannot be read or holds what no record may (``_check_fields``).
     """
     path = record_path(name)
     if not path.exists():
