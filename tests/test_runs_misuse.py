@@ -109,7 +109,7 @@ def test_export_of_unfinished_checkpoints_says_so(home, tmp_path):
     _record(home, "sft-1", output_dir=str(out))
     _checkpoint(out, 3, complete=False)
     root = out / "checkpoints"
-    unfinished = f"holds no model shards (model_world_size_*_rank_*.pt: a save that did not finish)"
+    unfinished = "holds no model shards (model_world_size_*_rank_*.pt: a save that did not finish)"
     _refused(_cli("export", "sft-1"), f"no complete checkpoint to export under {root}: global_step_3 {unfinished}; {HOW}")
     _refused(_cli("export", "sft-1", "--step", "3"),
              f"no complete checkpoint to export under {root}: global_step_3 {unfinished}; {HOW}")

@@ -60,6 +60,29 @@ def test_render_rejects_bad_counts():
         slurm.render("r3", nodes=0, gpus_per_node=-1)
 
 
+@pytest.mark.parametrize("options, problem", [
+    ({"time": "banana"}, "--time 'banana' is not a SLURM time limit: write minutes, HH:MM:SS or D-HH:MM:SS, "
+                         "e.g. --time 04:00:00"),
+    ({"time": "4:00:00:00"}, "--time '4:00:00:00' is not a SLURM time limit: write minutes, HH:MM:SS or "
+                             "D-HH:MM:SS, e.g. --time 04:00:00"),
+    ({"partition": "gpu\nrm -rf ~"}, "--partition 'gpu\\nrm -rf ~' must be one word: no spaces or line breaks"),
+    ({"account": ""}, "--account '' must be one word: no spaces or line breaks"),
+    ({"sbatch_args": ("exclusive",)}, "--sbatch-arg 'exclusive' must be one option on one line, e.g. "
+                                      "--sbatch-arg=--exclusive"),
+])
+def test_render_refuses_what_would_not_be_one_sbatch_line(options, problem):
+    """A value with a line break would end its #SBATCH line and run the rest as shell; sbatch reads
+    a malformed --time only once the script is written (a dry run printed it as if fine)."""
+    with pytest.raises(ConfigError) as err:
+        slurm.render("c", **options)
+    assert err.value.problems == [problem]
+
+
+@pytest.mark.parametrize("time", ["90", "90:30", "04:00:00", "2-12", "2-12:30", "2-12:30:00", "UNLIMITED"])
+def test_render_takes_every_slurm_time_form(time):
+    assert f"#SBATCH --time={time}\n" in slurm.render("c", time=time)
+
+
 def test_cli_dry_run_prints_the_script_and_submits_nothing(tmp_path):
     out = run_cli("up", "--slurm", "--dry-run", "--name", "dry", "--nodes", "2", "--partition", "debug",
                   "--sbatch-arg=--exclusive", env={"PATH": _path_without_slurm(tmp_path)})

@@ -35,7 +35,8 @@ name_option = click.option("--name", default=DEFAULT_CLUSTER, show_default=True,
 @click.option("--setup-file", type=click.File("r"), help="--slurm: a file of such lines (after any --setup).")
 @click.option("--join-timeout", "join_timeout_s", type=int, help="--slurm: seconds the head may take to start "
               "once allocated, then the other nodes to join (default 300, or slurm.join_timeout_s).")
-@click.option("--wait", "wait_s", type=float, default=600, show_default=True, help="--slurm: seconds the allocation may stay pending.")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=600, show_default=True,
+              help="--slurm: seconds the allocation may stay pending.")
 @click.option("--keep-pending", is_flag=True, help="--slurm: leave a still-pending allocation queued instead of cancelling it.")
 @click.option("--dry-run", is_flag=True, help="--slurm: print the sbatch script and submit nothing.")
 @click.option("--check", is_flag=True, help="Then run `bridge-ray doctor` (probe + all-reduce); exit 1 on a FAIL.")

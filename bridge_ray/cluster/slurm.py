@@ -66,6 +66,26 @@ def _check(nodes: int, gpus_per_node: int, cpus_per_task: int | None, wait_s: fl
         raise ConfigError(problems)
 
 
+# SLURM's --time forms: minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
+# days-hours:minutes:seconds; or no limit.
+_TIME_RE = re.compile(r"^(\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|unlimited|infinite)$", re.IGNORECASE)
+
+
+def _check_words(options: dict[str, str | None], sbatch_args: tuple[str, ...] | list[str]) -> None:
+    """Raises ConfigError for an option that would not be one ``#SBATCH`` line's value, or a --time SLURM
+    cannot read (sbatch would only refuse it after the script was written, or run what follows a newline)."""
+    problems = [f"--{flag} {value!r} must be one word: no spaces or line breaks" for flag, value in options.items()
+                if value is not None and (not value.strip() or any(c.isspace() for c in value))]
+    problems += [f"--sbatch-arg {arg!r} must be one option on one line, e.g. --sbatch-arg=--exclusive"
+                 for arg in sbatch_args if "\n" in arg or "\r" in arg or not arg.startswith("-")]
+    time = options.get("time")
+    if time is not None and not any(c.isspace() for c in time) and not _TIME_RE.match(time):
+        problems.append(f"--time {time!r} is not a SLURM time limit: write minutes, HH:MM:SS or D-HH:MM:SS, "
+                        "e.g. --time 04:00:00")
+    if problems:
+        raise ConfigError(problems)
+
+
 def _check_setup(setup: tuple[str, ...] | list[str]) -> None:
     """Raises ConfigError for a setup line that breaks the script or puts a secret into it."""
     for line in setup:
@@ -106,6 +126,7 @@ def render(name: str, nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: int
     """
     records.check_name(name)
     _check(nodes, gpus_per_node, cpus_per_task, 0, join_timeout_s)
+    _check_words({"partition": partition, "account": account, "time": time, "nodelist": nodelist}, sbatch_args)
     _check_setup(setup)
     options = [("partition", partition), ("account", account), ("time", time), ("nodelist", nodelist),
                ("cpus-per-task", cpus_per_task), ("gpus-per-node", gpus_per_node or None)]
