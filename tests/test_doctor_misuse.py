@@ -249,5 +249,5 @@ def test_shared_dir_that_takes_no_marker_is_one_line(dx_cluster):
 def test_a_head_that_does_not_answer_is_one_line_at_once(fake_cluster):
     """The doctor used to join as a Ray driver and wait minutes for a head that was not there."""
     out = run_cli("doctor", "--name", fake_cluster, timeout=60)
-    _refused(out, f"cluster {fake_cluster!r} is recorded but its head at  does not answer (stale record): run "
-                  f"`bridge-ray down --name {fake_cluster}` to clear it, then `bridge-ray up --name {fake_cluster}`")
+    _refused(out, f"cluster {fake_cluster!r} is recorded but nothing listens at its GCS 127.0.0.1:9 (stale record): "
+                  f"run `bridge-ray down --name {fake_cluster}` to clear it, then `bridge-ray up --name {fake_cluster}`")
