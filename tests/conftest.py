@@ -12,6 +12,7 @@ with RAY_AUTH_MODE set explicitly (a stray ~/.ray/auth_token must not decide for
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -155,6 +156,7 @@ def plain_ray_head(tmp_path_factory):
     url = f"http://127.0.0.1:{ports['dashboard-port']}"
     yield url, temp_dir
     processes.terminate(processes.find_pids(str(temp_dir), by_open_files=True))
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -94,6 +94,29 @@ def test_secret_already_in_overrides_env_never_travels(fake_cluster):
     assert path.read_text() == text and not (path.parent / "profile.json").exists()
 
 
+def test_a_secret_an_older_profile_env_exports_stays_out_of_rays_environment(fake_cluster, monkeypatch, capsys):
+    """An older bridge-ray wrote doctor's --env secrets into profile.env, which each SLURM node sources
+    before `ray start`: the node leaves them out (the user's own exported value stays).
+
+    ``Node.ray_env`` runs here outside a SLURM step: only its lookup of the allocation's end is stubbed.
+    """
+    from bridge_ray.cluster import slurm_node
+
+    folder = records.writable_dir(records.cluster_dir(fake_cluster))
+    (folder / "profile.env").write_text(f"export NCCL_IB_TC=106\nexport HF_TOKEN={SECRET}\nexport WANDB_API_KEY=mine\n")
+    monkeypatch.setenv("WANDB_API_KEY", "mine")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", "/nonexistent/token")
+    monkeypatch.setattr(slurm_node.walltime, "slurm_env", lambda job_id: {})
+    node = object.__new__(slurm_node.Node)
+    node.cluster, node.job_id = fake_cluster, 1
+    env = node.ray_env(Path("/tmp/none"), {})
+    assert (env["NCCL_IB_TC"], env["WANDB_API_KEY"], "HF_TOKEN" in env) == ("106", "mine", False)
+    err = capsys.readouterr().err
+    assert err == (f"[bridge-ray] {folder / 'profile.env'} sets HF_TOKEN, a secret: left out of Ray's environment; "
+                   "run `bridge-ray doctor` to rewrite the profile\n")
+
+
 def test_secrets_in_profile_json_are_refused_naming_the_rewrite(fake_cluster):
     prof.save_profile(fake_cluster, prof.ClusterProfile(env={"NCCL_SOCKET_IFNAME": "eth0"}))
     path = prof.profile_path(fake_cluster)
@@ -250,4 +273,5 @@ def test_a_head_that_does_not_answer_is_one_line_at_once(fake_cluster):
     """The doctor used to join as a Ray driver and wait minutes for a head that was not there."""
     out = run_cli("doctor", "--name", fake_cluster, timeout=60)
     _refused(out, f"cluster {fake_cluster!r} is recorded but nothing listens at its GCS 127.0.0.1:9 (stale record): "
-                  f"run `bridge-ray down --name {fake_cluster}` to clear it, then `bridge-ray up --name {fake_cluster}`")
+                  f"run `bridge-ray down --name {fake_cluster}` to clear it, then "
+                  f"`bridge-ray up --name {fake_cluster} --address URL --token-file FILE`")  # a registered head

@@ -114,6 +114,9 @@ def test_sbatch_refusals_become_one_line(tmp_path, monkeypatch):
                                          r"account or account/partition combination specified\): list yours with "
                                          r"`sacctmgr show assoc user=\$USER format=account,partition`$"):
         slurm.start("acct", account="nope")
+    folder = records.cluster_dir("acct")  # nothing was started, nothing is left: no script, no token, no record
+    assert not (folder / "bootstrap.sbatch").exists() and not (folder / "auth_token").exists()
+    assert not records.record_path("acct").exists()
 
 
 def test_ports_per_job_and_slot():

@@ -6,8 +6,9 @@ import datetime
 import click
 
 from bridge_ray import cluster as lib
-from bridge_ray.cluster.records import DEFAULT_CLUSTER
-from bridge_ray.errors import ClusterStale, ConfigError
+from bridge_ray.cluster import health
+from bridge_ray.cluster.records import DEFAULT_CLUSTER, name_flag
+from bridge_ray.errors import ConfigError
 
 name_option = click.option("--name", default=DEFAULT_CLUSTER, show_default=True, help="Which cluster.")
 
@@ -63,7 +64,7 @@ def up_command(name, num_cpus, num_gpus, port, dashboard_port, address, token_fi
     options = dict(script_options, wait_s=wait_s, keep_pending=keep_pending, progress=_print_phase) if slurm else None
     record = lib.up(name, address=address, token_file=token_file, python=python, num_cpus=num_cpus, num_gpus=num_gpus,
                     ports={"port": port, "dashboard-port": dashboard_port}, slurm=options)
-    flag = "" if name == DEFAULT_CLUSTER else f" --name {name}"
+    flag = name_flag(name)
     click.echo(format_status(lib.status(name)) if slurm else
                f"cluster {record.name!r} is up ({record.backend}): Jobs API {record.dashboard_url}")
     if check:
@@ -149,19 +150,7 @@ def status_command(submission_id, name):
     st = lib.status(name)
     click.echo(format_status(st))
     if not st.alive and not st.pending:
-        flag = "" if name == DEFAULT_CLUSTER else f" --name {name}"
-        raise ClusterStale(f"cluster {name!r} is recorded but its head at {st.record.dashboard_url} does not answer "
-                           f"(stale record): run `bridge-ray down{flag}` to clear it, then `{_up_again(st.record)}`")
-
-
-def _up_again(record) -> str:
-    """The command that brings a stale cluster back under its name."""
-    flag = "" if record.name == DEFAULT_CLUSTER else f" --name {record.name}"
-    if record.backend == "slurm":
-        return f"bridge-ray up --slurm{flag} ..."
-    if record.backend == "address":
-        return f"bridge-ray up{flag} --address {record.dashboard_url} --token-file FILE"
-    return f"bridge-ray up{flag}"
+        raise health.stale_error(st.record, f"its head at {st.record.dashboard_url} does not answer")
 
 
 def format_status(st: lib.ClusterStatus) -> str:
@@ -172,11 +161,11 @@ def format_status(st: lib.ClusterStatus) -> str:
     if st.slurm_state is not None:
         lines.append(f"  SLURM job {r.slurm.get('job_id')}: {st.slurm_state}")
     if not st.alive:
-        flag = "" if r.name == DEFAULT_CLUSTER else f" --name {r.name}"
+        flag = name_flag(r.name)
         if st.pending:
             lines.append(f"  waiting for the allocation; `bridge-ray down{flag}` cancels it")
             return "\n".join(lines)
-        lines.append(f"  STALE: the head does not answer; fix: `bridge-ray down{flag}` then `{_up_again(r)}`")
+        lines.append(f"  STALE: the head does not answer; fix: `bridge-ray down{flag}` then `{health.up_again(r)}`")
         return "\n".join(lines)
     alive = [n for n in st.nodes if n["state"] == "ALIVE"]
     lines.append(f"  nodes: {len(alive)} alive" + (f", {len(st.nodes) - len(alive)} dead" if len(alive) < len(st.nodes) else ""))

@@ -10,14 +10,10 @@ from bridge_ray import jobs as lib
 from bridge_ray import runs
 from bridge_ray.cli.cluster import name_option
 from bridge_ray.cluster.client import quiet_ray_client
-from bridge_ray.cluster.records import DEFAULT_CLUSTER
+from bridge_ray.cluster.records import name_flag
 from bridge_ray.errors import ClusterNotFound, ClusterStale, Interrupted
 from bridge_ray.jobs.runtime_env import parse_env
 from bridge_ray.runs import LOG_TAIL_LINES, TERMINAL
-
-
-def _flag(name: str) -> str:
-    return "" if name == DEFAULT_CLUSTER else f" --name {name}"
 
 
 class _Screen:
@@ -65,7 +61,7 @@ def _follow(job: lib.Job, verbose: bool = False) -> str:
                 pass
         raise
     except KeyboardInterrupt:
-        flag = _flag(job.cluster)
+        flag = name_flag(job.cluster)
         raise Interrupted(f"stopped following; job {job.submission_id} keeps running on cluster {job.cluster!r}: "
                           f"reattach with `bridge-ray logs {job.submission_id}{flag} --follow`, "
                           f"stop it with `bridge-ray stop {job.submission_id}{flag}`") from None
@@ -99,7 +95,7 @@ def submit_command(recipe, args, name, env_items, excludes, submission_id, follo
     if not verbose:
         quiet_ray_client()
     job = lib.submit(recipe, args, **options)
-    flag = _flag(name)
+    flag = name_flag(name)
     click.echo(f"submitted {job.submission_id} to cluster {name!r}")
     if follow:
         click.echo(f"{job.submission_id} {_follow(job, verbose)}")
@@ -167,7 +163,7 @@ def stop_command(submission_id, name, wait_s):
         click.echo(f"{submission_id}: {state}")
     elif wait_s:
         click.echo(f"{submission_id}: still {state} after {wait_s:g} s; `bridge-ray status {submission_id}"
-                   f"{_flag(name)}` shows when it has ended")
+                   f"{name_flag(name)}` shows when it has ended")
 
 
 @click.command("list")

@@ -106,7 +106,7 @@ def up(name: str = DEFAULT_CLUSTER, *, address: str | None = None, token_file: s
         with local.handling_signals(signal.SIG_IGN, signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut it short
             _abandon(name, record, everything=created and isinstance(err, KeyboardInterrupt))
         if isinstance(err, KeyboardInterrupt):
-            raise Interrupted(f"interrupted: stopped what `bridge-ray up{_flag(name)}` had started; "
+            raise Interrupted(f"interrupted: stopped what `bridge-ray up{records.name_flag(name)}` had started; "
                               f"nothing of cluster {name!r} is left") from None
         raise
     return record
@@ -198,10 +198,6 @@ def _stop(record: ClusterRecord) -> None:
         slurm_backend.stop(record)
 
 
-def _flag(name: str) -> str:
-    return "" if name == DEFAULT_CLUSTER else f" --name {name}"
-
-
 def _forget(name: str) -> None:
     """Drop the record, the jobs' secrets and the token bridge-ray made for the cluster.
 
@@ -238,7 +234,7 @@ def _stop_jobs(record: ClusterRecord, jobs: list[dict]) -> None:
     while time.monotonic() < deadline and any(c.get_job_status(i).value in ACTIVE_JOB_STATES for i in ids):
         time.sleep(0.2)
     for job_id in ids:
-        runs.record_stopped(job_id, f"stopped by `bridge-ray down{_flag(record.name)} --force`")
+        runs.record_stopped(job_id, f"stopped by `bridge-ray down{records.name_flag(record.name)} --force`")
 
 
 def _stop_unreadable(name: str) -> None:
@@ -293,12 +289,12 @@ def down(name: str = DEFAULT_CLUSTER, force: bool = False) -> ClusterRecord | No
         except AuthError:
             if not force:
                 raise JobsRunning(f"cluster {name!r} refused its token, so its jobs cannot be listed: "
-                                  f"`bridge-ray down{_flag(name)} --force` stops it with whatever runs on it") from None
+                                  f"`bridge-ray down{records.name_flag(name)} --force` stops it with whatever runs on it") from None
             active = None
         if active and not force:
             listed = ", ".join(f"{j['submission_id']} ({j['status']})" for j in active)
             raise JobsRunning(f"cluster {name!r} still runs {len(active)} job(s): {listed}: stop them with "
-                              f"`bridge-ray stop ID{_flag(name)}`, or run `bridge-ray down{_flag(name)} --force` "
+                              f"`bridge-ray stop ID{records.name_flag(name)}`, or run `bridge-ray down{records.name_flag(name)} --force` "
                               "to stop them and take the cluster down")
         if active:
             _stop_jobs(record, active)

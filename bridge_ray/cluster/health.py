@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 
 from bridge_ray.cluster.auth import auth_headers
-from bridge_ray.cluster.records import ClusterRecord
+from bridge_ray.cluster.records import ClusterRecord, name_flag
 from bridge_ray.errors import AuthError, BridgeRayError, ClusterStale
 
 # Never through the shell's HTTP(S)_PROXY: the request carries the cluster's token.
@@ -100,11 +100,23 @@ async def watch_gcs(record: ClusterRecord, every_s: float = 2.0, misses: int = 2
 def check_alive(record: ClusterRecord) -> None:
     """Raise ClusterStale, with the fix, when the recorded head does not answer."""
     if not is_alive(record):
-        raise ClusterStale(
-            f"cluster {record.name!r} is recorded but its head at {record.dashboard_url} does not answer "
-            f"(stale record): run `bridge-ray down{_name_flag(record)}` to clear it, then "
-            f"`bridge-ray up{_name_flag(record)}`"
-        )
+        raise stale_error(record, f"its head at {record.dashboard_url} does not answer")
+
+
+def stale_error(record: ClusterRecord, what: str) -> ClusterStale:
+    """The one-line error for a recorded cluster whose head is gone; ``what`` says what was seen."""
+    return ClusterStale(f"cluster {record.name!r} is recorded but {what} (stale record): "
+                        f"run `bridge-ray down{name_flag(record.name)}` to clear it, then `{up_again(record)}`")
+
+
+def up_again(record: ClusterRecord) -> str:
+    """The command that brings a stale cluster back under its name."""
+    flag = name_flag(record.name)
+    if record.backend == "slurm":
+        return f"bridge-ray up --slurm{flag} ..."
+    if record.backend == "address":
+        return f"bridge-ray up{flag} --address {record.dashboard_url or 'URL'} --token-file FILE"
+    return f"bridge-ray up{flag}"
 
 
 def wait_ready(record: ClusterRecord, timeout_s: float = 60.0) -> None:
@@ -130,7 +142,3 @@ def nodes_alive(record: ClusterRecord) -> int:
     except (OSError, ValueError, KeyError, TypeError):
         return 0
     return sum(n.get("state") == "ALIVE" for n in nodes)
-
-
-def _name_flag(record: ClusterRecord) -> str:
-    return "" if record.name == "default" else f" --name {record.name}"

@@ -49,8 +49,10 @@ def writable_dir(path: Path) -> Path:
     return path
 
 
-def write_text(path: Path, text: str) -> Path:
+def write_text(path: Path, text: str, mode: int = 0o666) -> Path:
     """Write ``text`` to ``path`` atomically (a temporary file, then a rename).
+
+    ``mode`` is the new file's permission bits before the umask (0o600: this user only).
 
     Raises:
         HomeNotWritable: the folder cannot take it.
@@ -58,12 +60,20 @@ def write_text(path: Path, text: str) -> Path:
     writable_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text)
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise home_error(path, err) from None
     return path
+
+
+def name_flag(name: str) -> str:
+    """`` --name NAME`` for a command a message suggests, or nothing for the default cluster."""
+    return "" if name == DEFAULT_CLUSTER else f" --name {name}"
 
 
 def check_name(name: str) -> str:
@@ -206,9 +216,8 @@ def _parse(path: Path) -> ClusterRecord:
         _check_fields(data, name)
         record = ClusterRecord.from_dict(data)
     except (OSError, ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
-        flag = "" if name == DEFAULT_CLUSTER else f" --name {name}"
         raise ClusterRecordBroken(
-            f"the record of cluster {name!r} ({path}) is unreadable ({err}): run `bridge-ray down{flag} --force` "
+            f"the record of cluster {name!r} ({path}) is unreadable ({err}): run `bridge-ray down{name_flag(name)} --force` "
             "to stop whatever was started for it and remove the record") from None
     return record
 

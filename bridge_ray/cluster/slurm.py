@@ -54,10 +54,6 @@ def _require(tool: str) -> str:
     return path
 
 
-def _name_flag(name: str) -> str:
-    return "" if name == records.DEFAULT_CLUSTER else f" --name {name}"
-
-
 def _check(nodes: int, gpus_per_node: int, cpus_per_task: int | None, wait_s: float, join_timeout_s: float) -> None:
     problems = [f"{flag} must be {low} or more, got {value}" for flag, value, low in (
         ("--nodes", nodes, 1), ("--gpus-per-node", gpus_per_node, 0), ("--cpus-per-task", 1 if cpus_per_task is None else cpus_per_task, 1),
@@ -258,8 +254,8 @@ def _check_pending(name: str, job_id: str, reason: str, request: dict, waited_s:
                                    token_path=str(records.cluster_dir(name) / "auth_token"),
                                    slurm={"job_id": job_id, "pending_since": time.time() - waited_s}))
         raise SlurmError(f"SLURM job {job_id} is still pending after {request['wait_s']:.0f} s ({reason}); "
-                         f"kept it: `bridge-ray status{_name_flag(name)}` shows when it is up, "
-                         f"`bridge-ray down{_name_flag(name)}` cancels it")
+                         f"kept it: `bridge-ray status{records.name_flag(name)}` shows when it is up, "
+                         f"`bridge-ray down{records.name_flag(name)}` cancels it")
     cancel(job_id)
     raise SlurmError(f"SLURM job {job_id} was still pending after {request['wait_s']:.0f} s ({reason}): "
                      f"cancelled it; wait longer with --wait SECONDS, or keep it queued with --keep-pending")
@@ -305,7 +301,12 @@ def start(name: str, nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: int 
     script = folder / "bootstrap.sbatch"
     script.write_text(text)
     request = dict(script_options, wait_s=wait_s, keep_pending=keep_pending)
-    job_id = _sbatch(script, request)
+    try:
+        job_id = _sbatch(script, request)
+    except SlurmError:  # nothing was started: leave no script or token behind
+        script.unlink(missing_ok=True)
+        (folder / "auth_token").unlink(missing_ok=True)
+        raise
     try:
         return _follow(name, job_id, request, progress or (lambda *_: None))
     except KeyboardInterrupt:
@@ -330,4 +331,4 @@ def job_state(record: ClusterRecord) -> str:
         return state
     log = record.slurm.get("log") or records.cluster_dir(record.name) / f"slurm-{job_id}.out"
     return (f"{state}: the allocation has ended, so this record is stale (logs: {log}); clear it with "
-            f"`bridge-ray down{_name_flag(record.name)}`")
+            f"`bridge-ray down{records.name_flag(record.name)}`")

@@ -37,6 +37,7 @@ from bridge_ray.cluster import records, walltime
 from bridge_ray.cluster import health, local, processes
 from bridge_ray.cluster.records import ClusterRecord
 from bridge_ray.errors import BridgeRayError
+from bridge_ray.jobs.runtime_env import is_secret
 
 PORT_FLOOR, BLOCK, NUM_BLOCKS = 20000, 40, 319
 CLUSTER_PORTS = ("port", "dashboard-port", "ray-client-server-port", "dashboard-metrics-port", "autoscaler-metrics-port")
@@ -138,7 +139,8 @@ class Node:
         if profile.is_file():
             dump = subprocess.run(["bash", "-c", '. "$0" >&2 && env -0', str(profile)], check=True,
                                   stdout=subprocess.PIPE).stdout.decode()
-            env = dict(item.split("=", 1) for item in dump.split("\0") if "=" in item)
+            env = _without_profile_secrets(dict(item.split("=", 1) for item in dump.split("\0") if "=" in item),
+                                           profile)
         env = {k: v for k, v in env.items() if k not in processes.FOREIGN_RAY_ENV}
         env.update(processes.worker_niceness(env))
         env.update(walltime.slurm_env(self.job_id))
@@ -160,6 +162,21 @@ class Node:
                f"--labels={NODE_LABEL}={self.name}", "--min-worker-port=0", "--max-worker-port=0",
                "--disable-usage-stats"]
         return cmd + [f"--{flag}={port}" for flag, port in ports.items() if flag not in local.METRICS_PORT_ENV]
+
+
+def _without_profile_secrets(env: dict[str, str], profile: Path) -> dict[str, str]:
+    """``env`` less the secrets a network profile set (an older bridge-ray wrote them there): the user's own stay.
+
+    Ray's processes would carry them into every job; ``bridge-ray doctor`` rewrites the file without them.
+    """
+    kept = {}
+    for key, value in env.items():
+        if is_secret(key) and os.environ.get(key) != value:
+            print(f"[bridge-ray] {profile} sets {key}, a secret: left out of Ray's environment; "
+                  "run `bridge-ray doctor` to rewrite the profile", file=sys.stderr)
+            continue
+        kept[key] = value
+    return kept
 
 
 def run_ray(node: Node, cmd: list[str], temp_dir: Path, ports: dict[str, int]) -> int:

@@ -45,7 +45,7 @@ def _lost(record: ClusterRecord, doing: str) -> ClusterLost:
     """Record the cluster's unfinished runs as lost and return the error that says so."""
     cause = f"the head of cluster {record.name!r} at {record.dashboard_url} stopped answering"
     runs.mark_lost(record.name, cause)
-    flag = _name_flag(record.name)
+    flag = records.name_flag(record.name)
     return ClusterLost(f"{cause} while {doing}; its unfinished runs are recorded FAILED ({runs.CLUSTER_LOST}): "
                        f"see `bridge-ray status{flag}`, then `bridge-ray down{flag}` and `bridge-ray up{flag}`")
 
@@ -113,7 +113,7 @@ class Job:
             if "does not exist" in str(err) or "404" in str(err):
                 raise JobNotFound(
                     f"no job {self.submission_id!r} on cluster {self.cluster!r}: "
-                    f"list the jobs with `bridge-ray list{_name_flag(self.cluster)}`"
+                    f"list the jobs with `bridge-ray list{records.name_flag(self.cluster)}`"
                 ) from None
             raise
 
@@ -147,7 +147,7 @@ class Job:
             # Ray's client raises RuntimeError when the log's WebSocket closes abnormally.
             if health.is_alive(record):
                 raise BridgeRayError(f"lost the log stream of job {self.submission_id} ({err}): reattach with "
-                                     f"`bridge-ray logs {self.submission_id}{_name_flag(self.cluster)} --follow`") from None
+                                     f"`bridge-ray logs {self.submission_id}{records.name_flag(self.cluster)} --follow`") from None
             return self._ended_without_cluster(record)
         try:
             return self.wait(streamed=True)
@@ -262,10 +262,6 @@ def load_run(submission_id: str | None = None, refresh: bool = False) -> runs.Ru
 def list_runs(refresh: bool = False) -> list[runs.RunRecord]:
     """Every recorded run, oldest first; ``refresh`` asks the clusters about those not seen ending."""
     return [refresh_run(run) if refresh and run.status not in runs.TERMINAL else run for run in runs.list_runs()]
-
-
-def _name_flag(cluster: str) -> str:
-    return "" if cluster == DEFAULT_CLUSTER else f" --name {cluster}"
 
 
 def check_recipe(recipe: str | Path) -> Path:
@@ -439,13 +435,13 @@ def _send(record: ClusterRecord, c, p: SubmitPlan) -> None:
                 raise
             if time.monotonic() > deadline:
                 raise BridgeRayError(f"cluster {record.name!r} took no job for {AGENT_WAIT_S:.0f} s (Ray: {NO_AGENT}): "
-                                     f"see `bridge-ray status{_name_flag(record.name)}`, then submit again") from None
+                                     f"see `bridge-ray status{records.name_flag(record.name)}`, then submit again") from None
             time.sleep(1.0)
 
 
 def _interrupted_submit(record: ClusterRecord, c, submission_id: str) -> Interrupted:
     """Ctrl-C during the upload or the request: say whether the job got there (and undo if it did not)."""
-    flag = _name_flag(record.name)
+    flag = records.name_flag(record.name)
     try:
         c.get_job_info(submission_id)
     except Exception:  # noqa: BLE001 - any answer but the job's details means it is not there

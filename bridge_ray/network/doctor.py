@@ -18,7 +18,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from bridge_ray.cluster import records
 from bridge_ray.cluster import health, local
 from bridge_ray.cluster.auth import auth_env
-from bridge_ray.errors import ClusterStale, ConfigError
+from bridge_ray.errors import ConfigError
 from bridge_ray.jobs.runtime_env import is_secret
 from bridge_ray.network import collective, probe
 from bridge_ray.network.checks import FAIL, PASS, Check, static_checks
@@ -354,9 +354,7 @@ def run_doctor(name: str = records.DEFAULT_CLUSTER, timeout_s: float = 60.0,
     record = records.load(records.check_name(name))
     overrides = {**load_overrides(name), **env}
     if health.gcs_refuses(record):  # a dead head: one line now, not a Ray driver waiting minutes to join
-        flag = "" if name == records.DEFAULT_CLUSTER else f" --name {name}"
-        raise ClusterStale(f"cluster {name!r} is recorded but nothing listens at its GCS {record.gcs_address} "
-                           f"(stale record): run `bridge-ray down{flag}` to clear it, then `bridge-ray up{flag}`")
+        raise health.stale_error(record, f"nothing listens at its GCS {record.gcs_address}")
     _use_auth(record)
     report = doctor(record.gcs_address, timeout_s, overrides, list(dict.fromkeys([str(records.home_dir()), *dirs])))
     if not report.probes:  # nothing learned: keep the profile saved before

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-import os
 import re
 import shlex
 import time
@@ -307,19 +306,6 @@ def render_env_file(profile: ClusterProfile) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, readable by this user only (the user's own settings)."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.replace(partial, path)
-    except OSError as err:
-        partial.unlink(missing_ok=True)
-        raise records.home_error(path, err) from None
-
-
 def save_profile(name: str, profile: ClusterProfile) -> Path:
     """Write ``profile.json``, ``overrides.env`` and ``profile.env`` (each 0600); return the JSON's path.
 
@@ -328,10 +314,11 @@ def save_profile(name: str, profile: ClusterProfile) -> Path:
     """
     records.writable_dir(records.cluster_dir(name))
     derived = {k: v for k, v in dataclasses.asdict(profile).items() if k != "overrides"}
-    _write(profile_path(name), json.dumps(derived, indent=2, sort_keys=True))
+    records.write_text(profile_path(name), json.dumps(derived, indent=2, sort_keys=True), mode=0o600)
     header = "# KEY=VALUE lines that win over the derived profile (bridge-ray doctor --env adds here)\n"
-    _write(overrides_path(name), header + "".join(f"{k}={v}\n" for k, v in profile.overrides.items()))
-    _write(env_file_path(name), render_env_file(profile))
+    records.write_text(overrides_path(name), header + "".join(f"{k}={v}\n" for k, v in profile.overrides.items()),
+                       mode=0o600)
+    records.write_text(env_file_path(name), render_env_file(profile), mode=0o600)
     return profile_path(name)
 
 
