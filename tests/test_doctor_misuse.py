@@ -94,7 +94,8 @@ def test_secret_already_in_overrides_env_never_travels(fake_cluster):
     assert path.read_text() == text and not (path.parent / "profile.json").exists()
 
 
-def test_a_secret_an_older_profile_env_exports_stays_out_of_rays_environment(fake_cluster, monkeypatch, capsys):
+def test_a_secret_an_older_profile_env_exports_stays_out_of_rays_environment(fake_cluster, monkeypatch, capsys,
+                                                                           tmp_path):
     """An older bridge-ray wrote doctor's --env secrets into profile.env, which each SLURM node sources
     before `ray start`: the node leaves them out (the user's own exported value stays).
 
@@ -110,7 +111,7 @@ def test_a_secret_an_older_profile_env_exports_stays_out_of_rays_environment(fak
     monkeypatch.setattr(slurm_node.walltime, "slurm_env", lambda job_id: {})
     node = object.__new__(slurm_node.Node)
     node.cluster, node.job_id = fake_cluster, 1
-    env = node.ray_env(Path("/tmp/none"), {})
+    env = node.ray_env(tmp_path, {})
     assert (env["NCCL_IB_TC"], env["WANDB_API_KEY"], "HF_TOKEN" in env) == ("106", "mine", False)
     err = capsys.readouterr().err
     assert err == (f"[bridge-ray] {folder / 'profile.env'} sets HF_TOKEN, a secret: left out of Ray's environment; "

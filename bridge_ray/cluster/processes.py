@@ -86,6 +86,20 @@ def child_env(tag: str, **extra: str) -> dict[str, str]:
     return {**clean_env(), TAG_ENV: tag, **worker_niceness(), **extra}
 
 
+def ipc_env(temp_dir: str | Path) -> dict[str, str]:
+    """Where vLLM's ZMQ sockets go on a node of the cluster: ``TEMP_DIR/ipc`` (made here, 0700).
+
+    vLLM binds its engine's sockets under ``VLLM_RPC_BASE_PATH`` (default ``/tmp``) and a killed
+    engine leaves them there, seven a rollout server; under the cluster's temp dir ``down`` removes
+    them. A user's own ``VLLM_RPC_BASE_PATH`` stays.
+    """
+    if os.environ.get("VLLM_RPC_BASE_PATH"):
+        return {}
+    folder = Path(temp_dir) / "ipc"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return {"VLLM_RPC_BASE_PATH": str(folder)}
+
+
 def _open_for_writing(pid: int, fd: str) -> bool:
     """Whether ``pid``'s descriptor ``fd`` was opened to write (``flags`` in ``/proc/PID/fdinfo/FD``, octal)."""
     for line in _read(Path(f"/proc/{pid}/fdinfo/{fd}")).decode(errors="replace").splitlines():
