@@ -55,13 +55,13 @@ def test_up_status_list_down_via_cli():
 
 def test_submit_follow_succeeds_with_env(local_cluster):
     out = run_cli("submit", "recipes/hello_cluster.py", "--name", "ci", "--env", "NCCL_DEBUG=INFO",
-                  "--follow", "--", "--show", "NCCL_DEBUG", "--show", "VLLM_RPC_BASE_PATH")
+                  "--follow", "--", "--show", "NCCL_DEBUG", "--show", "TMPDIR")
     assert out.returncode == 0, out.stderr
     assert "task on" in out.stdout and "NCCL_DEBUG=INFO" in out.stdout
-    # vLLM's engine sockets go under the cluster's temp dir, which `down` removes: in /tmp a killed
-    # engine left seven a run (processes.ipc_env).
-    ipc = Path(records.load("ci").temp_dir) / "ipc"
-    assert f"VLLM_RPC_BASE_PATH={ipc}" in out.stdout and ipc.stat().st_mode & 0o777 == 0o700
+    # A job's temporary files (verl's checkpoint locks, vLLM's sockets, multiprocessing's folders) go under
+    # the cluster's temp dir, which `down` removes: in /tmp they stayed, dozens a run (processes.temp_env).
+    tmp = Path(records.load("ci").temp_dir) / "tmp"
+    assert f"TMPDIR={tmp}" in out.stdout and tmp.stat().st_mode & 0o777 == 0o700
     # A job's tasks run at the niceness of the cluster's daemons (0), not Ray's default 15: beside any
     # ordinary process a nice-15 worker gets ~3 % of a core (processes.worker_niceness).
     assert ", nice 0)" in out.stdout

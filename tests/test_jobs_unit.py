@@ -437,6 +437,37 @@ def test_cluster_processes_start_workers_at_niceness_0_unless_the_user_chose_one
     assert processes.worker_niceness({"RAY_worker_niceness": "10"}) == {"RAY_worker_niceness": "10"}
 
 
+@pytest.mark.parametrize("own_tmpdir, expected", [(None, "cluster"), ("/tmp", "cluster"), ("/tmp/", "cluster"),
+                                                 ("mine", "mine")])
+def test_a_clusters_processes_keep_temporary_files_in_its_temp_dir(monkeypatch, tmp_path, own_tmpdir, expected):
+    """verl's checkpoint locks, vLLM's sockets and multiprocessing's folders stayed in /tmp after every run
+    (dozens a run): the cluster's processes get TMPDIR under its temp dir, which `down` removes. SLURM sets
+    TMPDIR=/tmp in every job, so /tmp counts as unset; another TMPDIR is the user's. torch's compile cache
+    keeps its own place. (The real effect: tests/test_cluster.py, test_slurm.py.)"""
+    import tempfile
+
+    from bridge_ray.cluster import processes
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches what it found first
+    if own_tmpdir == "mine":
+        own_tmpdir = str(tmp_path / "mine")  # a user's own (it must exist to count)
+        Path(own_tmpdir).mkdir()
+    if own_tmpdir is None:
+        monkeypatch.delenv("TMPDIR", raising=False)
+    else:
+        monkeypatch.setenv("TMPDIR", own_tmpdir)
+    env = processes.temp_env(tmp_path)
+    if expected == "cluster":
+        assert env["TMPDIR"] == str(tmp_path / "tmp") and (tmp_path / "tmp").stat().st_mode & 0o777 == 0o700
+    else:
+        assert "TMPDIR" not in env and not (tmp_path / "tmp").exists()
+    assert Path(env["TORCHINDUCTOR_CACHE_DIR"]).parent == Path(own_tmpdir or "/tmp")  # where torch would put it
+    assert Path(env["TORCHINDUCTOR_CACHE_DIR"]).name.startswith("torchinductor_")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/data/inductor")
+    assert "TORCHINDUCTOR_CACHE_DIR" not in processes.temp_env(tmp_path)
+
+
 @pytest.mark.parametrize("recipe, name", [("sft_gsm8k.py", "sft-gsm8k"), ("_try.py", "try"),
                                           ("my recipe (v2).py", "my-recipe-v2"), ("___.py", "job")])
 def test_a_generated_job_id_is_one_the_id_rule_allows_and_never_starts_with_a_dash(recipe, name):

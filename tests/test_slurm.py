@@ -116,10 +116,10 @@ def test_two_nodes_sft_one_cpu_worker_per_node(hello, tmp_path):
     assert record.slurm["nodes"] == ["n1", "n2"]
     # The setup lines ran in the batch shell (n1) and before Ray on each node; what they export reaches jobs there.
     assert sorted(marks.read_text().split()) == ["n1", "n1", "n2"]
-    seen = _submit(hello, "two", "--show", "BRIDGE_RAY_SETUP_MARK", "--show", "VLLM_RPC_BASE_PATH")
+    seen = _submit(hello, "two", "--show", "BRIDGE_RAY_SETUP_MARK", "--show", "TMPDIR")
     assert sorted(re.findall(r"BRIDGE_RAY_SETUP_MARK=(n\d)", seen)) == ["n1", "n2"], seen
     temp_dir = f"/tmp/bridge-ray-{os.getuid()}/slurm-{record.slurm['job_id']}"  # each node's own (slot 0, 1)
-    assert sorted(re.findall(r"VLLM_RPC_BASE_PATH=(\S+)", seen)) == [f"{temp_dir}.1/ipc", f"{temp_dir}/ipc"], seen
+    assert sorted(re.findall(r"TMPDIR=(\S+)", seen)) == [f"{temp_dir}.1/tmp", f"{temp_dir}/tmp"], seen
     assert re.findall(r", nice (\d+)\)", seen) == ["0", "0"], seen  # not Ray's default 15, on both nodes
     st = bridge_ray.status("two")
     alive = [n for n in st.nodes if n["state"] == "ALIVE"]

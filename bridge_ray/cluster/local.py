@@ -100,11 +100,12 @@ def ray_env(tag: str, temp_dir: str, token_path: Path, ports: dict[str, int]) ->
     - ``RAY_enable_metrics_collection=0``: no per-node Prometheus exporter (it serves without auth).
     - Dashboard and autoscaler metrics get free ports, not Ray's fixed ones.
     - Token auth from the cluster's token file; no 30 s drain on SIGTERM (``down`` stops it all).
-    - vLLM's sockets under the temp dir, which ``down`` removes (``processes.ipc_env``).
+    - Temporary files (verl's, vLLM's, multiprocessing's) under the temp dir, which ``down`` removes
+      (``processes.temp_env``).
     """
     metrics = {env: str(ports[name]) for name, env in METRICS_PORT_ENV.items()}
     return processes.child_env(
-        tag, **{processes.TEMP_DIR_ENV: temp_dir}, **metrics, **processes.ipc_env(temp_dir), RAY_AUTH_MODE="token",
+        tag, **{processes.TEMP_DIR_ENV: temp_dir}, **metrics, **processes.temp_env(temp_dir), RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN_PATH=str(token_path), RAY_USAGE_STATS_ENABLED="0", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
         **{SINGLE_MACHINE_ENV: "0"}, RAY_enable_metrics_collection="0")
 

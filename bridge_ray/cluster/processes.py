@@ -17,9 +17,12 @@ cluster's temp dir sits in a per-user folder of mode 0700 (``private_dir``).
 """
 from __future__ import annotations
 
+import getpass
 import os
+import re
 import signal
 import stat
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -86,18 +89,30 @@ def child_env(tag: str, **extra: str) -> dict[str, str]:
     return {**clean_env(), TAG_ENV: tag, **worker_niceness(), **extra}
 
 
-def ipc_env(temp_dir: str | Path) -> dict[str, str]:
-    """Where vLLM's ZMQ sockets go on a node of the cluster: ``TEMP_DIR/ipc`` (made here, 0700).
+def temp_env(temp_dir: str | Path) -> dict[str, str]:
+    """Where a cluster's processes on this node keep temporary files: ``TEMP_DIR/tmp`` (made here, 0700).
 
-    vLLM binds its engine's sockets under ``VLLM_RPC_BASE_PATH`` (default ``/tmp``) and a killed
-    engine leaves them there, seven a rollout server; under the cluster's temp dir ``down`` removes
-    them. A user's own ``VLLM_RPC_BASE_PATH`` stays.
+    verl (a lock file per checkpoint folder), vLLM (seven engine sockets and a rendezvous file a
+    rollout server) and Python's multiprocessing (``pymp-*``) write under ``tempfile.gettempdir()``
+    and leave it all there when stopped: in ``/tmp`` a few dozen files a run, forever. Under the
+    cluster's temp dir ``down`` removes them. torch's compile cache keeps its usual place
+    (``/tmp/torchinductor_USER``, shared by every cluster and by runs without bridge-ray). A
+    ``TORCHINDUCTOR_CACHE_DIR`` of the user's stays, and so does a ``TMPDIR`` other than ``/tmp``.
     """
-    if os.environ.get("VLLM_RPC_BASE_PATH"):
-        return {}
-    folder = Path(temp_dir) / "ipc"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    return {"VLLM_RPC_BASE_PATH": str(folder)}
+    env = {}
+    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = f"uid_{os.getuid()}"
+        user = re.sub(r'[\\/:*?"<>|]', "_", user)  # as torch names it
+        env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
+    own = os.environ.get("TMPDIR")
+    if not own or os.path.realpath(own) == "/tmp":  # SLURM sets TMPDIR=/tmp in every job
+        folder = Path(temp_dir) / "tmp"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        env["TMPDIR"] = str(folder)
+    return env
 
 
 def _open_for_writing(pid: int, fd: str) -> bool:

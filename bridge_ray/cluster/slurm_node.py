@@ -147,7 +147,7 @@ class Node:
         env.update({env_name: str(ports[name]) for name, env_name in local.METRICS_PORT_ENV.items() if name in ports})
         env.update({
             # Per node, not per cluster: emulated nodes of one job share a host, and each cleans up its own.
-            processes.TAG_ENV: str(temp_dir), processes.TEMP_DIR_ENV: str(temp_dir), **processes.ipc_env(temp_dir),
+            processes.TAG_ENV: str(temp_dir), processes.TEMP_DIR_ENV: str(temp_dir), **processes.temp_env(temp_dir),
             "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": os.environ["RAY_AUTH_TOKEN_PATH"],
             "RAY_enable_metrics_collection": "0",
             # Ray drains for 30 s on SIGTERM, longer than SLURM waits before SIGKILL: stop at once instead.
