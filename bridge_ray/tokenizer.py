@@ -213,6 +213,14 @@ def cpus_problem(cfg: TokenizerConfig, nodes: list[dict]) -> str | None:
             f"tokenizer trains on one node: set tokenizer.num_cpus={most} or less")
 
 
+def fits(cfg: TokenizerConfig, nodes: list[dict]) -> None:
+    """Raise PreflightError unless a node of ``nodes`` can hold the training task (``submit`` asks first)."""
+    from bridge_ray.errors import PreflightError
+
+    if problem := cpus_problem(cfg, nodes):
+        raise PreflightError(problem)
+
+
 def train(cfg: TokenizerConfig) -> TokenizerResult:
     """Check the files, train in a Ray task with ``cfg.num_cpus`` CPUs, save both formats.
 

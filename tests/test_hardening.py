@@ -483,6 +483,33 @@ def test_bad_overrides_are_one_line_here_with_dry_run_and_without(local_cluster,
     assert not list((records.home_dir() / "runs").glob("sft-gsm8k-*"))  # no record of a job never sent
 
 
+CLUSTER_TOO_SMALL = {  # the `ci` cluster: 1 node, 2 CPUs, no GPU
+    ("recipes/sft_gsm8k.py", "sft.workers.num_workers=4", "sft.data.global_batch_size=8"):
+        "4 workers x (1 CPU, 0 GPU) do not fit: the cluster has 2 CPU and 0 GPU on 1 node(s), room for 2 worker(s); "
+        "lower sft.workers.num_workers / cpus_per_worker / gpus_per_worker or add nodes",
+    ("recipes/sft_gsm8k.py", "preset=sft_gsm8k_llama1b"):
+        "sft.workers.num_workers=auto found no GPU on the cluster (1 node(s)): start it on GPU nodes, or run on CPU "
+        "workers with sft.workers.gpus_per_worker=0 sft.workers.num_workers=N",
+    ("recipes/sft_then_ppo.py", "--tiny", "sft.workers.cpus_per_worker=2"):
+        "2 workers x (2 CPU, 0 GPU) do not fit: the cluster has 2 CPU and 0 GPU on 1 node(s), room for 1 worker(s); "
+        "lower sft.workers.num_workers / cpus_per_worker / gpus_per_worker or add nodes; PPO on CPU needs 4 logical "
+        "CPUs in Ray (1 training rank + 3 for TransferQueue and placing verl's actors), the cluster has 0 GPUs (1 node, "
+        "2 CPUs): start it with `bridge-ray up --num-cpus 4` (logical CPUs may exceed the cores)",  # every stage
+}
+
+
+def test_a_run_the_cluster_cannot_hold_is_refused_at_submit(local_cluster):
+    """submit asks the head for its alive nodes and checks the recipe's configs against them, as the job would
+    first thing on the cluster: one line, exit 2, nothing sent. A dry run asks the cluster nothing."""
+    before = job_ids("ci")
+    for (recipe, *args), message in CLUSTER_TOO_SMALL.items():
+        out = run_cli("submit", recipe, "--name", "ci", "--", *args)
+        assert (out.returncode, out.stdout, out.stderr) == (2, "", f"error: {message}\n"), (recipe, out.stderr)
+        assert run_cli("submit", recipe, "--name", "ci", "--dry-run", "--", *args).returncode == 0
+    assert job_ids("ci") == before
+    assert not list((records.home_dir() / "runs").glob("sft-*"))
+
+
 def test_good_overrides_pass_the_check_without_building_anything(local_cluster, tmp_path):
     home = tmp_path / "home"
     (home / "clusters").mkdir(parents=True)

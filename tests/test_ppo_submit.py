@@ -75,35 +75,51 @@ def rl_paths(tmp_path_factory):
     return root
 
 
-def test_ppo_recipe_on_a_cluster_without_gpus_fails_fast(local_cluster):
+def _refused_at_submit(cluster: str, out: subprocess.CompletedProcess, message: str, jobs_before: int) -> None:
+    """One line, exit 2, and nothing sent: no job on the cluster, no run recorded."""
+    import bridge_ray
+
+    assert (out.returncode, out.stdout, out.stderr) == (2, "", message + "\n"), out.stdout[-3000:] + out.stderr[-2000:]
+    assert len(bridge_ray.list_jobs(cluster)) == jobs_before
+
+
+def test_ppo_recipe_on_a_cluster_without_gpus_is_refused_at_submit(local_cluster):
+    """The GPU preset on a CPU cluster: submit asks the head for its nodes and refuses before sending anything.
+    With --no-check the job's own preflight says the same on the cluster, fast, and leaves nothing behind."""
     import time
 
+    import bridge_ray
+
+    before = len(bridge_ray.list_jobs("ci"))
+    _refused_at_submit("ci", submit("ci", "recipes/ppo_gsm8k.py"), NO_GPU_MESSAGE, before)
     start = time.monotonic()
-    out = submit("ci", "recipes/ppo_gsm8k.py")
+    out = run_cli("submit", "recipes/ppo_gsm8k.py", "--name", "ci", *EXCLUDES, "--no-check", "--follow", timeout=240)
     elapsed = time.monotonic() - start
     assert out.returncode == 2, out.stdout + out.stderr
-    assert NO_GPU_MESSAGE in out.stdout + out.stderr
+    assert NO_GPU_MESSAGE in out.stdout
     assert "Job entrypoint command failed with exit code 2" in out.stderr
     assert elapsed < 90
     assert job_leftovers("ci", out.stdout) == []
 
 
-def test_cpu_preset_on_a_cluster_with_too_few_logical_cpus_fails_fast(local_cluster):
-    out = submit("ci", "recipes/grpo_gsm8k.py", "preset=grpo_tiny_cpu")
-    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-2000:]
-    assert ("error: PPO on CPU needs 4 logical CPUs in Ray (1 training rank + 3 for TransferQueue and placing verl's "
-            "actors), the cluster has 0 GPUs (1 node, 2 CPUs): start it with `bridge-ray up --num-cpus 4` (logical "
-            "CPUs may exceed the cores)") in out.stdout
-    assert "exit code 2" in out.stderr
-    assert job_leftovers("ci", out.stdout) == []
+def test_cpu_preset_on_a_cluster_with_too_few_logical_cpus_is_refused_at_submit(local_cluster):
+    import bridge_ray
+
+    before = len(bridge_ray.list_jobs("ci"))
+    _refused_at_submit("ci", submit("ci", "recipes/grpo_gsm8k.py", "preset=grpo_tiny_cpu"),
+                       "error: PPO on CPU needs 4 logical CPUs in Ray (1 training rank + 3 for TransferQueue and placing "
+                       "verl's actors), the cluster has 0 GPUs (1 node, 2 CPUs): start it with `bridge-ray up --num-cpus "
+                       "4` (logical CPUs may exceed the cores)", before)
 
 
-def test_tp_that_does_not_divide_the_gpus(fake_gpu_cluster):
-    out = submit(fake_gpu_cluster, "recipes/grpo_gsm8k.py", "ppo.rollout.tensor_parallel_size=4")
-    assert out.returncode == 2
-    assert ("error: rollout tensor_parallel_size=4 does not divide the 2 GPUs per node (each vLLM replica takes TP "
-            "GPUs of one node): set ppo.rollout.tensor_parallel_size to one of 1, 2") in out.stdout
-    assert "exit code 2" in out.stderr
+def test_tp_that_does_not_divide_the_gpus_is_refused_at_submit(fake_gpu_cluster):
+    import bridge_ray
+
+    before = len(bridge_ray.list_jobs(fake_gpu_cluster))
+    _refused_at_submit(fake_gpu_cluster, submit(fake_gpu_cluster, "recipes/grpo_gsm8k.py",
+                                                "ppo.rollout.tensor_parallel_size=4"),
+                       "error: rollout tensor_parallel_size=4 does not divide the 2 GPUs per node (each vLLM replica "
+                       "takes TP GPUs of one node): set ppo.rollout.tensor_parallel_size to one of 1, 2", before)
 
 
 def engine_error(cluster: str, rl_paths, *args: str) -> str:

@@ -137,8 +137,15 @@ def wait_ready(record: ClusterRecord, timeout_s: float = 60.0) -> None:
 
 def nodes_alive(record: ClusterRecord) -> int:
     """How many of the cluster's nodes are ALIVE (0 when the head does not answer)."""
+    return len(alive_nodes(record) or [])
+
+
+def alive_nodes(record: ClusterRecord) -> list[dict] | None:
+    """The cluster's ALIVE nodes as a driver's ``ray.nodes()`` rows (``NodeID``, ``NodeManagerAddress``,
+    ``Resources``: the totals), asked of its Jobs API; None when the head does not answer."""
     try:
         nodes = get_json(record, "/api/v0/nodes?detail=1&limit=10000", timeout_s=10.0)["data"]["result"]["result"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-    return sum(n.get("state") == "ALIVE" for n in nodes)
+        return [{"NodeID": n["node_id"], "NodeManagerAddress": n["node_ip"], "Alive": True,
+                 "Resources": dict(n["resources_total"])} for n in nodes if n.get("state") == "ALIVE"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None

@@ -22,8 +22,10 @@ other code is the recipe's own (an argparse error in ``config``, say).
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.abc
 import importlib.util
+import json
 import os
 import runpy
 import sys
@@ -84,27 +86,53 @@ def declares_config(recipe: str) -> bool:
     return any(isinstance(node, ast.FunctionDef) and node.name == "config" for node in tree.body)
 
 
-# Each config type a recipe may return, and the check its entry point runs on the cluster.
+# Each config type a recipe may return, the check its entry point runs on the cluster, and where the check
+# that the cluster's shape can run it lives (``fits(cfg, nodes)``: the entry point's own, on ``ray.nodes()`` rows).
 VALIDATORS = (
-    ("bridge_ray.sft.config", "SFTConfig", "validate"),
-    ("bridge_ray.ppo.config", "PPOConfig", "validate"),
-    ("bridge_ray.tokenizer", "TokenizerConfig", "validate"),
-    ("bridge_ray.pretrain.config", "PretrainConfig", "validate"),
-    ("bridge_ray.pipelines.text_to_chat", "ChainConfig", "validate"),
+    ("bridge_ray.sft.config", "SFTConfig", "validate", "bridge_ray.sft.preflight"),
+    ("bridge_ray.ppo.config", "PPOConfig", "validate", "bridge_ray.ppo.preflight"),
+    ("bridge_ray.tokenizer", "TokenizerConfig", "validate", "bridge_ray.tokenizer"),
+    ("bridge_ray.pretrain.config", "PretrainConfig", "validate", "bridge_ray.pretrain.config"),
+    ("bridge_ray.pipelines.text_to_chat", "ChainConfig", "validate", "bridge_ray.pipelines.text_to_chat"),
 )
+# The submitting side puts the cluster's alive nodes here (JSON, ``health.alive_nodes``) for ``--check``.
+NODES_ENV = "BRIDGE_RAY_CHECK_NODES"
 
 
-def validate(configs) -> None:
-    """Validate what a recipe's ``config(argv)`` returned: one config or a tuple of them.
+def validate(configs, nodes: list[dict] | None = None) -> None:
+    """Validate what a recipe's ``config(argv)`` returned: one config or a tuple of them; with the cluster's
+    alive ``nodes``, also that it fits them (what the entry point checks first on the cluster).
 
     Raises:
         ConfigError: listing every problem, as the training entry points would on the cluster.
+        PreflightError: the cluster lacks what a config needs (GPUs, CPUs, room for its workers).
     """
+    from bridge_ray.errors import PreflightError
+
+    known = []
     for cfg in configs if isinstance(configs, (tuple, list)) else (configs,):
         kind = (type(cfg).__module__, type(cfg).__name__)
-        for module_name, class_name, check in VALIDATORS:
+        for module_name, class_name, check, fits in VALIDATORS:
             if kind == (module_name, class_name):  # its module is imported already: it made the object
                 getattr(sys.modules[module_name], check)(cfg)
+                known.append((cfg, fits))
+    problems = []
+    for cfg, fits in known if nodes is not None else ():  # every config valid first, then the cluster's shape
+        try:
+            importlib.import_module(fits).fits(cfg, nodes)
+        except PreflightError as err:
+            problems.append(str(err))
+    if problems:
+        raise PreflightError("; ".join(problems))
+
+
+def _nodes() -> list[dict] | None:
+    """The cluster's alive nodes the submitting side found (``NODES_ENV``), or None: no shape to check."""
+    try:
+        nodes = json.loads(os.environ.get(NODES_ENV) or "null")
+    except ValueError:
+        return None
+    return nodes if isinstance(nodes, list) and nodes else None
 
 
 def check(recipe: str, args: list[str]) -> int:
@@ -120,7 +148,7 @@ def check(recipe: str, args: list[str]) -> int:
         sys.meta_path.insert(0, _StopAtRayInit())
     assets.build_demo_assets = lambda out_dir, *_, **__: assets.demo_asset_paths(out_dir)
     try:
-        validate(_load(recipe)["config"](list(args)))
+        validate(_load(recipe)["config"](list(args)), _nodes())
     except ReachedCluster:
         return 0
     except BridgeRayError as err:

@@ -7,6 +7,7 @@ same jobs.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import secrets
@@ -281,11 +282,13 @@ def check_recipe(recipe: str | Path) -> Path:
 
 
 def check_args(record: ClusterRecord, project: Path, recipe: Path, args: list[str] | tuple[str, ...],
-               env: dict[str, str]) -> None:
+               env: dict[str, str], nodes: list[dict] | None = None) -> None:
     """Build and validate the configs the recipe declares (its ``config(argv)``) here (``bridge_ray.jobs.launch --check``).
 
     A bad override then fails here, in a second, instead of on the cluster after the upload.
-    A recipe without ``config(argv)`` is not run here at all.
+    A recipe without ``config(argv)`` is not run here at all. With the cluster's alive ``nodes``
+    (``health.alive_nodes``) the configs must also fit them: a GPU run on a cluster without GPUs,
+    more workers than it has room for, fail here rather than in the job.
 
     Raises:
         ConfigError: the recipe refused its arguments (the recipe's own message).
@@ -295,8 +298,10 @@ def check_args(record: ClusterRecord, project: Path, recipe: Path, args: list[st
 
     python = record.python if os.path.isfile(record.python) else sys.executable
     rel = str(recipe.relative_to(project))
+    shape = {launch.NODES_ENV: json.dumps(nodes)} if nodes else {}
     proc = subprocess.Popen([python, "-m", "bridge_ray.jobs.launch", "--check", rel, *args], cwd=project,
-                            env={**clean_env(), **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env={**clean_env(), **env, **shape}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         try:
             stdout, stderr = proc.communicate(timeout=CHECK_NOTE_S)
@@ -335,11 +340,13 @@ def _submission_id(path: Path) -> str:
 
 def plan(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluster: str = DEFAULT_CLUSTER,
          env: dict[str, str] | None = None, excludes: tuple[str, ...] = (),
-         submission_id: str | None = None, check: bool = True) -> SubmitPlan:
+         submission_id: str | None = None, check: bool = True, ask_cluster: bool = False) -> SubmitPlan:
     """Build what ``submit`` sends: the recipe compiled and its arguments checked here, the upload sized.
 
     Args:
         check: build and validate the recipe's declared configs here first (``check_args``).
+        ask_cluster: with ``check``, also check them against the cluster's alive nodes (one request to its
+            head; a dry run leaves it out).
 
     Raises:
         RecipeError, ConfigError, ClusterNotFound, WorkingDirTooLarge: nothing to submit.
@@ -354,7 +361,8 @@ def plan(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluster:
         env_block["env_vars"]["WANDB_ENTITY"] = entity
     project = Path(env_block["working_dir"])
     if check:
-        check_args(record, project, path, list(args), env_block["env_vars"])
+        nodes = health.alive_nodes(record) if ask_cluster else None  # None: the head did not answer (submit says so)
+        check_args(record, project, path, list(args), env_block["env_vars"], nodes)
     rel = path.relative_to(project)
     entrypoint = shlex.join([record.python, "-m", "bridge_ray.jobs.launch", str(rel), *args])
     if submission_id and not _ID_RE.match(submission_id):
@@ -400,7 +408,8 @@ def submit(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluste
         >>> job = bridge_ray.submit("recipes/sft_gsm8k.py", ["sft.optim.lr=1e-4"])
         >>> job.follow()
     """
-    p = plan(recipe, args, cluster=cluster, env=env, excludes=excludes, submission_id=submission_id, check=check)
+    p = plan(recipe, args, cluster=cluster, env=env, excludes=excludes, submission_id=submission_id, check=check,
+             ask_cluster=True)
     record = records.load(cluster)
     health.check_alive(record)
     c = client(record)

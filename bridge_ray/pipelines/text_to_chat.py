@@ -168,21 +168,20 @@ def check_resources(cfg: ChainConfig) -> None:
         ConfigError: a finished stage's config changed (as ``run`` would say).
     """
     from bridge_ray.cluster.driver import alive_nodes
-    from bridge_ray.sft.config import resolve_workers
-    from bridge_ray.sft.preflight import workers_problem
+
+    fits(cfg, alive_nodes())
+
+
+def fits(cfg: ChainConfig, nodes: list[dict]) -> None:
+    """``check_resources`` against ``nodes`` (``ray.nodes()`` rows; ``submit`` asks before sending the job)."""
+    from bridge_ray.sft.preflight import workers_fit
     from bridge_ray.tokenizer import cpus_problem
 
-    nodes, run_dir = alive_nodes(), Path(cfg.run_dir)
-
-    def fits(group: str, workers) -> str | None:
-        try:
-            return workers_problem(resolve_workers(workers, nodes, group), nodes, f"{group}.workers")
-        except PreflightError as err:  # auto on a cluster without GPUs
-            return str(err)
-
+    cfg = plan(cfg)  # the folders a finished stage recorded (planning twice changes nothing)
+    run_dir = Path(cfg.run_dir)
     checks = {"tokenizer": (cfg.tokenizer, lambda: cpus_problem(cfg.tokenizer, nodes)),
-              "pretrain": (cfg.pretrain, lambda: fits("pretrain", cfg.pretrain.workers)),
-              "instruct": (cfg.instruct, lambda: fits("instruct", cfg.instruct.workers))}
+              "pretrain": (cfg.pretrain, lambda: workers_fit(cfg.pretrain.workers, nodes, "pretrain")),
+              "instruct": (cfg.instruct, lambda: workers_fit(cfg.instruct.workers, nodes, "instruct"))}
     problems = [problem for name, (stage_cfg, check) in checks.items()
                 if stages.finished(run_dir, name, stage_cfg, _done(name)) is None and (problem := check())]
     if problems:

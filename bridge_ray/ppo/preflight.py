@@ -98,6 +98,14 @@ def resolve_resources(cfg: PPOConfig, nodes: list[dict]) -> PPOConfig:
     return resolve_gpus(cfg, len(gpu_nodes), min(map(_gpus, gpu_nodes)))
 
 
+def fits(cfg: PPOConfig, nodes: list[dict]) -> None:
+    """Raise PreflightError unless the cluster's shape (``nodes``) can run ``cfg`` (``submit`` asks before sending
+    the job; ``preflight`` asks again on the cluster, then probes the nodes)."""
+    problems = resource_problems(resolve_resources(cfg, nodes), nodes)
+    if problems:
+        raise PreflightError("; ".join(problems))
+
+
 def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 

@@ -325,3 +325,12 @@ def to_verl_overrides(cfg: PretrainConfig, train_shards, val_shards=(), total_ep
         f"trainer.resume_mode={trainer.resume_mode}",
         f"trainer.device={'cuda' if workers.use_gpu else 'cpu'}",
     ]
+
+
+def fits(cfg: PretrainConfig, nodes: list[dict]) -> None:
+    """Raise PreflightError unless the run's workers fit ``nodes`` (``submit`` asks before sending the job)."""
+    from bridge_ray.errors import PreflightError
+    from bridge_ray.sft.preflight import workers_fit
+
+    if problem := workers_fit(cfg.workers, nodes, "pretrain"):
+        raise PreflightError(problem)

@@ -13,7 +13,7 @@ from pathlib import Path
 from bridge_ray.cluster.driver import alive_nodes
 from bridge_ray.config import output_dir_problem
 from bridge_ray.errors import ConfigError, PreflightError
-from bridge_ray.sft.config import SFTConfig, WorkersConfig, validate
+from bridge_ray.sft.config import SFTConfig, WorkersConfig, resolve_workers, validate
 
 
 def _worker_slots(node_resources: dict, cpus: float, gpus: float) -> int:
@@ -34,6 +34,21 @@ def workers_problem(workers: WorkersConfig, nodes: list[dict], group: str) -> st
     return (f"{workers.num_workers} workers x ({workers.cpus_per_worker} CPU, {workers.gpus_per_worker} GPU) do not "
             f"fit: the cluster has {total_cpu:g} CPU and {total_gpu:g} GPU on {len(nodes)} node(s), room for {slots} "
             f"worker(s); lower {group}.num_workers / cpus_per_worker / gpus_per_worker or add nodes")
+
+
+def workers_fit(workers: WorkersConfig, nodes: list[dict], group: str) -> str | None:
+    """Why ``group``'s workers (``num_workers=auto`` counted on ``nodes``) do not fit the alive ``nodes``; None if
+    they do. ``group``: ``sft``, ``pretrain``, ``instruct``."""
+    try:
+        return workers_problem(resolve_workers(workers, nodes, group), nodes, f"{group}.workers")
+    except PreflightError as err:  # auto on a cluster without GPUs
+        return str(err)
+
+
+def fits(cfg: SFTConfig, nodes: list[dict]) -> None:
+    """Raise PreflightError unless the run's workers fit ``nodes`` (``submit`` asks before sending the job)."""
+    if problem := workers_fit(cfg.workers, nodes, "sft"):
+        raise PreflightError(problem)
 
 
 def check_resources(cfg: SFTConfig, nodes: list[dict], group: str = "sft.workers") -> None:
