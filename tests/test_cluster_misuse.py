@@ -236,6 +236,23 @@ def test_registering_says_what_is_wrong_and_leaves_nothing_behind(home, tmp_path
     assert not records.cluster_dir("fxreg").exists() and token.read_text() == _JobsApi.token  # the user's file stays
 
 
+def test_a_head_that_answers_but_lists_no_nodes_is_one_line_and_nothing_is_sent(home, tmp_path, jobs_api):
+    """``submit`` asks the head for its nodes to check the run against them; a head whose Jobs API answers
+    but has no node list (here the stand-in above, as a proxy or another service on that port might) is
+    named, not a traceback or a job sent blind."""
+    token = tmp_path / "token"
+    token.write_text(_JobsApi.token)
+    assert run_cli("up", "--name", "fxreg", "--address", jobs_api, "--token-file", str(token)).returncode == 0
+    out = run_cli("submit", "recipes/hello_cluster.py", "--name", "fxreg")
+    assert (out.returncode, out.stdout, out.stderr) == (2, "", (
+        f"error: the head of cluster 'fxreg' at {jobs_api} answers but did not list its nodes (/api/v0/nodes): "
+        "is it a Ray dashboard? See `bridge-ray status --name fxreg`; `--no-check` sends the job unchecked; "
+        "nothing was submitted\n"))
+    assert run_cli("runs", "--name", "fxreg").stdout.count("hello_cluster") == 0
+    assert not list(records.cluster_dir("fxreg").glob("secrets/*"))  # no job's secrets file was written
+    assert run_cli("down", "--name", "fxreg").returncode == 0
+
+
 def test_a_failed_local_up_leaves_no_token_or_empty_folder(home):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -338,6 +338,19 @@ def _submission_id(path: Path) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def _cluster_nodes(record: ClusterRecord) -> list[dict]:
+    """The cluster's alive nodes, asked of its head; ClusterStale (or AuthError) when it does not answer,
+    BridgeRayError when it answers but does not list them."""
+    health.check_alive(record)  # first: a killed local head's dashboard answers for a minute, its GCS does not
+    nodes = health.alive_nodes(record)
+    if nodes is None:
+        raise BridgeRayError(f"the head of cluster {record.name!r} at {record.dashboard_url} answers but did not list "
+                             f"its nodes (/api/v0/nodes): is it a Ray dashboard? See `bridge-ray "
+                             f"status{records.name_flag(record.name)}`; `--no-check` sends the job unchecked; "
+                             "nothing was submitted")
+    return nodes
+
+
 def plan(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluster: str = DEFAULT_CLUSTER,
          env: dict[str, str] | None = None, excludes: tuple[str, ...] = (),
          submission_id: str | None = None, check: bool = True, ask_cluster: bool = False) -> SubmitPlan:
@@ -345,11 +358,12 @@ def plan(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluster:
 
     Args:
         check: build and validate the recipe's declared configs here first (``check_args``).
-        ask_cluster: with ``check``, also check them against the cluster's alive nodes (one request to its
-            head; a dry run leaves it out).
+        ask_cluster: with ``check``, also check them against the cluster's alive nodes (asked of its head;
+            a dry run leaves it out).
 
     Raises:
-        RecipeError, ConfigError, ClusterNotFound, WorkingDirTooLarge: nothing to submit.
+        RecipeError, ConfigError, ClusterNotFound, WorkingDirTooLarge, and with ``ask_cluster`` ClusterStale
+        or AuthError: nothing to submit.
     """
     from bridge_ray.network.profile import profile_env
 
@@ -361,7 +375,7 @@ def plan(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluster:
         env_block["env_vars"]["WANDB_ENTITY"] = entity
     project = Path(env_block["working_dir"])
     if check:
-        nodes = health.alive_nodes(record) if ask_cluster else None  # None: the head did not answer (submit says so)
+        nodes = _cluster_nodes(record) if ask_cluster else None
         check_args(record, project, path, list(args), env_block["env_vars"], nodes)
     rel = path.relative_to(project)
     entrypoint = shlex.join([record.python, "-m", "bridge_ray.jobs.launch", str(rel), *args])
@@ -411,7 +425,8 @@ def submit(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluste
     p = plan(recipe, args, cluster=cluster, env=env, excludes=excludes, submission_id=submission_id, check=check,
              ask_cluster=True)
     record = records.load(cluster)
-    health.check_alive(record)
+    if not check:  # with it, plan has asked the head already
+        health.check_alive(record)
     c = client(record)
     runs.start_run(p, record)
     try:
