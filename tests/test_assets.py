@@ -141,3 +141,32 @@ def test_a_checkpoint_trained_with_another_attention_merges_and_stays_untouched(
     view = _merge_view(step, tmp_path / "view")  # what the merger reads: the same for any name
     assert "attn_implementation" not in json.loads((view / "huggingface" / "config.json").read_text())
     assert (view / "model_world_size_1_rank_0.pt").resolve() == step / "model_world_size_1_rank_0.pt"
+
+
+def test_a_generation_without_text_still_shows_what_was_generated(demo, tmp_path):
+    """A merged model's check prints its sample; an untrained model often generates only special tokens or
+    ids past its tokenizer (the GPU benchmarks' random 1B shape keeps Llama's 128,256 rows over a 573-id
+    tokenizer), whose text is empty, and an empty sample reads as "generated nothing"."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bridge_ray.models.checkpoints import check_hf_model, describe_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(demo["model"])
+    assert describe_tokens(tokenizer, [1, *tokenizer.encode("12 * 34", add_special_tokens=False)]) == "12 * 34"
+    assert describe_tokens(tokenizer, [0, 0]) == "<|pad|><|pad|>"  # special tokens only: their own text
+    past = len(tokenizer)
+    assert describe_tokens(tokenizer, [past] * 9) == (
+        f"<9 token(s) with no text in the tokenizer ({past} ids): {', '.join([str(past)] * 8)}, ...>")
+    # The real check on a model whose every step picks a row past the tokenizer (tied embeddings: two
+    # opposite rows, so one of them wins whatever the sign of the final hidden state).
+    model = AutoModelForCausalLM.from_pretrained(demo["model"])
+    assert model.config.vocab_size >= past + 2
+    direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.get_output_embeddings().weight[past] = 1000 * direction
+        model.get_output_embeddings().weight[past + 1] = -1000 * direction
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    sample = check_hf_model(tmp_path / "m", max_new_tokens=3)
+    assert sample.startswith(f"<3 token(s) with no text in the tokenizer ({past} ids): "), sample

@@ -54,7 +54,8 @@ LLAMA_SHAPES = {
         tie_word_embeddings=True,
     ),
     # meta-llama/Llama-3.2-1B's config. The vocabulary stays at 128256 so parameter and FLOP counts
-    # match the real model; rows past the small tokenizer's ids are never looked up.
+    # match the real model; rows past the small tokenizer's ids are in no data (an untrained model generates
+    # them: its merged-model check shows their ids, `checkpoints.describe_tokens`).
     "llama-3.2-1b": LlamaShape(
         hidden_size=2048, num_layers=16, num_heads=32, num_kv_heads=8, intermediate_size=8192,
         max_position_embeddings=131072, tie_word_embeddings=True, vocab_size=128256,

@@ -143,4 +143,18 @@ def check_hf_model(path: str | Path, prompt: str = "What is 2 + 3?", max_new_tok
     new_tokens = output[0, inputs["input_ids"].shape[1]:]
     if len(new_tokens) == 0:
         raise CheckpointError(f"merged model at {path} generated no tokens")
-    return tokenizer.decode(new_tokens, skip_special_tokens=True)
+    return describe_tokens(tokenizer, new_tokens.tolist())
+
+
+def describe_tokens(tokenizer, ids: list[int]) -> str:
+    """Generated ids as text; where the text is empty (special tokens only, as an untrained model often
+    gives, or ids past the tokenizer's vocabulary, as a model whose vocabulary is padded past it can),
+    the special tokens' own text, else the ids themselves, so that a check shows the model generated."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if text.strip():
+        return text
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    if text.strip():
+        return text
+    shown = ", ".join(map(str, ids[:8])) + (", ..." if len(ids) > 8 else "")
+    return f"<{len(ids)} token(s) with no text in the tokenizer ({len(tokenizer)} ids): {shown}>"
