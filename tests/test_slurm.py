@@ -200,6 +200,9 @@ def test_node_that_never_joins_is_named_and_cancelled():
     job_id = re.search(r"job (\d+);", str(err.value)).group(1)
     assert _active_jobs() == [] and (folder / f"slurm-{job_id}.out").exists()
     assert not records.record_path("hang").exists()
+    # Neither node leaves its Ray temp dir: the head removes its own as it stops; n2, killed while still
+    # sourcing the profile, had made none (it used to leave an empty one behind).
+    _wait_for(lambda: not list(processes.private_root().glob(f"slurm-{job_id}*")), "the nodes' temp dirs to go")
 
 
 def _wait_for(predicate, what: str, guard_s: float = 600):

@@ -133,7 +133,8 @@ class Node:
         return processes.private_root() / f"slurm-{self.job_id}{suffix}"
 
     def ray_env(self, temp_dir: Path, ports: dict[str, int]) -> dict[str, str]:
-        """Env for ``ray start``: the network profile sourced on this node, the deadline, the cluster's tag."""
+        """Env for ``ray start``: the network profile sourced on this node, the deadline, the cluster's tag;
+        makes ``temp_dir`` (0700) once the profile has been sourced."""
         env = dict(os.environ)
         profile = records.cluster_dir(self.cluster) / "profile.env"
         if profile.is_file():
@@ -144,6 +145,8 @@ class Node:
         env = {k: v for k, v in env.items() if k not in processes.FOREIGN_RAY_ENV}
         env.update(processes.worker_niceness(env))
         env.update(walltime.slurm_env(self.job_id))
+        # Made only now: sourcing the profile can fail, or hang until SLURM kills this node, before Ray starts.
+        temp_dir.mkdir(mode=0o700, exist_ok=True)
         env.update({env_name: str(ports[name]) for name, env_name in local.METRICS_PORT_ENV.items() if name in ports})
         env.update({
             # Per node, not per cluster: emulated nodes of one job share a host, and each cleans up its own.
@@ -213,7 +216,6 @@ def run_ray(node: Node, cmd: list[str], temp_dir: Path, ports: dict[str, int]) -
 def _run_once(node: Node, cmd: list[str], temp_dir: Path, ports: dict[str, int], stopping: list[float],
               running: list[subprocess.Popen]) -> tuple[int, bool]:
     """One ``ray start --block``, its output relayed to the allocation's log; (exit code, whether Ray got up)."""
-    temp_dir.mkdir(mode=0o700, exist_ok=True)
     proc = subprocess.Popen(cmd, env=node.ray_env(temp_dir, ports), umask=processes.UMASK, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     running[:] = [proc]
