@@ -215,8 +215,6 @@ def cpus_problem(cfg: TokenizerConfig, nodes: list[dict]) -> str | None:
 
 def fits(cfg: TokenizerConfig, nodes: list[dict]) -> None:
     """Raise PreflightError unless a node of ``nodes`` can hold the training task (``submit`` asks first)."""
-    from bridge_ray.errors import PreflightError
-
     if problem := cpus_problem(cfg, nodes):
         raise PreflightError(problem)
 
@@ -244,8 +242,7 @@ def train(cfg: TokenizerConfig) -> TokenizerResult:
     check_text_files(cfg.files, cfg.text_key, "tokenizer.files")
     driver.connect()
     lifecycle.start(cfg.output_dir)  # no checkpoint, so no finish_model: the tokenizer is the output dir
-    if problem := cpus_problem(cfg, driver.alive_nodes()):
-        raise PreflightError(problem)
+    fits(cfg, driver.alive_nodes())
     outcome = ray.get(ray.remote(num_cpus=cfg.num_cpus)(_task).remote(cfg))
     if isinstance(outcome, str):
         raise ConfigError(outcome)

@@ -98,12 +98,14 @@ def resolve_resources(cfg: PPOConfig, nodes: list[dict]) -> PPOConfig:
     return resolve_gpus(cfg, len(gpu_nodes), min(map(_gpus, gpu_nodes)))
 
 
-def fits(cfg: PPOConfig, nodes: list[dict]) -> None:
-    """Raise PreflightError unless the cluster's shape (``nodes``) can run ``cfg`` (``submit`` asks before sending
-    the job; ``preflight`` asks again on the cluster, then probes the nodes)."""
-    problems = resource_problems(resolve_resources(cfg, nodes), nodes)
+def fits(cfg: PPOConfig, nodes: list[dict]) -> PPOConfig:
+    """``cfg`` with its GPUs resolved on ``nodes``; PreflightError unless the cluster's shape can run it (``submit``
+    asks before sending the job; ``preflight`` asks again on the cluster, then probes the nodes)."""
+    cfg = resolve_resources(cfg, nodes)
+    problems = resource_problems(cfg, nodes)
     if problems:
         raise PreflightError("; ".join(problems))
+    return cfg
 
 
 def _divisors(n: int) -> str:
@@ -374,10 +376,7 @@ def preflight(cfg: PPOConfig, ships_reward_code: bool = False) -> tuple[PPOConfi
             nothing was started.
     """
     nodes = alive_nodes()
-    cfg = resolve_resources(cfg, nodes)
-    problems = resource_problems(cfg, nodes)
-    if problems:
-        raise PreflightError("; ".join(problems))
+    cfg = fits(cfg, nodes)
     refs = start_node_probes(cfg, nodes, ships_reward_code)
 
     def finish() -> None:
