@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -215,6 +216,51 @@ def test_down_force_says_who_stopped_a_run_also_after_a_follower_recorded_its_en
     runs.finish_run("r-2", "SUCCEEDED")
     runs.record_stopped("r-2", "stopped by `bridge-ray down --force`")
     assert (runs.load_run("r-2").status, runs.load_run("r-2").message) == ("SUCCEEDED", "")
+
+
+def test_a_follower_that_read_the_record_before_down_force_wrote_it_does_not_overwrite_it(home, monkeypatch):
+    """Two processes ending one run at once: a follower reads the record (unfinished), ``down --force`` records
+    the stop, then the follower writes. CI saw the follower's "Job was intentionally stopped." win; the first
+    end recorded must stay. The follower is paused between its read and its write (a thread here; the lock is
+    a file lock, which also holds between the CLI's processes)."""
+    _started(home)
+    read, release = threading.Event(), threading.Event()
+    copy_outputs = runs._copy_outputs
+
+    def paused(folder, output_dir):
+        if threading.current_thread().name == "follower":
+            read.set()
+            assert release.wait(60)
+        copy_outputs(folder, output_dir)
+
+    monkeypatch.setattr(runs, "_copy_outputs", paused)
+    follower = threading.Thread(name="follower", target=runs.finish_run,
+                                args=("r-1", "STOPPED", "Job was intentionally stopped.", "the follower's log\n"))
+    follower.start()
+    assert read.wait(60)
+    runs.record_stopped("r-1", "stopped by `bridge-ray down --force`")
+    release.set()
+    follower.join(60)
+    run = runs.load_run("r-1")
+    assert (run.status, run.message) == ("STOPPED", "stopped by `bridge-ray down --force`")
+    assert (home / "runs" / "r-1" / runs.JOB_LOG).read_text() == "the follower's log\n"  # its log is still kept
+
+
+def test_marking_a_run_lost_never_overwrites_an_end_recorded_meanwhile(home, monkeypatch):
+    """``mark_lost`` reads the records, then marks the unfinished ones; an end recorded in between stays."""
+    _started(home)
+    read_record, ended = runs.read_record, []
+
+    def then_the_job_ends(folder):
+        record = read_record(folder)
+        if not ended:  # once: finish_run reads the record too
+            ended.append(folder)
+            runs.finish_run("r-1", "SUCCEEDED")
+        return record
+
+    monkeypatch.setattr(runs, "read_record", then_the_job_ends)
+    assert runs.mark_lost("unit", "the head stopped answering") == []
+    assert (runs.load_run("r-1").status, runs.load_run("r-1").failure) == ("SUCCEEDED", None)
 
 
 def test_refresh_records_the_runs_of_a_dead_head_as_lost(home):

@@ -41,8 +41,8 @@ from bridge_ray.errors import RunRecordBroken
 from bridge_ray.jobs import credentials, runtime_env, tracking
 from bridge_ray.jobs.runtime_env import SubmitPlan
 from bridge_ray.runs.record import (  # noqa: F401 - the reading side, re-exported: runs.load_run, runs.RunRecord, ...
-    CLUSTER_LOST, TERMINAL, RunRecord, amend, find_run, list_runs, load_run, read_record, read_run, run_dir, runs_root,
-    update_fields, with_outputs)
+    CLUSTER_LOST, TERMINAL, RunRecord, amend, find_run, has_ended, list_runs, load_run, read_record, read_run, run_dir,
+    runs_root, update_fields, with_outputs)
 
 RUN_DIR_ENV = "BRIDGE_RAY_RUN_DIR"
 JOB_LOG = "job.log"  # the job's whole log, written when its end is recorded
@@ -178,8 +178,7 @@ def finish_run(submission_id: str, status: str, message: str = "", logs: str = "
     except RunRecordBroken:
         return None
     credentials.remove(current.cluster, submission_id)
-    # A run marked lost with its cluster may still get its real end from a head that came back.
-    if current.status in TERMINAL and current.failure != CLUSTER_LOST:
+    if has_ended(dataclasses.asdict(current)):
         return read_run(folder)
     secrets = known_secrets()
     lines = logs.rstrip().splitlines()
@@ -192,7 +191,8 @@ def finish_run(submission_id: str, status: str, message: str = "", logs: str = "
     _copy_outputs(folder, current.output_dir)
     run = with_outputs(RunRecord.from_dict({**dataclasses.asdict(current), **fields}))
     fields.update(last_step=run.last_step, metrics=run.metrics, wandb=run.wandb)
-    update_fields(folder, fields)
+    # Another process (a follower, `down --force`) may have recorded the end since the read above: its stays.
+    update_fields(folder, fields, unless=has_ended)
     return read_run(folder)
 
 
@@ -212,8 +212,9 @@ def mark_lost(cluster: str, cause: str) -> list[str]:
         if run.cluster != cluster or run.status in TERMINAL:
             continue
         credentials.remove(cluster, run.submission_id)
-        update_fields(path.parent, {"status": "FAILED", "failure": CLUSTER_LOST, "message": cause, "end_time": time.time()})
-        lost.append(run.submission_id)
+        if update_fields(path.parent, {"status": "FAILED", "failure": CLUSTER_LOST, "message": cause,
+                                       "end_time": time.time()}, unless=lambda data: data.get("status") in TERMINAL):
+            lost.append(run.submission_id)
     return lost
 
 

@@ -23,6 +23,12 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 CLUSTER_LOST = "cluster lost"
 
 
+def has_ended(data: dict) -> bool:
+    """Whether a record (``run.json``'s dict) holds its run's end; a run marked lost with its cluster
+    has not: a head that came back may still give its real end."""
+    return data.get("status") in TERMINAL and data.get("failure") != CLUSTER_LOST
+
+
 def read_record(folder: Path) -> RunRecord:
     """The ``RunRecord`` in ``folder/run.json``, or RunRecordBroken naming it."""
     path = folder / "run.json"
@@ -128,8 +134,13 @@ def _locked(folder: Path):
         yield
 
 
-def update_fields(folder: Path, fields: dict, defaults: dict | None = None) -> dict:
+def update_fields(folder: Path, fields: dict, defaults: dict | None = None,
+                  unless: typing.Callable[[dict], bool] | None = None) -> dict | None:
     """Merge ``fields`` (and ``defaults`` where unset) into ``folder/run.json`` under a lock, atomically.
+
+    Args:
+        unless: a test of the record as it is under the lock: where it holds, nothing is written and
+            None is returned (two processes that both saw a run unfinished: only the first records its end).
 
     Raises:
         HomeNotWritable: the run folder cannot be written.
@@ -138,7 +149,10 @@ def update_fields(folder: Path, fields: dict, defaults: dict | None = None) -> d
     try:
         with _locked(folder):
             path = folder / "run.json"
-            data = {**(defaults or {}), **(json.loads(path.read_text()) if path.exists() else {}), **fields}
+            current = json.loads(path.read_text()) if path.exists() else {}
+            if unless is not None and unless(current):
+                return None
+            data = {**(defaults or {}), **current, **fields}
             tmp = folder / f".run.json.{os.getpid()}"
             tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
             os.replace(tmp, path)
