@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from bridge_ray.cluster import records
 from bridge_ray.errors import ConfigError
 from bridge_ray.network import profile as prof
 from bridge_ray.network import doctor as doc
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 SECRET = "hf_secret999"
 SECRET_FIX = ("a secret has no place in the network profile (saved for every job, shown in Ray's logs) nor on a "
@@ -268,6 +270,53 @@ def test_shared_dir_that_takes_no_marker_is_one_line(dx_cluster):
     out = run_cli("doctor", "--name", "dxmis", "--shared-dir", "/proc")
     _refused(out, "cannot write a file in /proc (No such file or directory): each shared directory must be a "
                   "folder you can write; give another --shared-dir")
+
+
+# Runs `bridge-ray doctor` with the ranks' first FAILS starts given a package URI that is not in the GCS.
+FAULTY_DOCTOR = """
+import sys
+from bridge_ray.cli import main
+from bridge_ray.network import doctor
+real, starts, fails = doctor._rank_runtime_env, [], int(sys.argv[1])
+
+def faulty(env):
+    starts.append(env)
+    missing = ["gcs://_ray_pkg_00000000000000000000000000000000.zip"]
+    return {**real(env), "py_modules": missing} if len(starts) <= fails else real(env)
+
+doctor._rank_runtime_env = faulty
+sys.argv[1:] = ["doctor", "--name", "dxmis"]
+main()
+"""
+
+
+def _doctor_with_failed_runtime_envs(fails: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", FAULTY_DOCTOR, str(fails)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.integration
+def test_a_rank_whose_runtime_env_fails_once_is_started_again(dx_cluster):
+    """CI once saw Ray's runtime-env agent give up on a rank under load ("maybe there are some network
+    problems, will fail the request") and the doctor FAIL with a wrong fix ("free the GPUs"). That agent
+    failure cannot be caused on demand: here the rank's first runtime_env names a package that is not in
+    the GCS, which fails the same way (a real RuntimeEnvSetupError from the real head)."""
+    out = _doctor_with_failed_runtime_envs(1)
+    assert out.returncode == 0, out.stdout + out.stderr
+    row = next(ln for ln in out.stdout.splitlines() if ln.startswith("all-reduce (gloo)"))
+    assert "  PASS  " in row and "(ranks started on a second try: Ray's runtime env setup failed once: " in row
+
+
+@pytest.mark.integration
+def test_a_rank_whose_runtime_env_fails_twice_names_ray_not_the_gpus(dx_cluster):
+    before = prof.load_overrides("dxmis")
+    out = _doctor_with_failed_runtime_envs(2)
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("all-reduce (gloo)"))
+    assert "  FAIL    could not start 1 ranks, twice: Ray could not set up their runtime env (" in lines[at]
+    assert lines[at + 1].split("fix:", 1)[1].strip() == doc.RUNTIME_ENV_FIX
+    assert "Traceback" not in out.stderr and prof.load_overrides("dxmis") == before
 
 
 def test_a_head_that_does_not_answer_is_one_line_at_once(fake_cluster):
