@@ -494,3 +494,15 @@ def test_a_usage_error_is_one_line_with_where_to_look(args, line, tmp_path):
     out = run_cli(*args, env={"BRIDGE_RAY_HOME": str(tmp_path)})
     assert (out.returncode, out.stdout, out.stderr) == (2, "", line + "\n")
     assert not any(tmp_path.iterdir())  # nothing started or recorded
+
+
+@pytest.mark.parametrize("args", [(), ("data",), ("assets",)])
+def test_a_group_given_no_command_shows_its_help_not_a_folded_line(args, tmp_path):
+    """click 8.2+ raises its help as a usage error; folded into one line it read as a garbled error."""
+    from conftest import run_cli
+
+    out = run_cli(*args, env={"BRIDGE_RAY_HOME": str(tmp_path)})
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr.startswith(f"Usage: bridge-ray {' '.join(args)}".replace("  ", " ").rstrip() + " [OPTIONS] COMMAND")
+    assert "\nCommands:\n" in out.stderr and "error:" not in out.stderr and ";" not in out.stderr.splitlines()[0]
+    assert not any(tmp_path.iterdir())

@@ -13,11 +13,17 @@ import click
 from bridge_ray.errors import BridgeRayError
 
 DEBUG_ENV = "BRIDGE_RAY_DEBUG"
+# What click >= 8.2 raises for a group given no command (8.1 printed the help itself and exited 0).
+NO_COMMAND = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def _usage_error(err: click.UsageError) -> None:
     """A usage error (unknown option, bad value, missing argument) as one line, exit 2: click's own
-    form is four (usage, hint, blank, error)."""
+    form is four (usage, hint, blank, error). A group given no command (``bridge-ray``, ``bridge-ray data``)
+    prints its help as click lays it out, still exit 2: nothing was done."""
+    if isinstance(err, NO_COMMAND) and err.ctx is not None:
+        click.echo(err.ctx.get_help(), err=True)
+        sys.exit(err.exit_code)
     message = "; ".join(line.strip() for line in err.format_message().splitlines() if line.strip()).rstrip(".")
     command = err.ctx.command_path if err.ctx is not None else "bridge-ray"
     click.echo(f"error: {message}: see `{command} --help`", err=True)
