@@ -53,6 +53,12 @@ def from_dict(cls: type, data: dict) -> Any:
 LOGGERS = ("console", "wandb", "file", "tensorboard")
 
 
+def too_small(minimum: int, values: dict[str, Any], note: str = "") -> list[str]:
+    """``NAME=VALUE must be >= MINIMUM`` (then ``note``) for each of ``values`` below ``minimum``: the
+    message names the value that was given, not only the rule."""
+    return [f"{name}={value} must be >= {minimum}{note}" for name, value in values.items() if value < minimum]
+
+
 def trainer_problems(trainer: Any, save_off: str = "off") -> list[str]:
     """Checks every workload's trainer section shares: output dir, run length, frequencies, loggers.
 
@@ -65,8 +71,10 @@ def trainer_problems(trainer: Any, save_off: str = "off") -> list[str]:
     if not trainer.output_dir or not os.path.isabs(trainer.output_dir):
         problems.append(f"trainer.output_dir={trainer.output_dir!r} must be an absolute path "
                         "(relative paths land in Ray's unpacked working_dir)")
-    if trainer.total_epochs < 1 or (trainer.total_steps is not None and trainer.total_steps < 1):
-        problems.append("trainer.total_epochs must be >= 1 and trainer.total_steps null or >= 1")
+    problems += too_small(1, {"trainer.total_epochs": trainer.total_epochs})
+    if trainer.total_steps is not None and trainer.total_steps < 1:
+        problems.append(f"trainer.total_steps={trainer.total_steps}: give a step count >= 1, or null to train "
+                        "for trainer.total_epochs")
     for name in ("save_freq", "test_freq"):
         value = getattr(trainer, name)
         if value == 0 or value < -1:

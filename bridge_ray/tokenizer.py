@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from bridge_ray.config import apply_overrides as apply_dotted, too_small
 from bridge_ray.errors import ConfigError, PreflightError
 from bridge_ray.models.assets import BOS, CHAT_TEMPLATE, EOS, EOT, HEADER_END, HEADER_START, PAD
 from bridge_ray.recipe import recipe_main
@@ -100,12 +101,12 @@ def validate(cfg: TokenizerConfig) -> TokenizerConfig:
     if cfg.vocab_size < minimum:
         problems.append(f"tokenizer.vocab_size={cfg.vocab_size} is too small: it holds 256 byte pieces and "
                         f"{4 + len(USER_SYMBOLS)} special tokens; use at least {minimum}")
-    if cfg.input_sentence_size < 0 or cfg.max_sentence_length < 1:
-        problems.append("tokenizer.input_sentence_size must be >= 0 (0: all) and tokenizer.max_sentence_length >= 1")
+    problems += too_small(0, {"tokenizer.input_sentence_size": cfg.input_sentence_size}, " (0: all)")
+    problems += too_small(1, {"tokenizer.max_sentence_length": cfg.max_sentence_length})
     if not 0 < cfg.character_coverage <= 1:
         problems.append(f"tokenizer.character_coverage={cfg.character_coverage} must be in (0, 1]")
-    if cfg.num_cpus < 1 or cfg.num_threads < 0:
-        problems.append("tokenizer.num_cpus must be >= 1 and tokenizer.num_threads >= 0 (0: the task's CPUs)")
+    problems += too_small(1, {"tokenizer.num_cpus": cfg.num_cpus})
+    problems += too_small(0, {"tokenizer.num_threads": cfg.num_threads}, " (0: the task's CPUs)")
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -252,9 +253,7 @@ def train(cfg: TokenizerConfig) -> TokenizerResult:
 
 def apply_overrides(cfg: TokenizerConfig, overrides: list[str]) -> TokenizerConfig:
     """``cfg`` with dotted ``tokenizer.<key>=value`` overrides (the prefix is optional)."""
-    from bridge_ray.config import apply_overrides as apply
-
-    return apply(cfg, overrides, prefix="tokenizer")
+    return apply_dotted(cfg, overrides, prefix="tokenizer")
 
 
 def main(config, argv: list[str] | None = None, before=None) -> TokenizerResult | None:

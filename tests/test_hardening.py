@@ -464,10 +464,12 @@ BAD_OVERRIDES = {
         "warmup_ratio, weight_decay)",
     ("recipes/sft_gsm8k.py", "sft.optim.lr=fast"): "sft.optim.lr='fast' is not a number",
     ("recipes/sft_gsm8k.py", "sft.data.global_batch_size=0"):
-        "data.global_batch_size and data.micro_batch_size_per_worker must be >= 1",
+        "data.global_batch_size=0 must be >= 1",
     ("recipes/sft_gsm8k.py", "sft.optim.lr"): "override 'sft.optim.lr' has no '=': write it as sft.optim.lr=VALUE",
     ("recipes/grpo_gsm8k.py", "ppo.rollout.nn=8"): "unknown key 'ppo.rollout.nn': did you mean 'ppo.rollout.n'?",
-    ("recipes/sft_then_ppo.py", "ppo.trainer.total_epochs=0"): "trainer.total_epochs must be >= 1",
+    ("recipes/sft_then_ppo.py", "ppo.trainer.total_epochs=0"): "trainer.total_epochs=0 must be >= 1",
+    ("recipes/sft_gsm8k.py", "sft.trainer.total_steps=-3"):
+        "trainer.total_steps=-3: give a step count >= 1, or null to train for trainer.total_epochs",
 }
 
 

@@ -181,7 +181,7 @@ def test_the_local_check_builds_and_validates_what_the_recipe_declares(tmp_path)
     """What `submit` runs here first: the recipe's config(argv), validated; nothing else of it runs."""
     bad = _check("recipes/sft_gsm8k.py", "sft.data.global_batch_size=0")
     assert (bad.returncode, bad.stderr.strip()) == (
-        2, "error: data.global_batch_size and data.micro_batch_size_per_worker must be >= 1")
+        2, "error: data.global_batch_size=0 must be >= 1")
     assert _check("recipes/grpo_gsm8k.py", "ppo.rollout.n=8").returncode == 0
     (tmp_path / "plain.py").write_text("raise SystemExit('this must not run here')\n")
     assert _check("plain.py", cwd=tmp_path).returncode == 0  # no config(argv): not run at all

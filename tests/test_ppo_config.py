@@ -215,6 +215,10 @@ def test_bad_overrides_and_values_are_reported_together(tmp_path):
          "sample gives zero gradient; set ppo.rollout.n=5"),
         "trainer.output_dir='runs/x' must be an absolute path (relative paths land in Ray's unpacked working_dir)",
     ]
+    with pytest.raises(ConfigError) as err:
+        ppo.validate(ppo.apply_overrides(ppo.ppo_gsm8k_llama1b(), ["ppo.rollout.tensor_parallel_size=0",
+                                                                  "ppo.trainer.total_epochs=0"]))
+    assert err.value.problems == ["rollout.tensor_parallel_size=0 must be >= 1", "trainer.total_epochs=0 must be >= 1"]
 
 
 def test_a_hub_repo_uploads_the_merged_actor_so_it_needs_the_merge(model_dir, tmp_path):

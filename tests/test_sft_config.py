@@ -236,6 +236,10 @@ def test_unknown_override_names_the_group_keys():
                                               "console, wandb, file, tensorboard"),
     ({"data.prompt_key": "q"}, "data.prompt_key and data.response_key go together: set both or neither"),
     ({"workers.num_workers": "0"}, "workers.num_workers=0 must be >= 1"),
+    ({"workers.cpus_per_worker": "0"}, "workers.cpus_per_worker=0 must be >= 1"),
+    ({"data.micro_batch_size_per_worker": "0"}, "data.micro_batch_size_per_worker=0 must be >= 1"),
+    ({"trainer.total_steps": "0"}, "trainer.total_steps=0: give a step count >= 1, or null to train for "
+                                   "trainer.total_epochs"),
     ({"workers.num_workers": "auto"}, "sft.workers.num_workers=auto counts the cluster's GPUs, but these are CPU "
                                       "workers (workers.gpus_per_worker=0): set sft.workers.num_workers=N"),
     ({"workers.num_workers": "many"}, "workers.num_workers='many' is not an integer"),

@@ -73,7 +73,7 @@ def test_bad_values_are_listed_together():
         "tokenizer.output_dir='rel' must be an absolute path",
         "tokenizer.vocab_size=100 is too small: it holds 256 byte pieces and 7 special tokens; use at least 264",
         "tokenizer.character_coverage=2.0 must be in (0, 1]",
-        "tokenizer.num_cpus must be >= 1 and tokenizer.num_threads >= 0 (0: the task's CPUs)",
+        "tokenizer.num_cpus=0 must be >= 1",
     ]
 
 

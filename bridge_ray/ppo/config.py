@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bridge_ray.config import trainer_problems
+from bridge_ray.config import too_small, trainer_problems
 from bridge_ray.errors import ConfigError
 from bridge_ray.platforms.env import ATTENTION_PLUGIN, REPLAY_POLL_MODULE, cpu_ppo_env, verl_plugin_env
 
@@ -239,7 +239,7 @@ def _batch_problems(cfg: PPOConfig) -> list[str]:
              "critic.micro_batch_size_per_gpu": cfg.critic.micro_batch_size_per_gpu,
              "ref.log_prob_micro_batch_size_per_gpu": cfg.ref.log_prob_micro_batch_size_per_gpu,
              "rollout.log_prob_micro_batch_size_per_gpu": cfg.rollout.log_prob_micro_batch_size_per_gpu}
-    problems = [f"{name}={value} must be >= 1" for name, value in sizes.items() if value < 1]
+    problems = too_small(1, sizes)
     if not problems and data.train_batch_size % actor.mini_batch_size:
         problems.append(f"data.train_batch_size={data.train_batch_size} must be a multiple of "
                         f"actor.mini_batch_size={actor.mini_batch_size} (prompts per PPO update)")
@@ -280,8 +280,7 @@ def _rollout_problems(cfg: PPOConfig) -> list[str]:
     rollout, problems = cfg.rollout, []
     if not 0 < rollout.gpu_memory_utilization <= 1:
         problems.append(f"rollout.gpu_memory_utilization={rollout.gpu_memory_utilization} must be in (0, 1]")
-    if rollout.tensor_parallel_size < 1 or rollout.n < 1:
-        problems.append("rollout.tensor_parallel_size and rollout.n must be >= 1")
+    problems += too_small(1, {"rollout.tensor_parallel_size": rollout.tensor_parallel_size, "rollout.n": rollout.n})
     if cfg.algorithm.name == "grpo" and rollout.n < 2:
         problems.append(f"GRPO needs rollout.n >= 2 samples per prompt (got {rollout.n}): advantages are "
                         "relative to the group, so one sample gives zero gradient; set ppo.rollout.n=5")

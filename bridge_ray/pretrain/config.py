@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from bridge_ray.config import LOGGERS, epochs_needed
+from bridge_ray.config import LOGGERS, epochs_needed, too_small
 from bridge_ray.errors import ConfigError
 from bridge_ray.sft.config import WorkersConfig, auto_workers_problems, strategy_problems
 
@@ -175,9 +175,11 @@ def parse_args(argv: list[str], default_preset: str) -> tuple[str, list[str]]:
 def _batch_problems(data: DataConfig, workers: WorkersConfig) -> list[str]:
     if workers.num_workers == "auto":  # checked again once the cluster gave the count (preflight)
         workers = dataclasses.replace(workers, num_workers=1)
-    if data.global_batch_size < 1 or data.micro_batch_size_per_worker < 1 or workers.num_workers < 1:
-        return ["pretrain.data.global_batch_size, data.micro_batch_size_per_worker and workers.num_workers "
-                "must be >= 1"]
+    too_few = too_small(1, {"pretrain.data.global_batch_size": data.global_batch_size,
+                            "pretrain.data.micro_batch_size_per_worker": data.micro_batch_size_per_worker,
+                            "pretrain.workers.num_workers": workers.num_workers})
+    if too_few:
+        return too_few
     per_worker, rest = divmod(data.global_batch_size, workers.num_workers)
     if rest or per_worker % data.micro_batch_size_per_worker:
         return [f"pretrain.data.global_batch_size={data.global_batch_size} must split into workers.num_workers="
@@ -204,8 +206,8 @@ def _data_problems(data: DataConfig) -> list[str]:
                  for name in ("train_files", "val_files") for path in getattr(data, name) if not os.path.isabs(path)]
     if data.seq_len < 8:
         problems.append(f"pretrain.data.seq_len={data.seq_len} must be >= 8")
-    if data.tokenize_cpus < 1 or data.num_loader_workers < 0:
-        problems.append("pretrain.data.tokenize_cpus must be >= 1 and data.num_loader_workers >= 0")
+    problems += too_small(1, {"pretrain.data.tokenize_cpus": data.tokenize_cpus})
+    problems += too_small(0, {"pretrain.data.num_loader_workers": data.num_loader_workers})
     return problems
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 from bridge_ray.cluster.records import home_dir
-from bridge_ray.config import trainer_problems
+from bridge_ray.config import too_small, trainer_problems
 from bridge_ray.errors import ConfigError, PreflightError
 from bridge_ray.platforms.env import ATTENTION_PLUGIN
 from bridge_ray.sft.hardware import resolve
@@ -226,8 +226,10 @@ PRESETS = {"sft_tiny_cpu": sft_tiny_cpu, "sft_gsm8k_llama1b": sft_gsm8k_llama1b,
 
 
 def _batch_problems(data: DataConfig, workers: WorkersConfig) -> list[str]:
-    if data.global_batch_size < 1 or data.micro_batch_size_per_worker < 1:
-        return ["data.global_batch_size and data.micro_batch_size_per_worker must be >= 1"]
+    too_few = too_small(1, {"data.global_batch_size": data.global_batch_size,
+                            "data.micro_batch_size_per_worker": data.micro_batch_size_per_worker})
+    if too_few:
+        return too_few
     if workers.num_workers == "auto":  # checked again once the cluster gave the count (preflight)
         workers = dataclasses.replace(workers, num_workers=1)
     if data.global_batch_size % workers.num_workers:
@@ -310,8 +312,8 @@ def _workers_problems(workers: WorkersConfig) -> list[str]:
     problems = strategy_problems(workers, "sft") + auto_workers_problems(workers, "sft")
     if workers.num_workers != "auto" and workers.num_workers < 1:
         problems.append(f"workers.num_workers={workers.num_workers} must be >= 1")
-    if workers.cpus_per_worker < 1 or workers.gpus_per_worker < 0:
-        problems.append("workers.cpus_per_worker must be >= 1 and workers.gpus_per_worker >= 0")
+    problems += too_small(1, {"workers.cpus_per_worker": workers.cpus_per_worker})
+    problems += too_small(0, {"workers.gpus_per_worker": workers.gpus_per_worker})
     return problems
 
 
