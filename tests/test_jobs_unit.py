@@ -486,6 +486,14 @@ def test_a_generated_job_id_is_one_the_id_rule_allows_and_never_starts_with_a_da
     (("submit",), "error: Missing argument 'RECIPE': see `bridge-ray submit --help`"),
     (("data", "to-messages"), "error: Missing argument 'SOURCE': see `bridge-ray data to-messages --help`"),
     (("runs", "show", "--x"), "error: No such option '--x': see `bridge-ray runs show --help`"),
+    (("submit", "r.py", "--exclude"), "error: Option '--exclude' requires an argument: see `bridge-ray submit --help`"),
+    # A mistyped option of bridge-ray's used to reach the recipe, and the job was sent (here: unfollowed).
+    (("submit", "recipes/hello_cluster.py", "--folow"),
+     "error: No such option '--folow' (did you mean --follow?); the recipe's own arguments go after `--`: "
+     "bridge-ray submit RECIPE.py [OPTIONS] -- ARGS: see `bridge-ray submit --help`"),
+    (("submit", "recipes/hello_cluster.py", "--env", "A=1", "--show=HOME", "--", "--show", "A"),
+     "error: No such option '--show'; the recipe's own arguments go after `--`: bridge-ray submit RECIPE.py "
+     "[OPTIONS] -- ARGS: see `bridge-ray submit --help`"),
 ])
 def test_a_usage_error_is_one_line_with_where_to_look(args, line, tmp_path):
     """click's own form is four lines (usage, hint, blank, error); bridge-ray's is one, exit 2."""

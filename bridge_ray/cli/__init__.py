@@ -17,7 +17,7 @@ DEBUG_ENV = "BRIDGE_RAY_DEBUG"
 NO_COMMAND = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
-def _usage_error(err: click.UsageError) -> None:
+def _usage_error(err: click.UsageError, ctx: click.Context | None = None) -> None:
     """A usage error (unknown option, bad value, missing argument) as one line, exit 2: click's own
     form is four (usage, hint, blank, error). A group given no command (``bridge-ray``, ``bridge-ray data``)
     prints its help as click lays it out, still exit 2: nothing was done."""
@@ -25,7 +25,12 @@ def _usage_error(err: click.UsageError) -> None:
         click.echo(err.ctx.get_help(), err=True)
         sys.exit(err.exit_code)
     message = "; ".join(line.strip() for line in err.format_message().splitlines() if line.strip()).rstrip(".")
-    command = err.ctx.command_path if err.ctx is not None else "bridge-ray"
+    if err.ctx is not None:
+        command = err.ctx.command_path
+    elif ctx is not None and ctx.invoked_subcommand:  # click's parser raises some errors without their context
+        command = f"{ctx.command_path} {ctx.invoked_subcommand}"
+    else:
+        command = "bridge-ray"
     click.echo(f"error: {message}: see `{command} --help`", err=True)
     sys.exit(err.exit_code)
 
@@ -47,7 +52,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except click.UsageError as err:
-            _usage_error(err)
+            _usage_error(err, ctx)
         except BridgeRayError as err:
             click.echo(f"{err.prefix}{err}", err=True)
             tail = getattr(err, "log_tail", "")

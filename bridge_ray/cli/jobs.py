@@ -1,6 +1,7 @@
 """``bridge-ray submit | logs | stop | list``: jobs through one Ray Job client."""
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 
@@ -70,7 +71,32 @@ def _follow(job: lib.Job, verbose: bool = False) -> str:
             screen.close()
 
 
-@click.command("submit", context_settings={"ignore_unknown_options": True})
+class _SubmitCommand(click.Command):
+    """``submit``: what follows RECIPE goes to the recipe, but an option before ``--`` that bridge-ray does not
+    know is refused: ``--folow`` would otherwise reach the recipe and the job be sent unfollowed."""
+
+    def parse_args(self, ctx, args):
+        options = [p for p in self.get_params(ctx) if isinstance(p, click.Option)]
+        known = sorted(o for p in options for o in (*p.opts, *p.secondary_opts))
+        valued = {o for p in options if not p.is_flag for o in p.opts}
+        ours = args[:args.index("--")] if "--" in args else args
+        skip = False
+        for arg in ours:
+            if skip or not arg.startswith("-") or arg == "-":
+                skip = False
+                continue
+            name = arg.split("=", 1)[0]
+            if name in valued:
+                skip = "=" not in arg
+            elif name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                raise click.UsageError(
+                    f"No such option {name!r}{f' (did you mean {close[0]}?)' if close else ''}; the recipe's own "
+                    "arguments go after `--`: bridge-ray submit RECIPE.py [OPTIONS] -- ARGS", ctx=ctx)
+        return super().parse_args(ctx, args)
+
+
+@click.command("submit", cls=_SubmitCommand, context_settings={"ignore_unknown_options": True})
 @click.argument("recipe")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @name_option
