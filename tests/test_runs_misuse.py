@@ -71,6 +71,23 @@ def test_a_wrong_typed_record_is_broken_and_hides_no_other_run(home, field, valu
              f"the run record {bad / 'run.json'} is unreadable ({said}): fix or delete {bad}")
 
 
+def test_the_list_is_aligned_and_a_reader_that_stops_early_is_no_error(home):
+    """`bridge-ray runs | head` printed "error: unexpected BrokenPipeError ... a bridge-ray bug"."""
+    import sys
+
+    from conftest import REPO
+
+    for n in range(700):  # ~80 KB of lines: more than a pipe holds, so the write after `head` left fails
+        _record(home, f"{'run-' * (n % 3)}{n:04d}", start_time=1.7e9 + n)
+    lines = _cli("runs").output.splitlines()
+    assert len({line.index("SUCCEEDED") for line in lines}) == 1  # ids of unequal length, one column
+    reader = subprocess.Popen([sys.executable, "-m", "bridge_ray", "runs"], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env={**os.environ, "BRIDGE_RAY_HOME": str(home)})
+    assert reader.stdout.readline().startswith(b"0000 ")
+    reader.stdout.close()  # what `head -1` does
+    assert (reader.wait(timeout=120), reader.stderr.read()) == (0, b"")
+
+
 def test_nan_start_time_is_broken_too(home):
     bad = home / "runs" / "nan-1"
     bad.mkdir(parents=True)

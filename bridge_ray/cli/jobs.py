@@ -196,8 +196,10 @@ def stop_command(submission_id, name, wait_s):
 @name_option
 def list_command(name):
     """List the cluster's jobs."""
-    for job in lib.list_jobs(name):
-        click.echo(f"{job.submission_id or job.job_id}  {job.status.value:<9}  {job.entrypoint}")
+    listed = [(job.submission_id or job.job_id or "-", job) for job in lib.list_jobs(name)]
+    width = max((len(job_id) for job_id, _ in listed), default=0)
+    for job_id, job in listed:
+        click.echo(f"{job_id:<{width}}  {job.status.value:<9}  {job.entrypoint}")
 
 
 COMMANDS = (submit_command, logs_command, stop_command, list_command)

@@ -89,9 +89,11 @@ def runs_group(ctx):
 @runs_group.command("list")
 def list_command():
     """List every recorded run, oldest first."""
-    for run in jobs.list_runs(refresh=True):
+    listed = jobs.list_runs(refresh=True)
+    width = max((len(run.submission_id) for run in listed), default=0)
+    for run in listed:
         step = "-" if run.last_step is None else run.last_step
-        click.echo(f"{run.submission_id}  {run.status:<9}  {_when(run.start_time)}  {_duration(run):>8}  "
+        click.echo(f"{run.submission_id:<{width}}  {run.status:<9}  {_when(run.start_time)}  {_duration(run):>8}  "
                    f"step {step:<6}  {run.cluster:<10}  {run.recipe}" + (f"  ({run.failure})" if run.failure else ""))
 
 
