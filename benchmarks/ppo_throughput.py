@@ -189,7 +189,7 @@ def run_plain(cfg, args: argparse.Namespace, tag: str) -> dict:
         shutil.rmtree(aside, ignore_errors=True)
         run_dir.rename(aside)
     return {"side": "plain", "rc": rc, "wall_s": round(wall, 1), "phases_s": phases(lines),
-            **summarize(parse_steps(lines), cfg), **gpu}
+            "rollout_polls": "0.1 s" if args.plain_poll else "2 s", **summarize(parse_steps(lines), cfg), **gpu}
 
 
 def _bridge_summary(lines: list[tuple[float, str]], cfg) -> dict:
@@ -308,17 +308,40 @@ def markdown(results: list[dict]) -> str:
                     f"{fmt(r.get('train_throughput_tok_s_gpu'))} | {fmt(r.get('rollout_throughput_tok_s'))} | "
                     f"{fmt(r.get('actor_update_tok_s'))} | {fmt(r.get('first_step_at_s'))} | "
                     f"{fmt(r.get('peak_gpu_mem_mib'))} | {'yes' if r.get('merged_hf_actor') else '-'} |")
-    for algo in sorted({r.get("algo") for r in results}):
-        sides = {side: [r for r in results if r.get("algo") == algo and r["side"] == side and r.get("step_time_s")
-                        and r["tag"].startswith(f"{algo}_{'plain' if side == 'plain' else 'bridge'}")]
-                 for side in ("plain", "bridge-ray")}
-        if all(sides.values()):
+    rows += ratios(results)
+    return "\n".join(rows)
+
+
+# How plain waited for its rollouts: verl's trainer polls every 2 s, bridge-ray's plugin every 0.1 s
+# (`PLAIN_POLL=1` gives plain the plugin too). Rows from before this was recorded say neither.
+POLLS = {"0.1 s": "same settings: plain with bridge-ray's 0.1 s rollout polls too",
+         "2 s": "plain on verl's own 2 s rollout polls, bridge-ray on its 0.1 s ones",
+         None: "plain's rollout polls not recorded"}
+
+
+def ratios(results: list[dict]) -> list[str]:
+    """bridge-ray / plain for each algorithm and each way plain polled (only like runs share a ratio): by step
+    time, by throughput, and by step time without the rollout (``gen``), where the polls make no difference."""
+    lines = []
+    for algo in sorted({r.get("algo") for r in results if r.get("algo")}):
+        for polls, said in POLLS.items():
+            sides = {side: [r for r in results if r.get("algo") == algo and r["side"] == side
+                            and r.get("step_time_s") and (side != "plain" or r.get("rollout_polls") == polls)
+                            and r["tag"].startswith(f"{algo}_{'plain' if side == 'plain' else 'bridge'}")]
+                     for side in ("plain", "bridge-ray")}
+            if not all(sides.values()):
+                continue
             step = {k: statistics.median(r["step_time_s"] for r in v) for k, v in sides.items()}
             tput = {k: statistics.median(r["train_throughput_tok_s_gpu"] for r in v) for k, v in sides.items()}
-            rows.append(f"\n{algo}: bridge-ray / plain = {step['plain'] / step['bridge-ray']:.3f}x by step time, "
-                        f"{tput['bridge-ray'] / tput['plain']:.3f}x by training throughput (medians of "
-                        f"{len(sides['plain'])} plain and {len(sides['bridge-ray'])} bridge-ray runs; goal >= 0.98x)")
-    return "\n".join(rows)
+            rest = {k: statistics.median(r["step_time_s"] - r["gen_time_s"] for r in v if r.get("gen_time_s"))
+                    for k, v in sides.items() if all(r.get("gen_time_s") for r in v)}
+            without_gen = (f", {rest['plain'] / rest['bridge-ray']:.3f}x by step time without the rollout"
+                           if len(rest) == 2 else "")
+            lines.append(f"\n{algo}: bridge-ray / plain = {step['plain'] / step['bridge-ray']:.3f}x by step time, "
+                         f"{tput['bridge-ray'] / tput['plain']:.3f}x by training throughput{without_gen} (medians "
+                         f"of {len(sides['plain'])} plain and {len(sides['bridge-ray'])} bridge-ray runs; {said}; "
+                         "goal >= 0.98x)")
+    return lines
 
 
 def gpu_count() -> int:

@@ -108,3 +108,24 @@ def test_ppo_benchmark_steady_state_leaves_out_warmup_and_checkpoint_steps():
                            step(6, 20.0, **saved)], cfg)
     assert six["steady_steps"] == [3, 4, 5] and six["step_time_s"] == 4.0
     assert bench.summarize([step(1, 9.0, **saved)], cfg)["steady_steps"] == [1]
+
+
+def test_ppo_benchmark_ratios_never_mix_plain_runs_that_polled_differently():
+    """A plain run on verl's 2 s rollout polls and one with bridge-ray's plugin are different baselines: the
+    summary of 2026-12-07 said 2.099x with no word that plain had waited 2 s a step for its rollouts."""
+    bench = ppo_benchmark()
+    run = lambda tag, side, step, gen, polls=None: {"tag": tag, "side": side, "algo": "ppo", "step_time_s": step,
+                                                    "gen_time_s": gen, "train_throughput_tok_s_gpu": 100.0 / step,
+                                                    **({"rollout_polls": polls} if polls else {})}
+    lines = bench.ratios([run("ppo_plain_a", "plain", 3.2, 2.05, "2 s"), run("ppo_bridge_a", "bridge-ray", 1.6, 0.45),
+                          run("ppo_plain_c", "plain", 1.7, 0.50, "0.1 s"), run("ppo_plain_old", "plain", 1.0, 0.4)])
+    assert lines == [
+        "\nppo: bridge-ray / plain = 1.062x by step time, 1.062x by training throughput, 1.043x by step time without "
+        "the rollout (medians of 1 plain and 1 bridge-ray runs; same settings: plain with bridge-ray's 0.1 s rollout "
+        "polls too; goal >= 0.98x)",
+        "\nppo: bridge-ray / plain = 2.000x by step time, 2.000x by training throughput, 1.000x by step time without "
+        "the rollout (medians of 1 plain and 1 bridge-ray runs; plain on verl's own 2 s rollout polls, bridge-ray on "
+        "its 0.1 s ones; goal >= 0.98x)",
+        "\nppo: bridge-ray / plain = 0.625x by step time, 0.625x by training throughput, 0.522x by step time without "
+        "the rollout (medians of 1 plain and 1 bridge-ray runs; plain's rollout polls not recorded; goal >= 0.98x)",
+    ]
