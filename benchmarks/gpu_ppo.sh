@@ -25,7 +25,8 @@
 # <tag>_procs.json process/env snapshots taken at step 1, summary.md).
 # Needs the wheel install first (ray, verl, vllm importable: PYTHONPATH/PATH exported).
 # Env: WORK (/tmp/bridge-ray-ppo-bench), STEPS (10), RUN_TIMEOUT (480 s per verl run), SHAPE (small |
-# llama-3.2-1b), SET (space-separated ppo.* overrides for both sides), SUFFIX (appended to each run's tag, for
+# llama-3.2-1b), SETNAME (1b-grpo | 1b-ppo: a named set of overrides, below), SET (space-separated ppo.* overrides
+# for both sides, after SETNAME's), SUFFIX (appended to each run's tag, for
 # repeated pairs: SUFFIX=_2 gives ppo_plain_2 / ppo_bridge_2), PLAIN_POLL (1: plain loads bridge-ray's replay-poll
 # plugin too, the same settings on both sides; unset: plain polls every 2 s as verl does).
 set -uo pipefail
@@ -37,7 +38,16 @@ work="${WORK:-/tmp/bridge-ray-ppo-bench}"; steps="${STEPS:-10}"; out="$work/out"
 trap 'tar czf "$dest/ppo-out.tgz" -C "$out" .' EXIT
 bench=(python3 benchmarks/ppo_throughput.py --out "$out" --work "$work" --timeout "${RUN_TIMEOUT:-480}"
        --shape "${SHAPE:-small}" ${GPUS:+--gpus "$GPUS"} ${PLAIN_POLL:+--plain-poll})
-for kv in ${SET:-}; do bench+=(--set "$kv"); done   # SET="ppo.rollout.n=5 ppo.data.train_batch_size=64": both sides
+# Named override sets (SETNAME=...), before SET's: the 1B-shape runs of RESULTS.md (use with SHAPE=llama-3.2-1b).
+# tests/test_benchmark_variants.py validates each against bridge-ray's PPO config, so a typo fails on CPU.
+declare -A SETS=(
+  [1b-grpo]="ppo.rollout.n=5 ppo.data.max_prompt_length=512 ppo.data.max_response_length=256 ppo.data.train_batch_size=128 ppo.actor.mini_batch_size=64 ppo.actor.micro_batch_size_per_gpu=16 ppo.rollout.gpu_memory_utilization=0.5 ppo.model.gradient_checkpointing=false ppo.model.use_remove_padding=true ppo.model.attn_implementation=torch_varlen ppo.actor.max_tokens_per_gpu=8192 ppo.ref.max_tokens_per_gpu=32768 ppo.rollout.log_prob_max_tokens_per_gpu=32768"
+  [1b-ppo]="ppo.data.max_prompt_length=512 ppo.data.max_response_length=256 ppo.data.train_batch_size=256 ppo.actor.mini_batch_size=64 ppo.actor.micro_batch_size_per_gpu=16 ppo.rollout.gpu_memory_utilization=0.35 ppo.model.gradient_checkpointing=false ppo.model.use_remove_padding=true ppo.model.attn_implementation=torch_varlen ppo.actor.max_tokens_per_gpu=8192 ppo.ref.max_tokens_per_gpu=32768 ppo.rollout.log_prob_max_tokens_per_gpu=32768 ppo.critic.max_tokens_per_gpu=8192"
+)
+if [ -n "${SETNAME:-}" ] && [ -z "${SETS[${SETNAME}]:-}" ]; then
+  echo "unknown SETNAME=$SETNAME: use one of ${!SETS[*]}"; exit 2
+fi
+for kv in ${SETS[${SETNAME:-none}]:-} ${SET:-}; do bench+=(--set "$kv"); done   # SET="ppo.rollout.n=5 ...": both sides
 unset_vllm=$([ -n "${KEEP_VLLM_ENV:-}" ] || echo --unset-vllm-env)
 stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(assets ppo-plain ppo-bridge summary)
 rc=0

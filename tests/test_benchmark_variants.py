@@ -129,3 +129,25 @@ def test_ppo_benchmark_ratios_never_mix_plain_runs_that_polled_differently():
         "\nppo: bridge-ray / plain = 0.625x by step time, 0.625x by training throughput, 0.522x by step time without "
         "the rollout (medians of 1 plain and 1 bridge-ray runs; plain's rollout polls not recorded; goal >= 0.98x)",
     ]
+
+
+def ppo_sets() -> dict[str, list[str]]:
+    script = (REPO / "benchmarks" / "gpu_ppo.sh").read_text()
+    table = script.split("declare -A SETS=(", 1)[1].split("\n)", 1)[0]
+    return {name: value.split() for name, value in re.findall(r'\[([\w-]+)\]="([^"]*)"', table)}
+
+
+@pytest.mark.parametrize("name, overrides", sorted(ppo_sets().items()))
+def test_ppo_benchmark_named_sets_validate_and_give_the_same_verl_overrides(name, overrides, tmp_path):
+    """``SETNAME=1b-ppo`` / ``1b-grpo`` in ``gpu_ppo.sh``: the benchmark's own config path, then the checks a
+    submit makes; both sides must hand verl the same overrides."""
+    assert {"1b-grpo", "1b-ppo"} <= set(ppo_sets())
+    bench = ppo_benchmark()
+    files = {"model": str(tmp_path / "m"), "rl_train": str(tmp_path / "t.parquet"),
+             "rl_val": str(tmp_path / "v.parquet")}
+    algo = name.split("-")[1]
+    cfg = bench.apply_overrides(bench.bench_config(algo, files, tmp_path / "run", 4, 1), overrides, prefix="ppo")
+    bench.ppo.validate(cfg)
+    args = bench.recipe_args(bench.PRESETS[algo](), cfg)
+    assert bench.apply_overrides(bench.PRESETS[algo](), args, prefix="ppo") == cfg
+    assert cfg.uses_critic is (algo == "ppo")
