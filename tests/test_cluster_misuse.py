@@ -263,6 +263,24 @@ def test_a_failed_local_up_leaves_no_token_or_empty_folder(home):
         f"error: port {port} (--dashboard-port) is already in use on this machine: choose another with "
         "--dashboard-port PORT, or leave it out and bridge-ray picks a free one"))
     assert not records.cluster_dir("fxbusy").exists() and not records.record_path("fxbusy").exists()
+    assert not list((home / "clusters").glob(".*"))  # the start's lock file went with it
+
+
+def test_a_second_up_of_a_name_being_started_is_refused_at_once(home):
+    """Two `bridge-ray up --name r` at once both saw no record, both started a head and both said so; the
+    record kept the last one. The first one's start is held here (the lock it takes) while the second runs."""
+    with records.starting("fxtwice"):
+        out = run_cli("up", "--name", "fxtwice")
+        assert (out.returncode, out.stdout, out.stderr) == (2, "", (
+            f"error: cluster 'fxtwice' is being started right now by another `bridge-ray up --name fxtwice` "
+            f"(pid {os.getpid()}): wait for it, then use the cluster (`bridge-ray status --name fxtwice`), or "
+            "pick another --name\n"))
+        with pytest.raises(records.ClusterExists):  # a second process, or this one again
+            with records.starting("fxtwice"):
+                pass
+    assert not records.cluster_dir("fxtwice").exists() and not list((home / "clusters").iterdir())
+    with records.starting("fxtwice"):  # taken again once released
+        assert (home / "clusters" / ".fxtwice.starting").read_text() == str(os.getpid())
 
 
 # ---- 5. a dead head: its status, then the failure's one line on stderr ---------------------------

@@ -402,7 +402,7 @@ def test_a_home_below_a_file_is_one_line(tmp_path):
         assert out.returncode in (0, 2), (args, out.returncode, out.stderr)
     up = run_cli("up", "--name", "x", env={"BRIDGE_RAY_HOME": str(home)})
     assert (up.returncode, up.stderr.strip()) == (2, (
-        f"error: cannot write {home}/clusters/x (Not a directory): the bridge-ray home {home} must be a writable "
+        f"error: cannot write {home}/clusters (Not a directory): the bridge-ray home {home} must be a writable "
         "folder; fix its permissions, or point BRIDGE_RAY_HOME at one, e.g. `export BRIDGE_RAY_HOME=$HOME/.bridge-ray`"))
 
 

@@ -87,6 +87,11 @@ def up(name: str = DEFAULT_CLUSTER, *, address: str | None = None, token_file: s
         >>> bridge_ray.down()
     """
     records.check_name(name)
+    with records.starting(name):
+        return _up(name, address, token_file, python, num_cpus, num_gpus, ports, slurm)
+
+
+def _up(name, address, token_file, python, num_cpus, num_gpus, ports, slurm) -> ClusterRecord:
     _clear_stale(name)
     if address:
         record = _register(name, address, token_file, python)

@@ -6,7 +6,9 @@ ever typed. The auth token is stored beside it in a 0600 file, never in the reco
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -15,7 +17,7 @@ import types
 import typing
 from pathlib import Path
 
-from bridge_ray.errors import ClusterNotFound, ClusterRecordBroken, ConfigError, HomeNotWritable
+from bridge_ray.errors import ClusterExists, ClusterNotFound, ClusterRecordBroken, ConfigError, HomeNotWritable
 
 DEFAULT_CLUSTER = "default"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -138,6 +140,47 @@ def cluster_dir(name: str) -> Path:
 def record_path(name: str) -> Path:
     """The record's file. Raises ConfigError for an invalid ``name``."""
     return home_dir() / "clusters" / f"{check_name(name)}.json"
+
+
+@contextlib.contextmanager
+def starting(name: str):
+    """Hold cluster ``name``'s start for this process: ``up`` runs inside it, so two ``up`` of one name never
+    both start a head (each saw no record, both reported success, the record kept the last).
+
+    The lock file (``clusters/.NAME.starting``, this process's pid in it) goes when the start ends.
+
+    Raises:
+        ClusterExists: another process is starting this cluster now.
+        HomeNotWritable: the home cannot take the lock file.
+    """
+    path = writable_dir(home_dir() / "clusters") / f".{check_name(name)}.starting"
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as err:
+            raise home_error(path, err) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise ClusterExists(
+                f"cluster {name!r} is being started right now by another `bridge-ray up{name_flag(name)}`"
+                f"{f' (pid {holder})' if holder.isdigit() else ''}: wait for it, then use the cluster "
+                f"(`bridge-ray status{name_flag(name)}`), or pick another --name") from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:  # not a file the last holder removed meanwhile
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def save(record: ClusterRecord) -> Path:
