@@ -87,16 +87,18 @@ def up(name: str = DEFAULT_CLUSTER, *, address: str | None = None, token_file: s
         >>> bridge_ray.down()
     """
     records.check_name(name)
-    with records.starting(name):
-        return _up(name, address, token_file, python, num_cpus, num_gpus, ports, slurm)
-
-
-def _up(name, address, token_file, python, num_cpus, num_gpus, ports, slurm) -> ClusterRecord:
-    _clear_stale(name)
-    if address:
+    if address:  # nothing starts: a refused address leaves the home untouched
+        _clear_stale(name)
         record = _register(name, address, token_file, python)
         records.save(record)
         return record
+    with records.starting(name):
+        return _start(name, num_cpus, num_gpus, ports, slurm)
+
+
+def _start(name: str, num_cpus: int | None, num_gpus: int | None, ports: dict[str, int | None] | None,
+           slurm: dict | None) -> ClusterRecord:
+    _clear_stale(name)
     created, record = not records.cluster_dir(name).exists(), None
     try:
         with local.handling_signals(_raise_interrupt, signal.SIGTERM):
