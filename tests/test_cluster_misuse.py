@@ -283,6 +283,49 @@ def test_a_second_up_of_a_name_being_started_is_refused_at_once(home):
         assert (home / "clusters" / ".fxtwice.starting").read_text() == str(os.getpid())
 
 
+def test_down_while_up_is_starting_the_cluster_says_so(home):
+    """`down` found no record yet and said "not recorded; nothing to do"; then the head came up."""
+    with records.starting("fxsoon"):
+        assert records.starter("fxsoon") == os.getpid()
+        for args in ((), ("--force",)):
+            out = run_cli("down", "--name", "fxsoon", *args)
+            assert (out.returncode, out.stdout, out.stderr) == (2, "", (
+                f"error: cluster 'fxsoon' is being started right now by `bridge-ray up --name fxsoon` (pid "
+                f"{os.getpid()}): run `bridge-ray down --name fxsoon` once it is up, or interrupt that `up` (Ctrl-C): "
+                "it stops what it started\n"))
+    assert records.starter("fxsoon") is None
+    assert run_cli("down", "--name", "fxsoon").stdout == "cluster 'fxsoon' is not recorded; nothing to do\n"
+
+
+def test_the_gpus_a_head_could_use_are_the_drivers_within_cuda_visible_devices(tmp_path):
+    from bridge_ray.cluster.local import visible_gpus
+
+    for n in range(4):
+        (tmp_path / "proc" / "driver" / "nvidia" / "gpus" / f"0000:0{n}:00.0").mkdir(parents=True)
+    assert visible_gpus(tmp_path, {"PATH": ""}) == 4
+    assert visible_gpus(tmp_path, {"PATH": "", "CUDA_VISIBLE_DEVICES": "0,2"}) == 2
+    assert visible_gpus(tmp_path, {"PATH": "", "CUDA_VISIBLE_DEVICES": ""}) == 0
+    assert visible_gpus(tmp_path / "none", {"PATH": ""}) == 0  # no driver, no nvidia-smi
+
+
+@pytest.mark.integration
+def test_up_warns_when_it_offers_gpus_the_machine_does_not_show(home, tmp_path):
+    """Ray offers whatever --num-gpus says; a job placed on a GPU that is not there fails only when it starts.
+    The head is asked for one GPU more than the machine shows (CI has none), says so, and starts as asked."""
+    from bridge_ray.cluster.local import visible_gpus
+
+    found = visible_gpus()
+    out = run_cli("up", "--name", "fxgpu", "--num-cpus", "1", "--num-gpus", str(found + 1))
+    try:
+        assert out.returncode == 0, out.stderr
+        assert out.stderr == (f"warning: --num-gpus {found + 1}, but this machine shows {found} NVIDIA GPU(s) (its "
+                              "driver's list, within CUDA_VISIBLE_DEVICES): Ray will offer GPUs that are not there "
+                              "and GPU jobs will fail when they start; leave --num-gpus out to offer what the machine "
+                              "has\n")
+    finally:
+        assert run_cli("down", "--name", "fxgpu", "--force").returncode == 0
+
+
 # ---- 5. a dead head: its status, then the failure's one line on stderr ---------------------------
 
 

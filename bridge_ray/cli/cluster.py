@@ -62,6 +62,8 @@ def up_command(name, num_cpus, num_gpus, port, dashboard_port, address, token_fi
         click.echo(slurm_lib.render(name, **script_options), nl=False)
         return
     options = dict(script_options, wait_s=wait_s, keep_pending=keep_pending, progress=_print_phase) if slurm else None
+    if num_gpus and not (slurm or address):
+        _warn_missing_gpus(num_gpus)
     record = lib.up(name, address=address, token_file=token_file, python=python, num_cpus=num_cpus, num_gpus=num_gpus,
                     ports={"port": port, "dashboard-port": dashboard_port}, slurm=options)
     flag = name_flag(name)
@@ -76,6 +78,17 @@ def up_command(name, num_cpus, num_gpus, port, dashboard_port, address, token_fi
             raise SystemExit(1)
     click.echo(f"Next: bridge-ray submit recipes/hello_cluster.py{flag} --follow | bridge-ray status{flag} "
                f"| bridge-ray down{flag}")
+
+
+def _warn_missing_gpus(asked: int) -> None:
+    """Ray offers the GPUs ``--num-gpus`` names whether or not they exist: say so before the head starts."""
+    from bridge_ray.cluster.local import visible_gpus
+
+    found = visible_gpus()
+    if asked > found:
+        click.echo(f"warning: --num-gpus {asked}, but this machine shows {found} NVIDIA GPU(s) (its driver's list, "
+                   "within CUDA_VISIBLE_DEVICES): Ray will offer GPUs that are not there and GPU jobs will fail when "
+                   "they start; leave --num-gpus out to offer what the machine has", err=True)
 
 
 def _check_backend_flags(ctx: click.Context, address: str | None, slurm: bool) -> None:

@@ -279,8 +279,15 @@ def down(name: str = DEFAULT_CLUSTER, force: bool = False) -> ClusterRecord | No
     Raises:
         JobsRunning: jobs are still running (nothing was stopped); ``force`` stops them.
         ClusterRecordBroken: the record cannot be read; ``force`` stops what was started for it.
+        ClusterExists: an ``up`` is starting this cluster right now (nothing to stop yet).
     """
     if not records.record_path(name).exists():
+        pid = records.starter(name)
+        if pid is not None:  # "not recorded; nothing to do" would read as down, and then the head comes up
+            flag = records.name_flag(name)
+            raise ClusterExists(f"cluster {name!r} is being started right now by `bridge-ray up{flag}`"
+                                f"{f' (pid {pid})' if pid else ''}: run `bridge-ray down{flag}` once it is up, or "
+                                "interrupt that `up` (Ctrl-C): it stops what it started")
         return None
     try:
         record = records.load(name)

@@ -138,6 +138,24 @@ def handling_signals(handler, *signums: int) -> Iterator[None]:
                 signal.signal(signum, previous)
 
 
+def visible_gpus(root: str | Path = "/", environ: dict[str, str] | None = None) -> int:
+    """NVIDIA GPUs a head started here could use: those the driver lists (``/proc/driver/nvidia/gpus``, else
+    ``nvidia-smi -L``), no more than ``CUDA_VISIBLE_DEVICES`` names when it is set."""
+    environ = os.environ if environ is None else environ
+    listed = Path(root, "proc/driver/nvidia/gpus")
+    if listed.is_dir():
+        count = sum(1 for _ in listed.iterdir())
+    elif shutil.which("nvidia-smi", path=environ.get("PATH")):
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False).stdout
+        count = sum(line.startswith("GPU ") for line in out.splitlines())
+    else:
+        count = 0
+    names = environ.get("CUDA_VISIBLE_DEVICES")
+    if names is not None:
+        count = min(count, len([n for n in names.split(",") if n.strip()]))
+    return count
+
+
 def start(name: str, num_cpus: int | None = None, num_gpus: int | None = None,
           ports: dict[str, int | None] | None = None, timeout_s: float = 300.0) -> ClusterRecord:
     """Start a Ray head on this machine and return its record (not yet saved).

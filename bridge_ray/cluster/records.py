@@ -183,6 +183,22 @@ def starting(name: str):
         os.close(fd)
 
 
+def starter(name: str) -> int | None:
+    """The pid of the ``up`` starting cluster ``name`` right now (0 if it wrote none yet), else None."""
+    try:
+        fd = os.open(home_dir() / "clusters" / f".{check_name(name)}.starting", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # a file left by nobody: no start holds it
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else 0
+    finally:
+        os.close(fd)
+
+
 def save(record: ClusterRecord) -> Path:
     """Write the record atomically and return its path.
 
