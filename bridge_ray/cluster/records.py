@@ -159,9 +159,7 @@ def starting(name: str):
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as err:
             raise home_error(path, err) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _flock_soon(fd):
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
             raise ClusterExists(
@@ -181,6 +179,18 @@ def starting(name: str):
     finally:
         path.unlink(missing_ok=True)
         os.close(fd)
+
+
+def _flock_soon(fd: int, tries: int = 5) -> bool:
+    """Take ``fd``'s exclusive lock within ~0.5 s (``starter`` holds it for microseconds; an ``up`` for seconds)."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt < tries - 1:
+                time.sleep(0.1)
+    return False
 
 
 def starter(name: str) -> int | None:
