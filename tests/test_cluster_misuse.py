@@ -306,6 +306,11 @@ def test_the_gpus_a_head_could_use_are_the_drivers_within_cuda_visible_devices(t
     assert visible_gpus(tmp_path, {"PATH": "", "CUDA_VISIBLE_DEVICES": "0,2"}) == 2
     assert visible_gpus(tmp_path, {"PATH": "", "CUDA_VISIBLE_DEVICES": ""}) == 0
     assert visible_gpus(tmp_path / "none", {"PATH": ""}) == 0  # no driver, no nvidia-smi
+    hung = tmp_path / "bin" / "nvidia-smi"  # a broken driver's nvidia-smi: unknown, and no warning
+    hung.parent.mkdir()
+    hung.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    hung.chmod(0o755)
+    assert visible_gpus(tmp_path / "none", {"PATH": str(hung.parent)}) is None
 
 
 @pytest.mark.integration

@@ -85,7 +85,7 @@ def _warn_missing_gpus(asked: int) -> None:
     from bridge_ray.cluster.local import visible_gpus
 
     found = visible_gpus()
-    if asked > found:
+    if found is not None and asked > found:
         click.echo(f"warning: --num-gpus {asked}, but this machine shows {found} NVIDIA GPU(s) (its driver's list, "
                    "within CUDA_VISIBLE_DEVICES): Ray will offer GPUs that are not there and GPU jobs will fail when "
                    "they start; leave --num-gpus out to offer what the machine has", err=True)

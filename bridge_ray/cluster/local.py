@@ -138,15 +138,20 @@ def handling_signals(handler, *signums: int) -> Iterator[None]:
                 signal.signal(signum, previous)
 
 
-def visible_gpus(root: str | Path = "/", environ: dict[str, str] | None = None) -> int:
+def visible_gpus(root: str | Path = "/", environ: dict[str, str] | None = None) -> int | None:
     """NVIDIA GPUs a head started here could use: those the driver lists (``/proc/driver/nvidia/gpus``, else
-    ``nvidia-smi -L``), no more than ``CUDA_VISIBLE_DEVICES`` names when it is set."""
+    ``nvidia-smi -L``), no more than ``CUDA_VISIBLE_DEVICES`` names when it is set; None when ``nvidia-smi``
+    is there but does not answer (a broken driver: unknown, not none)."""
     environ = os.environ if environ is None else environ
     listed = Path(root, "proc/driver/nvidia/gpus")
+    smi = shutil.which("nvidia-smi", path=environ.get("PATH"))
     if listed.is_dir():
         count = sum(1 for _ in listed.iterdir())
-    elif shutil.which("nvidia-smi", path=environ.get("PATH")):
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False).stdout
+    elif smi:
+        try:
+            out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
         count = sum(line.startswith("GPU ") for line in out.splitlines())
     else:
         count = 0
