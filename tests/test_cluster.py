@@ -38,7 +38,10 @@ def test_up_status_list_down_via_cli():
     token = open(record.token_path).read().strip()
     st = run_cli("status", "--name", "life")
     assert st.returncode == 0 and "nodes: 1 alive" in st.stdout and "CPU: 0/1 used" in st.stdout
-    assert run_cli("list", "--name", "life").returncode == 0
+    listed = run_cli("list", "--name", "life")
+    assert (listed.returncode, listed.stdout) == (0, "")
+    assert listed.stderr == ("no jobs on cluster 'life' yet: submit one with "
+                             "`bridge-ray submit recipes/hello_cluster.py --name life --follow`\n")
     again = run_cli("up", "--name", "life")
     assert again.returncode == 2
     assert again.stderr.strip().startswith("error: cluster 'life' is already up at http://127.0.0.1:")

@@ -287,7 +287,8 @@ def test_an_unreadable_run_record_is_one_line_and_hides_no_other_run(home):
     (broken / "run.json").write_text('{"submission_id": "bad-')
     runner = CliRunner()
     listed = runner.invoke(cli, ["runs"])
-    assert listed.exit_code == 0 and listed.output.startswith("good-1") and "bad-1" not in listed.output
+    assert listed.exit_code == 0 and listed.stdout.startswith("good-1") and "bad-1" not in listed.stdout
+    assert listed.stderr.startswith(f"warning: the run record {broken / 'run.json'} is unreadable (")
     shown = runner.invoke(cli, ["runs", "show", "bad-1"])
     assert shown.exit_code == 2
     assert shown.output.strip().startswith(f"error: the run record {broken / 'run.json'} is unreadable (")

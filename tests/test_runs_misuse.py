@@ -66,7 +66,8 @@ def test_a_wrong_typed_record_is_broken_and_hides_no_other_run(home, field, valu
     _record(home, "good-1", start_time=100.0)
     bad = _record(home, "bad-1", **{"start_time": 50, field: value})
     listed = _cli("runs", "list")
-    assert listed.exit_code == 0 and listed.output.startswith("good-1  SUCCEEDED") and "bad-1" not in listed.output
+    assert listed.exit_code == 0 and listed.stdout.startswith("good-1  SUCCEEDED") and "bad-1" not in listed.stdout
+    assert listed.stderr == f"warning: the run record {bad / 'run.json'} is unreadable ({said}): fix or delete {bad}\n"
     _refused(_cli("runs", "show", "bad-1"),
              f"the run record {bad / 'run.json'} is unreadable ({said}): fix or delete {bad}")
 
@@ -96,6 +97,14 @@ def test_nan_start_time_is_broken_too(home):
              f'the run record {bad / "run.json"} is unreadable ("start_time" is nan, not a UNIX time): '
              f"fix or delete {bad}")
     assert _cli("runs").exit_code == 0
+
+
+def test_no_runs_yet_says_how_to_make_one_beside_the_empty_list(home):
+    """An empty `bridge-ray runs` printed nothing at all: a new user could not tell it from a broken home."""
+    listed = _cli("runs")
+    assert (listed.exit_code, listed.stdout) == (0, "")
+    assert listed.stderr == (f"no runs recorded in {home / 'runs'} yet: submit one with "
+                             "`bridge-ray submit recipes/hello_cluster.py --follow`\n")
 
 
 def test_export_of_a_run_without_an_output_dir(home):

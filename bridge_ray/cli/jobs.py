@@ -200,6 +200,9 @@ def list_command(name):
     width = max((len(job_id) for job_id, _ in listed), default=0)
     for job_id, job in listed:
         click.echo(f"{job_id:<{width}}  {job.status.value:<9}  {job.entrypoint}")
+    if not listed:
+        click.echo(f"no jobs on cluster {name!r} yet: submit one with `bridge-ray submit recipes/hello_cluster.py"
+                   f"{name_flag(name)} --follow`", err=True)
 
 
 COMMANDS = (submit_command, logs_command, stop_command, list_command)

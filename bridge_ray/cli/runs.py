@@ -95,6 +95,11 @@ def list_command():
         step = "-" if run.last_step is None else run.last_step
         click.echo(f"{run.submission_id:<{width}}  {run.status:<9}  {_when(run.start_time)}  {_duration(run):>8}  "
                    f"step {step:<6}  {run.cluster:<10}  {run.recipe}" + (f"  ({run.failure})" if run.failure else ""))
+    for problem in lib.unreadable_runs():
+        click.echo(f"warning: {problem}", err=True)
+    if not listed:
+        click.echo(f"no runs recorded in {lib.runs_root()} yet: submit one with "
+                   "`bridge-ray submit recipes/hello_cluster.py --follow`", err=True)
 
 
 @runs_group.command("show")

@@ -42,7 +42,7 @@ from bridge_ray.jobs import credentials, runtime_env, tracking
 from bridge_ray.jobs.runtime_env import SubmitPlan
 from bridge_ray.runs.record import (  # noqa: F401 - the reading side, re-exported: runs.load_run, runs.RunRecord, ...
     CLUSTER_LOST, TERMINAL, RunRecord, amend, find_run, has_ended, list_runs, load_run, read_record, read_run, run_dir,
-    runs_root, update_fields, with_outputs)
+    runs_root, unreadable_runs, update_fields, with_outputs)
 
 RUN_DIR_ENV = "BRIDGE_RAY_RUN_DIR"
 JOB_LOG = "job.log"  # the job's whole log, written when its end is recorded

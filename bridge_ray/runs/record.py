@@ -250,14 +250,23 @@ def read_run(folder: Path) -> RunRecord:
 
 
 def list_runs() -> list[RunRecord]:
-    """Every recorded run, oldest first, as it is on disk."""
-    found = []
+    """Every recorded run, oldest first, as it is on disk (``unreadable_runs`` names those that cannot be read)."""
+    return _scan_runs()[0]
+
+
+def unreadable_runs() -> list[str]:
+    """What is wrong with each run record that cannot be read, and how to fix it (``list_runs`` leaves them out)."""
+    return _scan_runs()[1]
+
+
+def _scan_runs() -> tuple[list[RunRecord], list[str]]:
+    found, broken = [], []
     for path in sorted(runs_root().glob("*/run.json")):
         try:
             found.append(load_run(path.parent.name))
-        except RunRecordBroken:  # one unreadable record never hides the others
-            continue
-    return sorted(found, key=lambda run: run.start_time or 0)
+        except RunRecordBroken as err:  # one unreadable record never hides the others
+            broken.append(str(err))
+    return sorted(found, key=lambda run: run.start_time or 0), broken
 
 
 def amend(run: RunRecord, **fields) -> RunRecord:
