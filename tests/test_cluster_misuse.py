@@ -313,6 +313,14 @@ def test_the_gpus_a_head_could_use_are_the_drivers_within_cuda_visible_devices(t
     assert visible_gpus(tmp_path / "none", {"PATH": str(hung.parent)}) is None
 
 
+def test_no_gpu_warning_when_the_machine_has_enough_or_its_count_is_unknown(monkeypatch):
+    from bridge_ray.cluster import local
+
+    for shown, asked, warned in ((2, 2, False), (2, 3, True), (None, 8, False)):
+        monkeypatch.setattr(local, "visible_gpus", lambda shown=shown: shown)
+        assert (local.missing_gpus_warning(asked) is not None) is warned
+
+
 @pytest.mark.integration
 def test_up_warns_when_it_offers_gpus_the_machine_does_not_show(home, tmp_path):
     """Ray offers whatever --num-gpus says; a job placed on a GPU that is not there fails only when it starts.

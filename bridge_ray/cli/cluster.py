@@ -81,14 +81,11 @@ def up_command(name, num_cpus, num_gpus, port, dashboard_port, address, token_fi
 
 
 def _warn_missing_gpus(asked: int) -> None:
-    """Ray offers the GPUs ``--num-gpus`` names whether or not they exist: say so before the head starts."""
-    from bridge_ray.cluster.local import visible_gpus
+    from bridge_ray.cluster.local import missing_gpus_warning
 
-    found = visible_gpus()
-    if found is not None and asked > found:
-        click.echo(f"warning: --num-gpus {asked}, but this machine shows {found} NVIDIA GPU(s) (its driver's list, "
-                   "within CUDA_VISIBLE_DEVICES): Ray will offer GPUs that are not there and GPU jobs will fail when "
-                   "they start; leave --num-gpus out to offer what the machine has", err=True)
+    warning = missing_gpus_warning(asked)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _check_backend_flags(ctx: click.Context, address: str | None, slurm: bool) -> None:

@@ -161,6 +161,17 @@ def visible_gpus(root: str | Path = "/", environ: dict[str, str] | None = None) 
     return count
 
 
+def missing_gpus_warning(asked: int) -> str | None:
+    """Ray offers the GPUs ``--num-gpus`` names whether or not they exist: what to tell the user before the
+    head starts when this machine shows fewer than ``asked`` (None: enough, or the count is unknown)."""
+    found = visible_gpus()
+    if found is None or asked <= found:
+        return None
+    return (f"--num-gpus {asked}, but this machine shows {found} NVIDIA GPU(s) (its driver's list, within "
+            "CUDA_VISIBLE_DEVICES): Ray will offer GPUs that are not there and GPU jobs will fail when they start; "
+            "leave --num-gpus out to offer what the machine has")
+
+
 def start(name: str, num_cpus: int | None = None, num_gpus: int | None = None,
           ports: dict[str, int | None] | None = None, timeout_s: float = 300.0) -> ClusterRecord:
     """Start a Ray head on this machine and return its record (not yet saved).
