@@ -199,6 +199,10 @@ def apply_overrides(cfg: Any, overrides: list[str] | tuple[str, ...], prefix: st
     """
     problems = []
     for item in overrides:
+        if "=" not in item and item.startswith("-"):
+            problems.append(f"{item!r} is not an override: recipe arguments are {prefix + '.' if prefix else ''}"
+                            "GROUP.KEY=VALUE overrides and preset=NAME")
+            continue
         if "=" not in item:
             problems.append(f"override {item!r} has no '=': write it as {item.strip() or 'key'}=VALUE")
             continue

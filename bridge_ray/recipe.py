@@ -11,6 +11,9 @@ C = TypeVar("C")
 R = TypeVar("R")
 
 DRY_RUN = "--dry-run"
+HELP = "--help"
+HELP_FALLBACK = ("Arguments: preset=NAME and dotted KEY=VALUE overrides of the recipe's config; --dry-run prints the "
+                 "config they give, and runs nothing.")
 
 
 def recipe_main(argv: list[str] | None, build: Callable[[list[str]], C], shown: Callable[[C], Any],
@@ -19,7 +22,8 @@ def recipe_main(argv: list[str] | None, build: Callable[[list[str]], C], shown: 
     """Run a recipe: ``build(args)`` then ``before(cfg)`` and ``act(cfg)``, or print ``shown(cfg)`` for ``--dry-run``.
 
     Args:
-        argv: the recipe's arguments (default ``sys.argv[1:]``); ``--dry-run`` anywhere in them.
+        argv: the recipe's arguments (default ``sys.argv[1:]``); ``--dry-run`` anywhere in them; ``--help`` (``-h``)
+            prints the recipe's docstring instead.
         build: the validated config for the arguments without ``--dry-run``.
         shown: what ``--dry-run`` prints, as JSON.
         act: the run itself; its result is returned.
@@ -29,6 +33,10 @@ def recipe_main(argv: list[str] | None, build: Callable[[list[str]], C], shown: 
     A ``BridgeRayError`` prints as one ``error: ...`` line and exits with its code (2: bad input, 1: run).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if HELP in argv or "-h" in argv:  # the recipe's own docstring says what its arguments are
+        recipe = sys.modules.get("__main__")
+        print((getattr(recipe, "__doc__", None) or HELP_FALLBACK).strip(), flush=True)
+        return None
     try:
         cfg = build([a for a in argv if a != DRY_RUN])
         if DRY_RUN in argv:

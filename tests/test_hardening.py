@@ -470,6 +470,8 @@ BAD_OVERRIDES = {
     ("recipes/sft_then_ppo.py", "ppo.trainer.total_epochs=0"): "trainer.total_epochs=0 must be >= 1",
     ("recipes/sft_gsm8k.py", "sft.trainer.total_steps=-3"):
         "trainer.total_steps=-3: give a step count >= 1, or null to train for trainer.total_epochs",
+    ("recipes/sft_gsm8k.py", "--verbose"):
+        "'--verbose' is not an override: recipe arguments are sft.GROUP.KEY=VALUE overrides and preset=NAME",
 }
 
 
@@ -483,6 +485,43 @@ def test_bad_overrides_are_one_line_here_with_dry_run_and_without(local_cluster,
             assert out.stdout == ""
     assert job_ids("ci") == before
     assert not list((records.home_dir() / "runs").glob("sft-gsm8k-*"))  # no record of a job never sent
+
+
+LOCAL_ONLY = {  # flags after `--` that would submit a job doing nothing but print
+    ("recipes/sft_gsm8k.py", "--help"):
+        "--help after `--` goes to the recipe, which would run on the cluster only to print its help: read it here "
+        "with `python recipes/sft_gsm8k.py --help`; `bridge-ray submit --help` lists submit's own options; nothing "
+        "was submitted",
+    ("recipes/hello_cluster.py", "-h"):
+        "-h after `--` goes to the recipe, which would run on the cluster only to print its help: read it here with "
+        "`python recipes/hello_cluster.py --help`; `bridge-ray submit --help` lists submit's own options; nothing was "
+        "submitted",
+    ("recipes/ppo_gsm8k.py", "--dry-run"):
+        "--dry-run after `--` goes to the recipe, which would run on the cluster only to print its config: print it "
+        "here with `python recipes/ppo_gsm8k.py --dry-run ARGS`, or put --dry-run before `--` to see what submit "
+        "would send; nothing was submitted",
+}
+
+
+def test_help_or_dry_run_after_the_separator_is_refused_here(local_cluster):
+    """`submit recipes/sft_gsm8k.py -- --dry-run` sent a job that only printed its config, and `-- --help` one that
+    failed on "override '--help' has no '='"."""
+    before = job_ids("ci")
+    for (recipe, flag), message in LOCAL_ONLY.items():
+        for extra in (("--dry-run",), ()):
+            out = run_cli("submit", recipe, "--name", "ci", *extra, "--", "preset=x" if flag == "-h" else "a=1", flag)
+            assert (out.returncode, out.stdout, out.stderr) == (2, "", f"error: {message}\n"), (recipe, out.stderr)
+    assert job_ids("ci") == before
+
+
+def test_a_recipe_run_with_help_prints_its_docstring_and_builds_nothing(tmp_path):
+    env = {**os.environ, "BRIDGE_RAY_HOME": str(tmp_path / "home")}
+    for recipe, first in (("recipes/sft_gsm8k.py", "Supervised fine-tuning on GSM8K"),
+                          ("recipes/grpo_gsm8k.py", "GRPO on GSM8K")):
+        out = subprocess.run([sys.executable, recipe, "--help"], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=HANG_GUARD_S)
+        assert (out.returncode, out.stderr) == (0, "") and out.stdout.startswith(first), out
+    assert not (tmp_path / "home").exists()
 
 
 CLUSTER_TOO_SMALL = {  # the `ci` cluster: 1 node, 2 CPUs, no GPU

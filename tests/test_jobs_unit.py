@@ -112,11 +112,12 @@ def test_apply_overrides_types_and_collected_errors():
     cfg = apply_overrides(_Outer(), ["x.steps=3", "inner.lr=2e-4", "x.inner.names=[console,wandb]", "path=/a"], prefix="x")
     assert cfg == _Outer(steps=3, inner=_Inner(lr=2e-4, names=("console", "wandb")), path="/a")
     with pytest.raises(ConfigError) as err:
-        apply_overrides(_Outer(), ["steps=many", "nope=1", "inner.lr"], prefix="x")
+        apply_overrides(_Outer(), ["steps=many", "nope=1", "inner.lr", "-v"], prefix="x")
     assert err.value.problems == [
         "steps='many' is not an integer",
         "unknown key 'nope': _Outer has inner, path, steps",
         "override 'inner.lr' has no '=': write it as inner.lr=VALUE",
+        "'-v' is not an override: recipe arguments are x.GROUP.KEY=VALUE overrides and preset=NAME",
     ]
 
 

@@ -86,6 +86,24 @@ def declares_config(recipe: str) -> bool:
     return any(isinstance(node, ast.FunctionDef) and node.name == "config" for node in tree.body)
 
 
+HELP_FLAGS = ("--help", "-h")
+
+
+def local_only_flag(recipe: str, args: list[str] | tuple[str, ...]) -> str | None:
+    """Why ``args`` should not go to the cluster (None: they may): ``--help``, or the ``--dry-run`` of a recipe
+    that declares ``config(argv)`` (``bridge_ray.recipe``'s), would submit a job that only prints."""
+    for flag in HELP_FLAGS:
+        if flag in args:
+            return (f"{flag} after `--` goes to the recipe, which would run on the cluster only to print its help: "
+                    f"read it here with `python {recipe} --help`; `bridge-ray submit --help` lists submit's own "
+                    "options; nothing was submitted")
+    if "--dry-run" in args and declares_config(recipe):
+        return ("--dry-run after `--` goes to the recipe, which would run on the cluster only to print its config: "
+                f"print it here with `python {recipe} --dry-run ARGS`, or put --dry-run before `--` to see what "
+                "submit would send; nothing was submitted")
+    return None
+
+
 # Each config type a recipe may return, the check its entry point runs on the cluster, and where the check
 # that the cluster's shape can run it lives (``fits(cfg, nodes)``: the entry point's own, on ``ray.nodes()`` rows).
 VALIDATORS = (

@@ -367,7 +367,12 @@ def plan(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluster:
     """
     from bridge_ray.network.profile import profile_env
 
+    from bridge_ray.jobs import launch  # not at import: see check_args
+
     path = check_recipe(recipe)
+    misplaced = launch.local_only_flag(str(recipe), args)
+    if misplaced:
+        raise ConfigError(misplaced)
     record = records.load(cluster)
     env_block = runtime_env.build(path, env or {}, profile_env(cluster), excludes)
     entity = settings.value("wandb.entity", path.parent)
