@@ -1,12 +1,8 @@
-"""Jobs through one Ray Job Submission client: submit, follow, stop, list.
-
-Every call goes through ``ray.job_submission.JobSubmissionClient`` against the
-recorded cluster, so ``ray job list`` with the same address and token sees the
-same jobs.
+"""Submitting a recipe through the one Ray Job Submission client: the recipe and its arguments checked here, the
+upload planned (``plan``), then sent (``submit``) and handed back as a ``Job`` (``bridge_ray.jobs.job``).
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -16,253 +12,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 from bridge_ray import runs, settings
-from bridge_ray.cluster import client as cluster_client
 from bridge_ray.cluster import health, records
 from bridge_ray.cluster.processes import clean_env
 from bridge_ray.cluster.records import DEFAULT_CLUSTER, ClusterRecord
-from bridge_ray.errors import (BridgeRayError, ClusterLost, ClusterStale, ConfigError, Interrupted, JobFailed,
-                               JobNotFound, RecipeError)
+from bridge_ray.errors import BridgeRayError, ConfigError, Interrupted, RecipeError
 from bridge_ray.jobs import credentials, runtime_env
-from bridge_ray.jobs.follow import stream as stream_log
+from bridge_ray.jobs.job import NO_AGENT, Job, api_call, client
 from bridge_ray.jobs.runtime_env import SubmitPlan
 
 CHECK_TIMEOUT_S = 300.0
 CHECK_NOTE_S = 30.0  # a check still running after this says so
-NO_AGENT = "No available agent to submit job"  # Ray's 500 while the head's job agent is not ready
 # A busy machine can keep a fresh head's job agent unregistered past 60 s (seen once in CI beside a PPO job).
 AGENT_WAIT_S = 180.0
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-def client(record: ClusterRecord):
-    """A JobSubmissionClient for the recorded cluster only, authenticated with its token."""
-    return cluster_client.client(record)
-
-
-def _lost(record: ClusterRecord, doing: str) -> ClusterLost:
-    """Record the cluster's unfinished runs as lost and return the error that says so."""
-    cause = f"the head of cluster {record.name!r} at {record.dashboard_url} stopped answering"
-    runs.mark_lost(record.name, cause)
-    flag = records.name_flag(record.name)
-    return ClusterLost(f"{cause} while {doing}; its unfinished runs are recorded FAILED ({runs.CLUSTER_LOST}): "
-                       f"see `bridge-ray status{flag}`, then `bridge-ray down{flag}` and `bridge-ray up{flag}`")
-
-
-def _connected(record: ClusterRecord, doing: str):
-    """A client for ``record``; a head that does not answer marks its runs lost and raises."""
-    try:
-        health.check_alive(record)
-        return client(record)
-    except (ClusterStale, ConnectionError):
-        raise _lost(record, doing) from None
-
-
-def _call(record: ClusterRecord, doing: str, fn: Callable, *args, **kwargs):
-    """``fn(*args, **kwargs)`` on the Jobs API; the head going away on the way becomes one ClusterLost line."""
-    import requests
-
-    try:
-        return fn(*args, **kwargs)
-    except (requests.exceptions.ConnectionError, ConnectionError) as err:
-        if health.is_alive(record):
-            raise BridgeRayError(f"the Jobs API of cluster {record.name!r} failed while {doing}: {err}") from None
-        raise _lost(record, doing) from None
-    except RuntimeError as err:  # Ray's client: "Request failed with status code 500: ..."
-        if "status code 5" not in str(err) or NO_AGENT in str(err):  # _send asks again for the latter
-            raise
-        if health.gcs_refuses(record):  # the dashboard outlives its GCS by up to 60 s, answering 500s
-            raise _lost(record, doing) from None
-        raise BridgeRayError(f"the Jobs API of cluster {record.name!r} failed while {doing}: "
-                             f"{runs.first_line(str(err))}") from None
-
-
-class Job:
-    """A handle on one submitted job.
-
-    Example:
-        >>> job = bridge_ray.submit("recipes/hello_cluster.py")
-        >>> job.wait()          # raises JobFailed with the last log lines on failure
-        'SUCCEEDED'
-    """
-
-    def __init__(self, submission_id: str, cluster: str = DEFAULT_CLUSTER):
-        self.submission_id = submission_id
-        self.cluster = cluster
-        self._connection = None
-
-    def __repr__(self) -> str:
-        return f"Job({self.submission_id!r}, cluster={self.cluster!r})"
-
-    def _session(self, doing: str):
-        """The cluster's record and one Jobs API client, made on first use and kept: polling costs
-        one request a poll, not a record read, a health probe and a new client each time. A head
-        that stops answering later is caught where each call is made (``_call``)."""
-        if self._connection is None:
-            record = records.load(self.cluster)
-            self._connection = (record, _connected(record, doing))
-        return self._connection
-
-    def info(self):
-        """Ray's JobDetails for this job. Raises JobNotFound for an unknown id."""
-        record, c = self._session(f"asking about job {self.submission_id}")
-        try:
-            return _call(record, f"asking about job {self.submission_id}", c.get_job_info, self.submission_id)
-        except RuntimeError as err:
-            if "does not exist" in str(err) or "404" in str(err):
-                raise JobNotFound(
-                    f"no job {self.submission_id!r} on cluster {self.cluster!r}: "
-                    f"list the jobs with `bridge-ray list{records.name_flag(self.cluster)}`"
-                ) from None
-            raise
-
-    def status(self) -> str:
-        """The job's status name: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
-        return str(self.info().status.value)
-
-    def logs(self) -> str:
-        """All of the job's driver log so far."""
-        self.info()
-        record, c = self._session(f"reading the log of job {self.submission_id}")
-        return _call(record, f"reading the log of job {self.submission_id}", c.get_job_logs, self.submission_id)
-
-    def follow(self, write: Callable[[str], None] = print) -> str:
-        """Stream the log to ``write`` until the job ends; return the final status.
-
-        Raises:
-            JobFailed: the job ended FAILED or STOPPED (its log was just streamed, so no tail).
-            ClusterLost: the head went away while following; the run is recorded as lost.
-            KeyboardInterrupt: Ctrl-C; the job keeps running.
-        """
-        self.info()
-        record, c = self._session(f"following job {self.submission_id}")
-        import aiohttp
-
-
-        try:
-            if not asyncio.run(stream_log(c, record, self.submission_id, write)):
-                return self._ended_without_cluster(record)
-        except (OSError, RuntimeError, aiohttp.ClientError, asyncio.TimeoutError) as err:
-            # Ray's client raises RuntimeError when the log's WebSocket closes abnormally.
-            if health.is_alive(record):
-                raise BridgeRayError(f"lost the log stream of job {self.submission_id} ({err}): reattach with "
-                                     f"`bridge-ray logs {self.submission_id}{records.name_flag(self.cluster)} --follow`") from None
-            return self._ended_without_cluster(record)
-        try:
-            return self.wait(streamed=True)
-        except ClusterLost:
-            return self._ended_without_cluster(record)
-
-    def _ended_without_cluster(self, record: ClusterRecord) -> str:
-        """The head went away while following: the end the run record holds (raised unless SUCCEEDED), else the loss."""
-        run = runs.find_run(self.submission_id)
-        if run is not None and run.status in runs.TERMINAL and run.failure != runs.CLUSTER_LOST:
-            if run.status == "SUCCEEDED":
-                return run.status
-            raise JobFailed(self.submission_id, run.status, run.message) from None
-        lost = _lost(record, f"following job {self.submission_id}")
-        lost.exit_code = 1  # the job is gone with its cluster
-        raise lost from None
-
-    def wait(self, timeout_s: float | None = None, poll_s: float = 0.2, streamed: bool = False) -> str:
-        """Block until the job ends; return SUCCEEDED or raise JobFailed with the last log lines.
-
-        Args:
-            timeout_s: give up after this long and return the current status.
-            poll_s: seconds between polls.
-            streamed: the caller already showed the log: JobFailed then carries no tail.
-        """
-        info = self._polled(timeout_s, poll_s)
-        state = str(info.status.value)
-        if state not in runs.TERMINAL:
-            return state
-        logs = self.logs()
-        run = self.record_end(info, logs)
-        if state != "SUCCEEDED":
-            tail = "" if streamed else "\n".join(logs.rstrip().splitlines()[-runs.LOG_TAIL_LINES:])
-            error = runs.job_error(logs)
-            message = run.message if run else (error or runs.first_line(info.message or ""))
-            if streamed and message == error:  # its cause was just shown: say how it ended
-                message = runs.first_line(info.message or "")
-            failed = JobFailed(self.submission_id, state, message, log_tail=tail)
-            if info.driver_exit_code == ConfigError.exit_code:  # its driver rejected the input: as at submit
-                failed.exit_code = ConfigError.exit_code
-            raise failed
-        return state
-
-    def record_end(self, info, logs: str | None = None) -> "runs.RunRecord | None":
-        """Write the ended job's outcome (``info``: its JobDetails; ``logs``: its log, read here when
-        None and needed) into its run record: the one end-of-run path, for ``wait`` and for a
-        refresh of a run nobody saw ending."""
-        state = str(info.status.value)
-        if logs is None:
-            logs = self.logs()
-        return runs.finish_run(self.submission_id, state, info.message or "", logs,
-                               end_time=info.end_time / 1000 if info.end_time else None)
-
-    def stop(self) -> bool:
-        """Ask Ray to stop the job; True if it was still running."""
-        self.info()
-        record, c = self._session(f"stopping job {self.submission_id}")
-        return _call(record, f"stopping job {self.submission_id}", c.stop_job, self.submission_id)
-
-    def stopped(self, timeout_s: float, poll_s: float = 0.2) -> str:
-        """After ``stop``: wait up to ``timeout_s`` for the job to end; record its end and return its
-        state (STOPPED, or how it ended first), or the state it is still in."""
-        info = self._polled(timeout_s, poll_s)
-        if str(info.status.value) in runs.TERMINAL:
-            self.record_end(info)
-        return str(info.status.value)
-
-    def _polled(self, timeout_s: float | None, poll_s: float):
-        """The job's details once it has ended, or as they are after ``timeout_s`` (None: no limit)."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            info = self.info()
-            if str(info.status.value) in runs.TERMINAL or (deadline is not None and time.monotonic() > deadline):
-                return info
-            time.sleep(poll_s)
-
-
-def refresh_run(run: runs.RunRecord) -> runs.RunRecord:
-    """Ask the cluster about a run not seen ending; record its end if it has ended."""
-    try:
-        job = Job(run.submission_id, run.cluster)
-        info = job.info()
-        state = str(info.status.value)
-        if state in runs.TERMINAL:
-            return job.record_end(info)
-        run.status = state
-    except ClusterLost:  # its runs were just recorded as lost
-        return runs.read_run(Path(run.run_dir))
-    except BridgeRayError as err:
-        run.message = f"status not refreshed: {err}"
-    return run
-
-
-def load_run(submission_id: str | None = None, refresh: bool = False) -> runs.RunRecord:
-    """The record of one run (an exact id or a unique prefix; None for the latest).
-
-    Args:
-        submission_id: the run's submission id, or the start of it; None for the latest run.
-        refresh: ask the cluster for the status of a run not yet seen ending.
-
-    Raises:
-        RunNotFound: with the command that lists the runs.
-
-    Example:
-        >>> run = bridge_ray.load_run("sft-gsm8k-20261125-1730")
-        >>> run.status, run.last_step, run.hf_model
-    """
-    run = runs.load_run(submission_id)
-    return refresh_run(run) if refresh and run.status not in runs.TERMINAL else run
-
-
-def list_runs(refresh: bool = False) -> list[runs.RunRecord]:
-    """Every recorded run, oldest first; ``refresh`` asks the clusters about those not seen ending."""
-    return [refresh_run(run) if refresh and run.status not in runs.TERMINAL else run for run in runs.list_runs()]
 
 
 def check_recipe(recipe: str | Path) -> Path:
@@ -456,7 +220,7 @@ def _send(record: ClusterRecord, c, p: SubmitPlan) -> None:
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
-            _call(record, f"submitting job {p.submission_id}", c.submit_job, entrypoint=p.entrypoint,
+            api_call(record, f"submitting job {p.submission_id}", c.submit_job, entrypoint=p.entrypoint,
                   submission_id=p.submission_id, runtime_env=p.runtime_env, metadata=p.metadata)
             return
         except RuntimeError as err:
@@ -479,11 +243,3 @@ def _interrupted_submit(record: ClusterRecord, c, submission_id: str) -> Interru
         return Interrupted(f"interrupted before job {submission_id} reached cluster {record.name!r}: nothing was submitted")
     return Interrupted(f"interrupted, but job {submission_id} was submitted and runs: follow it with "
                        f"`bridge-ray logs {submission_id}{flag} --follow`, stop it with `bridge-ray stop {submission_id}{flag}`")
-
-
-def list_jobs(cluster: str = DEFAULT_CLUSTER) -> list:
-    """Ray's JobDetails for every job on the cluster, oldest first."""
-    record = records.load(cluster)
-    c = _connected(record, "listing its jobs")
-    jobs = _call(record, "listing its jobs", c.list_jobs)
-    return sorted(jobs, key=lambda j: j.start_time or 0)
