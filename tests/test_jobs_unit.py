@@ -121,6 +121,39 @@ def test_apply_overrides_types_and_collected_errors():
     ]
 
 
+def test_the_bridge_ray_home_inside_the_project_is_never_uploaded(tmp_path, monkeypatch):
+    """A recipe in a folder without project markers above the home (BRIDGE_RAY_HOME=/tmp/x/home, recipe /tmp/x/r.py)
+    uploaded the home: the clusters' auth tokens and other jobs' secrets files, kept in Ray's working_dir cache.
+    The exclude is checked with Ray's own packaging, which reads it as .gitignore does."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    home = tmp_path / "proj" / "home"
+    monkeypatch.setenv("BRIDGE_RAY_HOME", str(home))
+    (home / "clusters" / "default" / "secrets").mkdir(parents=True)
+    (home / "clusters" / "default" / "auth_token").write_text("tok")
+    (home / "clusters" / "default" / "secrets" / "job.env").write_text("HF_TOKEN=hf_x")
+    (tmp_path / "proj" / "data" / "home").mkdir(parents=True)  # a folder of the same name elsewhere still travels
+    (tmp_path / "proj" / "data" / "home" / "keep.txt").write_text("x")
+    recipe = tmp_path / "proj" / "r.py"
+    recipe.write_text("print(1)\n")
+    built = runtime_env.build(recipe, {})
+    assert "/home" in built["excludes"]
+    target = tmp_path / "pkg.zip"
+    create_package(built["working_dir"], target, include_gitignore=True, excludes=built["excludes"])
+    assert sorted(zipfile.ZipFile(target).namelist()) == ["data/home/keep.txt", "r.py"]
+    assert runtime_env.package_size(recipe.parent, tuple(built["excludes"]))[0] == len("print(1)\n") + 1
+    inside = home / "recipes" / "mine.py"
+    inside.parent.mkdir()
+    inside.write_text("print(1)\n")
+    with pytest.raises(ConfigError) as err:
+        runtime_env.build(inside, {})
+    assert str(err.value) == (f"recipe {inside} is inside the bridge-ray home {home}, which holds the clusters' auth "
+                              "tokens and the jobs' secrets: its folder would be uploaded with it; move the recipe "
+                              "into a project folder outside the home")
+
+
 def test_gitignored_paths_do_not_count_toward_the_upload(tmp_path):
     (tmp_path / ".gitignore").write_text("# build outputs\n/.gpu/\n*.tar.xz\n!keep.tar.xz\n")
     (tmp_path / ".gpu").mkdir()
@@ -349,9 +382,13 @@ def test_a_stop_also_stops_what_a_process_starts_while_it_is_being_stopped(tmp_p
     ("DB_PASSWORD", True), ("SSH_KEY", True), ("GOOGLE_APPLICATION_CREDENTIALS", True), ("ray_auth_token", True),
     ("TOKENIZERS_PARALLELISM", False), ("MAX_TOKENS", False), ("NCCL_IB_HCA", False), ("RAY_AUTH_MODE", False),
     ("KEYBOARD", False), ("GITHUB_PAT", True), ("SESSION_COOKIE", True), ("NCCL_IB_PATH", False), ("PATH", False),
+    ("MYSECRETTHING", True), ("DBPASSWORD", True), ("HF_AUTHTOKEN", True), ("OPENAI_APIKEY", True),
+    ("AWS_SECRETKEY", True), ("NCCL_SOCKET_IFNAME", False), ("WANDB_PROJECT", False),
 ])
-def test_secret_names_are_whole_words(key, secret):
-    """A setting such as TOKENIZERS_PARALLELISM passes with --env and shows in a dry run; credentials never do."""
+def test_secret_names_are_credentials_however_they_are_spelled(key, secret):
+    """A setting such as TOKENIZERS_PARALLELISM passes with --env and shows in a dry run; credentials never do, as
+    the README's patterns say: `*SECRET*` and `*PASSWORD*` anywhere in the name (MYSECRETTHING once travelled in
+    the runtime_env and the run record), and a name ending in TOKEN or KEY (HF_AUTHTOKEN, allow-listed by HF_)."""
     assert runtime_env.is_secret(key) is secret
 
 

@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 
+from bridge_ray.cluster.records import home_dir
 from bridge_ray.errors import ConfigError, WorkingDirTooLarge
 
 ENV_PREFIXES = ("NCCL_", "GLOO_", "UCX_", "NVTE_", "TORCH_NCCL_", "HF_", "WANDB_", "VERL_")
@@ -25,8 +26,9 @@ DEFAULT_EXCLUDES = (
 RAY_PACKAGE_LIMIT = 100 * 1024 * 1024
 # Words of an env var's name (split at "_") that make it a credential; a name ending in KEY is one too.
 # Whole words, so TOKENIZERS_PARALLELISM or MAX_TOKENS are plain settings.
-_SECRET_WORDS = frozenset({"TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "CREDENTIALS",
-                           "APIKEY", "PAT", "COOKIE"})
+_SECRET_WORDS = frozenset({"TOKEN", "PAT"})  # whole words only: TOKENIZERS_PARALLELISM, NCCL_IB_PATH are not
+_SECRET_PARTS = ("SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "APIKEY", "COOKIE")  # anywhere in the name
+_SECRET_ENDS = ("TOKEN", "KEY")  # HF_AUTHTOKEN, AWS_SECRETKEY
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROJECT_MARKERS = ("setup.cfg", "pyproject.toml", "setup.py", ".git")
 
@@ -64,11 +66,13 @@ def is_secret(key: str) -> bool:
     """Whether an env var name looks like a credential (``HF_TOKEN``, ``WANDB_API_KEY``, ...).
 
     Example:
-        >>> [is_secret(k) for k in ("HF_TOKEN", "WANDB_API_KEY", "GITHUB_PAT", "TOKENIZERS_PARALLELISM", "NCCL_IB_PATH")]
-        [True, True, True, False, False]
+        >>> [is_secret(k) for k in ("HF_TOKEN", "WANDB_API_KEY", "GITHUB_PAT", "MYSECRETTHING", "DBPASSWORD",
+        ...                         "HF_AUTHTOKEN", "TOKENIZERS_PARALLELISM", "NCCL_IB_PATH")]
+        [True, True, True, True, True, True, False, False]
     """
-    words = key.upper().split("_")
-    return bool(_SECRET_WORDS.intersection(words)) or words[-1] == "KEY"
+    upper = key.upper()
+    return (bool(_SECRET_WORDS.intersection(upper.split("_"))) or upper.endswith(_SECRET_ENDS)
+            or any(part in upper for part in _SECRET_PARTS))
 
 
 def redact(runtime_env: dict) -> dict:
@@ -88,7 +92,24 @@ def project_dir(recipe: Path) -> Path:
 
 
 def _excluded(rel: str, name: str, excludes: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatch(name, pat) or fnmatch.fnmatch(rel, pat) for pat in excludes)
+    """Whether ``excludes`` leave ``rel`` out, as Ray reads them (``.gitignore`` style: ``/a/b`` only at the root)."""
+    return any(fnmatch.fnmatch(rel, pat[1:]) if pat.startswith("/") else
+               fnmatch.fnmatch(name, pat) or fnmatch.fnmatch(rel, pat) for pat in excludes)
+
+
+def home_excludes(root: Path, recipe: Path) -> tuple[str, ...]:
+    """The bridge-ray home inside the project ``root`` (its clusters' tokens, the jobs' secrets files, every run's
+    log): an exclude that keeps it out of the upload.
+
+    Raises:
+        ConfigError: the project is the home or inside it, where no exclude could keep those files out.
+    """
+    home, project = home_dir().resolve(), root.resolve()
+    if project == home or home in project.parents:
+        raise ConfigError(f"recipe {recipe} is inside the bridge-ray home {home}, which holds the clusters' auth tokens "
+                          "and the jobs' secrets: its folder would be uploaded with it; move the recipe into a "
+                          "project folder outside the home")
+    return (f"/{home.relative_to(project).as_posix()}",) if project in home.parents else ()
 
 
 def _walk(root: Path, excludes: tuple[str, ...]) -> tuple[dict[str, int], list[str]]:
@@ -168,7 +189,7 @@ def _leaving_out(rel: Path, excludes: tuple[str, ...]) -> str | None:
     for depth in range(1, len(parts) + 1):
         sub = os.path.join(*parts[:depth])
         for pattern in excludes:
-            if fnmatch.fnmatch(parts[depth - 1], pattern) or fnmatch.fnmatch(sub, pattern):
+            if _excluded(sub, parts[depth - 1], (pattern,)):
                 return pattern
     return None
 
@@ -202,7 +223,7 @@ def build(recipe: Path, env: dict[str, str], profile_env: dict[str, str] | None 
         WorkingDirTooLarge: the upload is over Ray's limit, or holds broken links.
     """
     root = project_dir(recipe)
-    all_excludes = DEFAULT_EXCLUDES + tuple(excludes)
+    all_excludes = DEFAULT_EXCLUDES + home_excludes(root, recipe) + tuple(excludes)
     ignored = gitignore_patterns(root)
     _check_not_left_out(root, recipe, tuple(excludes), ignored)
     check_package_size(root, all_excludes + ignored)
