@@ -161,6 +161,14 @@ def bridge_commands(algo: str, cfg, submission_id: str) -> dict[str, list[str]]:
             "down": br + ["down", "--name", CLUSTER, "--force"]}
 
 
+def drop_checkpoints(run_dir: Path) -> None:
+    """Remove verl's ``global_step_*`` checkpoint folders under ``run_dir`` (logs, metrics and the merged actor stay):
+    on 2026-12-07 (s18) two 1B runs' checkpoints filled the GPU host's disk and the next stage died writing its model."""
+    for folder in sorted(run_dir.rglob("global_step_*")):
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def run_plain(cfg, args: argparse.Namespace, tag: str) -> dict:
     out, work, timeout_s = args.out, args.work, args.timeout
     run_dir = Path(cfg.trainer.output_dir)
@@ -188,6 +196,7 @@ def run_plain(cfg, args: argparse.Namespace, tag: str) -> dict:
         aside = run_dir.with_name(run_dir.name + "-plain")
         shutil.rmtree(aside, ignore_errors=True)
         run_dir.rename(aside)
+        drop_checkpoints(aside)  # nothing reads plain's: a 1B set is tens of GB on a 64 GB disk
     return {"side": "plain", "rc": rc, "wall_s": round(wall, 1), "phases_s": phases(lines),
             "rollout_polls": "0.1 s" if args.plain_poll else "2 s", **summarize(parse_steps(lines), cfg), **gpu}
 
@@ -234,6 +243,8 @@ def run_bridge(algo: str, cfg, args: argparse.Namespace, tag: str) -> dict:
     recorded = run_dir / "config.json"
     same = json.loads(recorded.read_text())["verl_overrides"] == ppo.to_verl_overrides(cfg) if recorded.exists() else None
     summary = _bridge_summary(lines, cfg)
+    if args.shape == "llama-3.2-1b":  # merged and checked already; resume is measured on the small shape
+        drop_checkpoints(run_dir)
     first = summary.get("first_step_at_s")
     return {"side": "bridge-ray", "rc": rc, "wall_s": round(wall, 1), "overrides_identical_to_plain": same,
             "flashinfer_env_in_cluster": vllm_env, "up_s": round(up_s, 1),
@@ -319,13 +330,23 @@ POLLS = {"0.1 s": "same settings: plain with bridge-ray's 0.1 s rollout polls to
          None: "plain's rollout polls not recorded"}
 
 
+def _kind(result: dict) -> tuple:
+    """What must match for two runs to share a ratio: algorithm, model shape and the overrides on top."""
+    return result.get("algo"), result.get("shape"), tuple(result.get("overrides") or ())
+
+
 def ratios(results: list[dict]) -> list[str]:
-    """bridge-ray / plain for each algorithm and each way plain polled (only like runs share a ratio): by step
-    time, by throughput, and by step time without the rollout (``gen``), where the polls make no difference."""
+    """bridge-ray / plain for each kind of run (``_kind``) and each way plain polled (only like runs share a ratio):
+    by step time, by throughput, and by step time without the rollout (``gen``), where the polls make no
+    difference. The summary of 2026-12-07 (s18) had put a 1B pair and a small-model pair into one median."""
     lines = []
-    for algo in sorted({r.get("algo") for r in results if r.get("algo")}):
+    kinds = sorted({_kind(r) for r in results if r.get("algo")}, key=str)
+    for kind in kinds:
+        algo, shape, overrides = kind
+        named = algo + (f", {shape}" if shape and len(kinds) > 1 else "") + (
+            f", {len(overrides)} overrides" if overrides else "")
         for polls, said in POLLS.items():
-            sides = {side: [r for r in results if r.get("algo") == algo and r["side"] == side
+            sides = {side: [r for r in results if _kind(r) == kind and r["side"] == side
                             and r.get("step_time_s") and (side != "plain" or r.get("rollout_polls") == polls)
                             and r["tag"].startswith(f"{algo}_{'plain' if side == 'plain' else 'bridge'}")]
                      for side in ("plain", "bridge-ray")}
@@ -337,7 +358,7 @@ def ratios(results: list[dict]) -> list[str]:
                     for k, v in sides.items() if all(r.get("gen_time_s") for r in v)}
             without_gen = (f", {rest['plain'] / rest['bridge-ray']:.3f}x by step time without the rollout"
                            if len(rest) == 2 else "")
-            lines.append(f"\n{algo}: bridge-ray / plain = {step['plain'] / step['bridge-ray']:.3f}x by step time, "
+            lines.append(f"\n{named}: bridge-ray / plain = {step['plain'] / step['bridge-ray']:.3f}x by step time, "
                          f"{tput['bridge-ray'] / tput['plain']:.3f}x by training throughput{without_gen} (medians "
                          f"of {len(sides['plain'])} plain and {len(sides['bridge-ray'])} bridge-ray runs; {said}; "
                          "goal >= 0.98x)")
@@ -422,7 +443,7 @@ def main() -> None:
             result = run_chain(cfg, args, tag, files)
         else:
             result = run_plain(cfg, args, tag) if side == "plain" else run_bridge(args.algo, cfg, args, tag)
-        result.update(tag=tag, algo=args.algo, shape=args.shape, steps_asked=args.steps)
+        result.update(tag=tag, algo=args.algo, shape=args.shape, steps_asked=args.steps, overrides=args.overrides)
         path = args.out / RESULTS
         results = json.loads(path.read_text()) if path.exists() else {}
         path.write_text(json.dumps({**results, tag: result}, indent=2))

@@ -131,6 +131,30 @@ def test_ppo_benchmark_ratios_never_mix_plain_runs_that_polled_differently():
     ]
 
 
+def test_ppo_benchmark_ratios_keep_model_shapes_and_override_sets_apart():
+    """s18's summary gave one median over a 1B pair and a small-model pair (1.002x), which compares neither."""
+    bench = ppo_benchmark()
+    run = lambda tag, side, step, shape, sets=(): {"tag": tag, "side": side, "algo": "ppo", "step_time_s": step,
+                                                   "gen_time_s": step / 3, "train_throughput_tok_s_gpu": 100.0 / step,
+                                                   "rollout_polls": "0.1 s", "shape": shape, "overrides": list(sets)}
+    big = ("ppo.data.train_batch_size=256",)
+    lines = bench.ratios([run("ppo_plain", "plain", 15.83, "llama-3.2-1b", big),
+                          run("ppo_bridge", "bridge-ray", 15.67, "llama-3.2-1b", big),
+                          run("ppo_bridge_pp", "bridge-ray", 1.71, "small"), run("ppo_plain_pp", "plain", 1.57, "small")])
+    assert [line.split(":")[0] for line in lines] == ["\nppo, llama-3.2-1b, 1 overrides", "\nppo, small"]
+    assert [line.split("= ")[1].split("x")[0] for line in lines] == ["1.010", "0.918"]
+
+
+def test_checkpoints_are_dropped_and_the_rest_of_the_run_stays(tmp_path):
+    bench = ppo_benchmark()
+    for path in ("global_step_2/actor/model.pt", "global_step_4/critic/model.pt", "hf/config.json", "metrics.jsonl"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("x")
+    bench.drop_checkpoints(tmp_path)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        "hf/config.json", "metrics.jsonl"]
+
+
 def ppo_sets() -> dict[str, list[str]]:
     script = (REPO / "benchmarks" / "gpu_ppo.sh").read_text()
     table = script.split("declare -A SETS=(", 1)[1].split("\n)", 1)[0]
