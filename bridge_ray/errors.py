@@ -29,6 +29,10 @@ class ClusterLost(BridgeRayError):
     """The cluster's head stopped answering while a command was using it."""
 
 
+class ClusterUnresponsive(BridgeRayError):
+    """The head did not answer in time but may still be there (busy, paused): nothing was recorded."""
+
+
 class JobsRunning(BridgeRayError):
     """``down`` was asked to stop a cluster that still runs jobs."""
 

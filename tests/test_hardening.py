@@ -436,6 +436,37 @@ def test_a_dead_head_is_one_line_everywhere_and_marks_its_runs(spare, tmp_path):
     assert local.pids(spare, by_open_files=True) == [] and listeners_on(spare.ports) == []  # the runtime-env agent too
 
 
+def test_a_paused_head_is_not_a_dead_one_its_runs_and_secrets_stay(spare, tmp_path):
+    """A head that misses the 2 s probe (here its dashboard stopped with SIGSTOP; a busy machine does the same)
+    had its running jobs recorded FAILED (cluster lost) and their secrets files removed while they ran on.
+    Commands now ask again for health.UNRESPONSIVE_S, then say so and change nothing; the job runs on."""
+    from bridge_ray.jobs import credentials
+
+    name = spare.name
+    job = bridge_ray.submit(project(tmp_path, "sleepy", SLEEPY), cluster=name, env={"HF_TOKEN": "hf_paused"})
+    wait_for(lambda: job.status() == "RUNNING", f"job {job.submission_id} to run")
+    dashboard = [p for p in local.pids(spare) if b"dashboard/dashboard.py" in processes._read(Path(f"/proc/{p}/cmdline"))]
+    assert len(dashboard) == 1
+    os.kill(dashboard[0], signal.SIGSTOP)
+    try:
+        for args in (("list",), ("status",)):
+            out = run_cli(*args, "--name", name)
+            assert out.returncode == 2 and "Traceback" not in out.stderr, (args, out.stderr)
+            assert last_line(out.stderr).startswith(
+                f"error: the head of cluster {name!r} at {spare.dashboard_url} did not answer for 10 s while "), out
+            assert last_line(out.stderr).endswith("(busy, paused, or its network is down); nothing was recorded: try "
+                                                  f"again, or see `bridge-ray status --name {name}`"), out
+        assert "NOT ANSWERING for 10 s, but not gone" in run_cli("status", "--name", name).stdout
+        assert runs.load_run(job.submission_id).status in ("PENDING", "RUNNING")
+        assert json.loads(credentials.env_file(name, job.submission_id).read_text()) == {"HF_TOKEN": "hf_paused"}
+    finally:
+        os.kill(dashboard[0], signal.SIGCONT)
+    assert job.status() == "RUNNING"
+    assert bridge_ray.load_run(job.submission_id, refresh=True).status == "RUNNING"
+    job.stop()
+    assert job.stopped(HANG_GUARD_S) == "STOPPED"
+
+
 # ---- 7. Ctrl-C while following: the job keeps running, exit 130 -----------------------------
 
 

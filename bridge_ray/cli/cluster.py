@@ -160,6 +160,8 @@ def status_command(submission_id, name):
     st = lib.status(name)
     click.echo(format_status(st))
     if not st.alive and not st.pending:
+        if not st.gone:
+            raise health.unresponsive_error(st.record, "asked for its status")
         raise health.stale_error(st.record, f"its head at {st.record.dashboard_url} does not answer")
 
 
@@ -175,7 +177,11 @@ def format_status(st: lib.ClusterStatus) -> str:
         if st.pending:
             lines.append(f"  waiting for the allocation; `bridge-ray down{flag}` cancels it")
             return "\n".join(lines)
-        lines.append(f"  STALE: the head does not answer; fix: `bridge-ray down{flag}` then `{health.up_again(r)}`")
+        if st.gone:
+            lines.append(f"  STALE: the head does not answer; fix: `bridge-ray down{flag}` then `{health.up_again(r)}`")
+        else:
+            lines.append(f"  NOT ANSWERING for {health.UNRESPONSIVE_S:.0f} s, but not gone (busy or paused?): try again; "
+                         f"`bridge-ray down{flag} --force` takes it down")
         return "\n".join(lines)
     alive = [n for n in st.nodes if n["state"] == "ALIVE"]
     lines.append(f"  nodes: {len(alive)} alive" + (f", {len(st.nodes) - len(alive)} dead" if len(alive) < len(st.nodes) else ""))

@@ -40,6 +40,7 @@ class ClusterStatus:
         usage: resource name -> (used, total), e.g. ``{"CPU": (1.0, 2.0)}``.
         jobs: one dict per job (``submission_id``, ``status``, ``entrypoint``).
         slurm_state: the allocation's SLURM state (slurm backend only).
+        gone: the head is certainly gone (``health.head_gone``, or the allocation ended), not only slow to answer.
     """
 
     record: ClusterRecord
@@ -48,6 +49,7 @@ class ClusterStatus:
     usage: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     jobs: list[dict] = dataclasses.field(default_factory=list)
     slurm_state: str | None = None
+    gone: bool = False  # certainly gone (nothing listens, or the allocation ended), not only slow to answer
 
     @property
     def pending(self) -> bool:
@@ -145,14 +147,28 @@ def _clear_stale(name: str) -> None:
     if not records.record_path(name).exists():
         return
     record = records.load(name)
-    if _alive_or_auth_error(record):
+    if _alive_or_auth_error(record) or (not _gone(record) and health.answers_soon(record)):
         raise ClusterExists(
             f"cluster {name!r} is already up at {record.dashboard_url}: use it, pick another --name, "
             f"or stop it with `bridge-ray down{'' if name == DEFAULT_CLUSTER else ' --name ' + name}`"
         )
+    if not _gone(record):  # a busy or paused head: starting over would kill it and its jobs
+        raise ClusterExists(f"cluster {name!r} is recorded and its head at {record.dashboard_url} did not answer for "
+                            f"{health.UNRESPONSIVE_S:.0f} s, but is not gone (busy or paused?): try again, or take it "
+                            f"down first with `bridge-ray down{records.name_flag(name)} --force`")
     runs.mark_lost(name, f"the head of cluster {name!r} at {record.dashboard_url} was found dead by `bridge-ray up`")
     _stop(record)
     _forget(name)
+
+
+def _gone(record: ClusterRecord) -> bool:
+    """Whether the recorded head is certainly gone (``health.head_gone``, or its SLURM allocation has ended)."""
+    if record.backend == "slurm":
+        from bridge_ray.cluster import slurm as slurm_backend
+
+        if slurm_backend.ended(slurm_backend.job_state(record)):
+            return True
+    return health.head_gone(record)
 
 
 def _alive_or_auth_error(record: ClusterRecord) -> bool:
@@ -333,8 +349,11 @@ def status(name: str = DEFAULT_CLUSTER) -> ClusterStatus:
         from bridge_ray.cluster import slurm as slurm_backend
 
         result.slurm_state = slurm_backend.job_state(record)
+    if not result.alive and not result.pending:
+        result.gone = _gone(record)
+        result.alive = not result.gone and health.answers_soon(record)  # a busy or paused head is not a dead one
     if not result.alive:
-        if not result.pending:
+        if result.gone:
             runs.mark_lost(name, f"the head of cluster {name!r} at {record.dashboard_url} does not answer")
         return result
     try:

@@ -10,7 +10,7 @@ import urllib.request
 
 from bridge_ray.cluster.auth import auth_headers
 from bridge_ray.cluster.records import ClusterRecord, name_flag
-from bridge_ray.errors import AuthError, BridgeRayError, ClusterStale
+from bridge_ray.errors import AuthError, BridgeRayError, ClusterStale, ClusterUnresponsive
 
 # Never through the shell's HTTP(S)_PROXY: the request carries the cluster's token.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -69,6 +69,42 @@ def gcs_refuses(record: ClusterRecord, timeout_s: float = 2.0) -> bool:
     return False
 
 
+def head_gone(record: ClusterRecord, timeout_s: float = 2.0) -> bool:
+    """Whether the head is certainly gone, not only slow: nothing listens at its Jobs API port (the connection is
+    refused), or, for a head on this machine, at its GCS port. A probe that times out proves nothing: a busy or
+    paused head, or a network that hiccups, must not have its runs recorded lost and their secrets removed."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(record.dashboard_url)
+        where = (url.hostname, url.port) if url.hostname and url.port else None
+    except ValueError:
+        where = None
+    if where:
+        try:
+            socket.create_connection(where, timeout=timeout_s).close()
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            pass
+    host = record.gcs_address.rpartition(":")[0]
+    return host in ("127.0.0.1", "localhost", "::1") and gcs_refuses(record, timeout_s)
+
+
+UNRESPONSIVE_S = 10.0  # how long a head that is not certainly gone is asked again before a command gives up
+
+
+def answers_soon(record: ClusterRecord, within_s: float = UNRESPONSIVE_S) -> bool:
+    """``is_alive``, asked again for up to ``within_s`` while the head is not certainly gone (``head_gone``): a
+    head that misses one 2 s probe (busy, or paused for a moment) is not taken for a dead one."""
+    deadline = time.monotonic() + within_s
+    while not is_alive(record):
+        if time.monotonic() > deadline or head_gone(record):
+            return False
+        time.sleep(0.5)
+    return True
+
+
 async def gcs_answers(record: ClusterRecord, timeout_s: float = 2.0) -> bool:
     """Whether the head's GCS port takes a TCP connection (False for a record without a GCS address).
 
@@ -107,6 +143,14 @@ def stale_error(record: ClusterRecord, what: str) -> ClusterStale:
     """The one-line error for a recorded cluster whose head is gone; ``what`` says what was seen."""
     return ClusterStale(f"cluster {record.name!r} is recorded but {what} (stale record): "
                         f"run `bridge-ray down{name_flag(record.name)}` to clear it, then `{up_again(record)}`")
+
+
+def unresponsive_error(record: ClusterRecord, doing: str) -> ClusterUnresponsive:
+    """The one-line error for a head that did not answer for ``UNRESPONSIVE_S`` but is not certainly gone."""
+    return ClusterUnresponsive(
+        f"the head of cluster {record.name!r} at {record.dashboard_url} did not answer for {UNRESPONSIVE_S:.0f} s "
+        f"while {doing} (busy, paused, or its network is down); nothing was recorded: try again, or see "
+        f"`bridge-ray status{name_flag(record.name)}`")
 
 
 def up_again(record: ClusterRecord) -> str:

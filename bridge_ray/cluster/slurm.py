@@ -160,6 +160,12 @@ def _sbatch(script: Path, request: dict) -> str:
     raise SlurmError(f"sbatch refused the allocation: {said}")
 
 
+def ended(state: str | None) -> bool:
+    """Whether a ``job_state`` says the allocation has ended (not pending, running or unknown)."""
+    word = (state or "").split(":")[0].split(" ")[0]
+    return bool(word) and word not in (*ACTIVE, "UNKNOWN")
+
+
 def squeue(job_id: str) -> tuple[str, str, str]:
     """(state, reason, node list) of a job; state ``GONE`` once SLURM has forgotten it."""
     out = subprocess.run([_require("squeue"), "-h", "-t", "all", "-j", job_id, "-o", "%T|%r|%N"],

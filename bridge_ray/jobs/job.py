@@ -16,7 +16,7 @@ from bridge_ray import runs
 from bridge_ray.cluster import client as cluster_client
 from bridge_ray.cluster import health, records
 from bridge_ray.cluster.records import DEFAULT_CLUSTER, ClusterRecord
-from bridge_ray.errors import BridgeRayError, ClusterLost, ClusterStale, ConfigError, JobFailed, JobNotFound
+from bridge_ray.errors import BridgeRayError, ClusterLost, ConfigError, JobFailed, JobNotFound
 from bridge_ray.jobs.follow import stream as stream_log
 
 NO_AGENT = "No available agent to submit job"  # Ray's 500 while the head's job agent is not ready
@@ -27,32 +27,40 @@ def client(record: ClusterRecord):
     return cluster_client.client(record)
 
 
-def _lost(record: ClusterRecord, doing: str) -> ClusterLost:
-    """Record the cluster's unfinished runs as lost and return the error that says so."""
+NOT_REFRESHED = "status not refreshed: "
+
+
+def _lost(record: ClusterRecord, doing: str) -> BridgeRayError:
+    """The error for a head that stopped answering while ``doing``. Only a head certainly gone (``health.head_gone``)
+    has its unfinished runs recorded lost (and their secrets files removed); one that only timed out changes
+    nothing: its jobs may still be running."""
+    flag = records.name_flag(record.name)
+    if not health.head_gone(record):
+        return health.unresponsive_error(record, doing)
     cause = f"the head of cluster {record.name!r} at {record.dashboard_url} stopped answering"
     runs.mark_lost(record.name, cause)
-    flag = records.name_flag(record.name)
     return ClusterLost(f"{cause} while {doing}; its unfinished runs are recorded FAILED ({runs.CLUSTER_LOST}): "
                        f"see `bridge-ray status{flag}`, then `bridge-ray down{flag}` and `bridge-ray up{flag}`")
 
 
 def _connected(record: ClusterRecord, doing: str):
-    """A client for ``record``; a head that does not answer marks its runs lost and raises."""
+    """A client for ``record``; a head that does not answer (asked again for ``health.UNRESPONSIVE_S``) raises ``_lost``."""
     try:
-        health.check_alive(record)
+        if not health.answers_soon(record):
+            raise _lost(record, doing)
         return client(record)
-    except (ClusterStale, ConnectionError):
+    except ConnectionError:
         raise _lost(record, doing) from None
 
 
 def api_call(record: ClusterRecord, doing: str, fn: Callable, *args, **kwargs):
-    """``fn(*args, **kwargs)`` on the Jobs API; the head going away on the way becomes one ClusterLost line."""
+    """``fn(*args, **kwargs)`` on the Jobs API; the head going away on the way becomes one ``_lost`` line."""
     import requests
 
     try:
         return fn(*args, **kwargs)
     except (requests.exceptions.ConnectionError, ConnectionError) as err:
-        if health.is_alive(record):
+        if health.answers_soon(record):
             raise BridgeRayError(f"the Jobs API of cluster {record.name!r} failed while {doing}: {err}") from None
         raise _lost(record, doing) from None
     except RuntimeError as err:  # Ray's client: "Request failed with status code 500: ..."
@@ -223,7 +231,7 @@ def refresh_run(run: runs.RunRecord) -> runs.RunRecord:
     except ClusterLost:  # its runs were just recorded as lost
         return runs.read_run(Path(run.run_dir))
     except BridgeRayError as err:
-        run.message = f"status not refreshed: {err}"
+        run.message = f"{NOT_REFRESHED}{err}"
     return run
 
 
@@ -246,8 +254,19 @@ def load_run(submission_id: str | None = None, refresh: bool = False) -> runs.Ru
 
 
 def list_runs(refresh: bool = False) -> list[runs.RunRecord]:
-    """Every recorded run, oldest first; ``refresh`` asks the clusters about those not seen ending."""
-    return [refresh_run(run) if refresh and run.status not in runs.TERMINAL else run for run in runs.list_runs()]
+    """Every recorded run, oldest first; ``refresh`` asks the clusters about those not seen ending (a cluster that
+    could not be asked once is not asked again for its other runs: one unresponsive head costs one wait)."""
+    listed, not_asked = [], {}
+    for run in runs.list_runs():
+        if refresh and run.status not in runs.TERMINAL:
+            if run.cluster in not_asked:
+                run.message = not_asked[run.cluster]
+            else:
+                run = refresh_run(run)
+                if (run.message or "").startswith(NOT_REFRESHED):
+                    not_asked[run.cluster] = run.message
+        listed.append(run)
+    return listed
 
 
 def list_jobs(cluster: str = DEFAULT_CLUSTER) -> list:
