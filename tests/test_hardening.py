@@ -467,6 +467,31 @@ def test_a_paused_head_is_not_a_dead_one_its_runs_and_secrets_stay(spare, tmp_pa
     assert job.stopped(HANG_GUARD_S) == "STOPPED"
 
 
+def test_down_records_the_end_and_log_of_a_job_nobody_followed(spare, tmp_path):
+    """`submit` without --follow, the job ends, then `down`: the run stayed PENDING for good ("status not refreshed:
+    no cluster named ..."), with no job.log, since nothing could ask the cluster about it again."""
+    name = spare.name
+    job = bridge_ray.submit(project(tmp_path, "quick", "print('quick job done', flush=True)\n"), cluster=name)
+    wait_for(lambda: [j.status.value for j in bridge_ray.list_jobs(name)] == ["SUCCEEDED"], "the job to end")
+    assert runs.load_run(job.submission_id).status in ("PENDING", "RUNNING")  # nobody has looked yet
+    out = run_cli("down", "--name", name)
+    assert (out.returncode, out.stdout.strip()) == (0, f"cluster {name!r} is down"), out.stderr
+    run = bridge_ray.load_run(job.submission_id, refresh=True)
+    assert (run.status, run.failure) == ("SUCCEEDED", None)
+    assert "quick job done" in (Path(run.run_dir) / runs.JOB_LOG).read_text()
+    # The same name started again does not know the job: `logs` shows the saved log (it said "no job ...").
+    assert run_cli("up", "--name", name, "--num-cpus", "1").returncode == 0
+    try:
+        for extra in ((), ("--follow",)):
+            out = run_cli("logs", job.submission_id, "--name", name, *extra)
+            assert out.returncode == 0 and "quick job done" in out.stdout, (extra, out.stderr)
+            assert out.stderr == (f"note: cluster {name!r} does not know job {job.submission_id} (it was started "
+                                  f"again since?): this is the log saved when job {job.submission_id} ended "
+                                  f"({Path(run.run_dir) / runs.JOB_LOG})\n")
+    finally:
+        assert run_cli("down", "--name", name, "--force").returncode == 0
+
+
 # ---- 7. Ctrl-C while following: the job keeps running, exit 130 -----------------------------
 
 

@@ -12,7 +12,7 @@ from bridge_ray import runs
 from bridge_ray.cli.cluster import name_option
 from bridge_ray.cluster.client import quiet_ray_client
 from bridge_ray.cluster.records import name_flag
-from bridge_ray.errors import ClusterNotFound, ClusterStale, Interrupted
+from bridge_ray.errors import ClusterNotFound, ClusterStale, Interrupted, JobNotFound
 from bridge_ray.jobs.runtime_env import parse_env
 from bridge_ray.runs import LOG_TAIL_LINES, TERMINAL
 
@@ -141,34 +141,45 @@ def submit_command(recipe, args, name, env_items, excludes, submission_id, follo
               help="The whole log: everything verl and Ray print, not only the progress.")
 def logs_command(submission_id, name, follow, everything):
     """Print a job's progress (its own lines and one per training step); --all for the whole log."""
-    from bridge_ray.jobs.progress import ConsoleView
-
     try:
         job = lib.Job(submission_id, name)
         text = None if follow else job.logs()
-    except (ClusterNotFound, ClusterStale):  # the cluster is gone: the log saved when the job ended, if any
-        text = _saved_log(submission_id, name)
+        if follow:
+            job.info()  # a job the cluster does not know: its saved log, as without --follow
+    except (ClusterNotFound, ClusterStale, JobNotFound) as err:  # the log saved when the job ended, if any
+        text = _saved_log(submission_id, name, isinstance(err, JobNotFound))
         if text is None:
             raise
+        if follow and runs.load_run(submission_id).status != "SUCCEEDED":
+            _print_log(text, everything)
+            raise SystemExit(1)  # --follow exits with the job's outcome
     if text is None:
         _follow(job, everything)
         return
+    _print_log(text, everything)
+
+
+def _print_log(text: str, everything: bool) -> None:
     if everything:
         sys.stdout.write(text)
         return
+    from bridge_ray.jobs.progress import ConsoleView
+
     ConsoleView(lambda line: click.echo(line)).feed(text)
 
 
-def _saved_log(submission_id: str, name: str) -> str | None:
+def _saved_log(submission_id: str, name: str, unknown_job: bool = False) -> str | None:
     """The job's whole log as its run folder kept it (``runs/ID/job.log``), for a cluster that is not
-    there to ask; None without one (no such run, or it ended unseen)."""
+    there to ask, or that does not know the job (a cluster started since under the same name); None
+    without one (no such run, or it ended unseen)."""
     if submission_id in ("", ".", "..") or "/" in submission_id:
         return None
     saved = runs.run_dir(submission_id) / runs.JOB_LOG
     if not saved.is_file():
         return None
-    click.echo(f"note: cluster {name!r} is not there to ask: this is the log saved when job {submission_id} ended "
-               f"({saved})", err=True)
+    why = (f"cluster {name!r} does not know job {submission_id} (it was started again since?)" if unknown_job
+           else f"cluster {name!r} is not there to ask")
+    click.echo(f"note: {why}: this is the log saved when job {submission_id} ended ({saved})", err=True)
     return saved.read_text(errors="replace")
 
 

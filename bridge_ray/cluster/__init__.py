@@ -196,7 +196,8 @@ def _jobs_api_url(address: str) -> str:
 def _register(name: str, address: str, token_file: str | None, python: str) -> ClusterRecord:
     url = _jobs_api_url(address)
     if token_file and not Path(token_file).is_file():
-        raise ConfigError(f"--token-file {token_file} does not exist: pass the cluster's Ray auth token file")
+        what = "is a folder" if Path(token_file).is_dir() else "does not exist"
+        raise ConfigError(f"--token-file {token_file} {what}: pass the cluster's Ray auth token file")
     record = ClusterRecord(name=name, backend="address", gcs_address="", dashboard_url=url,
                            token_path=str(Path(token_file).resolve()) if token_file else None, python=python)
     try:
@@ -237,12 +238,33 @@ def _forget(name: str) -> None:
 
 
 def _active_jobs(record: ClusterRecord) -> list[dict] | None:
-    """The cluster's PENDING/RUNNING jobs; None when the head does not answer."""
+    """The cluster's PENDING/RUNNING jobs, after recording the end of each run that ended unseen
+    (``_record_ended``); None when the head does not answer."""
     try:
         listed = health.get_json(record, "/api/jobs/", timeout_s=10.0) or []
     except (OSError, ValueError):
         return None
+    _record_ended(record, listed)
     return [j for j in listed if j.get("status") in ACTIVE_JOB_STATES and j.get("submission_id")]
+
+
+def _record_ended(record: ClusterRecord, listed: list[dict]) -> None:
+    """Record the end, and keep the log, of every run whose job ended with nobody following it: once the cluster is
+    down nothing could ask about it again, and its record stayed PENDING for good."""
+    for job in listed:
+        job_id, state = job.get("submission_id"), job.get("status")
+        if not job_id or state not in runs.TERMINAL:
+            continue
+        run = runs.find_run(job_id)
+        if run is None or run.cluster != record.name or (run.status in runs.TERMINAL and run.failure != runs.CLUSTER_LOST):
+            continue
+        try:
+            logs = (health.get_json(record, f"/api/jobs/{job_id}/logs", timeout_s=10.0) or {}).get("logs") or ""
+        except (OSError, ValueError):
+            logs = ""
+        end = job.get("end_time")
+        runs.finish_run(job_id, state, job.get("message") or "", logs,
+                        end_time=end / 1000 if isinstance(end, (int, float)) and end else None)
 
 
 def _stop_jobs(record: ClusterRecord, jobs: list[dict]) -> None:
@@ -321,6 +343,10 @@ def down(name: str = DEFAULT_CLUSTER, force: bool = False) -> ClusterRecord | No
                 raise JobsRunning(f"cluster {name!r} refused its token, so its jobs cannot be listed: "
                                   f"`bridge-ray down{records.name_flag(name)} --force` stops it with whatever runs on it") from None
             active = None
+        if active is None and not force and not _gone(record):
+            raise JobsRunning(f"cluster {name!r}'s head at {record.dashboard_url} did not answer, so its jobs cannot be "
+                              f"listed, but it is not gone (busy or paused?): try again, or run `bridge-ray "
+                              f"down{records.name_flag(name)} --force` to take it down with whatever runs on it")
         if active and not force:
             listed = ", ".join(f"{j['submission_id']} ({j['status']})" for j in active)
             raise JobsRunning(f"cluster {name!r} still runs {len(active)} job(s): {listed}: stop them with "
