@@ -136,7 +136,11 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{key}={value!r} is not a boolean: use true or false")
-    if kind in (int, float) and not isinstance(value, bool):
+    if kind in (int, float) and isinstance(value, bool):  # YAML's true/false: never a count or a rate
+        raise ConfigError(f"{key}={str(value).lower()} is not {'an integer' if kind is int else 'a number'}")
+    if kind is int and isinstance(value, int):  # exact, however large (float() would round it)
+        return value
+    if kind in (int, float):
         try:
             number = kind(value)  # YAML 1.1 reads 2e-4 as a string; int("3.5") still fails below
         except (TypeError, ValueError):

@@ -266,6 +266,19 @@ def test_a_failed_local_up_leaves_no_token_or_empty_folder(home):
     assert not list((home / "clusters").glob(".*"))  # the start's lock file went with it
 
 
+def test_one_port_for_two_flags_and_a_folder_for_a_token_file_are_one_line(home, tmp_path):
+    """`up --port 8265 --dashboard-port 8265` passed Ray's own words through with no fix; `--token-file DIR` said the
+    folder "does not exist"."""
+    out = run_cli("up", "--name", "fxsame", "--port", "41234", "--dashboard-port", "41234")
+    assert (out.returncode, out.stdout, out.stderr) == (2, "", (
+        "error: --port and --dashboard-port are both 41234: each needs a port of its own; leave one out and bridge-ray "
+        "picks a free one\n"))
+    assert not records.cluster_dir("fxsame").exists() and not records.record_path("fxsame").exists()
+    out = run_cli("up", "--name", "fxdir", "--address", "http://127.0.0.1:1", "--token-file", str(tmp_path))
+    assert (out.returncode, out.stderr) == (2, f"error: --token-file {tmp_path} is a folder: pass the cluster's Ray "
+                                               "auth token file\n")
+
+
 def test_a_second_up_of_a_name_being_started_is_refused_at_once(home):
     """Two `bridge-ray up --name r` at once both saw no record, both started a head and both said so; the
     record kept the last one. The first one's start is held here (the lock it takes) while the second runs."""

@@ -154,6 +154,37 @@ def test_the_bridge_ray_home_inside_the_project_is_never_uploaded(tmp_path, monk
                               "into a project folder outside the home")
 
 
+def test_booleans_are_no_numbers_and_a_large_integer_is_one():
+    """`sft.trainer.total_steps=true` reached verl as trainer.total_training_steps=True; 10**23 steps was "not an
+    integer" (float() had rounded it)."""
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(_Outer(), ["steps=true", "inner.lr=false"], prefix="x")
+    assert err.value.problems == ["steps=true is not an integer", "inner.lr=false is not a number"]
+    assert apply_overrides(_Outer(), ["steps=99999999999999999999999"]).steps == 99999999999999999999999
+
+
+def test_the_python_api_refuses_arguments_of_the_wrong_type_before_anything(tmp_path, monkeypatch):
+    """`bridge_ray.submit(recipe, "sft.optim.lr=1")` sent each character as an argument (the job failed on the
+    cluster); an int argument, an env value that is no string or a cluster name that is no string raised a bare
+    TypeError. A secret's value never shows in the message."""
+    import bridge_ray
+
+    monkeypatch.setenv("BRIDGE_RAY_HOME", str(tmp_path / "home"))
+    cases = [((("recipes/hello_cluster.py", "sft.optim.lr=1"), {}),
+              "args='sft.optim.lr=1': give the recipe's arguments as a list of strings, e.g. [\"sft.optim.lr=1e-4\"]"),
+             ((("recipes/hello_cluster.py", ["a=1", 5]), {}),
+              "args=['a=1', 5]: give the recipe's arguments as a list of strings, e.g. [\"sft.optim.lr=1e-4\"]"),
+             ((("recipes/hello_cluster.py",), {"env": {"FOO": 1, "HF_TOKEN": "hf_secret"}}),
+              "env={'FOO': 1}: give the job's variables as a dict of strings, e.g. {\"NCCL_DEBUG\": \"INFO\"}")]
+    for (args, kwargs), message in cases:
+        with pytest.raises(ConfigError) as err:
+            bridge_ray.submit(*args, **kwargs)
+        assert str(err.value) == message
+    with pytest.raises(ConfigError, match="cluster name 123 is not valid"):
+        bridge_ray.up(123)
+    assert not (tmp_path / "home").exists()
+
+
 def test_gitignored_paths_do_not_count_toward_the_upload(tmp_path):
     (tmp_path / ".gitignore").write_text("# build outputs\n/.gpu/\n*.tar.xz\n!keep.tar.xz\n")
     (tmp_path / ".gpu").mkdir()

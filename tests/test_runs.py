@@ -103,6 +103,19 @@ def test_start_run_records_the_submission_and_no_secret(home, project, monkeypat
     assert FAKE_HF not in text and FAKE_WANDB not in text
 
 
+def test_run_records_are_this_users_only_in_a_new_home_and_an_old_one(home, project):
+    """run.json (0644, in 0755 folders) holds the log tail and the runtime_env's values: a fresh home is made 0700,
+    and the home's runs/ and clusters/ are made 0700 whatever made them before."""
+    assert home.stat().st_mode & 0o777 == 0o700  # the fixture's records.save made it
+    (home / "runs").mkdir(mode=0o755)
+    os.chmod(home / "runs", 0o755)
+    os.chmod(home, 0o755)  # a home that is not bridge-ray's to tighten is left as it is
+    folder = runs.start_run(jobs.plan(project / "recipes" / "train.py", cluster="unit", submission_id="r-1"),
+                            records.load("unit"))
+    assert folder.parent == home / "runs"
+    assert [(path.stat().st_mode & 0o777) for path in (home, home / "runs", home / "clusters")] == [0o755, 0o700, 0o700]
+
+
 def test_start_run_outside_git_and_before_the_first_commit(home, tmp_path):
     (tmp_path / "plain").mkdir()
     plan = jobs.SubmitPlan("unit", "r-plain", "python r.py", {"working_dir": str(tmp_path / "plain")}, {})
@@ -308,6 +321,8 @@ def test_runs_cli_lists_and_shows(home, monkeypatch):
     assert as_json["run_dir"] == str(folder)
     missing = runner.invoke(cli, ["runs", "show", "nope"])
     assert missing.exit_code == 2 and "no run 'nope'" in missing.output
+    runs.update_fields(folder, {"metrics": {"loss": 0.5, "val_loss": None}})  # a run with no validation
+    assert "metrics     loss=0.5\n" in runner.invoke(cli, ["runs", "show", "r-1"]).output
 
 
 def test_logs_of_a_job_whose_cluster_is_gone_show_the_log_its_run_saved(home):

@@ -47,7 +47,7 @@ def describe(run: lib.RunRecord) -> str:
         f"output dir  {run.output_dir or '-'}",
         f"last step   {run.last_step if run.last_step is not None else '-'}",
         "metrics     " + (", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                    for k, v in (run.metrics or {}).items()) or "-"),
+                                    for k, v in (run.metrics or {}).items() if v is not None) or "-"),
         f"hf model    {run.hf_model or '-'}" + "".join(f"\n            step {k}: {v}" for k, v in run.exports.items()),
         "wandb       " + (wandb.get("url") or wandb.get("dir") or "-")
         + (f"\n            offline: upload with `{wandb['sync_command']}`" if wandb.get("sync_command") else ""),
@@ -114,10 +114,13 @@ def show_command(submission_id, as_json):
 @runs_group.command("plot")
 @click.argument("submission_ids", nargs=-1, required=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="The PNG to write (default: the first run's folder, metrics.png).")
-def plot_command(submission_ids, out):
+@click.option("--overwrite", is_flag=True, help="Replace the --out file if it exists.")
+def plot_command(submission_ids, out, overwrite):
     """Draw the loss / reward curves of a run, or of several overlaid (`runs plot A B`), into a PNG."""
     from bridge_ray.runs import curves
 
+    if out:
+        curves.check_target(out, overwrite)
     runs = [jobs.load_run(submission_id) for submission_id in submission_ids]
     drawn = {run.submission_id: curves.of_run(run) for run in runs}
     empty = [name for name, found in drawn.items() if not found]

@@ -23,7 +23,7 @@ from bridge_ray.cluster import health, processes
 from bridge_ray.cluster import records
 from bridge_ray.cluster.auth import new_token_file
 from bridge_ray.cluster.records import ClusterRecord, cluster_dir
-from bridge_ray.errors import BridgeRayError, PortInUse
+from bridge_ray.errors import BridgeRayError, ConfigError, PortInUse
 
 LOOPBACK = "127.0.0.1"
 # Ray's flags for every port a head opens; each gets a free port unless the user chose one.
@@ -63,6 +63,12 @@ def choose_ports(requested: dict[str, int | None], flags: tuple[str, ...] = PORT
     """
     ports: dict[str, int] = {}
     held = []
+    asked = [(flag, requested[flag]) for flag in flags if requested.get(flag)]
+    for i, (flag, wanted) in enumerate(asked):
+        twice = [other for other, port in asked[:i] if port == wanted]
+        if twice:
+            raise ConfigError(f"--{twice[0]} and --{flag} are both {wanted}: each needs a port of its own; leave one "
+                              "out and bridge-ray picks a free one")
     for flag in flags:
         wanted = requested.get(flag)
         if wanted:

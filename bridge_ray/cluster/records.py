@@ -36,14 +36,25 @@ def home_error(path: Path, err: OSError) -> HomeNotWritable:
         "fix its permissions, or point BRIDGE_RAY_HOME at one, e.g. `export BRIDGE_RAY_HOME=$HOME/.bridge-ray`")
 
 
+PRIVATE_FOLDERS = ("clusters", "runs")  # tokens, secrets files, run records with their logs' tails
+
+
 def writable_dir(path: Path) -> Path:
-    """Create ``path`` (and its parents) if needed and return it.
+    """Create ``path`` (and its parents) if needed and return it. The home, when this creates it, and its
+    ``PRIVATE_FOLDERS`` always, are this user's only (0700): a run record's log tail is nobody else's to read.
 
     Raises:
         HomeNotWritable: it cannot be created or written (read-only, below a file, ...).
     """
+    home = home_dir()
+    new_home = not home.exists() and (path == home or home in path.parents)
     try:
         path.mkdir(parents=True, exist_ok=True)
+        if new_home:
+            home.chmod(0o700)
+        for private in (home / name for name in PRIVATE_FOLDERS):
+            if (path == private or private in path.parents) and private.stat().st_mode & 0o077:
+                private.chmod(0o700)
         if not os.access(path, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied")
     except OSError as err:
@@ -80,7 +91,7 @@ def name_flag(name: str) -> str:
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid cluster name, else raise ConfigError."""
-    if not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ConfigError(
             f"cluster name {name!r} is not valid: use letters, digits, '.', '_' or '-' "
             "(at most 63, starting with a letter or digit)"

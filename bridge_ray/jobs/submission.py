@@ -20,7 +20,7 @@ from bridge_ray.cluster.records import DEFAULT_CLUSTER, ClusterRecord
 from bridge_ray.errors import BridgeRayError, ConfigError, Interrupted, RecipeError
 from bridge_ray.jobs import credentials, runtime_env
 from bridge_ray.jobs.job import NO_AGENT, Job, api_call, client
-from bridge_ray.jobs.runtime_env import SubmitPlan
+from bridge_ray.jobs.runtime_env import SubmitPlan, is_secret
 
 CHECK_TIMEOUT_S = 300.0
 CHECK_NOTE_S = 30.0  # a check still running after this says so
@@ -95,6 +95,18 @@ def check_args(record: ClusterRecord, project: Path, recipe: Path, args: list[st
                       + (f": {said}" if said else "") + "; nothing was submitted")
 
 
+def _check_api_types(args, env) -> None:
+    """What the Python API takes: ``args`` a list of strings (a single string was split into characters), ``env``
+    a dict of strings (Ray refuses other values only after the upload)."""
+    if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)) or not all(isinstance(a, str) for a in args):
+        raise ConfigError(f"args={args!r}: give the recipe's arguments as a list of strings, e.g. "
+                          "[\"sft.optim.lr=1e-4\"]")
+    if env is not None and (not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                               for k, v in env.items())):
+        shown = {k: v for k, v in env.items() if not is_secret(str(k))} if isinstance(env, dict) else env
+        raise ConfigError(f"env={shown!r}: give the job's variables as a dict of strings, e.g. {{\"NCCL_DEBUG\": \"INFO\"}}")
+
+
 def _submission_id(path: Path) -> str:
     """``<recipe>-<time>-<hex>``, the recipe's name cut to what an id may hold (``_ID_RE``): a recipe named
     ``_try.py`` once gave ``-try-...``, which every command then read as an option."""
@@ -133,6 +145,7 @@ def plan(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluster:
 
     from bridge_ray.jobs import launch  # not at import: see check_args
 
+    _check_api_types(args, env)
     path = check_recipe(recipe)
     misplaced = launch.local_only_flag(str(recipe), args)
     if misplaced:
