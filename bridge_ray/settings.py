@@ -105,6 +105,8 @@ def read(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except OSError as err:
         raise ConfigError(f"{path} cannot be read ({err.strerror}): fix its permissions or remove it") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {err.start}): save it as UTF-8 YAML, or remove it") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
@@ -122,6 +124,9 @@ def effective(start: Path | None = None) -> dict[str, Setting]:
     """
     found = {key: Setting(key, default, "default") for key, (_, default, _) in KEYS.items()}
     for path in (user_file(), project_file(start)):
+        if path is not None and path.exists() and not path.is_file():
+            raise ConfigError(f"{path} is not a file (a folder?): bridge-ray reads its settings from a YAML file there; "
+                              "move it away")
         if path is not None and path.is_file():
             for key, value in read(path).items():
                 if value is not None:

@@ -59,6 +59,28 @@ def test_plot_of_an_unknown_run_is_one_line(tmp_path):
         f"error: no run 'nope' in {tmp_path / 'runs'}: list the runs with `bridge-ray runs`")
 
 
+def test_a_plot_target_that_is_no_png_in_no_folder_or_taken_is_refused_before_anything(tmp_path):
+    """`--out README.md` gave "unexpected ValueError: Format 'md' is not supported"; `--out /nonexistent/dir/x.png`
+    created that folder; `--out noext` wrote noext.png; an existing file was replaced unasked."""
+    import os
+    import subprocess
+    import sys
+
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"mine")
+    for out, message in (
+            ("README.md", "--out README.md: the plot is a PNG: give a path ending in .png"),
+            ("noext", "--out noext: the plot is a PNG: give a path ending in .png"),
+            (str(tmp_path / "none" / "x.png"), f"--out {tmp_path / 'none' / 'x.png'}: the folder {tmp_path / 'none'} "
+                                               "does not exist: create it first, or give a path in an existing folder"),
+            (str(taken), f"--out {taken} exists: pass --overwrite to replace it, or give another path")):
+        done = subprocess.run([sys.executable, "-m", "bridge_ray", "runs", "plot", "nope", "--out", out], cwd=tmp_path,
+                              capture_output=True, text=True, env={**os.environ, "BRIDGE_RAY_HOME": str(tmp_path)})
+        assert (done.returncode, done.stdout, done.stderr) == (2, "", f"error: {message}\n")
+    assert taken.read_bytes() == b"mine" and not (tmp_path / "none").exists()
+    curves.check_target(taken, overwrite=True)  # asked: no refusal
+
+
 @pytest.mark.parametrize("text", ['[{"step": 1, "loss": 2.0}]', '{"history": {"step": 1}}',
                                   '{"history": [3, null, {"loss": 1.0}, {"step": "2", "loss": 1.0}]}', "{"])
 def test_a_metrics_file_of_another_shape_gives_no_curves_instead_of_failing(tmp_path, text):

@@ -148,6 +148,35 @@ def test_demo_assets_still_rebuild_their_data_in_place(tmp_path, monkeypatch):
     assert len(read_rows(second["train"])) == 9 and first["train"] == second["train"]
 
 
+def test_demo_assets_never_write_over_files_they_did_not_make(tmp_path, monkeypatch):
+    """`assets demo DIR` over a user's model/ and data/train.parquet replaced the parquet, wrote a tokenizer into
+    the model folder, then died on "config.json is not a valid JSON file" reported as a bridge-ray bug. A build cut
+    short leaves its stamp, so running it again finishes it."""
+    from conftest import run_cli
+
+    (tmp_path / "mine" / "model").mkdir(parents=True)
+    (tmp_path / "mine" / "data").mkdir()
+    (tmp_path / "mine" / "model" / "config.json").write_text("mine")
+    (tmp_path / "mine" / "data" / "train.parquet").write_text("precious")
+    out = run_cli("assets", "demo", str(tmp_path / "mine"), timeout=120)
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == (f"error: {tmp_path / 'mine'} holds files bridge-ray did not make (model, data/train.parquet): "
+                          "demo assets are built into a new or empty folder (or one they were built in before); give "
+                          "another folder, or move those files away\n")
+    assert (tmp_path / "mine" / "data" / "train.parquet").read_text() == "precious"
+    assert sorted(p.name for p in (tmp_path / "mine").rglob("*")) == ["config.json", "data", "model", "train.parquet"]
+
+    def cut_short(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(assets, "build_llama", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        assets.build_demo_assets(tmp_path / "ours", num_train=8, num_val=2)
+    monkeypatch.setattr(assets, "build_llama", lambda *a, **k: None)
+    monkeypatch.setattr(assets, "build_tokenizer", lambda *a, **k: None)
+    assert len(read_rows(assets.build_demo_assets(tmp_path / "ours", num_train=8, num_val=2)["train"])) == 8
+
+
 def test_cli_refusal_is_one_line_on_stderr_as_a_user_sees_it(source, tmp_path):
     from conftest import run_cli
 

@@ -208,9 +208,11 @@ def test_upload_cli_takes_the_token_from_the_environment_only(standin, model_dir
     assert said[0] == f"[bridge-ray] checking that {folder} loads in transformers ..."
     assert re.fullmatch(rf"\[bridge-ray\] checking that {re.escape(str(folder))} loads in transformers: done in [\d.]+ s",
                         said[1])
+    assert said[2] == "[bridge-ray] creating or finding me/cli-upload on the Hub ..."
+    assert re.fullmatch(r"\[bridge-ray\] creating or finding me/cli-upload on the Hub: done in [\d.]+ s", said[3])
     assert re.fullmatch(rf"\[bridge-ray\] uploading {re.escape(str(folder))} \(\d+ files, [\d,]+ MiB\) to me/cli-upload \.\.\.",
-                        said[2])
-    assert said[3].startswith(f"[bridge-ray] uploading {folder} (") and re.search(r": done in [\d.]+ s$", said[3])
+                        said[4])
+    assert said[5].startswith(f"[bridge-ray] uploading {folder} (") and re.search(r": done in [\d.]+ s$", said[5])
     assert "README.md" in standin.repos["me/cli-upload"]["files"]
     assert FAKE_TOKEN not in proc.stdout + proc.stderr
     assert "--token" not in CliRunner().invoke(cli, ["upload", "--help"]).output
@@ -246,6 +248,24 @@ def test_a_refused_token_is_a_hub_error_without_the_token(standin, model_dir, mo
         hub.upload(model_dir, "me/refused", endpoint=standin.url)
     assert str(err.value).startswith("the Hub refused the upload to me/refused (HTTP 401")
     assert "hf_wrongTOKENvalue000" not in str(err.value)
+
+
+def test_a_hub_out_of_reach_is_one_line_that_names_the_network_not_the_model(model_dir, monkeypatch):
+    """No network gave "unexpected ConnectError ... a bridge-ray bug", under a progress line saying the model's
+    check had failed. The stand-in for an unreachable Hub is a local port nothing listens on."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    phases = []
+    with pytest.raises(hub.HubError) as err:
+        hub.upload(model_dir, "me/offline", endpoint=f"http://127.0.0.1:{port}", on_phase=phases.append)
+    assert str(err.value).startswith(f"could not reach the Hub at http://127.0.0.1:{port} (ConnectError: ")
+    assert str(err.value).endswith(f"): check this machine's network and proxy, then run the upload again (nothing "
+                                   f"is lost: the model stays in {model_dir})")
+    assert phases[-1] == "creating or finding me/offline on the Hub" and FAKE_TOKEN not in str(err.value)
 
 
 def test_upload_after_run_is_a_no_op_without_a_repo_id(model_dir):

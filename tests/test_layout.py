@@ -125,3 +125,10 @@ def test_the_cli_and_the_library_import_no_heavy_package():
             "print(sorted(m for m in ('ray', 'torch', 'verl', 'transformers', 'vllm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_readme_names_every_public_name():
+    """The README's list of `bridge_ray.__all__` had left out eight names, among them errors callers catch."""
+    readme = (Path(bridge_ray.__file__).parent.parent / "README.md").read_text()
+    listed = readme.split("Public names (`bridge_ray.__all__`)", 1)[1].split("\n\n", 1)[0]
+    assert [name for name in bridge_ray.__all__ if f"`{name}`" not in listed] == []

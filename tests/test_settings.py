@@ -106,6 +106,24 @@ def test_a_broken_config_file_is_one_line(where, content, message):
         assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_a_config_file_that_is_no_utf8_text_or_no_file_is_one_line(where):
+    """A non-UTF-8 file gave "unexpected UnicodeDecodeError ... a bridge-ray bug"; a folder in its place was read
+    as no file at all."""
+    project, home = where
+    (project / "bridge-ray.yaml").write_bytes(b"\xff\xfeslurm:\n")
+    out = cli(project, home, "config")
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == (f"error: {project / 'bridge-ray.yaml'} is not UTF-8 text (byte 0): save it as UTF-8 YAML, "
+                          "or remove it\n")
+    (project / "bridge-ray.yaml").unlink()
+    (home / "config.yaml").unlink()
+    (home / "config.yaml").mkdir()
+    out = cli(project, home, "config")
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == (f"error: {home / 'config.yaml'} is not a file (a folder?): bridge-ray reads its settings "
+                          "from a YAML file there; move it away\n")
+
+
 @pytest.mark.parametrize("line,message", [
     ("export WANDB_API_KEY=abc", "error: setup line sets WANDB_API_KEY, a secret: the batch script is kept by SLURM and "
                                  "in the cluster's folder; export WANDB_API_KEY in your shell before `bridge-ray submit` "

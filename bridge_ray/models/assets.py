@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bridge_ray.data.gsm8k import INSTRUCTION, OUTPUT_NAMES, generate_synthetic, sample_examples
 from bridge_ray.errors import ConfigError
+from bridge_ray.models.checkpoints import quiet_progress
 
 BOS, EOS, EOT, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|pad|>"
 HEADER_START, HEADER_END = "<|start_header_id|>", "<|end_header_id|>"
@@ -92,7 +93,7 @@ def build_tokenizer(out_dir: str | Path, corpus_texts: list[str] | None = None, 
     )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(corpus_texts or default_corpus(), trainer)
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOT, pad_token=PAD,
                                       chat_template=CHAT_TEMPLATE)
@@ -159,8 +160,9 @@ def build_llama(
     model = LlamaForCausalLM._from_config(config, dtype=getattr(torch, dtype))
     model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
                                                pad_token_id=config.pad_token_id)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    with quiet_progress():
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
     return out_dir
 
 
@@ -192,20 +194,39 @@ def build_demo_assets(
         Paths keyed ``model`` (a folder for ``model.path``), ``train``, ``val`` (SFT parquets) and
         ``rl_train``, ``rl_val`` (RL parquets).
 
+    Raises:
+        ConfigError: ``out_dir`` holds a ``model/`` or data files that no build of this function made there.
+
     Example:
         >>> assets = build_demo_assets("outputs/demo")
         >>> assets["model"], assets["train"]
     """
     out_dir = Path(out_dir)
     paths, stamp_path, stamp = demo_asset_paths(out_dir), out_dir / STAMP_NAME, _stamp(shape, num_train, num_val, seed)
-    if stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp and _complete(paths):
+    if stamp_path.is_file() and _read_stamp(stamp_path) == stamp and _complete(paths):
         return paths
-    stamp_path.unlink(missing_ok=True)
+    if not stamp_path.is_file():  # no build of ours was ever here: what is there is the user's
+        theirs = [path for name, path in paths.items()
+                  if ((path.is_dir() and any(path.iterdir())) if name == "model" else path.exists())]
+        if theirs:
+            shown = ", ".join(str(path.relative_to(out_dir)) for path in theirs)
+            raise ConfigError(f"{out_dir} holds files bridge-ray did not make ({shown}): demo assets are built into a "
+                              "new or empty folder (or one they were built in before); give another folder, or move "
+                              "those files away")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp_path.write_text(json.dumps({"building": stamp}))  # ours from here on, even if the build is cut short
     generate_synthetic(out_dir / "data", num_train=num_train, num_val=num_val, seed=seed, overwrite=True)
     build_tokenizer(paths["model"], default_corpus(seed=seed))
     build_llama(paths["model"], shape=shape, tokenizer_dir=paths["model"], seed=seed)
     stamp_path.write_text(json.dumps(stamp, indent=2))
     return paths
+
+
+def _read_stamp(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _complete(paths: dict[str, Path]) -> bool:

@@ -15,6 +15,7 @@ turns it into a ``save_pretrained`` folder.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,6 +26,21 @@ import tempfile
 from pathlib import Path
 
 from bridge_ray.errors import CheckpointError
+
+
+@contextlib.contextmanager
+def quiet_progress():
+    """transformers' progress bars off inside the block ("Writing model shards", "Loading weights"): bridge-ray's
+    commands say what they do in their own lines; those bars were stray noise on stderr."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 MODEL_SHARDS = "model_world_size_*_rank_*.pt"
@@ -132,8 +148,9 @@ def check_hf_model(path: str | Path, prompt: str = "What is 2 + 3?", max_new_tok
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path)
+        with quiet_progress():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path)
     except (OSError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f"merged model at {path} does not load with transformers: {first}") from err

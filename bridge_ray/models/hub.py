@@ -10,6 +10,7 @@ an argument, so it is never in a shell history, a process list or a log.
 from __future__ import annotations
 
 import fnmatch
+import os
 import json
 import re
 from pathlib import Path
@@ -211,15 +212,17 @@ def upload(run_or_dir: str | Path, repo_id: str, private: bool = False, endpoint
         raise ConfigError(f"--repo-id {repo_id!r} is not owner/name: write e.g. --repo-id my-org/llama1b-gsm8k")
     say = on_phase or (lambda phase: None)
     folder, run = resolve(run_or_dir)
+    token = _token()  # before the check: a missing token is not the model's fault
     say(f"checking that {folder} loads in transformers")
     check_model(folder)
-    token = _token()
+    import httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     api = HfApi(endpoint=endpoint, token=token)
     _write_card(folder, model_card(folder, repo_id, run))
     try:
+        say(f"creating or finding {repo_id} on the Hub")
         url = str(api.create_repo(repo_id, private=private, exist_ok=True))
         files = [f for f in folder.rglob("*") if f.is_file() and not any(
             fnmatch.fnmatch(f.relative_to(folder).as_posix(), pattern) for pattern in IGNORE_PATTERNS)]
@@ -232,6 +235,11 @@ def upload(run_or_dir: str | Path, repo_id: str, private: bool = False, endpoint
         code = err.response.status_code if err.response is not None else "?"
         raise HubError(f"the Hub refused the upload to {repo_id} (HTTP {code}: {_first_line(err)}): check that "
                        "your token (HF_TOKEN or `hf auth login`) can write to that owner") from None
+    except (httpx.TransportError, OSError) as err:  # no network, DNS, a proxy, a timeout: nothing reached the Hub
+        where = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        raise HubError(f"could not reach the Hub at {where} ({type(err).__name__}: {_first_line(err)}): check this "
+                       "machine's network and proxy, then run the upload again (nothing is lost: the model stays in "
+                       f"{folder})") from None
     if run is not None:
         runs.amend(run, hub_url=url)
     return url

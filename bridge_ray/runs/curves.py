@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bridge_ray.errors import ConfigError
+
 METRICS_FILE = "metrics.jsonl"  # verl's file logger: one {"step": N, "data": {...}} line a step (PPO/GRPO)
 
 # name shown -> the keys that hold it (SFT/pretrain history first, then verl's PPO metrics)
@@ -96,6 +98,23 @@ def summary(curves: dict[str, list[tuple[int, float]]]) -> dict[str, dict]:
         best_step, best = pick(points, key=lambda p: p[1])
         out[name] = {"first": values[0], "last": values[-1], "best": best, "best_step": best_step}
     return out
+
+
+def check_target(path: str | Path, overwrite: bool = False) -> None:
+    """Refuse a plot target that is no ``.png``, sits in a folder that does not exist, or is a file already there
+    (unless ``overwrite``): matplotlib would fail on the first, quietly create the second or replace the third.
+
+    Raises:
+        ConfigError: what is wrong with ``path`` and what to give instead.
+    """
+    target = Path(path)
+    if target.suffix.lower() != ".png":
+        raise ConfigError(f"--out {path}: the plot is a PNG: give a path ending in .png")
+    if not target.absolute().parent.is_dir():
+        raise ConfigError(f"--out {path}: the folder {target.absolute().parent} does not exist: create it first, or "
+                          "give a path in an existing folder")
+    if target.exists() and not overwrite:
+        raise ConfigError(f"--out {path} exists: pass --overwrite to replace it, or give another path")
 
 
 def plot(runs: dict[str, dict[str, list[tuple[int, float]]]], path: str | Path) -> Path:
