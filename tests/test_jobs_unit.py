@@ -414,12 +414,14 @@ def test_a_stop_also_stops_what_a_process_starts_while_it_is_being_stopped(tmp_p
     ("TOKENIZERS_PARALLELISM", False), ("MAX_TOKENS", False), ("NCCL_IB_HCA", False), ("RAY_AUTH_MODE", False),
     ("KEYBOARD", False), ("GITHUB_PAT", True), ("SESSION_COOKIE", True), ("NCCL_IB_PATH", False), ("PATH", False),
     ("MYSECRETTHING", True), ("DBPASSWORD", True), ("HF_AUTHTOKEN", True), ("OPENAI_APIKEY", True),
-    ("AWS_SECRETKEY", True), ("NCCL_SOCKET_IFNAME", False), ("WANDB_PROJECT", False),
+    ("AWS_SECRETKEY", True), ("NCCL_SOCKET_IFNAME", False), ("WANDB_PROJECT", False), ("NCCL_IB_PKEY", False),
+    ("MY_AUTHKEY", True),
 ])
 def test_secret_names_are_credentials_however_they_are_spelled(key, secret):
     """A setting such as TOKENIZERS_PARALLELISM passes with --env and shows in a dry run; credentials never do, as
     the README's patterns say: `*SECRET*` and `*PASSWORD*` anywhere in the name (MYSECRETTHING once travelled in
-    the runtime_env and the run record), and a name ending in TOKEN or KEY (HF_AUTHTOKEN, allow-listed by HF_)."""
+    the runtime_env and the run record), a name ending in TOKEN or APIKEY (HF_AUTHTOKEN, allow-listed by HF_), but
+    not NCCL_IB_PKEY, an NCCL setting."""
     assert runtime_env.is_secret(key) is secret
 
 

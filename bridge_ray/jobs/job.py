@@ -2,8 +2,9 @@
 (``load_run``, ``list_runs``, ``refresh_run``, asking the cluster about those not seen ending).
 
 Every call goes through ``ray.job_submission.JobSubmissionClient`` against the recorded cluster, so ``ray job list``
-with the same address and token sees the same jobs; a head that stops answering on the way marks its unfinished
-runs lost (``ClusterLost``).
+with the same address and token sees the same jobs. A head that stops answering on the way is asked again for
+``health.UNRESPONSIVE_S``; only one certainly gone (``health.head_gone``) has its unfinished runs recorded lost
+(``ClusterLost``), one that is only slow changes nothing (``ClusterUnresponsive``).
 """
 from __future__ import annotations
 
@@ -20,14 +21,12 @@ from bridge_ray.errors import BridgeRayError, ClusterLost, ConfigError, JobFaile
 from bridge_ray.jobs.follow import stream as stream_log
 
 NO_AGENT = "No available agent to submit job"  # Ray's 500 while the head's job agent is not ready
+NOT_REFRESHED = "status not refreshed: "  # a run's message when its cluster could not be asked
 
 
 def client(record: ClusterRecord):
     """A JobSubmissionClient for the recorded cluster only, authenticated with its token."""
     return cluster_client.client(record)
-
-
-NOT_REFRESHED = "status not refreshed: "
 
 
 def _lost(record: ClusterRecord, doing: str) -> BridgeRayError:

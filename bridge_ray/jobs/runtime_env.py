@@ -28,7 +28,7 @@ RAY_PACKAGE_LIMIT = 100 * 1024 * 1024
 # Whole words, so TOKENIZERS_PARALLELISM or MAX_TOKENS are plain settings.
 _SECRET_WORDS = frozenset({"TOKEN", "PAT"})  # whole words only: TOKENIZERS_PARALLELISM, NCCL_IB_PATH are not
 _SECRET_PARTS = ("SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "APIKEY", "COOKIE")  # anywhere in the name
-_SECRET_ENDS = ("TOKEN", "KEY")  # HF_AUTHTOKEN, AWS_SECRETKEY
+_SECRET_ENDS = ("TOKEN", "APIKEY", "SECRETKEY", "ACCESSKEY", "PRIVATEKEY", "AUTHKEY")  # HF_AUTHTOKEN; not NCCL_IB_PKEY
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROJECT_MARKERS = ("setup.cfg", "pyproject.toml", "setup.py", ".git")
 
@@ -71,7 +71,8 @@ def is_secret(key: str) -> bool:
         [True, True, True, True, True, True, False, False]
     """
     upper = key.upper()
-    return (bool(_SECRET_WORDS.intersection(upper.split("_"))) or upper.endswith(_SECRET_ENDS)
+    words = upper.split("_")
+    return (bool(_SECRET_WORDS.intersection(words)) or words[-1] == "KEY" or upper.endswith(_SECRET_ENDS)
             or any(part in upper for part in _SECRET_PARTS))
 
 
