@@ -162,7 +162,10 @@ def _clear_stale(name: str) -> None:
 
 
 def _gone(record: ClusterRecord) -> bool:
-    """Whether the recorded head is certainly gone (``health.head_gone``, or its SLURM allocation has ended)."""
+    """Whether the recorded head is certainly gone (``health.head_gone``, or its SLURM allocation has ended), or was
+    never there to answer (an allocation that has not started has no Jobs API yet)."""
+    if not record.dashboard_url:
+        return True
     if record.backend == "slurm":
         from bridge_ray.cluster import slurm as slurm_backend
 
