@@ -212,6 +212,29 @@ def test_export_target_dir_never_the_checkpoint_or_a_file(home, tmp_path, fake_m
     assert (step / SHARD).read_bytes() == b"shard" and a_file.read_text() == "x" and not fake_merge
 
 
+def test_export_overwrite_never_replaces_another_checkpoint_or_a_record(home, tmp_path, fake_merge):
+    """`export RUN --target-dir <its run folder> --overwrite` replaced the run's record with a model (and failed with
+    a TypeError); `--target-dir <out>/checkpoints/global_step_3 --overwrite` replaced another checkpoint's shards."""
+    out = tmp_path / "out"
+    folder = _record(home, "sft-1", output_dir=str(out))
+    older = _checkpoint(out, 3)
+    newest = _checkpoint(out, 5)
+    default = out / "hf_step_5"
+    for target, what in ((older, f"the checkpoint {older}"), (older / "actor", f"the checkpoint {older}"),
+                         (folder, "the record folder of run sft-1"), (home / "runs", "the record folder of run sft-1"),
+                         (home, "the record folder of run sft-1"), (home / "runs" / "x", "bridge-ray's runs folder"),
+                         (home / "clusters" / "x", "bridge-ray's clusters folder")):
+        _refused(_cli("export", "sft-1", "--target-dir", str(target), "--overwrite"),
+                 f"--target-dir {target} holds or lies inside {what}: choose a folder outside it, e.g. {default}")
+    assert (older / SHARD).read_bytes() == b"shard" and (newest / SHARD).read_bytes() == b"shard"
+    assert runs.load_run("sft-1").submission_id == "sft-1" and not fake_merge
+    for empty in ("", " "):
+        _refused(_cli("export", empty), "an empty run: give a run id from `bridge-ray runs`, a run folder or a "
+                                        "training output folder")
+        _refused(_cli("runs", "show", empty), "an empty run id: give one that `bridge-ray runs` lists, or none for the "
+                                              "latest run")
+
+
 def test_a_failed_merge_is_one_line_and_keeps_the_earlier_model(home, tmp_path, monkeypatch):
     out = tmp_path / "out"
     _record(home, "sft-1", output_dir=str(out))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from bridge_ray import runs
+from bridge_ray.errors import RunNotFound
 from bridge_ray.models.checkpoints import (MODEL_SHARDS, CheckpointError, check_hf_model, latest_checkpoint,
                                            merge_to_hf, weights_dir)
 
@@ -39,6 +40,9 @@ def resolve(run: str | Path) -> tuple[runs.RunRecord | None, Path]:
         RunNotFound: ``run`` is neither a folder nor a recorded run.
         CheckpointNotFound: the run never said where it wrote its checkpoints.
     """
+    if not str(run).strip():
+        raise RunNotFound("an empty run: give a run id from `bridge-ray runs`, a run folder or a training "
+                               "output folder")
     path = Path(run)
     if path.is_dir() and not (path / "run.json").is_file():
         return None, path.resolve()
@@ -93,12 +97,26 @@ def find_checkpoint(output_dir: Path, step: int | None = None) -> Path:
                              f"({MODEL_SHARDS}: a save that did not finish); {others}")
 
 
-def _check_target(target: Path, default: Path, checkpoint: Path, overwrite: bool) -> None:
-    """Refuse a target that would destroy or mix with something: the checkpoint, a file, another folder."""
+def _check_target(target: Path, default: Path, checkpoint: Path, overwrite: bool,
+                  record: runs.RunRecord | None = None) -> None:
+    """Refuse a target that would destroy or mix with something: a checkpoint of the run (the one merged or
+    another), the run's record folder, bridge-ray's run and cluster records, a file, another folder (without
+    ``overwrite``). --overwrite replaced what it names, so it must never name one of those."""
+    from bridge_ray.cluster.records import PRIVATE_FOLDERS, home_dir
+
     resolved, source = target.resolve(), checkpoint.resolve()
     if source.is_relative_to(resolved) or resolved.is_relative_to(source):
         raise CheckpointNotFound(f"--target-dir {target} holds or lies inside the checkpoint {checkpoint}: "
                                  f"choose a folder outside it, e.g. {default}")
+    guarded = [(step, f"the checkpoint {step}") for step in sorted(checkpoint.parent.glob("global_step_*"))]
+    if record is not None:
+        guarded.append((runs.run_dir(record.submission_id), f"the record folder of run {record.submission_id}"))
+    guarded += [(home_dir() / name, f"bridge-ray's {name} folder") for name in PRIVATE_FOLDERS]
+    for path, what in guarded:
+        held = path.resolve()
+        if held == resolved or held.is_relative_to(resolved) or resolved.is_relative_to(held):
+            raise CheckpointNotFound(f"--target-dir {target} holds or lies inside {what}: choose a folder outside "
+                                     f"it, e.g. {default}")
     if target.exists() and not target.is_dir():
         raise CheckpointNotFound(f"--target-dir {target} is a file: choose a folder, e.g. {default}")
     if target.is_dir() and any(target.iterdir()) and resolved != default.resolve() and not overwrite:
@@ -160,7 +178,7 @@ def export(run: str | Path, step: int | None = None, target_dir: str | Path | No
     number = int(_STEP.match(checkpoint.name).group(1))
     default = output_dir / f"hf_step_{number}"
     target = Path(target_dir) if target_dir else default
-    _check_target(target, default, checkpoint, overwrite)
+    _check_target(target, default, checkpoint, overwrite, record)
     weights = weights_dir(checkpoint)  # PPO/GRPO: the actor (the same folder the run's own merge took)
     staging = target.with_name(f".{target.name}.merging-{os.getpid()}")
     say = on_phase or (lambda phase: None)

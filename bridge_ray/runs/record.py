@@ -220,6 +220,8 @@ def load_run(submission_id: str | None = None) -> RunRecord:
         >>> run = bridge_ray.load_run("sft-gsm8k-20261125-1730")
         >>> run.status, run.last_step, run.hf_model
     """
+    if submission_id is not None and not submission_id.strip():
+        raise RunNotFound("an empty run id: give one that `bridge-ray runs` lists, or none for the latest run")
     if submission_id is None:
         latest = list_runs()
         if not latest:
