@@ -198,6 +198,21 @@ RAISE_LINE = REWARD_RECIPE.splitlines().index(
     '            raise ValueError("this reward fails on purpose after the first step")') + 1
 
 
+def test_a_finished_run_submitted_again_trains_nothing_and_keeps_its_model(ppo_run):
+    """The same run (same output dir, same total_steps) submitted again trained step 3 of 2 (verl counts on from
+    the checkpoint before it checks for the end) and merged it over the run's model: now it is refused first."""
+    run_dir, first = ppo_run
+    assert first.returncode == 0
+    model = run_dir / "hf" / "config.json"
+    before = model.stat().st_mtime_ns
+    out = submit("recipes/ppo_gsm8k.py", "preset=ppo_tiny_cpu", f"ppo.trainer.output_dir={run_dir}")
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-2000:]
+    said = out.stdout + out.stderr
+    assert (f"error: {run_dir} already holds this run's last checkpoint (step 2 of 2): nothing to train; raise "
+            "ppo.trainer.total_steps to train on from it, or give a new output dir to start over") in said
+    assert not (run_dir / "checkpoints" / "global_step_3").exists() and model.stat().st_mtime_ns == before
+
+
 def test_resume_with_more_steps_and_a_failing_recipe_reward(ppo_run, tmp_path):
     """Two checks in one job (one start-up less in CI). The PPO run above is submitted again with 4
     steps and the same output dir, through a recipe with its own reward: it resumes from step 2's

@@ -264,3 +264,24 @@ def test_upload_of_a_run_with_a_checkpoint_but_no_merged_model_says_export(home,
     _checkpoint(out, 3)
     _refused(_cli("upload", "sft-1", "--repo-id", "me/m"),
              "run sft-1 has no merged model recorded: merge one with `bridge-ray export sft-1` and upload that folder")
+
+
+def test_a_run_at_its_last_checkpoint_is_refused_before_training(tmp_path):
+    """verl's SFT and PPO trainers count on from the checkpoint before checking for the end: a finished run
+    submitted again trained step N+1 of N and replaced its merged model."""
+    from bridge_ray.errors import ConfigError
+    from bridge_ray.runs import lifecycle
+
+    root = tmp_path / "out" / "checkpoints"
+    lifecycle.refuse_finished(root, 6, "auto", "sft.trainer.total_steps")  # nothing there yet: trains
+    _checkpoint(tmp_path / "out", 3)
+    lifecycle.refuse_finished(root, 6, "auto", "sft.trainer.total_steps")  # resumes from step 3
+    _checkpoint(tmp_path / "out", 6)
+    with pytest.raises(ConfigError) as err:
+        lifecycle.refuse_finished(root, 6, "auto", "sft.trainer.total_steps")
+    assert str(err.value) == (f"{tmp_path / 'out'} already holds this run's last checkpoint (step 6 of 6): nothing to "
+                              "train; raise sft.trainer.total_steps to train on from it, or give a new output dir to "
+                              "start over")
+    lifecycle.refuse_finished(root, 8, "auto", "sft.trainer.total_steps")  # more steps: trains on
+    lifecycle.refuse_finished(root, 6, "disable", "sft.trainer.total_steps")  # starts over
+    lifecycle.refuse_finished(root, None, "auto", "sft.trainer.total_steps")  # length set by epochs

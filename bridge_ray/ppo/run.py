@@ -234,6 +234,8 @@ def run(cfg: PPOConfig, reward: Callable | str | None = None) -> PPOResult:
     clock.lap("connect")
     output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers,
                                  hub_repo_id=cfg.trainer.hub_repo_id)
+    lifecycle.refuse_finished(checkpoint_dir(cfg), cfg.trainer.total_steps, cfg.trainer.resume_mode,
+                              "ppo.trainer.total_steps")
     cfg, finish_preflight = preflight(cfg, ships_reward_code=bool(ship))  # the node probes run meanwhile
     clock.lap("cluster")
     try:

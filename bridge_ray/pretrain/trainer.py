@@ -173,6 +173,8 @@ def fit(cfg: PretrainConfig) -> PretrainResult:
     clock.lap("connect")
     output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers,
                                  hub_repo_id=cfg.trainer.hub_repo_id)
+    lifecycle.refuse_finished(checkpoint_dir(cfg), cfg.trainer.total_steps, cfg.trainer.resume_mode,
+                              "pretrain.trainer.total_steps")
     cfg = dataclasses.replace(cfg, workers=resolve_workers(cfg.workers, alive_nodes(), "pretrain"))
     preflight(cfg)
     clock.lap("preflight")

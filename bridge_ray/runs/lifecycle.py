@@ -53,6 +53,30 @@ class MergedModel:
     hub_url: str | None = None
 
 
+def refuse_finished(checkpoints: str | Path, total_steps: int | None, resume_mode: str, key: str) -> None:
+    """Refuse to train a run that already reached its last step: submitted again with the same output dir and
+    the same ``total_steps``, verl's trainers (SFT and PPO alike) count on from the checkpoint before they check
+    for the end, so they trained step N+1 of N and replaced the run's merged model.
+
+    Args:
+        checkpoints: where the run's ``global_step_N`` folders are.
+        total_steps: the run's length (None: set by epochs, not checked here).
+        resume_mode: ``auto`` resumes from those folders; ``disable`` starts over, so nothing is refused.
+        key: the override that sets ``total_steps``, for the message.
+
+    Raises:
+        ConfigError: the newest checkpoint is at or past ``total_steps``.
+    """
+    if resume_mode != "auto" or total_steps is None:
+        return
+    newest = latest_checkpoint(checkpoints)
+    step = int(newest.name.rsplit("_", 1)[1]) if newest is not None else 0
+    if step >= total_steps:
+        raise ConfigError(f"{Path(checkpoints).parent} already holds this run's last checkpoint (step {step} of "
+                          f"{total_steps}): nothing to train; raise {key} to train on from it, or give a new output "
+                          "dir to start over")
+
+
 def start(output_dir: str | Path, loggers: tuple[str, ...] = (), hub_repo_id: str | None = None) -> Path:
     """Record the job's host, packages and output dir in its run record, and hold the output dir
     (``claim``), before the preflight.
