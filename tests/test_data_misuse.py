@@ -184,3 +184,28 @@ def test_cli_refusal_is_one_line_on_stderr_as_a_user_sees_it(source, tmp_path):
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr == (f"error: {source} is also an input: writing it would destroy the rows it is made from; "
                           "write the output to another path\n")
+
+
+def test_an_interrupted_write_leaves_no_half_file(tmp_path, monkeypatch):
+    """Ctrl-C during `data to-messages` left a hidden 113 MB `.out.parquet.partial` beside the output."""
+    import pyarrow.parquet as pq
+
+    from bridge_ray.data import files
+
+    def interrupted(table, where, *args, **kwargs):
+        Path(where).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pq, "write_table", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        files.write_parquet([{"a": 1}], tmp_path / "out.parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_an_output_that_names_no_file_is_one_line(source, tmp_path):
+    """`data to-messages chat.parquet ""` gave "unexpected ValueError: PosixPath('.') has an empty name"."""
+    from conftest import run_cli
+
+    out = run_cli("data", "to-messages", str(source), "", *PAIR, timeout=120)
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == "error: output '.' names no file: give a file path, e.g. data/train.parquet\n"

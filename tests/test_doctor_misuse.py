@@ -58,6 +58,17 @@ def test_secret_env_is_refused_and_nothing_is_written(fake_cluster, item, key):
     assert not any((records.cluster_dir(fake_cluster) / f).exists() for f in PROFILE_FILES)
 
 
+@pytest.mark.parametrize("key", ["LD_PRELOAD", "PATH", "PYTHONPATH"])
+def test_env_that_is_no_network_setting_is_refused_and_nothing_is_written(fake_cluster, key):
+    """`doctor --env LD_PRELOAD=/x.so` passed, was saved, and every later job carried it (ld.so errors in each job's
+    log); `--env PATH=/nonexistent` hung 5 minutes, then blamed busy GPUs."""
+    out = run_cli("doctor", "--name", fake_cluster, "--env", f"{key}=/x")
+    _refused(out, f"--env {key}=...: the network profile takes only the collectives' settings (NCCL_*, GLOO_*, UCX_*, "
+                  "TORCH_NCCL_*, TORCH_GLOO_*, TORCH_DISTRIBUTED_*), and every later job carries it; give "
+                  f"{key} to one job with `bridge-ray submit --env {key}=...`")
+    assert not any((records.cluster_dir(fake_cluster) / f).exists() for f in PROFILE_FILES)
+
+
 def test_run_doctor_refuses_secret_env_from_the_api(fake_cluster):
     with pytest.raises(ConfigError) as err:
         doc.run_doctor(fake_cluster, env={"NCCL_IB_TC": "106", "AWS_SECRET_ACCESS_KEY": SECRET})

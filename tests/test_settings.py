@@ -124,6 +124,16 @@ def test_a_config_file_that_is_no_utf8_text_or_no_file_is_one_line(where):
                           "from a YAML file there; move it away\n")
 
 
+def test_a_setup_file_that_is_no_utf8_text_is_one_line(where, tmp_path):
+    """`up --slurm --dry-run --setup-file BINARY` gave "unexpected UnicodeDecodeError ... a bridge-ray bug"."""
+    project, home = where
+    binary = tmp_path / "setup.bin"
+    binary.write_bytes(b"\xff\xfemodule load x\n")
+    out = cli(project, home, "up", "--slurm", "--dry-run", "--name", "c", "--setup-file", str(binary))
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == f"error: --setup-file {binary} is not UTF-8 text (byte 0): give a file of shell lines\n"
+
+
 @pytest.mark.parametrize("line,message", [
     ("export WANDB_API_KEY=abc", "error: setup line sets WANDB_API_KEY, a secret: the batch script is kept by SLURM and "
                                  "in the cluster's folder; export WANDB_API_KEY in your shell before `bridge-ray submit` "

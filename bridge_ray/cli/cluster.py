@@ -104,7 +104,12 @@ def _with_settings(options: dict, setup_file) -> dict:
     from bridge_ray import settings
 
     found = settings.effective()
-    lines = list(options["setup"]) + ([line.rstrip("\n") for line in setup_file if line.strip()] if setup_file else [])
+    try:
+        from_file = [line.rstrip("\n") for line in setup_file if line.strip()] if setup_file else []
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"--setup-file {setup_file.name} is not UTF-8 text (byte {err.start}): give a file of shell "
+                          "lines") from None
+    lines = list(options["setup"]) + from_file
     merged = dict(options, setup=tuple(lines))
     for key in ("partition", "account", "time", "nodes", "gpus_per_node", "cpus_per_task", "setup", "sbatch_args",
                 "join_timeout_s"):

@@ -123,7 +123,11 @@ def write_parquet(rows: list[dict], path: str | Path) -> Path:
         pq.write_table(pa.Table.from_pylist(rows), partial)
         os.replace(partial, path)
     except OSError as err:
+        partial.unlink(missing_ok=True)
         raise ConfigError(f"cannot write {path} ({err.strerror or err}): choose a writable path") from None
+    except BaseException:  # Ctrl-C mid-write: no hidden half-file is left beside the output
+        partial.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -140,6 +144,9 @@ def check_outputs(outputs: list[Path], inputs: list[str | Path] = (), overwrite:
         ConfigError: Naming the output and the fix; nothing has been written.
     """
     sources = [Path(p) for p in inputs]
+    for given in outputs:
+        if not str(given).strip() or Path(given).name in ("", ".", ".."):
+            raise ConfigError(f"output {str(given)!r} names no file: give a file path, e.g. data/train.parquet")
     for out in map(Path, outputs):
         if any(out.resolve() == p.resolve() or (out.exists() and p.exists() and os.path.samefile(out, p))
                for p in sources):

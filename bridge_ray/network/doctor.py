@@ -19,13 +19,12 @@ from bridge_ray.cluster import records
 from bridge_ray.cluster import health, local
 from bridge_ray.cluster.auth import auth_env
 from bridge_ray.errors import ConfigError
-from bridge_ray.jobs.runtime_env import is_secret
 from bridge_ray.network import collective, probe
 from bridge_ray.network.checks import FAIL, PASS, Check, static_checks
 from bridge_ray.network.probe import NodeProbe
 from bridge_ray.network.profile import (
     SOCKET_KEYS, VERL_PPO_RESERVED_KEYS, ClusterProfile, derive_profile, load_overrides,
-    save_profile, secret_env_problem,
+    env_problems, save_profile,
 )
 
 # Starting a task's or a rank's process (Ray worker start-up, importing torch) is not what the doctor
@@ -309,12 +308,13 @@ def check_options(timeout_s: float, env: dict[str, str]) -> None:
     """The doctor's timeout and ``--env`` keys, before anything runs.
 
     Raises:
-        ConfigError: a timeout not above 0 or over ``MAX_TIMEOUT_S`` (NaN included), or a secret-named key.
+        ConfigError: a timeout not above 0 or over ``MAX_TIMEOUT_S`` (NaN included), a secret-named key, or one
+            that is no network setting (``env_problems``).
     """
     problems = [] if 0 < timeout_s <= MAX_TIMEOUT_S else [
         f"--timeout {timeout_s:g} is out of range: give the seconds the all-reduce may take, above 0 and at "
         f"most {MAX_TIMEOUT_S:g}, e.g. --timeout 60"]
-    problems += [secret_env_problem(k) for k in env if is_secret(k)]
+    problems += env_problems(env)
     if problems:
         raise ConfigError(problems)
 

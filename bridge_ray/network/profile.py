@@ -114,17 +114,32 @@ def secret_env_problem(key: str) -> str:
             "instead; bridge-ray sends it to each job in a 0600 file")
 
 
+# What `doctor --env` may put into the profile: NCCL's, Gloo's, UCX's and torch.distributed's own variables. Anything
+# else (LD_PRELOAD, PATH) would ride along in every job without being tried by the all-reduce at all.
+NETWORK_PREFIXES = ("NCCL_", "GLOO_", "UCX_", "TORCH_NCCL_", "TORCH_GLOO_", "TORCH_DISTRIBUTED_")
+
+
 def parse_env_assignments(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     """Parse ``KEY=VALUE`` strings (``doctor --env``).
 
     Raises:
-        ConfigError: listing every malformed item and every secret-named key (``HF_TOKEN=...``).
+        ConfigError: listing every malformed item, every secret-named key (``HF_TOKEN=...``) and every key that
+            is no network setting (``NETWORK_PREFIXES``).
     """
     env, problems = _parse_lines(items, "--env")
-    problems += [secret_env_problem(k) for k in env if is_secret(k)]
+    problems += env_problems(env)
     if problems:
         raise ConfigError(problems)
     return env
+
+
+def env_problems(env: dict[str, str]) -> list[str]:
+    """Why each of ``doctor --env``'s keys cannot join the profile: a secret, or no network setting."""
+    allowed = ", ".join(f"{prefix}*" for prefix in NETWORK_PREFIXES)
+    return [secret_env_problem(k) if is_secret(k) else
+            f"--env {k}=...: the network profile takes only the collectives' settings ({allowed}), and every later "
+            f"job carries it; give {k} to one job with `bridge-ray submit --env {k}=...`"
+            for k in env if is_secret(k) or not k.startswith(NETWORK_PREFIXES)]
 
 
 # ---- derivation ---------------------------------------------------------------------------
