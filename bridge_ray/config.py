@@ -136,6 +136,9 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{key}={value!r} is not a boolean: use true or false")
+    if kind in (int, float, str, bool) and value is None:  # YAML's null for a key that cannot be unset
+        what = {int: "an integer", float: "a number", str: "a value", bool: "true or false"}[kind]
+        raise ConfigError(f"{key}=null: this key cannot be unset; give {what}")
     if kind in (int, float) and isinstance(value, bool):  # YAML's true/false: never a count or a rate
         raise ConfigError(f"{key}={str(value).lower()} is not {'an integer' if kind is int else 'a number'}")
     if kind is int and isinstance(value, int):  # exact, however large (float() would round it)

@@ -75,6 +75,9 @@ def _flatten(data: dict, path: Path) -> dict[str, Any]:
     return flat
 
 
+MINIMUM = {"slurm.nodes": 1, "slurm.cpus_per_task": 1, "slurm.join_timeout_s": 1}  # other whole numbers: 0
+
+
 def _check(key: str, value: Any, path: Path) -> Any:
     if key not in KEYS:
         raise ConfigError(f"{path}: unknown key {key!r}: the keys are {', '.join(KEYS)} (`bridge-ray config` lists them)")
@@ -88,6 +91,8 @@ def _check(key: str, value: Any, path: Path) -> Any:
         return value
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{path}: {key} must be a whole number, got {value!r}")
+    if kind is int and value < MINIMUM.get(key, 0):  # as the flag it stands for would say, but naming the file
+        raise ConfigError(f"{path}: {key} must be {MINIMUM.get(key, 0)} or more, got {value}")
     if kind is str and not isinstance(value, (str, int, float)):
         raise ConfigError(f"{path}: {key} must be a string, got {value!r}")
     return str(value) if kind is str else value

@@ -209,3 +209,17 @@ def test_an_output_that_names_no_file_is_one_line(source, tmp_path):
     out = run_cli("data", "to-messages", str(source), "", *PAIR, timeout=120)
     assert (out.returncode, out.stdout) == (2, "")
     assert out.stderr == "error: output '.' names no file: give a file path, e.g. data/train.parquet\n"
+
+
+def test_the_training_file_as_its_own_validation_file_is_refused(tmp_path):
+    """`data gsm8k --source X --val X` silently validated on the rows it trains on."""
+    from bridge_ray.data.gsm8k import convert_gsm8k
+
+    rows = tmp_path / "train.jsonl"
+    rows.write_text(json.dumps({"question": "1+1?", "answer": "2 #### 2"}) + "\n")
+    with pytest.raises(ConfigError) as err:
+        convert_gsm8k(rows, tmp_path / "out", val_source=tmp_path / "." / "train.jsonl")
+    assert str(err.value) == (f"--val {tmp_path / '.' / 'train.jsonl'} is the training file itself: validation on the "
+                              "rows it trains on says nothing; give a separate file (GSM8K's test split), or drop "
+                              "--val to hold out the last rows")
+    assert not (tmp_path / "out").exists()

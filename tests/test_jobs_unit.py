@@ -161,6 +161,11 @@ def test_booleans_are_no_numbers_and_a_large_integer_is_one():
         apply_overrides(_Outer(), ["steps=true", "inner.lr=false"], prefix="x")
     assert err.value.problems == ["steps=true is not an integer", "inner.lr=false is not a number"]
     assert apply_overrides(_Outer(), ["steps=99999999999999999999999"]).steps == 99999999999999999999999
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(_Outer(), ["steps=null", "inner.lr=~"], prefix="x")
+    assert err.value.problems == ["steps=null: this key cannot be unset; give an integer",
+                                  "inner.lr=null: this key cannot be unset; give a number"]
+    assert apply_overrides(_Outer(), ["path=null"]).path is None  # an Optional key takes it
 
 
 def test_the_python_api_refuses_arguments_of_the_wrong_type_before_anything(tmp_path, monkeypatch):

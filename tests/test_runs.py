@@ -212,7 +212,7 @@ def test_load_and_list_runs(home):
     assert runs.load_run().submission_id == "sft-b-1"
     with pytest.raises(RunNotFound) as err:
         runs.load_run("sft")
-    assert str(err.value) == f"several runs start with 'sft' in {home / 'runs'}: list the runs with `bridge-ray runs`"
+    assert str(err.value) == f"several runs start with 'sft' in {home / 'runs'} (sft-a-1, sft-b-1): give more of the id"
     with pytest.raises(RunNotFound, match="no run 'x' in"):
         runs.load_run("x")
 

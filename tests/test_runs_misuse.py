@@ -228,6 +228,9 @@ def test_export_overwrite_never_replaces_another_checkpoint_or_a_record(home, tm
                  f"--target-dir {target} holds or lies inside {what}: choose a folder outside it, e.g. {default}")
     assert (older / SHARD).read_bytes() == b"shard" and (newest / SHARD).read_bytes() == b"shard"
     assert runs.load_run("sft-1").submission_id == "sft-1" and not fake_merge
+    _refused(_cli("export", "sft-1", "--target-dir", "/proc/bridge-ray-x"),
+             f"--target-dir /proc/bridge-ray-x cannot be written (No such file or directory): choose a writable "
+             f"folder, e.g. {default}")
     for empty in ("", " "):
         _refused(_cli("export", empty), "an empty run: give a run id from `bridge-ray runs`, a run folder or a "
                                         "training output folder")

@@ -95,6 +95,8 @@ def test_every_node_sources_the_setup_before_it_starts_ray(where):
     ("slurm:\n  gpus_per_node: eight\n", "slurm.gpus_per_node must be a whole number, got 'eight'"),
     ("slurm: [1, 2]\n", "'slurm' must be a section of keys"),
     ("slurm:\n  partition: [gpu\n", "is not valid YAML at line 3: fix it"),
+    ("slurm:\n  join_timeout_s: 0\n", "slurm.join_timeout_s must be 1 or more, got 0"),
+    ("slurm:\n  gpus_per_node: -1\n", "slurm.gpus_per_node must be 0 or more, got -1"),
 ])
 def test_a_broken_config_file_is_one_line(where, content, message):
     project, home = where

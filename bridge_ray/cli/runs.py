@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import shlex
 from pathlib import Path
 
 import click
@@ -154,7 +155,7 @@ def export_command(run, step, target_dir, overwrite):
     """Merge a checkpoint of RUN into a Hugging Face model folder."""
     with Phases() as say:
         target = export_run(run, step=step, target_dir=target_dir, on_phase=say, overwrite=overwrite)
-    click.echo(f"merged into {target}\nNext: bridge-ray upload {target} --repo-id OWNER/NAME")
+    click.echo(f"merged into {target}\nNext: bridge-ray upload {shlex.quote(str(target))} --repo-id OWNER/NAME")
 
 
 COMMANDS = (runs_group, upload_command, export_command)

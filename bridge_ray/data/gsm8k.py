@@ -12,6 +12,7 @@ Both paths write the same four parquets into one folder:
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import re
 from pathlib import Path
@@ -269,6 +270,10 @@ def convert_gsm8k(
     if from_hub and val_source is not None:
         raise ConfigError(f'"{HUB_ID}" brings its own validation rows (its test split): drop --val (val_source=), '
                           "or pass local train and validation files")
+    if not from_hub and val_source is not None and Path(val_source).exists() and Path(source).exists() \
+            and os.path.samefile(val_source, source):
+        raise ConfigError(f"--val {val_source} is the training file itself: validation on the rows it trains on says "
+                          "nothing; give a separate file (GSM8K's test split), or drop --val to hold out the last rows")
     inputs = [] if from_hub else [p for p in (source, val_source) if p is not None]
     check_outputs(list(output_paths(out_dir).values()), inputs=inputs, overwrite=overwrite)
     if from_hub:

@@ -119,6 +119,14 @@ def _check_target(target: Path, default: Path, checkpoint: Path, overwrite: bool
                                      f"it, e.g. {default}")
     if target.exists() and not target.is_dir():
         raise CheckpointNotFound(f"--target-dir {target} is a file: choose a folder, e.g. {default}")
+    try:  # the merge is staged beside the target: its folder must take new entries
+        target.absolute().parent.mkdir(parents=True, exist_ok=True)
+        probe = target.absolute().parent / f".{target.name}.writable-{os.getpid()}"
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as err:
+        raise CheckpointNotFound(f"--target-dir {target} cannot be written ({err.strerror or type(err).__name__}): "
+                                 f"choose a writable folder, e.g. {default}") from None
     if target.is_dir() and any(target.iterdir()) and resolved != default.resolve() and not overwrite:
         raise CheckpointNotFound(f"--target-dir {target} is not empty: pass --overwrite to replace what is in it, "
                                  f"or choose a new folder (default: {default})")

@@ -231,9 +231,12 @@ def load_run(submission_id: str | None = None) -> RunRecord:
     if "/" in submission_id or not (folder / "run.json").is_file():
         pattern = f"{glob.escape(submission_id)}*/run.json"
         matches = [] if "/" in submission_id else [p.parent for p in runs_root().glob(pattern)]
-        if len(matches) != 1:
-            what = "several runs start with" if matches else "no run"
-            raise RunNotFound(f"{what} {submission_id!r} in {runs_root()}: list the runs with `bridge-ray runs`")
+        if len(matches) > 1:
+            shown = ", ".join(sorted(m.name for m in matches)[:5]) + (", ..." if len(matches) > 5 else "")
+            raise RunNotFound(f"several runs start with {submission_id!r} in {runs_root()} ({shown}): give more of "
+                              "the id")
+        if not matches:
+            raise RunNotFound(f"no run {submission_id!r} in {runs_root()}: list the runs with `bridge-ray runs`")
         folder = matches[0]
     return read_run(folder)
 
