@@ -272,7 +272,8 @@ def test_profile_never_carries_reserved_keys():
 
 
 def test_parse_env_assignments_collects_errors():
-    assert prof.parse_env_assignments(["A=1", "export B='x y'", "C="]) == {"A": "1", "B": "x y", "C": ""}
+    assert prof.parse_env_assignments(["NCCL_A=1", "export NCCL_B='x y'", "GLOO_C="]) == {
+        "NCCL_A": "1", "NCCL_B": "x y", "GLOO_C": ""}
     with pytest.raises(ConfigError) as err:
         prof.parse_env_assignments(["NOEQUALS", "1BAD=x"])
     assert err.value.problems == [
