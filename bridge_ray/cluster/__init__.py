@@ -147,12 +147,14 @@ def _clear_stale(name: str) -> None:
     if not records.record_path(name).exists():
         return
     record = records.load(name)
-    if _alive_or_auth_error(record) or (not _gone(record) and health.answers_soon(record)):
-        raise ClusterExists(
-            f"cluster {name!r} is already up at {record.dashboard_url}: use it, pick another --name, "
-            f"or stop it with `bridge-ray down{'' if name == DEFAULT_CLUSTER else ' --name ' + name}`"
-        )
-    if not _gone(record):  # a busy or paused head: starting over would kill it and its jobs
+    up = ClusterExists(f"cluster {name!r} is already up at {record.dashboard_url}: use it, pick another --name, "
+                       f"or stop it with `bridge-ray down{'' if name == DEFAULT_CLUSTER else ' --name ' + name}`")
+    if _alive_or_auth_error(record):
+        raise up
+    gone = _gone(record)
+    if not gone and health.answers_soon(record):
+        raise up
+    if not gone:  # a busy or paused head: starting over would kill it and its jobs
         raise ClusterExists(f"cluster {name!r} is recorded and its head at {record.dashboard_url} did not answer for "
                             f"{health.UNRESPONSIVE_S:.0f} s, but is not gone (busy or paused?): try again, or take it "
                             f"down first with `bridge-ray down{records.name_flag(name)} --force`")

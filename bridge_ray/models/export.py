@@ -104,11 +104,9 @@ def _check_target(target: Path, default: Path, checkpoint: Path, overwrite: bool
     ``overwrite``). --overwrite replaced what it names, so it must never name one of those."""
     from bridge_ray.cluster.records import PRIVATE_FOLDERS, home_dir
 
-    resolved, source = target.resolve(), checkpoint.resolve()
-    if source.is_relative_to(resolved) or resolved.is_relative_to(source):
-        raise CheckpointNotFound(f"--target-dir {target} holds or lies inside the checkpoint {checkpoint}: "
-                                 f"choose a folder outside it, e.g. {default}")
-    guarded = [(step, f"the checkpoint {step}") for step in sorted(checkpoint.parent.glob("global_step_*"))]
+    resolved = target.resolve()
+    steps = [checkpoint] + sorted(set(checkpoint.parent.glob("global_step_*")) - {checkpoint})
+    guarded = [(step, f"the checkpoint {step}") for step in steps]
     if record is not None:
         guarded.append((runs.run_dir(record.submission_id), f"the record folder of run {record.submission_id}"))
     guarded += [(home_dir() / name, f"bridge-ray's {name} folder") for name in PRIVATE_FOLDERS]
