@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,15 @@ def test_every_field_is_checked_when_a_record_is_read(home, fields, why):
      "error: --address registers a running cluster and --slurm starts one: give one of them"),
     (("--slurm", "--dry-run", "--address", "http://127.0.0.1:8265"),
      "error: --address registers a running cluster and --slurm starts one: give one of them"),
+    (("--slurm", "--num-cpus", "4"),
+     "error: --num-cpus is for a cluster started on this machine, not with --slurm: use --cpus-per-task"),
+    (("--slurm", "--dry-run", "--num-gpus", "1"),
+     "error: --num-gpus is for a cluster started on this machine, not with --slurm: use --gpus-per-node"),
+    (("--slurm", "--port", "6390"),
+     "error: --port is for a cluster started on this machine, not with --slurm: leave --port out"),
+    (("--address", "http://127.0.0.1:8265", "--dashboard-port", "8266"),
+     "error: --dashboard-port is for a cluster started on this machine, not with --address (the cluster is "
+     "running already): leave --dashboard-port out"),
 ])
 def test_up_refuses_a_flag_without_the_one_it_needs_before_starting_anything(home, args, message):
     out = run_cli("up", "--name", "fxflag", *args)
@@ -407,3 +417,36 @@ def test_an_interrupted_up_stops_everything_it_started(home, sig):
     assert not Path(temp_dir).exists()
     assert not records.record_path(name).exists() and not records.cluster_dir(name).exists()
     assert run_cli("down", "--name", name).stdout.strip() == f"cluster {name!r} is not recorded; nothing to do"
+
+
+# ---- 9. a network profile left by an earlier cluster of the same name ---------------------------------------
+
+
+def test_the_saved_profile_note_names_its_keys_date_and_how_to_derive_it_again(home):
+    from bridge_ray.network import profile as prof
+
+    assert prof.saved_profile_note("fxprof") is None
+    saved = prof.ClusterProfile(env={"NCCL_SOCKET_IFNAME": "eth0", "NCCL_DEBUG": "WARN"},
+                                node_env={"n1": {"NCCL_IB_HCA": "mlx5_0"}}, created_at=1_800_000_000)
+    prof.save_profile("fxprof", saved)
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(1_800_000_000))
+    assert prof.saved_profile_note("fxprof") == (
+        f"jobs get the network profile saved by `bridge-ray doctor` on {when} (NCCL_SOCKET_IFNAME, per-node "
+        "settings): run `bridge-ray doctor --name fxprof` to derive it for this cluster again")
+    prof.profile_path("fxprof").write_text("{not json")
+    assert prof.saved_profile_note("fxprof").startswith(
+        f"warning: the network profile {prof.profile_path('fxprof')} is unreadable (")
+
+
+def test_up_says_which_saved_profile_its_jobs_get(home):
+    """`down` keeps the cluster's network profile (the user's overrides.env among it); the next `up` of that name
+    says so, so that a profile from other nodes or an old doctor run is no surprise."""
+    folder = records.writable_dir(records.cluster_dir("fxprof"))
+    (folder / "overrides.env").write_text("NCCL_IB_TC=106\n")
+    try:
+        out = run_cli("up", "--name", "fxprof", "--num-cpus", "1")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert (f"note: jobs get the network profile from {folder / 'overrides.env'} (NCCL_IB_TC): run "
+                "`bridge-ray doctor --name fxprof` to derive it for this cluster again") in out.stdout.splitlines()
+    finally:
+        run_cli("down", "--name", "fxprof", "--force")

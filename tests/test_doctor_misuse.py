@@ -266,6 +266,19 @@ def test_doctor_on_a_real_head_saves_env_privately_and_never_sees_a_secret(dx_cl
 
 
 @pytest.mark.integration
+def test_empty_value_removes_a_saved_key(dx_cluster):
+    out = run_cli("doctor", "--name", "dxmis", "--env", "NCCL_IB_TIMEOUT=22")
+    assert out.returncode == 0 and prof.load_overrides("dxmis")["NCCL_IB_TIMEOUT"] == "22", out.stdout + out.stderr
+    out = run_cli("doctor", "--name", "dxmis", "--env", "NCCL_IB_TIMEOUT=", "--env", "NCCL_IB_SL=")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "  note: removed from overrides.env: NCCL_IB_TIMEOUT" in out.stdout
+    assert "  note: not in overrides.env, nothing to remove: NCCL_IB_SL" in out.stdout
+    assert "NCCL_IB_TIMEOUT" not in out.stdout.split("profile (saved to", 1)[1].split("note:", 1)[0]
+    saved = prof.load_overrides("dxmis")
+    assert "NCCL_IB_TIMEOUT" not in saved and "NCCL_IB_SL" not in saved
+
+
+@pytest.mark.integration
 def test_forced_interface_that_fails_its_check_is_not_saved(dx_cluster):
     out = run_cli("doctor", "--name", "dxmis", "--env", "NCCL_SOCKET_IFNAME=dxnosuch0")
     assert out.returncode == 1, out.stdout + out.stderr

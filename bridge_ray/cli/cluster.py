@@ -69,6 +69,12 @@ def up_command(name, num_cpus, num_gpus, port, dashboard_port, address, token_fi
     flag = name_flag(name)
     click.echo(format_status(lib.status(name)) if slurm else
                f"cluster {record.name!r} is up ({record.backend}): Jobs API {record.dashboard_url}")
+    if not check:
+        from bridge_ray.network import saved_profile_note
+
+        note = saved_profile_note(name)
+        if note:
+            click.echo(note if note.startswith("warning: ") else f"note: {note}", err=note.startswith("warning: "))
     if check:
         from bridge_ray.network import render_table, run_doctor  # imports ray
 
@@ -92,6 +98,14 @@ def _check_backend_flags(ctx: click.Context, address: str | None, slurm: bool) -
     """Refuse the flags of one backend given with another, before anything starts (they would be ignored)."""
     if address and slurm:
         raise ConfigError("--address registers a running cluster and --slurm starts one: give one of them")
+    if address or slurm:
+        other = "--address (the cluster is running already)" if address else "--slurm"
+        instead = {"num_cpus": "--cpus-per-task", "num_gpus": "--gpus-per-node"} if slurm else {}
+        for flag in ("num_cpus", "num_gpus", "port", "dashboard_port"):
+            if ctx.get_parameter_source(flag) == click.core.ParameterSource.COMMANDLINE:
+                option = flag.replace("_", "-")
+                hint = f"use {instead[flag]}" if flag in instead else f"leave --{option} out"
+                raise ConfigError(f"--{option} is for a cluster started on this machine, not with {other}: {hint}")
     for flag in ("token_file", "python"):
         if not address and ctx.get_parameter_source(flag) == click.core.ParameterSource.COMMANDLINE:
             option = flag.replace("_", "-")

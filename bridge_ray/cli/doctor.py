@@ -14,6 +14,7 @@ import click
                    "(probes and ranks get 5 min to start).")
 @click.option("--env", "env", multiple=True, metavar="KEY=VAL",
               help="Try this variable over the detected profile; saved if the all-reduce passes. "
+                   "KEY= (empty) tries without a saved KEY and removes it. "
                    "Secrets (HF_TOKEN, ...) are refused: export them in your shell.")
 @click.option("--shared-dir", "shared_dirs", multiple=True, metavar="PATH",
               help="Another existing, writable directory every node must see (e.g. the output dir).")

@@ -16,6 +16,7 @@ from bridge_ray.network.profile import (
     parse_env_assignments,
     profile_env,
     save_profile,
+    saved_profile_note,
     without_reserved,
 )
 
@@ -49,6 +50,7 @@ __all__ = [
     "render_table",
     "run_doctor",
     "save_profile",
+    "saved_profile_note",
     "to_json",
     "without_reserved",
 ]

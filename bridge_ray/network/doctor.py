@@ -358,7 +358,8 @@ def run_doctor(name: str = records.DEFAULT_CLUSTER, timeout_s: float = 60.0,
     Args:
         name: the cluster record to use.
         timeout_s: limit of the all-reduce (see ``doctor``).
-        env: ``--env`` overrides, tried on top of the saved ones.
+        env: ``--env`` overrides, tried on top of the saved ones; an empty value (``KEY=``) tries without ``KEY``
+            and, if that passes, removes it from ``overrides.env``.
         shared_dirs: existing, writable directories beyond BRIDGE_RAY_HOME that every node must see.
 
     Raises:
@@ -375,7 +376,9 @@ def run_doctor(name: str = records.DEFAULT_CLUSTER, timeout_s: float = 60.0,
     check_options(timeout_s, env)
     dirs = checked_shared_dirs(shared_dirs)
     record = records.load(records.check_name(name))
-    overrides = {**load_overrides(name), **env}
+    saved = load_overrides(name)
+    removed = sorted(k for k, v in env.items() if v == "")  # KEY= : drop KEY from overrides.env
+    overrides = {k: v for k, v in {**saved, **env}.items() if k not in removed}
     if health.gcs_refuses(record):  # a dead head: one line now, not a Ray driver waiting minutes to join
         raise health.stale_error(record, f"nothing listens at its GCS {record.gcs_address}")
     _use_auth(record)
@@ -394,6 +397,11 @@ def run_doctor(name: str = records.DEFAULT_CLUSTER, timeout_s: float = 60.0,
         report.profile.notes.append("--env not saved: the all-reduce failed with it")
     elif refused:
         report.profile.notes.append(f"--env not saved: the check {', '.join(refused)} failed")
+    elif removed:
+        gone = [k for k in removed if k in saved]
+        unset = [k for k in removed if k not in saved]
+        report.profile.notes += [f"removed from overrides.env: {', '.join(gone)}"] if gone else []
+        report.profile.notes += [f"not in overrides.env, nothing to remove: {', '.join(unset)}"] if unset else []
     report.profile_path = str(save_profile(name, report.profile))
     return report
 

@@ -357,6 +357,23 @@ def load_profile(name: str) -> ClusterProfile | None:
     return profile
 
 
+def saved_profile_note(name: str) -> str | None:
+    """A line for ``up``: the network profile an earlier ``doctor`` (or ``overrides.env``) left for ``name``,
+    which every job of the new cluster gets, with how to derive it again; None when there is none."""
+    try:
+        profile = load_profile(name)
+        keys = profile.job_env() if profile else without_reserved(load_overrides(name))
+    except ConfigError as err:
+        return f"warning: {err}"
+    shown = sorted(keys) + (["per-node settings"] if profile and profile.node_env else [])
+    if not shown:
+        return None
+    when = (f"saved by `bridge-ray doctor` on {time.strftime('%Y-%m-%d %H:%M', time.localtime(profile.created_at))}"
+            if profile else f"from {overrides_path(name)}")
+    return (f"jobs get the network profile {when} ({', '.join(shown)}): run `{_doctor_command(name)}` to derive "
+            "it for this cluster again")
+
+
 def profile_env(name: str) -> dict[str, str]:
     """Env vars every job on cluster ``name`` should get in its runtime_env.
 
