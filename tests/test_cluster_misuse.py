@@ -450,3 +450,23 @@ def test_up_says_which_saved_profile_its_jobs_get(home):
                 "`bridge-ray doctor --name fxprof` to derive it for this cluster again") in out.stdout.splitlines()
     finally:
         run_cli("down", "--name", "fxprof", "--force")
+
+
+def test_status_lists_the_last_ten_jobs_with_what_each_runs():
+    """A driver that `submit` did not start (`bridge-ray doctor`'s) shows its command, not a bare id."""
+    from bridge_ray import cluster as lib
+    from bridge_ray.cli.cluster import format_status
+    from bridge_ray.cluster.records import ClusterRecord
+
+    record = ClusterRecord(name="fxst", backend="local", gcs_address="127.0.0.1:1",
+                           dashboard_url="http://127.0.0.1:2", created_at=1_800_000_000)
+    jobs = [{"submission_id": f"run-{i:02d}", "status": "SUCCEEDED", "entrypoint": f"python -m bridge_ray.jobs.driver {i}",
+             "start_time": i} for i in range(12)]
+    jobs.append({"submission_id": None, "job_id": "0d000000", "status": "RUNNING", "start_time": 12,
+                 "entrypoint": "/venv/bin/python -m bridge_ray doctor " + "--shared-dir /a/very/long/path " * 4})
+    text = format_status(lib.ClusterStatus(record=record, alive=True, jobs=jobs))
+    lines = text.splitlines()
+    at = lines.index("  jobs: 13 (the last 10; `bridge-ray list` shows all)")
+    assert lines[at + 1] == "    run-03    SUCCEEDED  python -m bridge_ray.jobs.driver 3"
+    assert lines[at + 10].startswith("    0d000000  RUNNING    /venv/bin/python -m bridge_ray doctor --shared-dir /a/")
+    assert lines[at + 10].endswith("...") and len(lines[at + 10]) == 4 + 8 + 2 + 9 + 2 + 80

@@ -210,9 +210,12 @@ def format_status(st: lib.ClusterStatus) -> str:
         lines.append(f"    {node['node_ip']:<16} {role:<6} {node['state']:<6} CPU {res.get('CPU', 0):g}  GPU {res.get('GPU', 0):g}")
     for key, (used, total) in sorted(st.usage.items()):
         lines.append(f"  {key}: {used:g}/{total:g} used")
-    lines.append(f"  jobs: {len(st.jobs)}")
-    for job in st.jobs[-10:]:
-        lines.append(f"    {job.get('submission_id') or job.get('job_id')}  {job.get('status')}")
+    lines.append(f"  jobs: {len(st.jobs)}" + (" (the last 10; `bridge-ray list` shows all)" if len(st.jobs) > 10 else ""))
+    shown = [(str(job.get("submission_id") or job.get("job_id")), job) for job in st.jobs[-10:]]
+    width = max((len(job_id) for job_id, _ in shown), default=0)
+    for job_id, job in shown:  # the entrypoint tells a submitted recipe from a driver such as `bridge-ray doctor`
+        entry = " ".join(str(job.get("entrypoint") or "").split())
+        lines.append(f"    {job_id:<{width}}  {job.get('status')!s:<9}  {entry[:77] + '...' if len(entry) > 80 else entry}")
     return "\n".join(lines)
 
 

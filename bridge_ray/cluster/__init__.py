@@ -405,4 +405,5 @@ def _fill(result: ClusterStatus) -> None:
         total = sum(n["resources_total"].get(key, 0.0) for n in result.nodes if n["state"] == "ALIVE")
         if total:
             result.usage[key] = (float(usage.get(key, (0.0,))[0]), total)
-    result.jobs = health.get_json(record, "/api/jobs/") or []
+    jobs = health.get_json(record, "/api/jobs/") or []
+    result.jobs = sorted(jobs, key=lambda job: job.get("start_time") or 0)  # oldest first, as `list`
