@@ -119,6 +119,9 @@ def test_convert_missing_file(tmp_path):
     with pytest.raises(ConfigError) as caught:
         convert_gsm8k(missing, tmp_path / "out")
     assert str(caught.value) == f"{missing}: no such file; pass an existing .parquet, .jsonl or .json file"
+    with pytest.raises(ConfigError) as caught:
+        convert_gsm8k(tmp_path, tmp_path / "out")
+    assert str(caught.value) == f"{tmp_path} is a folder: pass one of its .parquet, .jsonl or .json files"
 
 
 def test_hub_unreachable_says_to_pass_a_local_file(tmp_path):

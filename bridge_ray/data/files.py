@@ -52,6 +52,8 @@ def read_rows(path: str | Path, columns: list[str] | None = None) -> list[dict]:
         ConfigError: The file is missing, of another type, or not valid JSON lines.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder: pass one of its .parquet, .jsonl or .json files")
     if not path.is_file():
         raise ConfigError(f"{path}: no such file; pass an existing .parquet, .jsonl or .json file")
     if path.suffix not in SUFFIXES:
