@@ -91,10 +91,15 @@ def test_long_local_phases_are_a_line_as_each_starts_and_one_as_it_ends_with_its
     with pytest.raises(RuntimeError), Phases() as say:
         say("uploading c")
         raise RuntimeError("refused")
+    with pytest.raises(KeyboardInterrupt), Phases() as say:
+        say("merging d")
+        raise KeyboardInterrupt
     out, err = capsys.readouterr()
     assert out == ""
     lines = err.splitlines()
     assert lines[0] == "[bridge-ray] merging a ..." and re.fullmatch(r"\[bridge-ray\] merging a: done in \d+\.\d s", lines[1])
     assert lines[2] == "[bridge-ray] checking b ..." and re.fullmatch(r"\[bridge-ray\] checking b: done in [\d.]+ s", lines[3])
     assert lines[4] == "[bridge-ray] uploading c ..."
-    assert re.fullmatch(r"\[bridge-ray\] uploading c: failed after [\d.]+ s", lines[5]) and len(lines) == 6
+    assert re.fullmatch(r"\[bridge-ray\] uploading c: failed after [\d.]+ s", lines[5])
+    assert lines[6] == "[bridge-ray] merging d ..."
+    assert re.fullmatch(r"\[bridge-ray\] merging d: interrupted after [\d.]+ s", lines[7]) and len(lines) == 8

@@ -11,6 +11,8 @@ import time
 
 import click
 
+from bridge_ray.errors import Interrupted
+
 
 class Phases:
     """``with Phases() as say: library_call(..., on_phase=say)``: each call to ``say`` ends the phase
@@ -38,10 +40,10 @@ class Phases:
             self._status = self._console.status(f"{name} ...")
             self._status.start()
 
-    def _end(self, failed: bool = False) -> None:
+    def _end(self, ended: str = "done in") -> None:
         if self._name is None:
             return
-        took = f"{'failed after' if failed else 'done in'} {time.monotonic() - self._started:.1f} s"
+        took = f"{ended} {time.monotonic() - self._started:.1f} s"
         if self._status is not None:
             self._status.stop()
             self._status = None
@@ -49,4 +51,5 @@ class Phases:
         self._name = None
 
     def __exit__(self, kind, value, traceback) -> None:
-        self._end(failed=kind is not None)
+        cut = kind is not None and issubclass(kind, (KeyboardInterrupt, Interrupted))
+        self._end("interrupted after" if cut else "failed after" if kind is not None else "done in")
