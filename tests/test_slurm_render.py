@@ -69,6 +69,18 @@ def test_render_rejects_bad_counts():
     ({"account": ""}, "--account '' must be one word: no spaces or line breaks"),
     ({"sbatch_args": ("exclusive",)}, "--sbatch-arg 'exclusive' must be one option on one line, e.g. "
                                       "--sbatch-arg=--exclusive"),
+    ({"sbatch_args": ("--output=/tmp/x",)}, "--sbatch-arg --output=/tmp/x: the bootstrap script sets --output itself "
+                                            "and relies on it: leave it out"),
+    ({"sbatch_args": ("-Jmine",)}, "--sbatch-arg -Jmine: the bootstrap script sets -J itself and relies on it: leave "
+                                   "it out"),
+    ({"sbatch_args": ("--array=0-3",)}, "--sbatch-arg --array=0-3: the bootstrap script sets --array itself and "
+                                        "relies on it: leave it out"),
+    ({"nodes": 2, "sbatch_args": ("--nodes=3",)}, "--sbatch-arg --nodes=3: give it as `up --slurm --nodes 3` instead "
+                                                  "(bridge-ray uses the value, not only SLURM)"),
+    ({"sbatch_args": ("-pdebug",)}, "--sbatch-arg -pdebug: give it as `up --slurm --partition debug` instead "
+                                    "(bridge-ray uses the value, not only SLURM)"),
+    ({"sbatch_args": ("--gres=gpu:a100:4",)}, "--sbatch-arg --gres=gpu:a100:4 asks SLURM for GPUs, but Ray would be "
+                                              "told of none: give --gpus-per-node N instead"),
 ])
 def test_render_refuses_what_would_not_be_one_sbatch_line(options, problem):
     """A value with a line break would end its #SBATCH line and run the rest as shell; sbatch reads
@@ -76,6 +88,13 @@ def test_render_refuses_what_would_not_be_one_sbatch_line(options, problem):
     with pytest.raises(ConfigError) as err:
         slurm.render("c", **options)
     assert err.value.problems == [problem]
+
+
+def test_render_keeps_sbatch_args_it_does_not_set_itself():
+    text = slurm.render("c", gpus_per_node=2, sbatch_args=("--exclusive", "--qos=high", "--gres=gpu:a100:2",
+                                                           "--gres=nvme:1", "--mem=0", "--dependency=afterok:12"))
+    assert "#SBATCH --exclusive\n#SBATCH --qos=high\n#SBATCH --gres=gpu:a100:2\n#SBATCH --gres=nvme:1\n" in text
+    assert slurm.render("c", sbatch_args=("--gres=nvme:1",)).count("#SBATCH --gres=nvme:1\n") == 1
 
 
 @pytest.mark.parametrize("time", ["90", "90:30", "04:00:00", "2-12", "2-12:30", "2-12:30:00", "UNLIMITED"])

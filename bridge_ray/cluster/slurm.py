@@ -82,6 +82,45 @@ def _check_words(options: dict[str, str | None], sbatch_args: tuple[str, ...] | 
         raise ConfigError(problems)
 
 
+# sbatch options the script sets itself and reads back (its log, its folder, one task per node, one allocation).
+_OWN_SBATCH = {"--job-name": "", "-J": "", "--output": "", "-o": "", "--error": "", "-e": "", "--chdir": "", "-D": "",
+               "--ntasks-per-node": "", "--ntasks": "", "-n": "", "--array": "", "-a": "", "--wrap": ""}
+# sbatch options `up --slurm` has a flag for: bridge-ray needs their values (how many nodes must join, GPUs for Ray).
+_FLAGGED_SBATCH = {"--nodes": "--nodes", "-N": "--nodes", "--partition": "--partition", "-p": "--partition",
+                   "--nodelist": "--nodelist", "-w": "--nodelist", "--time": "--time", "-t": "--time",
+                   "--account": "--account", "-A": "--account", "--cpus-per-task": "--cpus-per-task",
+                   "-c": "--cpus-per-task", "--gpus-per-node": "--gpus-per-node", "--gpus": "--gpus-per-node",
+                   "-G": "--gpus-per-node", "--gpus-per-task": "--gpus-per-node"}
+
+
+def _sbatch_option(arg: str) -> tuple[str, str]:
+    """``--nodes=2`` -> (``--nodes``, ``2``); ``-N2`` -> (``-N``, ``2``)."""
+    if arg.startswith("--"):
+        name, _, value = arg.partition("=")
+        return name, value
+    return arg[:2], arg[2:].lstrip("=")
+
+
+def _check_sbatch_args(sbatch_args: tuple[str, ...] | list[str], gpus_per_node: int) -> None:
+    """Raises ConfigError for an ``--sbatch-arg`` that the script sets itself, that has a flag of its own, or that
+    asks SLURM for GPUs Ray would not be told of (``--gres=gpu:...`` without ``--gpus-per-node``)."""
+    problems = []
+    for arg in sbatch_args:
+        name, value = _sbatch_option(arg)
+        if name in _OWN_SBATCH:
+            problems.append(f"--sbatch-arg {arg}: the bootstrap script sets {name} itself and relies on it: "
+                            "leave it out")
+        elif name in _FLAGGED_SBATCH:
+            flag = _FLAGGED_SBATCH[name]
+            problems.append(f"--sbatch-arg {arg}: give it as `up --slurm {flag} {value or '...'}` instead "
+                            "(bridge-ray uses the value, not only SLURM)")
+        elif name == "--gres" and "gpu" in value and not gpus_per_node:
+            problems.append(f"--sbatch-arg {arg} asks SLURM for GPUs, but Ray would be told of none: give "
+                            "--gpus-per-node N instead")
+    if problems:
+        raise ConfigError(problems)
+
+
 def _check_setup(setup: tuple[str, ...] | list[str]) -> None:
     """Raises ConfigError for a setup line that breaks the script or puts a secret into it."""
     for line in setup:
@@ -123,6 +162,7 @@ def render(name: str, nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: int
     records.check_name(name)
     _check(nodes, gpus_per_node, cpus_per_task, 0, join_timeout_s)
     _check_words({"partition": partition, "account": account, "time": time, "nodelist": nodelist}, sbatch_args)
+    _check_sbatch_args(sbatch_args, gpus_per_node)
     _check_setup(setup)
     options = [("partition", partition), ("account", account), ("time", time), ("nodelist", nodelist),
                ("cpus-per-task", cpus_per_task), ("gpus-per-node", gpus_per_node or None)]
