@@ -99,6 +99,8 @@ class WorkersConfig:
     ``reshard_after_forward``: FSDP frees each layer's gathered parameters after its forward
     and gathers them again for backward (least memory); false keeps them until backward
     (one all-gather a layer fewer per micro batch, more memory).
+    ``use_torch_compile``: verl's ``engine.use_torch_compile``; in verl 0.9.1's FSDP engine it compiles only the
+    entropy function (which SFT does not compute), not the model.
     """
 
     num_workers: Union[int, Literal["auto"]] = 1
