@@ -187,3 +187,44 @@ def test_models_with_sliding_windows_are_refused(reference):
                                          r"set sft.model.attn_implementation=sdpa or flash_attention_2$"):
         attention.varlen_attention_forward(layer, q, q[:, :2], q[:, :2], None, position_ids=positions,
                                            sliding_window=4)
+
+
+def test_compiled_layers_give_the_same_loss_and_gradients_across_row_lengths(reference):
+    """``sft.model.compile_layers`` on the packed path: one compiled function serves every layer and every row
+    length (dynamic shapes), the varlen attention stays eager between the two graphs of a layer. torch's
+    ``aot_eager`` backend here (what dynamo and autograd see; the inductor run is in test_sft_train.py)."""
+    import copy
+
+    import torch._dynamo
+
+    from bridge_ray.platforms.compiled_layers import compile_decoder_layers, decoder_layers
+
+    reference("2.11")
+    eager = tiny_llama().train()
+    eager.config._attn_implementation = "torch_varlen"
+    compiled = copy.deepcopy(eager)
+    assert decoder_layers(compiled) is compiled.model.layers
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    assert compile_decoder_layers(compiled, backend="aot_eager") == 2
+    graphs = []
+    for lengths in ([5, 9, 3, 7], [6, 11, 2], [8, 8, 8, 8, 1]):
+        ids, positions = packed(lengths)
+        results = []
+        for model in (eager, compiled):
+            model.zero_grad()
+            loss = model(input_ids=ids, position_ids=positions, labels=ids, use_cache=False).loss
+            loss.backward()
+            results.append((loss.detach(), [p.grad for p in model.parameters()]))
+        assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1]))
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert graphs[0] == graphs[-1] and graphs[0] <= 4  # compiled once, for the first row of the first layer
+
+
+def test_a_model_without_a_layer_stack_is_refused_by_name():
+    from bridge_ray.platforms.compiled_layers import compile_decoder_layers
+
+    with pytest.raises(ValueError, match="^Linear has no stack of decoder layers to compile: set "
+                                         "sft.model.compile_layers=false$"):
+        compile_decoder_layers(torch.nn.Linear(2, 2))

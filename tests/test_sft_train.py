@@ -134,6 +134,16 @@ def test_total_steps_beyond_one_epoch_train_every_step_and_merge(assets, local_r
     assert [row.get("profiled", False) for row in result.metrics["history"]] == [False, True, True, False, False]
 
 
+def test_compiled_layers_train_the_same_steps(ray_run, assets, tmp_path, capsys):
+    """``sft.model.compile_layers``: each decoder layer's forward through torch.compile (inductor, here its CPU
+    code) inside verl's FSDP2 workers; the same losses as the eager run, step by step."""
+    result = sft.fit(tiny(assets, tmp_path / "compiled", "model.compile_layers=true"))
+    assert "[bridge-ray] torch.compile: 2 decoder layers (dynamic shapes; compiled at their first step)" in (
+        capsys.readouterr().out)
+    eager = losses_from_metrics(ray_run.output_dir / "metrics.json")
+    assert losses_from_metrics(result.output_dir / "metrics.json") == pytest.approx(eager, rel=1e-4)
+
+
 def test_preflight_missing_model(assets, local_ray, tmp_path):
     cfg = tiny(assets, tmp_path / "out", f"model.path={tmp_path}/nope")
     with pytest.raises(PreflightError, match=rf"^on node [0-9.]+: model.path {tmp_path}/nope has no config.json "

@@ -16,7 +16,7 @@
 #
 # A 1-GPU plan within 10-minute calls: (1) install + assets + warmup + parity, (2) pairs=seed,default@0,
 # (3) pairs=seed,default@1, (4) pairs=seed,default@2 summary. Other variants: see VARIANTS in
-# benchmarks/sft_throughput.py (fused, liger, liger_fused, liger_fused_adamw, adamw_fused, compile, sdpa_packed, tokens32k, loader2, gbs256).
+# benchmarks/sft_throughput.py (fused, liger, liger_fused, liger_fused_adamw, adamw_fused, compile, compile_layers, sdpa_packed, tokens32k, loader2, gbs256).
 # Env: GPUS (1), STEPS (16), SKIP (3), RUN_TIMEOUT per run (240 s).
 set -uo pipefail
 out=${1:?usage: sft.sh OUT STAGE...}; shift

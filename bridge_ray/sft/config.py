@@ -43,6 +43,9 @@ class ModelConfig:
     lm-head + log-prob in Triton, so logits are never materialised), ``liger+fused`` (both: liger's
     layer kernels and verl's Triton log-prob; verl turns liger's own fused cross-entropy off), ``none``,
     or ``auto`` (``fused`` where Triton imports, see ``bridge_ray.sft.hardware``).
+    ``compile_layers``: ``torch.compile`` each decoder layer's forward in every worker (dynamic shapes; FSDP's
+    hooks stay outside; ``bridge_ray.platforms.compiled_layers``): fewer kernel launches a step, the first steps
+    pay the compile. FSDP2 only.
     """
 
     path: str = ""
@@ -52,6 +55,7 @@ class ModelConfig:
     use_remove_padding: bool = False
     kernels: Kernels = "none"
     gradient_checkpointing: bool = True
+    compile_layers: bool = False
 
 
 @dataclass(frozen=True)
@@ -259,6 +263,9 @@ def _model_problems(model: ModelConfig, workers: WorkersConfig) -> list[str]:
     if not workers.use_gpu and kernels not in ("none", "auto"):
         problems.append(f"model.kernels={kernels} runs on GPUs only (Triton): set sft.model.kernels=none "
                         "for CPU workers (workers.gpus_per_worker=0)")
+    if model.compile_layers and workers.strategy != "fsdp2":
+        problems.append(f"model.compile_layers=true needs workers.strategy=fsdp2 (FSDP1 wraps each layer's forward "
+                        f"in its own): set sft.workers.strategy=fsdp2, or sft.model.compile_layers=false")
     return problems
 
 

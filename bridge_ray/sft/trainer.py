@@ -106,7 +106,7 @@ def build_trainer(cfg: SFTConfig):
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"started_at": time.time(), "env": worker_env(cfg), "overrides": to_verl_overrides(cfg),
-                           "output_dir": cfg.trainer.output_dir},
+                           "output_dir": cfg.trainer.output_dir, "compile_layers": cfg.model.compile_layers},
         scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(storage_path=str(Path(cfg.trainer.output_dir) / "ray_train"),

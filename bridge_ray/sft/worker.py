@@ -249,6 +249,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
         resolved = OmegaConf.to_container(config, resolve=True)
         Path(loop_config["output_dir"], "verl_config.json").write_text(json.dumps(resolved, indent=2, default=str))
     trainer = SFTTrainer(config)
+    if loop_config.get("compile_layers"):
+        from bridge_ray.platforms.compiled_layers import compile_decoder_layers
+
+        compiled = compile_decoder_layers(trainer.engine.module)
+        if rank == 0:
+            print(f"[bridge-ray] torch.compile: {compiled} decoder layers (dynamic shapes; compiled at their first "
+                  "step)", flush=True)
     if rank == 0:
         print(start_summary(loop_config.get("started_at"), entered), flush=True)
     kill_at = os.environ.get(KILL_AT_STEP_ENV)
