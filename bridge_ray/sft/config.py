@@ -264,8 +264,8 @@ def _model_problems(model: ModelConfig, workers: WorkersConfig) -> list[str]:
         problems.append(f"model.kernels={kernels} runs on GPUs only (Triton): set sft.model.kernels=none "
                         "for CPU workers (workers.gpus_per_worker=0)")
     if model.compile_layers and workers.strategy != "fsdp2":
-        problems.append(f"model.compile_layers=true needs workers.strategy=fsdp2 (FSDP1 wraps each layer's forward "
-                        f"in its own): set sft.workers.strategy=fsdp2, or sft.model.compile_layers=false")
+        problems.append("model.compile_layers=true needs workers.strategy=fsdp2 (FSDP1 wraps each layer's forward "
+                        "in its own): set sft.workers.strategy=fsdp2, or sft.model.compile_layers=false")
     return problems
 
 
