@@ -84,6 +84,29 @@ def test_follow_shows_every_line_once_in_order_when_the_job_ends(local_cluster, 
     assert out.stdout.rstrip().endswith(" SUCCEEDED")
 
 
+STATE_API_IN_A_TASK = """
+import ray
+
+@ray.remote(num_cpus=0)
+def nodes_seen():
+    from ray.util.state import list_nodes  # no address: found from RAY_ADDRESS, else by looking for a GCS here
+    return len(list_nodes())
+
+ray.init()
+print("a task saw nodes:", ray.get(nodes_seen.remote()))
+"""
+
+
+def test_a_jobs_tasks_find_their_own_cluster_beside_another_one(local_cluster, plain_ray_head, tmp_path):
+    """Ray Train's PlacementGroupCleaner actor asks the state API with no address; with two clusters on one host it
+    died with "Found multiple active Ray instances". A job's tasks and actors get their cluster's address."""
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "state.py").write_text(STATE_API_IN_A_TASK)
+    out = run_cli("submit", str(tmp_path / "state.py"), "--name", "ci", "--follow")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "a task saw nodes: 1" in out.stdout
+
+
 def test_submit_prints_next_steps_and_logs(local_cluster):
     out = run_cli("submit", "recipes/hello_cluster.py", "--name", "ci")
     assert out.returncode == 0, out.stderr

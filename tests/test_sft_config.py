@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -382,10 +383,25 @@ def test_connect_without_cluster_says_how_to_fix(monkeypatch):
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", refuse)  # bridge_ray.cluster.driver.connect
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # as in a job's driver
     with pytest.raises(PreflightError, match=r"no Ray cluster to attach to \(Could not find any running Ray "
                                              r"instance\): submit with `bridge-ray submit` or start one with "
                                              r"`bridge-ray up`"):
         trainer.connect()
+
+
+def test_a_recipe_run_outside_a_job_is_one_line_at_once_not_minutes_of_waiting(tmp_path):
+    """`python recipes/sft_gsm8k.py` (the README's dry-run line without --dry-run) used to wait 10 minutes for a
+    GCS, or attach to whichever one it found on the host (another user's)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_JOB_CONFIG_JSON_ENV_VAR")}
+    out = subprocess.run([sys.executable, "recipes/sft_gsm8k.py", "preset=sft_tiny_cpu",
+                          f"sft.trainer.output_dir={tmp_path / 'run'}"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert (out.returncode, out.stdout) == (2, ""), out.stderr
+    assert out.stderr == ("error: this trains on a cluster, inside a Ray job: submit it with `bridge-ray submit "
+                          "recipes/sft_gsm8k.py --follow` (`python recipes/sft_gsm8k.py --dry-run` checks it here), or call "
+                          "ray.init(address=...) first\n")
+    assert not (tmp_path / "run").exists()
 
 
 def test_step_line_format():

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from bridge_ray.errors import PreflightError
+
+# Set by Ray's job supervisor in every job's driver (ray._private.runtime_env.constants).
+IN_A_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 class DriverClock:
@@ -40,19 +44,25 @@ class DriverClock:
 
 
 def connect(env_vars: dict[str, str] | None = None) -> None:
-    """Attach to the running Ray cluster (the job's RAY_ADDRESS, else ``auto``); never start one.
+    """Attach to the running Ray cluster (the job's RAY_ADDRESS, else ``auto``); never start one, and never
+    attach outside a Ray job unless Ray is initialised already.
 
     Args:
         env_vars: extra job-level env for the tasks and actors this driver starts (merged with
             the job's runtime_env by Ray; keys the job already sets are left to the job).
 
     Raises:
-        PreflightError: when no cluster answers.
+        PreflightError: when no cluster answers, or this process is no job's driver and Ray is not initialised.
     """
     import ray
 
     if ray.is_initialized():
         return
+    if IN_A_JOB_ENV not in os.environ:  # `auto` would take any GCS on this host, or wait minutes for none
+        script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "RECIPE.py"
+        raise PreflightError(f"this trains on a cluster, inside a Ray job: submit it with `bridge-ray submit "
+                             f"{script} --follow` (`python {script} --dry-run` checks it here), or call "
+                             "ray.init(address=...) first")
     extra = {k: v for k, v in (env_vars or {}).items() if k not in os.environ}
     try:
         ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=True,

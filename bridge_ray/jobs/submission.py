@@ -152,6 +152,9 @@ def plan(recipe: str | Path, args: list[str] | tuple[str, ...] = (), *, cluster:
         raise ConfigError(misplaced)
     record = records.load(cluster)
     env_block = runtime_env.build(path, env or {}, profile_env(cluster), excludes)
+    if record.gcs_address:  # Ray's address lookups in the job's tasks and actors (Ray Train's placement-group
+        # cleaner asks the state API with none) find every GCS on a host with two clusters, and fail
+        env_block["env_vars"]["RAY_ADDRESS"] = record.gcs_address
     entity = settings.value("wandb.entity", path.parent)
     if entity and "WANDB_ENTITY" not in env_block["env_vars"]:  # your shell's or --env's wins
         env_block["env_vars"]["WANDB_ENTITY"] = entity
