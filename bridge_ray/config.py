@@ -11,6 +11,7 @@ import difflib
 import json
 import math
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,34 @@ def trainer_problems(trainer: Any, save_off: str = "off") -> list[str]:
     if unknown:
         problems.append(f"trainer.loggers has {unknown}: choose from {', '.join(LOGGERS)}")
     return problems
+
+
+# What a Hydra override reads back unchanged as a string when written bare: ASCII path characters, and nothing
+# Hydra would read as a number, a boolean or null.
+_HYDRA_BARE = re.compile(r"[A-Za-z0-9_\-+./:~@%]+", re.ASCII)
+_HYDRA_TYPED = re.compile(r"[-+]?(\d[\d_]*\.?[\d_]*(e[-+]?\d+)?|\.\d+(e[-+]?\d+)?|inf|nan)|null|true|false",
+                          re.IGNORECASE)
+
+
+def hydra_value(value: Any) -> str:
+    """``value`` as the value of a Hydra override (``key=<this>``): ``null`` for None, a string bare when Hydra
+    reads it back as the same string, else single-quoted (a path with a space, ``,``, ``=``, a quote or a
+    non-ASCII letter: Hydra refuses those bare, or reads ``a,b`` as a sweep)."""
+    if value is None:
+        return "null"
+    text = str(value)
+    return text if _HYDRA_BARE.fullmatch(text) and not _HYDRA_TYPED.fullmatch(text) else _hydra_quoted(text)
+
+
+def _hydra_quoted(text: str) -> str:
+    # In a quoted value Hydra unescapes \' and backslashes before a quote or at the end; others stay as written.
+    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text).replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+def hydra_list(items) -> str:
+    """A Hydra list of strings, each single-quoted (and escaped)."""
+    return "[" + ",".join(_hydra_quoted(str(item)) for item in items) + "]"
 
 
 def epochs_needed(total_steps: int, rows: int, batch: int) -> tuple[int, int]:

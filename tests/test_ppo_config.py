@@ -45,6 +45,16 @@ def composed(cfg):
     return config
 
 
+def test_paths_hydra_would_misread_reach_verl_unchanged(model_dir, tmp_path):
+    odd = tmp_path / "ünï, a=b 'q'"
+    odd.mkdir()
+    cfg = ppo.ppo_gsm8k_llama1b(model_dir=model_dir, data_dir=str(odd), output_dir=str(odd / "run"))
+    c = composed(ppo.resolve_gpus(cfg, 1, 8))
+    assert list(c.data.train_files) == [str(odd / "rl_train.parquet")]
+    assert c.trainer.default_local_dir == str(odd / "run" / "checkpoints")
+    assert c.actor_rollout_ref.model.path == model_dir
+
+
 def test_ppo_preset_composes_to_the_seed_settings(model_dir, tmp_path):
     c = composed(seed_ppo(model_dir, tmp_path))
     actor, rollout = c.actor_rollout_ref.actor, c.actor_rollout_ref.rollout

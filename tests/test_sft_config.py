@@ -53,6 +53,21 @@ def test_overrides_compose_against_verl(preset):
     assert list(verl.trainer.logger) == list(cfg.trainer.loggers)
 
 
+ODD = "/tmp/out dir/ünï, a=b 'q' \\x"  # every character Hydra refuses bare, or reads as something else
+
+
+def test_paths_and_names_hydra_would_misread_reach_verl_unchanged():
+    """A path with a space, a comma, '=', a quote or a non-ASCII letter passed every check, then verl's Hydra
+    refused it inside the workers (an empty "worker errors:" at the end of the run)."""
+    cfg = validate(sft.sft_tiny_cpu(ODD + "/model", ODD + "/train.parquet", ODD + "/val.parquet", ODD + "/run"))
+    cfg = sft.apply_overrides(cfg, ["trainer.project_name=my project, v2", "trainer.experiment_name=1e5"])
+    verl = compose(sft.to_verl_overrides(cfg))
+    assert verl.model.path == ODD + "/model"
+    assert list(verl.data.train_files) == [ODD + "/train.parquet"] and list(verl.data.val_files) == [ODD + "/val.parquet"]
+    assert verl.trainer.default_local_dir == ODD + "/run/checkpoints"
+    assert (verl.trainer.project_name, verl.trainer.experiment_name) == ("my project, v2", "1e5")
+
+
 def test_seed_preset_keeps_the_seeds_settings():
     cfg = sft.sft_gsm8k_llama1b_seed()
     assert cfg.model.path.endswith("Llama-3.2-1B-Instruct")

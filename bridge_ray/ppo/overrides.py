@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bridge_ray.config import hydra_list, hydra_value
 from bridge_ray.errors import ConfigError
 from bridge_ray.platforms.env import ATTENTION_PLUGIN
 from bridge_ray.ppo.config import (REWARD_FAILURE_FILE, DataConfig, ModelConfig, PPOConfig, RolloutConfig,
@@ -24,9 +25,6 @@ FINAL_ONLY_SAVE_FREQ = 1_000_000_000
 CPU_WORKER_EXTENSION = "bridge_ray.platforms.vllm_cpu_worker.CPUWorkerExtension"
 
 
-def _hydra_list(items) -> str:
-    return "[" + ",".join(f"'{item}'" for item in items) + "]"
-
 
 def _null(value) -> str:
     return "null" if value is None else str(value)
@@ -34,8 +32,8 @@ def _null(value) -> str:
 
 def _model_keys(prefix: str, path: str, model: ModelConfig) -> list[str]:
     return [
-        f"{prefix}.path={path}",
-        f"{prefix}.tokenizer_path={_null(model.tokenizer_path)}",
+        f"{prefix}.path={hydra_value(path)}",
+        f"{prefix}.tokenizer_path={hydra_value(model.tokenizer_path)}",
         f"{prefix}.use_remove_padding={model.use_remove_padding}",
         f"{prefix}.enable_gradient_checkpointing={model.gradient_checkpointing}",
         f"+{prefix}.override_config.attn_implementation={model.attn_implementation}",
@@ -62,8 +60,8 @@ def _algorithm_keys(cfg: PPOConfig) -> list[str]:
 
 def _data_keys(data: DataConfig) -> list[str]:
     return [
-        f"data.train_files={_hydra_list(data.train_files)}",
-        f"data.val_files={_hydra_list(data.val_files or data.train_files)}",
+        f"data.train_files={hydra_list(data.train_files)}",
+        f"data.val_files={hydra_list(data.val_files or data.train_files)}",
         f"data.train_batch_size={data.train_batch_size}",
         f"data.max_prompt_length={data.max_prompt_length}",
         f"data.max_response_length={data.max_response_length}",
@@ -89,7 +87,7 @@ def _actor_keys(cfg: PPOConfig) -> list[str]:
         f"{prefix}.use_torch_compile={actor.use_torch_compile}",
         f"{prefix}.fsdp_config.param_offload={actor.param_offload}",
         f"{prefix}.fsdp_config.optimizer_offload={actor.optimizer_offload}",
-        f"{prefix}.checkpoint.save_contents={_hydra_list(contents)}",
+        f"{prefix}.checkpoint.save_contents={hydra_list(contents)}",
         f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={ref.log_prob_micro_batch_size_per_gpu}",
         f"actor_rollout_ref.ref.fsdp_config.param_offload={ref.param_offload}",
     ] + _token_budget_keys(cfg)
@@ -137,7 +135,7 @@ def _critic_keys(cfg: PPOConfig) -> list[str]:
         f"critic.ppo_micro_batch_size_per_gpu={critic.micro_batch_size_per_gpu}",
         f"critic.fsdp.param_offload={critic.param_offload}",
         f"critic.fsdp.optimizer_offload={critic.optimizer_offload}",
-        f"critic.checkpoint.save_contents={_hydra_list(contents)}",
+        f"critic.checkpoint.save_contents={hydra_list(contents)}",
         f"trainer.critic_warmup={critic.warmup_steps}",
     ] + _critic_budget_keys(cfg)
 
@@ -198,9 +196,9 @@ def _trainer_keys(cfg: PPOConfig) -> list[str]:
         f"trainer.val_before_train={trainer.val_before_train}",
         f"trainer.resume_mode={trainer.resume_mode}",
         f"trainer.logger=[{','.join(trainer.loggers)}]",
-        f"trainer.project_name={trainer.project_name}",
-        f"trainer.experiment_name={trainer.experiment_name}",
-        f"trainer.default_local_dir={checkpoint_dir(cfg)}",
+        f"trainer.project_name={hydra_value(trainer.project_name)}",
+        f"trainer.experiment_name={hydra_value(trainer.experiment_name)}",
+        f"trainer.default_local_dir={hydra_value(checkpoint_dir(cfg))}",
         "trainer.device=cuda",
     ]
 

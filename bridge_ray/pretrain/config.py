@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from bridge_ray.config import LOGGERS, epochs_needed, too_small
+from bridge_ray.config import LOGGERS, epochs_needed, hydra_list, hydra_value, too_small
 from bridge_ray.errors import ConfigError
 from bridge_ray.sft.config import WorkersConfig, auto_workers_problems, strategy_problems
 
@@ -271,9 +271,6 @@ def epochs_for(cfg: PretrainConfig, num_sequences: int) -> int:
     return epochs_needed(cfg.trainer.total_steps, num_sequences, cfg.data.global_batch_size)[1]
 
 
-def _hydra_list(items) -> str:
-    return "[" + ",".join(f"'{item}'" for item in items) + "]"
-
 
 def to_verl_overrides(cfg: PretrainConfig, train_shards, val_shards=(), total_epochs: int = 1) -> list[str]:
     """verl Hydra overrides for ``sft_trainer_engine`` (verl 0.9.1). The only place with verl key names here.
@@ -285,15 +282,15 @@ def to_verl_overrides(cfg: PretrainConfig, train_shards, val_shards=(), total_ep
     """
     model, data, optim, workers, trainer = cfg.model, cfg.data, cfg.optim, cfg.workers, cfg.trainer
     return [
-        f"model.path={init_dir(cfg)}",
+        f"model.path={hydra_value(init_dir(cfg))}",
         "model.use_remove_padding=False",
         f"model.enable_gradient_checkpointing={model.gradient_checkpointing}",
         f"+model.override_config.attn_implementation={model.attn_implementation}",
         f"model.use_fused_kernels={model.fused_kernels}",
         "model.fused_kernel_options.impl_backend=torch",
         f"model.use_liger={model.liger}",
-        f"data.train_files={_hydra_list(train_shards)}",
-        f"data.val_files={_hydra_list(val_shards) if val_shards else 'null'}",
+        f"data.train_files={hydra_list(train_shards)}",
+        f"data.val_files={hydra_list(val_shards) if val_shards else 'null'}",
         f"data.custom_cls.path={DATASET_MODULE}",
         f"data.custom_cls.name={DATASET_CLASS}",
         f"data.max_length={data.seq_len}",
@@ -314,9 +311,9 @@ def to_verl_overrides(cfg: PretrainConfig, train_shards, val_shards=(), total_ep
         f"optim.lr_warmup_steps={optim.warmup_steps}",
         f"optim.min_lr_ratio={optim.min_lr_ratio}",
         *(["optim.override_optimizer_config={fused:true}"] if optim.fused else []),
-        f"trainer.default_local_dir={checkpoint_dir(cfg)}",
-        f"trainer.project_name={trainer.project_name}",
-        f"trainer.experiment_name={trainer.experiment_name}",
+        f"trainer.default_local_dir={hydra_value(checkpoint_dir(cfg))}",
+        f"trainer.project_name={hydra_value(trainer.project_name)}",
+        f"trainer.experiment_name={hydra_value(trainer.experiment_name)}",
         f"trainer.total_epochs={total_epochs}",
         f"trainer.total_training_steps={trainer.total_steps}",
         f"trainer.logger=[{','.join(trainer.loggers)}]",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 from bridge_ray.cluster.records import home_dir
-from bridge_ray.config import too_small, trainer_problems
+from bridge_ray.config import hydra_list, hydra_value, too_small, trainer_problems
 from bridge_ray.errors import ConfigError, PreflightError
 from bridge_ray.platforms.env import ATTENTION_PLUGIN
 from bridge_ray.sft.hardware import resolve
@@ -363,9 +363,6 @@ def checkpoint_dir(cfg: SFTConfig) -> Path:
     return Path(cfg.trainer.output_dir) / "checkpoints"
 
 
-def _hydra_list(items: tuple[str, ...]) -> str:
-    return "[" + ",".join(f"'{item}'" for item in items) + "]"
-
 
 def _null(value) -> str:
     return "null" if value is None else str(value)
@@ -374,8 +371,8 @@ def _null(value) -> str:
 def _model_overrides(model: ModelConfig) -> list[str]:
     fused = model.kernels in ("fused", "liger+fused")
     return [
-        f"model.path={model.path}",
-        f"model.tokenizer_path={_null(model.tokenizer_path)}",
+        f"model.path={hydra_value(model.path)}",
+        f"model.tokenizer_path={hydra_value(model.tokenizer_path)}",
         f"model.use_remove_padding={model.use_remove_padding}",
         f"model.enable_gradient_checkpointing={model.gradient_checkpointing}",
         f"+model.override_config.attn_implementation={model.attn_implementation}",
@@ -412,9 +409,9 @@ def to_verl_overrides(cfg: SFTConfig) -> list[str]:
     model, data, optim, workers, trainer = cfg.model, cfg.data, cfg.optim, cfg.workers, cfg.trainer
     return [
         *_model_overrides(model),
-        f"data.train_files={_hydra_list(data.train_files)}",
-        f"data.val_files={_hydra_list(data.val_files) if data.val_files else 'null'}",
-        f"data.messages_key={data.messages_key}",
+        f"data.train_files={hydra_list(data.train_files)}",
+        f"data.val_files={hydra_list(data.val_files) if data.val_files else 'null'}",
+        f"data.messages_key={hydra_value(data.messages_key)}",
         *_batch_overrides(data),
         f"data.max_length={data.max_length}",
         f"data.pad_mode={data.pad_mode}",
@@ -429,9 +426,9 @@ def to_verl_overrides(cfg: SFTConfig) -> list[str]:
         f"optim.clip_grad={optim.clip_grad}",
         f"optim.lr_warmup_steps_ratio={optim.warmup_ratio}",
         *(["optim.override_optimizer_config={fused:true}"] if optim.fused else []),
-        f"trainer.default_local_dir={checkpoint_dir(cfg)}",
-        f"trainer.project_name={trainer.project_name}",
-        f"trainer.experiment_name={trainer.experiment_name}",
+        f"trainer.default_local_dir={hydra_value(checkpoint_dir(cfg))}",
+        f"trainer.project_name={hydra_value(trainer.project_name)}",
+        f"trainer.experiment_name={hydra_value(trainer.experiment_name)}",
         f"trainer.total_epochs={trainer.total_epochs}",
         f"trainer.total_training_steps={_null(trainer.total_steps)}",
         f"trainer.logger=[{','.join(trainer.loggers)}]",
