@@ -506,3 +506,19 @@ def test_a_step_clock_lap_is_the_time_since_the_last_lap_by_each_clock():
     assert busy["step_time_s"] >= busy["thread_cpu_time_s"] - 0.01
     assert idle["step_time_s"] >= 0.2 and idle["thread_cpu_time_s"] < 0.1
     assert set(idle["thread_switches"]) == {"voluntary", "involuntary"} and idle["thread_switches"]["voluntary"] >= 1
+
+
+def test_a_failed_training_is_one_line_with_each_ranks_cause():
+    from ray.train import ControllerError
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from bridge_ray.sft.trainer import failure_summary
+
+    cause = "Traceback (most recent call last):\n  File \"x.py\", line 1\nTypeError: 'NoneType' object is not iterable\n"
+    err = WorkerGroupError("[Rank 0]\n" + cause, {0: RuntimeError(cause), 1: RuntimeError(cause),
+                                                 2: RuntimeError("OSError: disk full")})
+    assert str(err).splitlines()[0] == "Training failed due to worker errors:"  # what the line showed before
+    assert failure_summary(err) == ("ranks 0, 1: TypeError: 'NoneType' object is not iterable; rank 2: OSError: "
+                                    "disk full (the whole traceback is in the job's log)")
+    assert failure_summary(ControllerError(ValueError("bad\nworse"))) == "worse (the whole traceback is in the job's log)"
+    assert len(failure_summary(RuntimeError("x" * 5000))) == 600 + len(" (the whole traceback is in the job's log)")

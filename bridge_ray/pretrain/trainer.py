@@ -29,7 +29,7 @@ from bridge_ray.recipe import recipe_main
 from bridge_ray.runs import lifecycle
 from bridge_ray.sft.config import resolve_workers
 from bridge_ray.sft.preflight import workers_problem
-from bridge_ray.sft.trainer import TrainingFailed, check_env, connect, worker_env, write_metrics
+from bridge_ray.sft.trainer import TrainingFailed, check_env, connect, failure_summary, worker_env, write_metrics
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def fit(cfg: PretrainConfig) -> PretrainResult:
     try:
         result = build_trainer(cfg, overrides).fit()
     except Exception as err:  # Ray Train raises ControllerError / WorkerGroupError with the worker traceback
-        raise TrainingFailed(f"pretraining failed: {err}") from err
+        raise TrainingFailed(f"pretraining failed: {failure_summary(err)}") from err
     metrics = add_model_mfu(output_dir, write_metrics(output_dir, dict(result.metrics or {})))
     print(_summary(metrics), flush=True)
     lifecycle.record_metrics(metrics["final"])

@@ -198,7 +198,7 @@ def fit(cfg: SFTConfig) -> SFTResult:
     try:
         result = build_trainer(cfg).fit()
     except Exception as err:  # Ray Train raises ControllerError / WorkerGroupError with the worker traceback
-        raise TrainingFailed(f"SFT training failed: {err}") from err
+        raise TrainingFailed(f"SFT training failed: {failure_summary(err)}") from err
     metrics = write_metrics(output_dir, dict(result.metrics or {}))
     lifecycle.record_metrics(metrics["final"])
     if not cfg.trainer.save_checkpoint:
@@ -207,6 +207,27 @@ def fit(cfg: SFTConfig) -> SFTResult:
     model = lifecycle.finish_model(checkpoint_dir(cfg), output_dir, env=worker_env(cfg),
                                    hub_repo_id=cfg.trainer.hub_repo_id, hub_private=cfg.trainer.hub_private)
     return SFTResult(output_dir, model.checkpoint, model.hf_model, metrics, model.sample)
+
+
+def failure_summary(err: Exception, limit: int = 600) -> str:
+    """One line for a failed ``TrainerFit``: each failed rank's last exception line (Ray Train's own message puts
+    the workers' tracebacks after a line break, which left "worker errors:" and nothing else on the error line)."""
+    failures = getattr(err, "worker_failures", None) or {}
+    by_cause: dict[str, list[int]] = {}
+    for rank, exc in sorted(failures.items()):
+        by_cause.setdefault(_last_line(exc), []).append(rank)
+    if by_cause:
+        text = "; ".join(f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}: {cause}"
+                         for cause, ranks in by_cause.items())
+    else:
+        text = _last_line(getattr(err, "controller_failure", None) or err)
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return f"{text} (the whole traceback is in the job's log)"
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def dry_run(cfg: SFTConfig) -> dict:
