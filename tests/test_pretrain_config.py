@@ -66,7 +66,7 @@ def test_liger_on_workers_without_it_is_one_line():
 
 def test_bad_values_are_listed_together(tmp_path):
     cfg = tiny(tmp_path, "model.shape=huge", "data.global_batch_size=6", "optim.warmup_steps=20",
-               "trainer.output_dir=run", "workers.strategy=fsdp", "model.liger=true")
+               "trainer.output_dir=run", "workers.strategy=fsdp", "model.liger=true", "trainer.test_freq=8")
     with pytest.raises(ConfigError) as err:
         pretrain.validate(cfg)
     assert err.value.problems == [
@@ -78,6 +78,8 @@ def test_bad_values_are_listed_together(tmp_path):
         "CPU workers (workers.gpus_per_worker=0)",
         "pretrain.trainer.output_dir='run' must be an absolute path (relative paths land in Ray's unpacked working_dir)",
         "pretrain.optim.warmup_steps=20 must be below trainer.total_steps=16",
+        "pretrain.trainer.test_freq=8 validates on pretrain.data.val_files, which is empty: give "
+        "pretrain.data.val_files=[/abs/val_file], or set pretrain.trainer.test_freq=-1",
     ]
 
 

@@ -265,6 +265,9 @@ def test_unknown_override_names_the_group_keys():
      "model.compile_layers=true needs workers.strategy=fsdp2 (FSDP1 wraps each layer's forward in its own): set "
      "sft.workers.strategy=fsdp2, or sft.model.compile_layers=false"),
     ({"model.compile_layers": "yes please"}, "model.compile_layers='yes please' is not a boolean: use true or false"),
+    ({"data.val_files": "[]", "trainer.test_freq": "2"},
+     "sft.trainer.test_freq=2 validates on sft.data.val_files, which is empty: give sft.data.val_files=[/abs/val_file], "
+     "or set sft.trainer.test_freq=-1"),
     ({"optim.lr": "-1"}, "optim.lr=-1.0 must be > 0, e.g. sft.optim.lr=1e-5"),
     ({"optim.warmup_ratio": "1.5"}, "optim.weight_decay=0.01 must be >= 0, optim.clip_grad=1.0 > 0 and "
                                     "optim.warmup_ratio=1.5 in [0, 1)"),

@@ -18,7 +18,7 @@ from typing import Literal, Optional
 
 from bridge_ray.config import LOGGERS, epochs_needed, hydra_list, hydra_value, too_small
 from bridge_ray.errors import ConfigError
-from bridge_ray.sft.config import WorkersConfig, auto_workers_problems, strategy_problems
+from bridge_ray.sft.config import WorkersConfig, auto_workers_problems, strategy_problems, validation_problem
 
 DATASET_MODULE = "pkg://bridge_ray.pretrain.dataset"
 DATASET_CLASS = "PackedTextDataset"
@@ -115,14 +115,16 @@ class PretrainConfig:
 
 
 def pretrain_tiny_cpu(tokenizer_path: str, train_files, val_files, output_dir: str) -> PretrainConfig:
-    """A tiny Llama on 2 CPU workers (fp32, gloo): 16 steps of 8 sequences of 128 tokens; tests and demo."""
+    """A tiny Llama on 2 CPU workers (fp32, gloo): 16 steps of 8 sequences of 128 tokens, validated every 8 when
+    there are ``val_files``; tests and demo."""
+    val_files = tuple(val_files)
     return PretrainConfig(
         model=ModelConfig(shape="tiny", tokenizer_path=tokenizer_path, dtype="float32"),
-        data=DataConfig(train_files=tuple(train_files), val_files=tuple(val_files), seq_len=128,
+        data=DataConfig(train_files=tuple(train_files), val_files=val_files, seq_len=128,
                         global_batch_size=8, micro_batch_size_per_worker=4),
         optim=OptimConfig(lr=1e-2, warmup_steps=2, weight_decay=0.01),
         workers=WorkersConfig(num_workers=2, cpus_per_worker=1),
-        trainer=TrainerConfig(output_dir=output_dir, total_steps=16, save_freq=8, test_freq=8,
+        trainer=TrainerConfig(output_dir=output_dir, total_steps=16, save_freq=8, test_freq=8 if val_files else -1,
                               experiment_name="tiny-cpu"),
     )
 
@@ -245,7 +247,8 @@ def validate(cfg: PretrainConfig) -> PretrainConfig:
                     "pretrain.model.liger=false"] if cfg.model.liger and not cfg.workers.use_gpu else [])
                 + _batch_problems(cfg.data, cfg.workers) + strategy_problems(cfg.workers, "pretrain")
                 + auto_workers_problems(cfg.workers, "pretrain")
-                + _trainer_problems(cfg.trainer, cfg.optim))
+                + _trainer_problems(cfg.trainer, cfg.optim)
+                + validation_problem(cfg.trainer.test_freq, cfg.data.val_files, "pretrain"))
     if problems:
         raise ConfigError(problems)
     return cfg

@@ -170,7 +170,7 @@ def sft_tiny_cpu(model_dir: str, train_file: str, val_file: str | None, output_d
         ),
         optim=OptimConfig(lr=1e-3),
         workers=WorkersConfig(num_workers=2, cpus_per_worker=1),
-        trainer=TrainerConfig(output_dir=output_dir, total_steps=6, save_freq=3, test_freq=3,
+        trainer=TrainerConfig(output_dir=output_dir, total_steps=6, save_freq=3, test_freq=3 if val_file else -1,
                               experiment_name="tiny-cpu"),
     )
 
@@ -269,6 +269,14 @@ def _model_problems(model: ModelConfig, workers: WorkersConfig) -> list[str]:
     return problems
 
 
+def validation_problem(test_freq: int, val_files, prefix: str) -> list[str]:
+    """verl validates every ``test_freq`` steps on the val files; with none it fails at that step (a TypeError)."""
+    if test_freq > 0 and not val_files:
+        return [f"{prefix}.trainer.test_freq={test_freq} validates on {prefix}.data.val_files, which is empty: give "
+                f"{prefix}.data.val_files=[/abs/val_file], or set {prefix}.trainer.test_freq=-1"]
+    return []
+
+
 def _data_problems(data: DataConfig) -> list[str]:
     problems = [] if data.train_files else ["data.train_files is empty: set sft.data.train_files=[/abs/train.parquet]"]
     if (data.prompt_key is None) != (data.response_key is None):
@@ -351,6 +359,7 @@ def validate(cfg: SFTConfig) -> SFTConfig:
         ConfigError: listing every problem found, each with its fix.
     """
     problems = (_model_problems(cfg.model, cfg.workers) + _data_problems(cfg.data)
+                + validation_problem(cfg.trainer.test_freq, cfg.data.val_files, "sft")
                 + (_workers_problems(cfg.workers) or _batch_problems(cfg.data, cfg.workers))
                 + _optim_problems(cfg.optim) + _trainer_problems(cfg.trainer))
     if problems:
