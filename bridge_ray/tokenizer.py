@@ -62,7 +62,9 @@ class TokenizerConfig:
         max_sentence_length: longer sentences (in bytes) are skipped by sentencepiece.
         num_cpus: CPUs of the Ray task that trains.
         num_threads: sentencepiece threads; 0 means the task's CPUs.
-        output_dir: absolute folder for the model files.
+        output_dir: absolute folder for the model files: new, empty, or holding this tokenizer already (then
+            a rerun with the same settings and input files trains nothing).
+        overwrite: write into an ``output_dir`` that holds other files or a tokenizer trained otherwise.
     """
 
     files: tuple[str, ...] = ()
@@ -76,6 +78,7 @@ class TokenizerConfig:
     num_cpus: int = 1
     num_threads: int = 0
     output_dir: str = ""
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,9 +110,68 @@ def validate(cfg: TokenizerConfig) -> TokenizerConfig:
         problems.append(f"tokenizer.character_coverage={cfg.character_coverage} must be in (0, 1]")
     problems += too_small(1, {"tokenizer.num_cpus": cfg.num_cpus})
     problems += too_small(0, {"tokenizer.num_threads": cfg.num_threads}, " (0: the task's CPUs)")
+    if not problems and (problem := output_problem(cfg)):
+        problems.append(problem)
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+STAMP_FILE = "bridge_ray_tokenizer.json"
+# What train_here writes: a folder holding only these (and no stamp) is an unfinished run of its own.
+OWN_FILES = frozenset({MODEL_FILE, "tokenizer.vocab", "tokenizer.json", "tokenizer_config.json",
+                       "special_tokens_map.json", "chat_template.jinja", STAMP_FILE})
+_NOT_SETTINGS = frozenset({"output_dir", "num_cpus", "num_threads", "overwrite"})  # the same tokenizer either way
+
+
+def _stamp(cfg: TokenizerConfig) -> dict:
+    """The settings that make the tokenizer, and each input file's size and modification time."""
+    inputs = [[path, os.stat(path).st_size, os.stat(path).st_mtime_ns] for path in cfg.files if os.path.isfile(path)]
+    return {**dataclasses.asdict(cfg), "inputs": inputs}
+
+
+def _differences(saved: dict, cfg: TokenizerConfig) -> list[str]:
+    now = json.loads(json.dumps(_stamp(cfg)))  # as the stamp file holds it (lists, not tuples)
+    changed = [k for k in now if k not in _NOT_SETTINGS and k != "inputs" and saved.get(k, now[k]) != now[k]]
+    if saved.get("inputs") != now["inputs"]:
+        changed.append("the input files (their list, sizes or times)")
+    return changed
+
+
+def _saved_stamp(out: Path) -> dict | None:
+    try:
+        saved = json.loads((out / STAMP_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def trained_before(cfg: TokenizerConfig) -> bool:
+    """Whether ``output_dir`` holds the tokenizer these settings and input files make (a finished earlier run)."""
+    out = Path(cfg.output_dir)
+    saved = _saved_stamp(out)
+    return saved is not None and (out / MODEL_FILE).is_file() and not _differences(saved, cfg)
+
+
+def output_problem(cfg: TokenizerConfig) -> str | None:
+    """Why training into ``output_dir`` would overwrite or mix with something (without ``overwrite``); None if not."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        return f"tokenizer.output_dir={out} is a file: give a folder"
+    if cfg.overwrite or not out.is_dir():
+        return None
+    names = {p.name for p in out.iterdir()}
+    if not names or trained_before(cfg):
+        return None
+    saved = _saved_stamp(out)
+    if saved is not None:
+        return (f"tokenizer.output_dir={out} holds a tokenizer trained otherwise ({', '.join(_differences(saved, cfg))} "
+                "differ): choose a new folder, or set tokenizer.overwrite=true to replace it")
+    if names <= OWN_FILES:
+        return None  # an unfinished run of this trainer: nothing of anyone else's
+    shown = ", ".join(sorted(names)[:4]) + (", ..." if len(names) > 4 else "")
+    return (f"tokenizer.output_dir={out} is not empty ({shown}): the new tokenizer's files would replace or sit beside "
+            "those; choose a new or empty folder, or set tokenizer.overwrite=true")
 
 
 def sentences(cfg: TokenizerConfig) -> Iterator[str]:
@@ -189,8 +251,14 @@ def train_here(cfg: TokenizerConfig, threads: int | None = None) -> TokenizerRes
         raise _vocab_error(cfg, err) from None
     (out / "tokenizer.vocab").unlink(missing_ok=True)
     hf_tokenizer(out / MODEL_FILE).save_pretrained(out)
+    (out / STAMP_FILE).write_text(json.dumps(_stamp(cfg), indent=2))
+    return _result(out)
+
+
+def _result(out: Path) -> TokenizerResult:
+    import sentencepiece as spm
+
     size = spm.SentencePieceProcessor(model_file=str(out / MODEL_FILE)).get_piece_size()
-    (out / "bridge_ray_tokenizer.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     return TokenizerResult(out, out / MODEL_FILE, size, _digest(out))
 
 
@@ -243,6 +311,11 @@ def train(cfg: TokenizerConfig) -> TokenizerResult:
     check_text_files(cfg.files, cfg.text_key, "tokenizer.files")
     driver.connect()
     lifecycle.start(cfg.output_dir)  # no checkpoint, so no finish_model: the tokenizer is the output dir
+    if trained_before(cfg):
+        result = _result(Path(cfg.output_dir))
+        print(f"[bridge-ray] tokenizer: {result.output_dir} holds it already (the same settings and input files): "
+              f"{result.vocab_size} pieces ({cfg.model_type}); nothing trained", flush=True)
+        return result
     fits(cfg, driver.alive_nodes())
     outcome = ray.get(ray.remote(num_cpus=cfg.num_cpus)(_task).remote(cfg))
     if isinstance(outcome, str):

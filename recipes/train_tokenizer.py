@@ -11,7 +11,8 @@ The older workflow's tokenizer (its spm_train flags, on your jsonl files, 16 thr
         tokenizer.output_dir=/abs/tokenizer
 
 Keys (``tokenizer.<key>=value``): files, text_key, model_type (unigram|bpe), vocab_size,
-input_sentence_size, shuffle_input_sentence, character_coverage, num_cpus, num_threads, output_dir.
+input_sentence_size, shuffle_input_sentence, character_coverage, num_cpus, num_threads, output_dir (new, empty, or
+this tokenizer's own: a rerun with the same settings trains nothing), overwrite.
 """
 import sys
 

@@ -4,6 +4,7 @@ The Ray-task path (``tokenizer.train``) runs in the chain test on a real local c
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -75,6 +76,44 @@ def test_bad_values_are_listed_together():
         "tokenizer.character_coverage=2.0 must be in (0, 1]",
         "tokenizer.num_cpus=0 must be >= 1",
     ]
+
+
+def test_an_output_dir_holding_something_else_is_refused_and_a_rerun_trains_nothing(shards, trained, tmp_path):
+    """The tokenizer was written into any folder: a merged model's tokenizer.json was replaced silently, and a
+    rerun with another vocabulary replaced a finished tokenizer."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "tokenizer.json").write_text("{}")
+    cfg = tokenizer.TokenizerConfig(files=shards, vocab_size=300, output_dir=str(model))
+    with pytest.raises(ConfigError) as err:
+        tokenizer.validate(cfg)
+    assert err.value.problems == [
+        f"tokenizer.output_dir={model} is not empty (config.json, tokenizer.json): the new tokenizer's files would "
+        "replace or sit beside those; choose a new or empty folder, or set tokenizer.overwrite=true"]
+    assert tokenizer.validate(tokenizer.TokenizerConfig(files=shards, vocab_size=300, output_dir=str(model),
+                                                        overwrite=True))
+    done = tokenizer.TokenizerConfig(files=shards, model_type=trained.output_dir.name.rstrip("0123456789"),
+                                     vocab_size=300, num_threads=2, output_dir=str(trained.output_dir))
+    assert tokenizer.trained_before(done) and tokenizer.validate(done)  # the same settings: a rerun is fine
+    assert tokenizer.trained_before(dataclasses.replace(done, num_threads=1, num_cpus=4))  # not a setting of the model
+    other = dataclasses.replace(done, vocab_size=400, text_key="body")
+    with pytest.raises(ConfigError) as err:
+        tokenizer.validate(other)
+    assert err.value.problems == [
+        f"tokenizer.output_dir={trained.output_dir} holds a tokenizer trained otherwise (text_key, vocab_size differ): "
+        "choose a new folder, or set tokenizer.overwrite=true to replace it"]
+    fewer = dataclasses.replace(done, files=shards[:1])
+    assert not tokenizer.trained_before(fewer)
+    assert "(files, the input files (their list, sizes or times) differ)" in str(pytest.raises(
+        ConfigError, tokenizer.validate, fewer).value)
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "tokenizer.model").write_bytes(b"cut short")
+    assert tokenizer.output_problem(dataclasses.replace(done, output_dir=str(unfinished))) is None
+    (tmp_path / "file").write_text("")
+    assert tokenizer.output_problem(dataclasses.replace(done, output_dir=str(tmp_path / "file"))) == (
+        f"tokenizer.output_dir={tmp_path / 'file'} is a file: give a folder")
 
 
 def recipe(*args, home):
