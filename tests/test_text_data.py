@@ -37,14 +37,24 @@ def test_bad_text_files_are_one_line_each(tmp_path):
     empty.write_text("")
     bad_json = tmp_path / "bad.jsonl"
     bad_json.write_text('{"text": "ok"}\n{oops\n')
+    number = write_jsonl(tmp_path / "n.jsonl", [{"text": 5}])
+    not_parquet = tmp_path / "bad.parquet"
+    not_parquet.write_text("notparquet\n")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError) as err:
-        check_text_files([missing_field, empty, tmp_path / "nope.jsonl", tmp_path / "x.csv", bad_json])
+        check_text_files([missing_field, empty, tmp_path / "nope.jsonl", tmp_path / "x.csv", bad_json, number,
+                          not_parquet, latin])
     assert err.value.problems == [
         f"{missing_field}: line 1 has no text field 'text' (it has: content, id); set data.text_key=content",
         f"{empty}: no text in it (empty, or every 'text' is blank); pass files that hold text",
         f"{tmp_path / 'nope.jsonl'}: no such file; pass existing .jsonl, .txt or .parquet files",
         f"{tmp_path / 'x.csv'}: unsupported file type '.csv'; use .jsonl (a text field), .txt or .parquet",
         f"{bad_json}: line 2 is not valid JSON (Expecting property name enclosed in double quotes); fix or remove it",
+        f"{number}: line 1: field 'text' holds int 5, not text; each row's 'text' must be a string",
+        f"{not_parquet}: not a readable parquet file (Parquet magic bytes not found in footer. Either the file is "
+        "corrupted or this is not a parquet file.); pass a parquet file, or the text as .jsonl or .txt",
+        f"{latin}: not UTF-8 text (byte 3: invalid continuation byte); convert it to UTF-8",
     ]
     with pytest.raises(ConfigError, match=r"^tokenizer.files is empty: pass one or more .jsonl/.txt/.parquet files$"):
         check_text_files([], what="tokenizer.files")

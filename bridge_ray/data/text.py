@@ -60,6 +60,9 @@ def _jsonl_documents(path: Path, text_key: str, key: str) -> Iterator[str]:
             except json.JSONDecodeError as err:
                 raise ConfigError(f"{path}: line {number} is not valid JSON ({err.msg}); fix or remove it") from None
             text = _field(row, text_key) if isinstance(row, dict) else None
+            if text is not None and not isinstance(text, str):
+                raise ConfigError(f"{path}: line {number}: field {text_key!r} holds {type(text).__name__} "
+                                  f"{json.dumps(text)[:40]}, not text; each row's {text_key!r} must be a string")
             if not isinstance(text, str):
                 found = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
                 strings = sorted(k for k, v in row.items() if isinstance(v, str)) if isinstance(row, dict) else []
@@ -83,15 +86,27 @@ def _txt_documents(path: Path) -> Iterator[str]:
 
 
 def _parquet_documents(path: Path, text_key: str, key: str) -> Iterator[str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(path)
-    if text_key not in parquet.schema_arrow.names:
-        strings = [f.name for f in parquet.schema_arrow if str(f.type) in ("string", "large_string")]
-        raise ConfigError(f"{path}: no column {text_key!r} (it has: {', '.join(parquet.schema_arrow.names)}); "
-                          f"{_key_hint(strings, key)}")
-    for batch in parquet.iter_batches(columns=[text_key], batch_size=1024):
-        yield from (text for text in batch.column(0).to_pylist() if isinstance(text, str) and text.strip())
+    try:
+        parquet = pq.ParquetFile(path)
+        if text_key not in parquet.schema_arrow.names:
+            strings = [f.name for f in parquet.schema_arrow if str(f.type) in ("string", "large_string")]
+            raise ConfigError(f"{path}: no column {text_key!r} (it has: {', '.join(parquet.schema_arrow.names)}); "
+                              f"{_key_hint(strings, key)}")
+        for batch in parquet.iter_batches(columns=[text_key], batch_size=1024):
+            yield from (text for text in batch.column(0).to_pylist() if isinstance(text, str) and text.strip())
+    except (pa.ArrowException, OSError) as err:
+        raise ConfigError(f"{path}: not a readable parquet file ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                          "pass a parquet file, or the text as .jsonl or .txt") from None
+
+
+def _decoded(documents: Iterator[str], path: Path) -> Iterator[str]:
+    try:
+        yield from documents
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); convert it to UTF-8") from None
 
 
 def documents(path: str | Path, text_key: str = "text", key: str = "text_key") -> Iterator[str]:
@@ -106,10 +121,10 @@ def documents(path: str | Path, text_key: str = "text", key: str = "text_key") -
     if not path.is_file():
         raise ConfigError(f"{path}: no such file; pass existing .jsonl, .txt or .parquet files")
     if path.suffix == ".jsonl":
-        return _jsonl_documents(path, text_key, key)
+        return _decoded(_jsonl_documents(path, text_key, key), path)
     if path.suffix == ".parquet":
         return _parquet_documents(path, text_key, key)
-    return _txt_documents(path)
+    return _decoded(_txt_documents(path), path)
 
 
 def iter_documents(paths: Sequence[str | Path], text_key: str = "text") -> Iterator[str]:
