@@ -70,7 +70,8 @@ def build_assets(work: Path, shape: str) -> dict[str, str]:
     """Synthetic GSM8K RL parquets + a random-init Llama of ``shape`` with the demo tokenizer (cached)."""
     from bridge_ray.models.assets import build_demo_assets
 
-    files = {k: str(v) for k, v in build_demo_assets(work / "assets", shape="tiny" if shape == "small" else shape,
+    folder = work / ("assets" if shape == "small" else f"assets-{shape}")  # one folder a shape: built once each
+    files = {k: str(v) for k, v in build_demo_assets(folder, shape="tiny" if shape == "small" else shape,
                                                      num_train=1024, num_val=64).items()}
     if shape != "small":
         return files

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from bridge_ray.errors import ConfigError
+from bridge_ray.data import read_rows
 from bridge_ray.models.assets import build_demo_assets, build_llama, llama_config
 
 CONVERSATION = [{"role": "user", "content": "What is 12 * 34?"},
@@ -69,6 +70,15 @@ def test_demo_assets_are_reused_until_arguments_change(demo, tmp_path):
     assert weights.stat().st_mtime_ns == built_at
     other = build_demo_assets(tmp_path, num_train=16, num_val=4, seed=1)
     assert other["train"].is_file() and (tmp_path / "bridge_ray_assets.json").is_file()
+    data_at = other["train"].stat().st_mtime_ns
+    with pytest.raises(ConfigError) as err:  # rebuilt silently before, under runs that read them
+        build_demo_assets(tmp_path, num_train=8, num_val=4, seed=1)
+    assert str(err.value) == (f"{tmp_path} holds demo assets built with other options (num_train 16, not 8): rebuild "
+                              f"them with `bridge-ray assets demo {tmp_path} --shape tiny --num-train 8 --num-val 4 "
+                              "--overwrite` (runs that read them see the new files), or give another folder")
+    assert other["train"].stat().st_mtime_ns == data_at
+    assert build_demo_assets(tmp_path, num_train=8, num_val=4, seed=1, overwrite=True) == other
+    assert len(read_rows(other["train"])) == 8
 
 
 def test_cli_assets_demo_as_a_user_runs_it(demo):

@@ -140,11 +140,11 @@ def test_gsm8k_library_refuses_val_with_the_hub(tmp_path):
 
 
 def test_demo_assets_still_rebuild_their_data_in_place(tmp_path, monkeypatch):
-    """`build_demo_assets` regenerates data/ over an older build (a changed stamp): it must keep working."""
+    """`build_demo_assets(..., overwrite=True)` regenerates data/ over a build with other arguments."""
     monkeypatch.setattr(assets, "build_tokenizer", lambda *a, **k: None)
     monkeypatch.setattr(assets, "build_llama", lambda *a, **k: None)
     first = assets.build_demo_assets(tmp_path, num_train=8, num_val=2)
-    second = assets.build_demo_assets(tmp_path, num_train=9, num_val=2)
+    second = assets.build_demo_assets(tmp_path, num_train=9, num_val=2, overwrite=True)
     assert len(read_rows(second["train"])) == 9 and first["train"] == second["train"]
 
 

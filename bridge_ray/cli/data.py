@@ -90,11 +90,13 @@ def assets_group():
 @click.option("--shape", type=click.Choice(["tiny", "llama-3.2-1b"]), default="tiny", show_default=True)
 @click.option("--num-train", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--num-val", type=click.IntRange(min=1), default=128, show_default=True)
-def demo_assets_command(out_dir, shape, num_train, num_val):
-    """Tokenizer, model and synthetic GSM8K data in OUT_DIR (reused when already built)."""
+@click.option("--overwrite", is_flag=True, help="Rebuild assets built in OUT_DIR with other options.")
+def demo_assets_command(out_dir, shape, num_train, num_val, overwrite):
+    """Tokenizer, model and synthetic GSM8K data in OUT_DIR (reused when already built alike)."""
     from bridge_ray.models.assets import build_demo_assets
 
-    for name, path in build_demo_assets(out_dir, shape=shape, num_train=num_train, num_val=num_val).items():
+    for name, path in build_demo_assets(out_dir, shape=shape, num_train=num_train, num_val=num_val,
+                                        overwrite=overwrite).items():
         click.echo(f"{name:<9} {path}")
 
 

@@ -177,11 +177,13 @@ def demo_asset_paths(out_dir: str | Path) -> dict[str, Path]:
 
 
 def build_demo_assets(
-    out_dir: str | Path, shape: str = "tiny", num_train: int = 2000, num_val: int = 128, seed: int = 0
+    out_dir: str | Path, shape: str = "tiny", num_train: int = 2000, num_val: int = 128, seed: int = 0,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Tokenizer + model + synthetic GSM8K data for a demo run, reused when already built alike.
 
-    A stamp file records the arguments; when it matches and every file exists nothing is rebuilt.
+    A stamp file records the arguments; when it matches and every file exists nothing is rebuilt. Assets
+    built there with other arguments are rebuilt only with ``overwrite`` (runs may be reading them).
 
     Args:
         out_dir: Folder for ``model/`` and ``data/``.
@@ -189,13 +191,15 @@ def build_demo_assets(
         num_train: Synthetic training problems.
         num_val: Synthetic validation problems.
         seed: Seed for data, tokenizer corpus and weights.
+        overwrite: rebuild assets built in ``out_dir`` with other arguments.
 
     Returns:
         Paths keyed ``model`` (a folder for ``model.path``), ``train``, ``val`` (SFT parquets) and
         ``rl_train``, ``rl_val`` (RL parquets).
 
     Raises:
-        ConfigError: ``out_dir`` holds a ``model/`` or data files that no build of this function made there.
+        ConfigError: ``out_dir`` holds a ``model/`` or data files that no build of this function made there, or
+            (without ``overwrite``) assets built with other arguments.
 
     Example:
         >>> assets = build_demo_assets("outputs/demo")
@@ -203,8 +207,16 @@ def build_demo_assets(
     """
     out_dir = Path(out_dir)
     paths, stamp_path, stamp = demo_asset_paths(out_dir), out_dir / STAMP_NAME, _stamp(shape, num_train, num_val, seed)
-    if stamp_path.is_file() and _read_stamp(stamp_path) == stamp and _complete(paths):
+    saved = _read_stamp(stamp_path) if stamp_path.is_file() else None
+    if saved == stamp and _complete(paths):
         return paths
+    changed = [f"{key} {saved[key]}, not {value}" for key, value in stamp.items() if key != "version"
+               and isinstance(saved, dict) and saved.get("version") == STAMP_VERSION and saved.get(key) != value]
+    if changed and not overwrite:
+        options = f"--shape {shape} --num-train {num_train} --num-val {num_val}"
+        raise ConfigError(f"{out_dir} holds demo assets built with other options ({', '.join(changed)}): rebuild "
+                          f"them with `bridge-ray assets demo {out_dir} {options} --overwrite` (runs that read them "
+                          "see the new files), or give another folder")
     if not stamp_path.is_file():  # no build of ours was ever here: what is there is the user's
         theirs = [path for name, path in paths.items()
                   if ((path.is_dir() and any(path.iterdir())) if name == "model" else path.exists())]
