@@ -271,10 +271,31 @@ def test_a_config_that_exits_instead_of_returning_is_one_line_naming_it(tmp_path
         check_args(record, tmp_path, tmp_path / "exits.py", [], {})
     assert str(err.value) == ("exits.py's config() exited (sys.exit(3)) instead of returning its config(s): fix it, "
                               "or submit with --no-check if it only runs on the cluster")
+    (tmp_path / "says.py").write_text("import sys\n\n\ndef config(argv):\n    print('no GPU here', file=sys.stderr)\n"
+                                      "    sys.exit(1)\n")
+    with pytest.raises(RecipeError) as err:
+        check_args(record, tmp_path, tmp_path / "says.py", [], {})
+    assert str(err.value) == ("says.py's config() exited (sys.exit(1)) instead of returning its config(s) after "
+                              "printing 'no GPU here': fix it, or submit with --no-check if it only runs on the cluster")
     (tmp_path / "dies.py").write_text("import os\n\n\ndef config(argv):\n    os._exit(3)\n")
     with pytest.raises(RecipeError) as err:
         check_args(record, tmp_path, tmp_path / "dies.py", ["a=1"], {})
     assert str(err.value) == "dies.py a=1 exited with code 3 when checked here; nothing was submitted"
+
+
+def test_a_recipes_own_argparse_refusal_is_its_message_exit_2(tmp_path):
+    """`submit recipes/instruct_tune.py -- --preset nope` said the shipped recipe's config() "exited instead of
+    returning" and pointed at --no-check; argparse's own line said what was wrong."""
+    from bridge_ray.jobs.submission import check_args
+    from conftest import REPO
+
+    record = records.ClusterRecord(name="unit", backend="local", gcs_address="127.0.0.1:1",
+                                   dashboard_url="http://127.0.0.1:1")
+    with pytest.raises(ConfigError) as err:
+        check_args(record, REPO, REPO / "recipes" / "instruct_tune.py", ["--preset", "nope"], {})
+    assert str(err.value) == ("recipes/instruct_tune.py: argument --preset: invalid choice: 'nope' (choose from "
+                              "'instruct_1b', 'instruct_tiny_cpu') (see `python recipes/instruct_tune.py --help`)")
+    assert err.value.exit_code == 2
 
 
 def test_a_config_that_does_not_return_says_so_then_gives_up_and_leaves_nothing_running(tmp_path, monkeypatch, capsys):

@@ -22,9 +22,11 @@ other code is the recipe's own (an argparse error in ``config``, say).
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import importlib.abc
 import importlib.util
+import io
 import json
 import os
 import runpy
@@ -153,6 +155,21 @@ def _nodes() -> list[dict] | None:
     return nodes if isinstance(nodes, list) and nodes else None
 
 
+class _Tee(io.StringIO):
+    """Writes go to ``real`` as well; ``last_line()`` is the last non-empty line written."""
+
+    def __init__(self, real):
+        super().__init__()
+        self.real = real
+
+    def write(self, text: str) -> int:
+        self.real.write(text)
+        return super().write(text)
+
+    def last_line(self) -> str:
+        return next((line.strip() for line in reversed(self.getvalue().splitlines()) if line.strip()), "")
+
+
 def check(recipe: str, args: list[str]) -> int:
     """Build and validate the recipe's ``config(args)`` here; return the exit code (see the module docstring)."""
     from bridge_ray.models import assets
@@ -165,20 +182,27 @@ def check(recipe: str, args: list[str]) -> int:
     else:
         sys.meta_path.insert(0, _StopAtRayInit())
     assets.build_demo_assets = lambda out_dir, *_, **__: assets.demo_asset_paths(out_dir)
+    said = _Tee(sys.stderr)
     try:
-        validate(_load(recipe)["config"](list(args)), _nodes())
+        with contextlib.redirect_stderr(said):
+            configs = _load(recipe)["config"](list(args))
+        validate(configs, _nodes())
     except ReachedCluster:
         return 0
+    except SystemExit as err:  # config() must return its config(s); exiting would read as this check's own code
+        last = said.last_line()
+        if err.code == 2 and ": error: " in last:  # argparse refused the recipe's own arguments
+            print(f"error: {recipe}: {last.split(': error: ', 1)[1]} (see `python {recipe} --help`)", file=sys.stderr)
+            return 2
+        print(f"{recipe}'s config() exited (sys.exit({err.code!r})) instead of returning its config(s)"
+              + (f" after printing {last!r}" if last else ""), file=sys.stderr)
+        return FAILED_HERE
     except BridgeRayError as err:
         print(f"{err.prefix}{err}", file=sys.stderr)
         return err.exit_code
     except ImportError as err:
         print(f"cannot check {recipe} here: {err}", file=sys.stderr)
         return CANNOT_CHECK
-    except SystemExit as err:  # config() must return its config(s); exiting would read as this check's own code
-        print(f"{recipe}'s config() exited (sys.exit({err.code!r})) instead of returning its config(s)",
-              file=sys.stderr)
-        return FAILED_HERE
     except Exception as err:  # noqa: BLE001 - whatever the recipe raised, reported in one line
         print(f"{recipe} failed when checked here: {type(err).__name__}: {err}{_where(err, recipe)}", file=sys.stderr)
         return FAILED_HERE
