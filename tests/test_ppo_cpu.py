@@ -211,6 +211,10 @@ def test_a_finished_run_submitted_again_trains_nothing_and_keeps_its_model(ppo_r
     assert (f"error: {run_dir} already holds this run's last checkpoint (step 2 of 2): nothing to train; raise "
             "ppo.trainer.total_steps to train on from it, or give a new output dir to start over") in said
     assert not (run_dir / "checkpoints" / "global_step_3").exists() and model.stat().st_mtime_ns == before
+    import bridge_ray
+
+    refused = bridge_ray.load_run(re.search(r"submitted (\S+) to cluster", out.stdout).group(1))
+    assert not refused.output_dir and refused.last_step is None  # not the earlier run's metrics as its own
 
 
 def test_resume_with_more_steps_and_a_failing_recipe_reward(ppo_run, tmp_path):

@@ -188,3 +188,30 @@ def test_fused_log_probs_keep_the_batch_shape_of_fixed_length_sequences(tmp_path
     cfg = tiny(tmp_path, "model.fused_kernels=true")
     overrides = pretrain.to_verl_overrides(cfg, [str(tmp_path / "a.bin")])
     assert "model.use_fused_kernels=True" in overrides and "model.fused_kernel_options.impl_backend=torch" in overrides
+
+
+def test_resuming_checkpoints_of_another_init_model_is_refused_before_anything_is_written(tmp_path):
+    """Resubmitted with another tokenizer, a run rebuilt init/ for it, then verl failed on the checkpoint's
+    embedding size with a traceback, and the run folder no longer matched itself."""
+    from bridge_ray.pretrain.model import INIT_STAMP, init_stamp
+    from bridge_ray.pretrain.trainer import refuse_other_init
+
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text('{"vocab": 320}')
+    cfg = tiny(tmp_path)
+    refuse_other_init(cfg)  # a new run: nothing to compare
+    init = tmp_path / "run" / "init"
+    init.mkdir(parents=True)
+    (init / INIT_STAMP).write_text(json.dumps(init_stamp("tiny", tok, 128)))
+    (tmp_path / "run" / "checkpoints" / "global_step_2").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("2")  # verl's tracker
+    refuse_other_init(cfg)  # the same init model: resumes
+    (tok / "tokenizer.json").write_text('{"vocab": 400}')  # the tokenizer trained again into the same folder
+    with pytest.raises(ConfigError) as err:
+        refuse_other_init(pretrain.apply_overrides(cfg, ["data.seq_len=64"]))
+    assert str(err.value) == (f"{tmp_path / 'run'} holds checkpoints of a model built otherwise (the tokenizer's "
+                              "vocabulary, data.seq_len changed): resuming needs the same; give a new "
+                              "pretrain.trainer.output_dir to start over, or set the run's settings back")
+    refuse_other_init(pretrain.apply_overrides(cfg, ["data.seq_len=64", "trainer.resume_mode=disable"]))
+    assert json.loads((init / INIT_STAMP).read_text())["seq_len"] == 128  # nothing was rebuilt

@@ -232,10 +232,11 @@ def run(cfg: PPOConfig, reward: Callable | str | None = None) -> PPOResult:
     cfg, ship = _with_reward(validate(cfg), reward)
     connect()
     clock.lap("connect")
-    output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers,
-                                 hub_repo_id=cfg.trainer.hub_repo_id)
+    # before the run record names the output dir: a refused run must not show the earlier run's metrics as its own
     lifecycle.refuse_finished(checkpoint_dir(cfg), cfg.trainer.total_steps, cfg.trainer.resume_mode,
                               "ppo.trainer.total_steps")
+    output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers,
+                                 hub_repo_id=cfg.trainer.hub_repo_id)
     cfg, finish_preflight = preflight(cfg, ships_reward_code=bool(ship))  # the node probes run meanwhile
     clock.lap("cluster")
     try:

@@ -11,6 +11,7 @@ and torchtitan's convention: 6·N + 12·L·H·Q·T, N the parameters with tied e
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -58,11 +59,35 @@ def llama_config(shape: str, tokenizer, seq_len: int):
     )
 
 
+INIT_STAMP = "bridge_ray_init.json"
+
+
+def init_stamp(shape: str, tokenizer_dir: str | Path, seq_len: int, seed: int = 0) -> dict:
+    """What makes the init model: its shape, the tokenizer (folder and the digest of its ``tokenizer.json``), the
+    sequence length and the seed."""
+    vocab = Path(tokenizer_dir) / "tokenizer.json"
+    digest = hashlib.sha256(vocab.read_bytes()).hexdigest() if vocab.is_file() else None
+    return {"shape": shape, "tokenizer": str(tokenizer_dir), "tokenizer_sha256": digest, "seq_len": seq_len,
+            "seed": seed}
+
+
+def init_differences(out_dir: str | Path, stamp: dict) -> list[str]:
+    """The keys of ``stamp`` that differ from the init model saved in ``out_dir`` (none when there is none; a key an
+    older stamp lacks is not compared)."""
+    try:
+        saved = json.loads((Path(out_dir) / INIT_STAMP).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(saved, dict):
+        return []
+    return [key for key, value in stamp.items() if key in saved and saved[key] != value]
+
+
 def build_init_model(out_dir: str | Path, shape: str, tokenizer_dir: str | Path, seq_len: int, seed: int = 0) -> Path:
     """Save a random-init model of ``shape`` with the tokenizer in ``out_dir`` (fp32; reused if there)."""
     out_dir = Path(out_dir)
-    stamp = {"shape": shape, "tokenizer": str(tokenizer_dir), "seq_len": seq_len, "seed": seed}
-    stamp_file = out_dir / "bridge_ray_init.json"
+    stamp = init_stamp(shape, tokenizer_dir, seq_len, seed)
+    stamp_file = out_dir / INIT_STAMP
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
         return out_dir  # before torch and transformers are imported: a resubmitted run's driver is ready sooner
     import torch

@@ -65,6 +65,23 @@ def preflight(cfg: PretrainConfig) -> None:
             raise PreflightError(problem)
 
 
+def refuse_other_init(cfg: PretrainConfig) -> None:
+    """Refuse to resume checkpoints made from another init model (shape, tokenizer, sequence length or seed): the
+    new init model replaced the run's, and verl failed on the checkpoint's sizes with a traceback."""
+    from bridge_ray.models.checkpoints import latest_checkpoint
+    from bridge_ray.pretrain.model import init_differences, init_stamp
+
+    if cfg.trainer.resume_mode != "auto" or latest_checkpoint(checkpoint_dir(cfg)) is None:
+        return
+    stamp = init_stamp(cfg.model.shape, cfg.model.tokenizer_path, cfg.data.seq_len, cfg.model.init_seed)
+    if changed := init_differences(init_dir(cfg), stamp):
+        names = {"tokenizer_sha256": "the tokenizer's vocabulary", "tokenizer": "model.tokenizer_path",
+                 "shape": "model.shape", "seq_len": "data.seq_len", "seed": "model.init_seed"}
+        raise ConfigError(f"{cfg.trainer.output_dir} holds checkpoints of a model built otherwise "
+                          f"({', '.join(names.get(k, k) for k in changed)} changed): resuming needs the same; give a "
+                          "new pretrain.trainer.output_dir to start over, or set the run's settings back")
+
+
 def _num_sequences(shards, seq_len: int) -> int:
     tokens = sum(s.num_tokens for s in shards)
     return max(0, (tokens - 1) // (seq_len - 1))
@@ -171,10 +188,12 @@ def fit(cfg: PretrainConfig) -> PretrainResult:
                                                                experiment_name=experiment))
     connect()
     clock.lap("connect")
-    output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers,
-                                 hub_repo_id=cfg.trainer.hub_repo_id)
+    # before the run record names the output dir: a refused run must not show the earlier run's metrics as its own
     lifecycle.refuse_finished(checkpoint_dir(cfg), cfg.trainer.total_steps, cfg.trainer.resume_mode,
                               "pretrain.trainer.total_steps")
+    refuse_other_init(cfg)
+    output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers,
+                                 hub_repo_id=cfg.trainer.hub_repo_id)
     cfg = dataclasses.replace(cfg, workers=resolve_workers(cfg.workers, alive_nodes(), "pretrain"))
     preflight(cfg)
     clock.lap("preflight")

@@ -176,10 +176,11 @@ def fit(cfg: SFTConfig) -> SFTResult:
                                                                experiment_name=experiment))
     connect()
     clock.lap("connect")
-    output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers,
-                                 hub_repo_id=cfg.trainer.hub_repo_id)
+    # before the run record names the output dir: a refused run must not show the earlier run's metrics as its own
     lifecycle.refuse_finished(checkpoint_dir(cfg), cfg.trainer.total_steps, cfg.trainer.resume_mode,
                               "sft.trainer.total_steps")
+    output_dir = lifecycle.start(cfg.trainer.output_dir, loggers=cfg.trainer.loggers,
+                                 hub_repo_id=cfg.trainer.hub_repo_id)
     cfg = dataclasses.replace(cfg, workers=resolve_workers(cfg.workers, driver.alive_nodes(), "sft"))
     # The probe (15-19 s on a cluster's first run: CUDA, torch, liger, Triton imports) runs beside the preflight.
     probing = start_probe_workers() if hardware.needs_probe(cfg) else None
