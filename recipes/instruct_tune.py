@@ -1,4 +1,4 @@
-"""Instruction-tune a model on OpenAssistant-style conversations with the SFT path (verl SFT on Ray Train).
+r"""Instruction-tune a model on OpenAssistant-style conversations with the SFT path (verl SFT on Ray Train).
 
 The conversation trees (oasst ``*.trees.jsonl``, oasst message rows, or files with a ``messages``
 column) are flattened to message lists (the best-ranked reply at each turn), then fine-tuned on like
@@ -26,12 +26,14 @@ DEMO_CONVERSATIONS = records.home_dir() / "demo" / "conversations" / "trees.json
 
 
 def _arguments(argv: list[str]):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="instruct_tiny_cpu", choices=sorted(instruct.PRESETS))
     parser.add_argument("--model", default=str(records.home_dir() / "outputs" / "pretrain-tiny-cpu" / "hf"))
     parser.add_argument("--conversations", nargs="+", default=[str(DEMO_CONVERSATIONS)])
     parser.add_argument("--lang", help="keep this language only (oasst's lang field, e.g. en, ja)")
     parser.add_argument("--output-dir", default=str(records.home_dir() / "outputs" / "instruct"))
+    # preset=NAME, as the other recipes take it, or --preset NAME
+    argv = [f"--preset={a.split('=', 1)[1]}" if a.startswith("preset=") else a for a in argv]
     return parser.parse_known_args([a for a in argv if a not in ("--dry-run", "--")])
 
 

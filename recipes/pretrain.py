@@ -1,4 +1,4 @@
-"""Pretrain a Llama-style model from scratch on raw text: verl's FSDP engine on Ray Train workers.
+r"""Pretrain a Llama-style model from scratch on raw text: verl's FSDP engine on Ray Train workers.
 
 Run (default: the tiny model on offline template stories, 2 CPU workers, fp32/gloo; the demo text and
 tokenizer are made once under $BRIDGE_RAY_HOME/demo):

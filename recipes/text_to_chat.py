@@ -1,11 +1,12 @@
-"""Raw text to a published chat model, one command: tokenizer -> pretrain -> export (+ test prompt) ->
+r"""Raw text to a published chat model, one command: tokenizer -> pretrain -> export (+ test prompt) ->
 instruction-tune -> export -> upload. Each stage is recorded in RUN_DIR/stages.json and skipped on a rerun.
 
 Run (default: tiny everything on 2 CPU workers, offline stories and oasst-style trees made once under
-$BRIDGE_RAY_HOME/demo, run folder $BRIDGE_RAY_HOME/outputs/text-to-chat; no upload):
+$BRIDGE_RAY_HOME/demo, run folder $BRIDGE_RAY_HOME/outputs/text-to-chat-tiny-cpu; no upload):
 
     bridge-ray submit recipes/text_to_chat.py --follow
-    bridge-ray submit recipes/text_to_chat.py --follow --env HF_TOKEN=... -- hub_repo_id=my-org/tiny-chat
+    bridge-ray submit recipes/text_to_chat.py --follow -- hub_repo_id=my-org/tiny-chat
+        # with HF_TOKEN exported in your shell (never on a command line): the job gets it in a 0600 file
 
 The older workflow's run, on GPUs (your jsonl text and OpenAssistant trees on the shared filesystem):
 

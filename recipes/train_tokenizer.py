@@ -1,4 +1,4 @@
-"""Train a sentencepiece tokenizer (unigram or BPE) on raw text in a Ray task; saved for sentencepiece and transformers.
+r"""Train a sentencepiece tokenizer (unigram or BPE) on raw text in a Ray task; saved for sentencepiece and transformers.
 
 Run (default: offline template stories, written once under $BRIDGE_RAY_HOME/demo/text, 320 pieces):
 

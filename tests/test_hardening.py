@@ -577,6 +577,11 @@ def test_a_recipe_run_with_help_prints_its_docstring_and_builds_nothing(tmp_path
         out = subprocess.run([sys.executable, recipe, "--help"], cwd=REPO, env=env, capture_output=True, text=True,
                              timeout=HANG_GUARD_S)
         assert (out.returncode, out.stderr) == (0, "") and out.stdout.startswith(first), out
+    for recipe in ("recipes/train_tokenizer.py", "recipes/pretrain.py", "recipes/text_to_chat.py",
+                   "recipes/instruct_tune.py"):  # a command's continuation lines stay lines, not runs of spaces
+        out = subprocess.run([sys.executable, recipe, "--help"], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=HANG_GUARD_S)
+        assert out.returncode == 0 and " \\\n        " in out.stdout, out
     assert not (tmp_path / "home").exists()
 
 

@@ -296,6 +296,9 @@ def test_a_recipes_own_argparse_refusal_is_its_message_exit_2(tmp_path):
     assert str(err.value) == ("recipes/instruct_tune.py: argument --preset: invalid choice: 'nope' (choose from "
                               "'instruct_1b', 'instruct_tiny_cpu') (see `python recipes/instruct_tune.py --help`)")
     assert err.value.exit_code == 2
+    with pytest.raises(ConfigError) as again:  # preset=NAME, as the other recipes and its docstring take it
+        check_args(record, REPO, REPO / "recipes" / "instruct_tune.py", ["preset=nope"], {})
+    assert str(again.value) == str(err.value)
 
 
 def test_a_config_that_does_not_return_says_so_then_gives_up_and_leaves_nothing_running(tmp_path, monkeypatch, capsys):
