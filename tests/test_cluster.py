@@ -14,7 +14,7 @@ import pytest
 import bridge_ray
 from bridge_ray.cluster import records
 from bridge_ray.cluster import local, processes
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -116,6 +116,21 @@ def test_submit_prints_next_steps_and_logs(local_cluster):
     assert bridge_ray.Job(job_id, "ci").wait(timeout_s=120) == "SUCCEEDED"
     assert "cluster: 1 node(s)" in run_cli("logs", job_id, "--name", "ci").stdout
     assert run_cli("status", job_id, "--name", "ci").stdout.strip() == "SUCCEEDED"
+
+
+def test_status_of_an_ended_job_records_its_end_and_removes_its_secrets_file(local_cluster):
+    """Submitted without --follow, a job's end was recorded (and its secrets file removed) only by `runs` or the
+    next submit; `status ID`, `logs ID` and `list` showed it ended and left the HF_TOKEN file behind."""
+    from bridge_ray.jobs import credentials
+
+    out = run_cli("submit", "recipes/hello_cluster.py", "--name", "ci", env={"HF_TOKEN": "hf_seen_ending"})
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.split()[1]
+    secrets = credentials.env_file("ci", job_id)
+    assert secrets.is_file()
+    wait_for(lambda: run_cli("status", job_id, "--name", "ci").stdout.strip() == "SUCCEEDED", f"{job_id} to end")
+    assert not secrets.exists()
+    assert bridge_ray.load_run(job_id).status == "SUCCEEDED"
 
 
 def test_failing_recipe_exits_1_with_last_log_lines(local_cluster):

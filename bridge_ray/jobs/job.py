@@ -111,14 +111,33 @@ class Job:
             raise
 
     def status(self) -> str:
-        """The job's status name: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
-        return str(self.info().status.value)
+        """The job's status name: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED (an end is recorded as seen)."""
+        info = self.info()
+        self.seen(info)
+        return str(info.status.value)
 
     def logs(self) -> str:
-        """All of the job's driver log so far."""
-        self.info()
+        """All of the job's driver log so far (an end is recorded as seen)."""
+        info = self.info()
+        text = self._log_text()
+        self.seen(info, text)
+        return text
+
+    def _log_text(self) -> str:
         record, c = self._session(f"reading the log of job {self.submission_id}")
         return api_call(record, f"reading the log of job {self.submission_id}", c.get_job_logs, self.submission_id)
+
+    def seen(self, info, logs: str | None = None) -> None:
+        """``info`` (its JobDetails) shows the job ended and its run record does not say so yet: record the end,
+        which also removes the job's secrets file (README: "when the job is seen ending")."""
+        if str(info.status.value) not in runs.TERMINAL:
+            return
+        try:
+            run = runs.find_run(self.submission_id)
+        except BridgeRayError:  # an unreadable record: `runs` names it
+            return
+        if run is not None and run.status not in runs.TERMINAL:
+            self.record_end(info, logs)
 
     def follow(self, write: Callable[[str], None] = print) -> str:
         """Stream the log to ``write`` until the job ends; return the final status.
@@ -170,7 +189,7 @@ class Job:
         state = str(info.status.value)
         if state not in runs.TERMINAL:
             return state
-        logs = self.logs()
+        logs = self._log_text()
         run = self.record_end(info, logs)
         if state != "SUCCEEDED":
             tail = "" if streamed else "\n".join(logs.rstrip().splitlines()[-runs.LOG_TAIL_LINES:])
@@ -190,7 +209,7 @@ class Job:
         refresh of a run nobody saw ending."""
         state = str(info.status.value)
         if logs is None:
-            logs = self.logs()
+            logs = self._log_text()
         return runs.finish_run(self.submission_id, state, info.message or "", logs,
                                end_time=info.end_time / 1000 if info.end_time else None)
 
@@ -273,4 +292,7 @@ def list_jobs(cluster: str = DEFAULT_CLUSTER) -> list:
     record = records.load(cluster)
     c = _connected(record, "listing its jobs")
     jobs = api_call(record, "listing its jobs", c.list_jobs)
+    for job in jobs:
+        if job.submission_id:
+            Job(job.submission_id, cluster).seen(job)
     return sorted(jobs, key=lambda j: j.start_time or 0)
