@@ -102,14 +102,16 @@ def test_convert_holds_out_last_rows_without_val_source(tmp_path):
 
 
 def test_convert_bad_rows_name_file_and_row_and_write_nothing(tmp_path):
-    rows = [REAL_ROWS[0], {"question": "How many?"}, {"question": "How many?", "answer": "It is 4."}]
+    rows = [REAL_ROWS[0], {"question": "How many?"}, {"question": "How many?", "answer": "It is 4."},
+            {"question": 123, "answer": "#### 4"}]
     source = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(ConfigError) as caught:
         convert_gsm8k(source, tmp_path / "out", num_val=1)
     assert str(caught.value) == (
         f'{source} row 1: missing "answer" (each GSM8K row needs non-empty "question" and "answer" strings); '
         f'{source} row 2: the answer has no final "#### N" line (GSM8K answers end with e.g. "#### 72"); '
-        "fix or drop the row"
+        f'{source} row 3: "question" holds int 123, not text (each GSM8K row needs non-empty "question" and '
+        '"answer" strings)'
     )
     assert not (tmp_path / "out").exists()
 

@@ -55,7 +55,7 @@ def test_to_messages_refuses_an_existing_output_unless_overwrite(source, tmp_pat
     out = tmp_path / "sft.parquet"
     out.write_bytes(b"keep me")
     _refused(_cli("data", "to-messages", str(source), str(out), *PAIR),
-             f"{out} already exists: pass --overwrite (overwrite=True) to replace it, or write to another path")
+             f"{out} already exists: pass --overwrite to replace it, or write to another path")
     assert out.read_bytes() == b"keep me"
     done = _cli("data", "to-messages", str(source), str(out), *PAIR, "--overwrite")
     assert done.exit_code == 0 and done.output == f"{out}\n"
@@ -75,7 +75,7 @@ def test_to_messages_output_must_be_named_parquet_and_be_no_folder(source, tmp_p
     existing_txt = tmp_path / "notes.txt"
     existing_txt.write_text("mine")
     _refused(_cli("data", "to-messages", str(source), str(existing_txt), *PAIR),
-             f"{existing_txt} already exists: pass --overwrite (overwrite=True) to replace it, or write to another path")
+             f"{existing_txt} already exists: pass --overwrite to replace it, or write to another path")
     assert existing_txt.read_text() == "mine"
 
 
@@ -93,7 +93,7 @@ def test_gsm8k_refuses_existing_outputs_unless_overwrite(tmp_path):
     assert _cli(*args).exit_code == 0
     before = _tree(out)
     _refused(_cli(*args, "--seed", "1"), f"{out / 'train.parquet'} already exists: pass --overwrite "
-                                         "(overwrite=True) to replace it, or write to another path")
+                                         "to replace it, or write to another path")
     assert _tree(out) == before
     assert _cli(*args, "--seed", "1", "--overwrite").exit_code == 0
     assert _tree(out) != before

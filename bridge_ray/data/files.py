@@ -157,7 +157,7 @@ def check_outputs(outputs: list[Path], inputs: list[str | Path] = (), overwrite:
         if out.is_dir():
             raise ConfigError(f"{out} is a folder: name the file to write, e.g. {out / out.with_suffix('.parquet').name}")
         if os.path.lexists(out) and not overwrite:
-            raise ConfigError(f"{out} already exists: pass --overwrite (overwrite=True) to replace it, "
+            raise ConfigError(f"{out} already exists: pass --overwrite to replace it, "
                               "or write to another path")
 
 

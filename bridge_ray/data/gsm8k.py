@@ -12,6 +12,7 @@ Both paths write the same four parquets into one folder:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import re
@@ -201,7 +202,11 @@ def _row_problem(row: object) -> str | None:
     if not isinstance(row, dict):
         return f"expected an object with question and answer, got {type(row).__name__}"
     for key in ("question", "answer"):
-        if not isinstance(row.get(key), str) or not row[key].strip():
+        value = row.get(key)
+        if value is not None and not isinstance(value, str):
+            return (f'"{key}" holds {type(value).__name__} {json.dumps(value)[:40]}, not text (each GSM8K row needs '
+                    'non-empty "question" and "answer" strings)')
+        if not isinstance(value, str) or not value.strip():
             return f'missing "{key}" (each GSM8K row needs non-empty "question" and "answer" strings)'
     if final_answer(row["answer"]) is None:
         return 'the answer has no final "#### N" line (GSM8K answers end with e.g. "#### 72"); fix or drop the row'
