@@ -110,7 +110,7 @@ def test_convert_bad_rows_name_file_and_row_and_write_nothing(tmp_path):
     assert str(caught.value) == (
         f'{source} row 1: missing "answer" (each GSM8K row needs non-empty "question" and "answer" strings); '
         f'{source} row 2: the answer has no final "#### N" line (GSM8K answers end with e.g. "#### 72"); '
-        f'{source} row 3: "question" holds int 123, not text (each GSM8K row needs non-empty "question" and '
+        f'fix or drop the row; {source} row 3: "question" holds int 123, not text (each GSM8K row needs non-empty "question" and '
         '"answer" strings)'
     )
     assert not (tmp_path / "out").exists()
