@@ -283,6 +283,35 @@ def test_a_config_that_exits_instead_of_returning_is_one_line_naming_it(tmp_path
     assert str(err.value) == "dies.py a=1 exited with code 3 when checked here; nothing was submitted"
 
 
+@pytest.mark.parametrize("returned", ["42", "{'lr': 1e-5}", "(sft.sft_tiny_cpu('/m', '/t', None, '/o'), 'x')"])
+def test_a_config_that_returns_no_config_is_one_line(tmp_path, returned):
+    """config() returning 42 passed `submit --dry-run` silently: nothing was checked."""
+    from bridge_ray.jobs.submission import check_args
+
+    record = records.ClusterRecord(name="unit", backend="local", gcs_address="127.0.0.1:1",
+                                   dashboard_url="http://127.0.0.1:1")
+    (tmp_path / "odd.py").write_text(f"from bridge_ray import sft\n\n\ndef config(argv):\n    return {returned}\n")
+    with pytest.raises(ConfigError) as err:
+        check_args(record, tmp_path, tmp_path / "odd.py", [], {})
+    assert str(err.value).startswith("config() returned ") and str(err.value).endswith(
+        ", not a bridge-ray config (SFTConfig, PPOConfig, TokenizerConfig, PretrainConfig, ChainConfig) or a tuple "
+        "of them: return the config(s) the recipe trains, or rename config() to submit it unchecked")
+
+
+def test_api_calls_with_wrong_types_are_one_line(tmp_path, monkeypatch):
+    import bridge_ray
+
+    monkeypatch.setenv("BRIDGE_RAY_HOME", str(tmp_path / "home"))
+    with pytest.raises(ConfigError, match=r"^submission_id=5 is not a run id: give the id \(or its start\) as a "
+                                          r"string, or None for the latest run$"):
+        bridge_ray.load_run(5)
+    with pytest.raises(ConfigError) as err:
+        bridge_ray.up("other", num_cpus=-1, num_gpus=1.5)
+    assert err.value.problems == ["num_cpus=-1 must be a whole number >= 0 (or None: all of this machine's)",
+                                  "num_gpus=1.5 must be a whole number >= 0 (or None: all of this machine's)"]
+    assert not (tmp_path / "home").exists()  # nothing started, nothing written
+
+
 def test_a_recipes_own_argparse_refusal_is_its_message_exit_2(tmp_path):
     """`submit recipes/instruct_tune.py -- --preset nope` said the shipped recipe's config() "exited instead of
     returning" and pointed at --no-check; argparse's own line said what was wrong."""

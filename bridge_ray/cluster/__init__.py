@@ -89,6 +89,11 @@ def up(name: str = DEFAULT_CLUSTER, *, address: str | None = None, token_file: s
         >>> bridge_ray.down()
     """
     records.check_name(name)
+    bad = [f"{key}={value!r} must be a whole number >= 0 (or None: all of this machine's)"
+           for key, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus))
+           if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0)]
+    if bad:
+        raise ConfigError(bad)
     if address:  # nothing starts: a refused address leaves the home untouched
         _clear_stale(name)
         record = _register(name, address, token_file, python)

@@ -267,6 +267,9 @@ def load_run(submission_id: str | None = None, refresh: bool = False) -> runs.Ru
         >>> run = bridge_ray.load_run("sft-gsm8k-20261125-1730")
         >>> run.status, run.last_step, run.hf_model
     """
+    if submission_id is not None and not isinstance(submission_id, str):
+        raise ConfigError(f"submission_id={submission_id!r} is not a run id: give the id (or its start) as a string, "
+                          "or None for the latest run")
     run = runs.load_run(submission_id)
     return refresh_run(run) if refresh and run.status not in runs.TERMINAL else run
 

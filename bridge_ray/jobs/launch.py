@@ -127,7 +127,7 @@ def validate(configs, nodes: list[dict] | None = None) -> None:
         ConfigError: listing every problem, as the training entry points would on the cluster.
         PreflightError: the cluster lacks what a config needs (GPUs, CPUs, room for its workers).
     """
-    from bridge_ray.errors import PreflightError
+    from bridge_ray.errors import PreflightError, RecipeError
 
     known = []
     for cfg in configs if isinstance(configs, (tuple, list)) else (configs,):
@@ -136,6 +136,12 @@ def validate(configs, nodes: list[dict] | None = None) -> None:
             if kind == (module_name, class_name):  # its module is imported already: it made the object
                 getattr(sys.modules[module_name], check)(cfg)
                 known.append((cfg, fits))
+                break
+        else:
+            names = ", ".join(class_name for _, class_name, _, _ in VALIDATORS)
+            raise RecipeError(f"config() returned {type(cfg).__name__} {str(cfg)[:40]!r}, not a bridge-ray config "
+                              f"({names}) or a tuple of them: return the config(s) the recipe trains, or rename "
+                              "config() to submit it unchecked")
     problems = []
     for cfg, fits in known if nodes is not None else ():  # every config valid first, then the cluster's shape
         try:
