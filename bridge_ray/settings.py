@@ -60,7 +60,7 @@ def project_file(start: Path | None = None) -> Path | None:
     """The nearest ``bridge-ray.yaml`` from ``start`` (default: the current folder) upwards, or None."""
     folder = (start or Path.cwd()).absolute()
     for candidate in [folder, *folder.parents]:
-        if (candidate / PROJECT_FILE).is_file():
+        if (candidate / PROJECT_FILE).exists():  # a folder of that name is reported by `effective`, not skipped
             return candidate / PROJECT_FILE
     return None
 

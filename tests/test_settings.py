@@ -124,6 +124,12 @@ def test_a_config_file_that_is_no_utf8_text_or_no_file_is_one_line(where):
     assert (out.returncode, out.stdout) == (2, "")
     assert out.stderr == (f"error: {home / 'config.yaml'} is not a file (a folder?): bridge-ray reads its settings "
                           "from a YAML file there; move it away\n")
+    (home / "config.yaml").rmdir()
+    (project / "bridge-ray.yaml").mkdir()  # a project file that is a folder was skipped without a word
+    out = cli(project, home, "config")
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == (f"error: {project / 'bridge-ray.yaml'} is not a file (a folder?): bridge-ray reads its "
+                          "settings from a YAML file there; move it away\n")
 
 
 def test_a_setup_file_that_is_no_utf8_text_is_one_line(where, tmp_path):
