@@ -406,6 +406,40 @@ def test_a_home_below_a_file_is_one_line(tmp_path):
         "folder; fix its permissions, or point BRIDGE_RAY_HOME at one, e.g. `export BRIDGE_RAY_HOME=$HOME/.bridge-ray`"))
 
 
+ENV_PROBE = """
+import os
+
+import ray
+
+@ray.remote(num_cpus=0)
+def seen():
+    return os.environ.get("HF_TOKEN")
+
+ray.init()
+print("driver HF_TOKEN:", os.environ.get("HF_TOKEN"), "task HF_TOKEN:", ray.get(seen.remote()), flush=True)
+"""
+
+
+def test_a_secret_in_the_shell_that_ran_up_reaches_no_daemon_and_no_job(tmp_path):
+    """`HF_TOKEN=... bridge-ray up` put the token into the environment of every daemon, and so of every later
+    job, unredacted (also after the user unset or rotated it; on SLURM sbatch kept it on disk)."""
+    token = "hf_from_the_up_shell_" + secrets.token_hex(4)
+    up = run_cli("up", "--name", "upsecret", "--num-cpus", "1", env={"HF_TOKEN": token, "WANDB_API_KEY": token})
+    assert up.returncode == 0, up.stderr
+    try:
+        record = records.load("upsecret")
+        daemons = local.pids(record)
+        assert daemons and not [p for p in daemons if token.encode() in processes._read(Path(f"/proc/{p}/environ"))]
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "WANDB_API_KEY")}
+        out = subprocess.run([sys.executable, "-m", "bridge_ray", "submit", str(project(tmp_path, "probe", ENV_PROBE)),
+                              "--name", "upsecret", "--follow"], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=HANG_GUARD_S)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "driver HF_TOKEN: None task HF_TOKEN: None" in out.stdout
+    finally:
+        run_cli("down", "--name", "upsecret", "--force")
+
+
 # ---- 6. the head dies mid-job: one line each, non-zero, runs marked lost ----------------------
 
 

@@ -82,7 +82,9 @@ def _submit(recipe: str, name: str, *args: str) -> str:
 
 
 def test_cli_one_node_up_submit_down(hello):
-    out = run_cli("up", "--slurm", "--name", "one", "--cpus-per-task", "1", "--time", "10")
+    # A secret in the shell that runs `up`: sbatch handed it to every node's Ray (and slurmctld kept it on disk).
+    token = "hf_slurm_up_shell_secret"
+    out = run_cli("up", "--slurm", "--name", "one", "--cpus-per-task", "1", "--time", "10", env={"HF_TOKEN": token})
     assert out.returncode == 0, out.stdout + out.stderr
     phases = [line.split()[1] for line in out.stdout.splitlines() if re.match(r"\d\d:\d\d:\d\d ", line)]
     assert phases[0] == "submitted" and phases[-1] == "ready"
@@ -100,6 +102,7 @@ def test_cli_one_node_up_submit_down(hello):
     for flag in ("dashboard-port", "dashboard-agent-listen-port", "runtime-env-agent-port"):
         assert ours[record.ports[flag]] not in ("0.0.0.0", "*", "[::]"), (flag, ours)
     assert record.ports["metrics-export-port"] not in ours
+    assert not [p for p in pids if token.encode() in processes._read(Path(f"/proc/{p}/environ"))]
     seen = _submit(hello, "one", "--show", walltime.DEADLINE_ENV, "--show", walltime.VERL_ENV)
     deadline = int(re.search(rf"{walltime.DEADLINE_ENV}=(\d+)", seen).group(1))
     assert abs(deadline - (record.slurm["allocated_at"] + 600)) < 60  # --time 10 from the allocation's start

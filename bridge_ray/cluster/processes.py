@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from bridge_ray.errors import BridgeRayError
+from bridge_ray.secret_env import without_secrets
 
 TAG_ENV = "BRIDGE_RAY_CLUSTER_TAG"
 TEMP_DIR_ENV = "BRIDGE_RAY_TEMP_DIR"  # the node's Ray temp dir, for job drivers (``bridge_ray.jobs.launch``)
@@ -80,13 +81,16 @@ def worker_niceness(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def child_env(tag: str, **extra: str) -> dict[str, str]:
-    """The environment for a process of a cluster: ``clean_env()``, tagged, workers not deprioritised.
+    """The environment for a process of a cluster: ``clean_env()`` without credentials, tagged, workers not
+    deprioritised. Every job inherits the daemons' environment: an ``HF_TOKEN`` of the shell that ran ``up``
+    would reach every later job unredacted (and stay after the user unset or rotated it); jobs get secrets
+    from their own 0600 file (``jobs.credentials``).
 
     Args:
         tag: the cluster's tag (``find_pids(..., tag=...)`` finds the process by it).
         extra: variables to set on top (the cluster's own ``RAY_AUTH_*``, ports, ...).
     """
-    return {**clean_env(), TAG_ENV: tag, **worker_niceness(), **extra}
+    return {**without_secrets(clean_env()), TAG_ENV: tag, **worker_niceness(), **extra}
 
 
 def temp_env(temp_dir: str | Path) -> dict[str, str]:

@@ -29,12 +29,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bridge_ray.cluster import records
+from bridge_ray.cluster import processes, records
 from bridge_ray.cluster import slurm_node
 from bridge_ray.cluster.auth import new_token_file
 from bridge_ray.cluster.records import ClusterRecord
 from bridge_ray.errors import ConfigError, Interrupted, SlurmError
 from bridge_ray.jobs import runtime_env
+from bridge_ray.secret_env import without_secrets
 
 # Shipped inside the package (a wheel has no checkout); ``slurm_bootstrap/`` at the top links to it.
 TEMPLATE = Path(__file__).resolve().parent / "slurm_bootstrap" / "bridge_ray.sbatch"
@@ -186,7 +187,10 @@ def render(name: str, nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: int
 
 
 def _sbatch(script: Path, request: dict) -> str:
-    out = subprocess.run([_require("sbatch"), "--parsable", str(script)], capture_output=True, text=True)
+    # sbatch hands its environment to every node (and slurmctld keeps a copy on disk): no credentials, no other
+    # cluster's RAY_* (jobs get secrets from their own 0600 file)
+    out = subprocess.run([_require("sbatch"), "--parsable", str(script)], capture_output=True, text=True,
+                         env=without_secrets(processes.clean_env()))
     if out.returncode == 0:
         return out.stdout.strip().split(";")[0]
     said = (out.stderr.strip().splitlines() or ["(no output)"])[-1].replace("sbatch: error: ", "")

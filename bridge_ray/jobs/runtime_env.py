@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bridge_ray.cluster.records import home_dir
 from bridge_ray.errors import ConfigError, WorkingDirTooLarge
+from bridge_ray.secret_env import is_secret  # noqa: F401 - named here by its users since before
 
 ENV_PREFIXES = ("NCCL_", "GLOO_", "UCX_", "NVTE_", "TORCH_NCCL_", "HF_", "WANDB_", "VERL_")
 ENV_NAMES = ("CUDA_DEVICE_MAX_CONNECTIONS",)
@@ -24,11 +25,6 @@ DEFAULT_EXCLUDES = (
     "*.safetensors", "*.pt", "*.pth", "*.bin", "wandb", "outputs",
 )
 RAY_PACKAGE_LIMIT = 100 * 1024 * 1024
-# Words of an env var's name (split at "_") that make it a credential; a name ending in KEY is one too.
-# Whole words, so TOKENIZERS_PARALLELISM or MAX_TOKENS are plain settings.
-_SECRET_WORDS = frozenset({"TOKEN", "PAT"})  # whole words only: TOKENIZERS_PARALLELISM, NCCL_IB_PATH are not
-_SECRET_PARTS = ("SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "APIKEY", "COOKIE")  # anywhere in the name
-_SECRET_ENDS = ("TOKEN", "APIKEY", "SECRETKEY", "ACCESSKEY", "PRIVATEKEY", "AUTHKEY")  # HF_AUTHTOKEN; not NCCL_IB_PKEY
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PROJECT_MARKERS = ("setup.cfg", "pyproject.toml", "setup.py", ".git")
 
@@ -60,20 +56,6 @@ def allowed_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The allow-listed part of ``environ`` (default ``os.environ``)."""
     environ = os.environ if environ is None else environ
     return {k: v for k, v in environ.items() if k.startswith(ENV_PREFIXES) or k in ENV_NAMES}
-
-
-def is_secret(key: str) -> bool:
-    """Whether an env var name looks like a credential (``HF_TOKEN``, ``WANDB_API_KEY``, ...).
-
-    Example:
-        >>> [is_secret(k) for k in ("HF_TOKEN", "WANDB_API_KEY", "GITHUB_PAT", "MYSECRETTHING", "DBPASSWORD",
-        ...                         "HF_AUTHTOKEN", "TOKENIZERS_PARALLELISM", "NCCL_IB_PATH")]
-        [True, True, True, True, True, True, False, False]
-    """
-    upper = key.upper()
-    words = upper.split("_")
-    return (bool(_SECRET_WORDS.intersection(words)) or words[-1] == "KEY" or upper.endswith(_SECRET_ENDS)
-            or any(part in upper for part in _SECRET_PARTS))
 
 
 def redact(runtime_env: dict) -> dict:
