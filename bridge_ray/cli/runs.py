@@ -53,7 +53,8 @@ def describe(run: lib.RunRecord) -> str:
         "wandb       " + (wandb.get("url") or wandb.get("dir") or "-")
         + (f"\n            offline: upload with `{wandb['sync_command']}`" if wandb.get("sync_command") else ""),
         f"hub         {run.hub_url or '-'}",
-        f"run dir     {run.run_dir}   (config.json, metrics.json, packages.json, run.json)",
+        f"run dir     {run.run_dir}   ({', '.join(sorted(p.name for p in Path(run.run_dir).iterdir() if p.is_file()))})"
+        if run.run_dir and Path(run.run_dir).is_dir() else f"run dir     {run.run_dir or '-'}",
     ]
     lines += _figures(run)
     if run.log_tail:

@@ -13,6 +13,9 @@ from bridge_ray.cluster.records import ClusterRecord
 
 # requests merges the environment's proxies into a call unless the call names them; None drops one.
 NO_PROXIES = {"http": None, "https": None, "all": None}
+# Seconds to connect, and to wait for the answer: Ray's client sets none, so a paused head (SIGSTOP, a stuck
+# GCS) held `runs`, `logs`, `stop` forever. An upload's answer comes once the head has stored the package.
+CONNECT_S, ANSWER_S, UPLOAD_ANSWER_S = 10.0, 30.0, 300.0
 
 
 def quiet_ray_client() -> None:
@@ -55,6 +58,7 @@ def _client_class():
 
         def _do_request(self, method, endpoint, **kwargs):
             self._pin()
+            kwargs.setdefault("timeout", (CONNECT_S, UPLOAD_ANSWER_S if "/api/packages/" in endpoint else ANSWER_S))
             return super()._do_request(method, endpoint, proxies=NO_PROXIES, **kwargs)
 
     return RecordClient

@@ -145,10 +145,10 @@ def stale_error(record: ClusterRecord, what: str) -> ClusterStale:
                         f"run `bridge-ray down{name_flag(record.name)}` to clear it, then `{up_again(record)}`")
 
 
-def unresponsive_error(record: ClusterRecord, doing: str) -> ClusterUnresponsive:
-    """The one-line error for a head that did not answer for ``UNRESPONSIVE_S`` but is not certainly gone."""
+def unresponsive_error(record: ClusterRecord, doing: str, waited_s: float = UNRESPONSIVE_S) -> ClusterUnresponsive:
+    """The one-line error for a head that did not answer for ``waited_s`` but is not certainly gone."""
     return ClusterUnresponsive(
-        f"the head of cluster {record.name!r} at {record.dashboard_url} did not answer for {UNRESPONSIVE_S:.0f} s "
+        f"the head of cluster {record.name!r} at {record.dashboard_url} did not answer for {waited_s:.0f} s "
         f"while {doing} (busy, paused, or its network is down); nothing was recorded: try again, or see "
         f"`bridge-ray status{name_flag(record.name)}`")
 
@@ -181,15 +181,26 @@ def wait_ready(record: ClusterRecord, timeout_s: float = 60.0) -> None:
 
 def nodes_alive(record: ClusterRecord) -> int:
     """How many of the cluster's nodes are ALIVE (0 when the head does not answer)."""
-    return len(alive_nodes(record) or [])
+    try:
+        return len(alive_nodes(record) or [])
+    except OSError:
+        return 0
 
 
 def alive_nodes(record: ClusterRecord) -> list[dict] | None:
     """The cluster's ALIVE nodes as a driver's ``ray.nodes()`` rows (``NodeID``, ``NodeManagerAddress``,
-    ``Resources``: the totals), asked of its Jobs API; None when the head does not answer."""
+    ``Resources``: the totals), asked of its Jobs API; None when the answer is no node list.
+
+    Raises:
+        OSError: the head did not answer in ``UNRESPONSIVE_S`` (or answered with an HTTP error).
+    """
     try:
-        nodes = get_json(record, "/api/v0/nodes?detail=1&limit=10000", timeout_s=10.0)["data"]["result"]["result"]
+        data = get_json(record, "/api/v0/nodes?detail=1&limit=10000", timeout_s=UNRESPONSIVE_S)
+    except json.JSONDecodeError:
+        return None
+    try:
+        nodes = data["data"]["result"]["result"]
         return [{"NodeID": n["node_id"], "NodeManagerAddress": n["node_ip"], "Alive": True,
                  "Resources": dict(n["resources_total"])} for n in nodes if n.get("state") == "ALIVE"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None

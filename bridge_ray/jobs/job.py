@@ -58,6 +58,12 @@ def api_call(record: ClusterRecord, doing: str, fn: Callable, *args, **kwargs):
 
     try:
         return fn(*args, **kwargs)
+    except requests.exceptions.Timeout as err:  # the client's own limits (cluster.client): a paused or stuck head
+        if health.gcs_refuses(record):
+            raise _lost(record, doing) from None
+        waited = (cluster_client.CONNECT_S if isinstance(err, requests.exceptions.ConnectTimeout)
+                  else cluster_client.ANSWER_S)
+        raise health.unresponsive_error(record, doing, waited) from None
     except (requests.exceptions.ConnectionError, ConnectionError) as err:
         if health.answers_soon(record):
             raise BridgeRayError(f"the Jobs API of cluster {record.name!r} failed while {doing}: {err}") from None

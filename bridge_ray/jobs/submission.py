@@ -118,7 +118,10 @@ def _cluster_nodes(record: ClusterRecord) -> list[dict]:
     """The cluster's alive nodes, asked of its head; ClusterStale (or AuthError) when it does not answer,
     BridgeRayError when it answers but does not list them."""
     health.check_alive(record)  # first: a killed local head's dashboard answers for a minute, its GCS does not
-    nodes = health.alive_nodes(record)
+    try:
+        nodes = health.alive_nodes(record)
+    except OSError:  # a paused or stuck GCS: its dashboard takes the request and never answers (or answers 500)
+        raise health.unresponsive_error(record, "listing its nodes") from None
     if nodes is None:
         raise BridgeRayError(f"the head of cluster {record.name!r} at {record.dashboard_url} answers but did not list "
                              f"its nodes (/api/v0/nodes): is it a Ray dashboard? See `bridge-ray "
