@@ -187,6 +187,16 @@ def test_still_pending_after_wait_is_cancelled_or_kept():
         bridge_ray.up("keep", slurm=dict(sbatch_args=later, wait_s=2, keep_pending=True))
     assert _active_jobs() == ["bridge-ray-keep"]
     assert bridge_ray.status("keep").slurm_state.startswith("PENDING (BeginTime)")
+    job_id = records.load("keep").slurm["job_id"]
+    again = run_cli("up", "--slurm", "--name", "keep", "--wait", "2", "--keep-pending", "--sbatch-arg=--begin=now+600")
+    assert (again.returncode, again.stderr) == (2, (  # it cancelled the queued job and queued another
+        f"error: cluster 'keep' is already queued as SLURM job {job_id} (PENDING (BeginTime)): see `bridge-ray status "
+        "--name keep` for when it starts, or cancel it with `bridge-ray down --name keep` first\n"))
+    submitted = run_cli("submit", str(REPO / "recipes" / "hello_cluster.py"), "--name", "keep")
+    assert (submitted.returncode, submitted.stderr) == (2, (
+        f"error: cluster 'keep' has not started: its SLURM allocation (job {job_id}) is still queued; `bridge-ray "
+        "status --name keep` shows when it starts (`bridge-ray down --name keep` cancels it)\n"))
+    assert _active_jobs() == ["bridge-ray-keep"] and records.load("keep").slurm["job_id"] == job_id
     bridge_ray.down("keep")
     assert _active_jobs() == []
 

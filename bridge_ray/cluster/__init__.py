@@ -152,6 +152,8 @@ def _clear_stale(name: str) -> None:
     if not records.record_path(name).exists():
         return
     record = records.load(name)
+    if record.backend == "slurm" and not record.dashboard_url:
+        _refuse_queued(record)
     up = ClusterExists(f"cluster {name!r} is already up at {record.dashboard_url}: use it, pick another --name, "
                        f"or stop it with `bridge-ray down{'' if name == DEFAULT_CLUSTER else ' --name ' + name}`")
     if _alive_or_auth_error(record):
@@ -166,6 +168,20 @@ def _clear_stale(name: str) -> None:
     runs.mark_lost(name, f"the head of cluster {name!r} at {record.dashboard_url} was found dead by `bridge-ray up`")
     _stop(record)
     _forget(name)
+
+
+def _refuse_queued(record: ClusterRecord) -> None:
+    """A SLURM allocation kept queued (``up --slurm --keep-pending``) is the cluster still to come: a second ``up``
+    cancelled it and queued another at the back of the queue, without a word."""
+    from bridge_ray.cluster import slurm as slurm_backend
+
+    state = slurm_backend.job_state(record)
+    if slurm_backend.ended(state) or state.startswith("UNKNOWN"):
+        return
+    flag = records.name_flag(record.name)
+    raise ClusterExists(f"cluster {record.name!r} is already queued as SLURM job {record.slurm['job_id']} "
+                        f"({state.split(':')[0]}): see `bridge-ray status{flag}` for when it starts, or cancel it with "
+                        f"`bridge-ray down{flag}` first")
 
 
 def _gone(record: ClusterRecord) -> bool:

@@ -133,8 +133,19 @@ async def watch_gcs(record: ClusterRecord, every_s: float = 2.0, misses: int = 2
         missed = 0 if await gcs_answers(record) else missed + 1
 
 
+def require_started(record: ClusterRecord) -> None:
+    """Raise ClusterStale for a cluster whose SLURM allocation is still queued (``up --slurm --keep-pending``):
+    it has no head to ask yet, and `down` (the stale-record fix) would cancel its place in the queue."""
+    if record.backend == "slurm" and not record.dashboard_url:
+        flag = name_flag(record.name)
+        raise ClusterStale(f"cluster {record.name!r} has not started: its SLURM allocation (job "
+                           f"{(record.slurm or {}).get('job_id')}) is still queued; `bridge-ray status{flag}` shows "
+                           f"when it starts (`bridge-ray down{flag}` cancels it)")
+
+
 def check_alive(record: ClusterRecord) -> None:
-    """Raise ClusterStale, with the fix, when the recorded head does not answer."""
+    """Raise ClusterStale, with the fix, when the recorded head does not answer (or has not started)."""
+    require_started(record)
     if not is_alive(record):
         raise stale_error(record, f"its head at {record.dashboard_url} does not answer")
 

@@ -44,6 +44,7 @@ def _lost(record: ClusterRecord, doing: str) -> BridgeRayError:
 
 def _connected(record: ClusterRecord, doing: str):
     """A client for ``record``; a head that does not answer (asked again for ``health.UNRESPONSIVE_S``) raises ``_lost``."""
+    health.require_started(record)
     try:
         if not health.answers_soon(record):
             raise _lost(record, doing)
