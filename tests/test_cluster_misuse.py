@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -81,6 +82,31 @@ def test_a_record_pointing_at_another_folder_is_broken_and_down_force_leaves_tha
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_record_edited_to_name_another_temp_dir_of_the_pattern_gets_that_folder_kept(home):
+    """A record's temp_dir changed by hand to another folder named like one `up` makes (fxdec-000000): `down`
+    deleted that folder and what was in it. Only a folder with the owner file `up` writes (or Ray's own
+    session_latest) is removed now."""
+    assert run_cli("up", "--name", "fxdec", "--num-cpus", "1").returncode == 0
+    record = records.load("fxdec")
+    decoy = Path(record.temp_dir).with_name("fxdec-000000")
+    decoy.mkdir()
+    (decoy / "precious").write_text("keep me")
+    try:
+        data = json.loads(records.record_path("fxdec").read_text())
+        records.record_path("fxdec").write_text(json.dumps({**data, "temp_dir": str(decoy)}))
+        down = run_cli("down", "--name", "fxdec", "--force")
+        assert down.returncode == 0, down.stderr
+        assert (decoy / "precious").read_text() == "keep me"
+        assert processes.find_pids(record.temp_dir, by_open_files=True) == []  # the real cluster is stopped all the same
+    finally:
+        shutil.rmtree(decoy, ignore_errors=True)
+        shutil.rmtree(record.temp_dir, ignore_errors=True)
+    assert run_cli("up", "--name", "fxdec", "--num-cpus", "1").returncode == 0  # and a normal down removes its own
+    temp_dir = Path(records.load("fxdec").temp_dir)
+    assert (temp_dir / ".bridge-ray-cluster").is_file()
+    assert run_cli("down", "--name", "fxdec").returncode == 0 and not temp_dir.exists()
 
 
 @pytest.mark.parametrize("temp_dir,backend", [

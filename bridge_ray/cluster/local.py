@@ -94,6 +94,9 @@ def ray_executable() -> str:
     return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
 
 
+OWNER_FILE = ".bridge-ray-cluster"  # in each temp dir `up` makes: the cluster folder it was made for
+
+
 def ray_env(tag: str, temp_dir: str, token_path: Path, ports: dict[str, int]) -> dict[str, str]:
     """The environment of the head's processes (and so of every job they start).
 
@@ -228,6 +231,7 @@ def _start_head(name: str, folder: Path, token_path: Path, chosen: dict[str, int
         temp_dir = processes.private_root() / f"{name[:20]}-{secrets.token_hex(3)}"
         temp_dirs.append(temp_dir)
         temp_dir.mkdir(mode=0o700)
+        (temp_dir / OWNER_FILE).write_text(str(folder))
         record, result, log_path = _ray_start(name, folder, token_path, temp_dir, chosen, metrics, num_cpus, num_gpus)
         tail = (log_path.read_text().strip().splitlines() or ["(no output)"])[-1]
         # `ray start` gives the raylet a fixed 30 s to register and then gives up, leaving every process
@@ -309,8 +313,18 @@ def pids(record: ClusterRecord, by_open_files: bool = False) -> list[int]:
 
 
 def stop(record: ClusterRecord) -> list[int]:
-    """Stop every process of this cluster (and only this one); remove its temp dir."""
+    """Stop every process of this cluster (and only this one); remove its temp dir, if it is one."""
     stopped = processes.stop_all(lambda: pids(record, by_open_files=True), grace_s=3.0)
-    if record.temp_dir:
+    if record.temp_dir and _is_its_temp_dir(Path(record.temp_dir), record.name):
         shutil.rmtree(record.temp_dir, ignore_errors=True)
     return stopped
+
+
+def _is_its_temp_dir(path: Path, name: str) -> bool:
+    """Whether ``path`` is a temp dir ``up`` made for cluster ``name`` (its owner file names the cluster's folder),
+    or Ray's (a ``session_latest`` link, from before owner files): a record edited to name another folder of the
+    same pattern must not get that folder deleted."""
+    try:
+        return Path((path / OWNER_FILE).read_text()).resolve() == cluster_dir(name).resolve()
+    except OSError:
+        return (path / "session_latest").is_symlink()
