@@ -154,6 +154,31 @@ def test_the_bridge_ray_home_inside_the_project_is_never_uploaded(tmp_path, monk
                               "into a project folder outside the home")
 
 
+def test_credentials_in_a_recipes_folder_stay_out_of_the_upload_and_the_home_folder_is_refused(tmp_path, monkeypatch):
+    """A recipe in a folder with .ssh/, .aws/, a HF token cache uploaded them all to every node (Ray's working_dir
+    cache); a recipe in the user's home folder uploaded the whole home."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    monkeypatch.setenv("BRIDGE_RAY_HOME", str(tmp_path / "brhome"))
+    proj = tmp_path / "proj"
+    for rel in (".ssh/id_rsa", ".aws/credentials", ".cache/huggingface/token", ".env", "server.pem", "id_ed25519",
+                ".config/gcloud/credentials.db", "data/notes.txt", "sub/.ssh/config"):
+        (proj / rel).parent.mkdir(parents=True, exist_ok=True)
+        (proj / rel).write_text("secret")
+    (proj / "r.py").write_text("print(1)\n")
+    built = runtime_env.build(proj / "r.py", {})
+    target = tmp_path / "pkg.zip"
+    create_package(built["working_dir"], target, include_gitignore=True, excludes=built["excludes"])
+    assert sorted(zipfile.ZipFile(target).namelist()) == ["data/notes.txt", "r.py"]
+    monkeypatch.setenv("HOME", str(proj))
+    with pytest.raises(ConfigError) as err:
+        runtime_env.build(proj / "r.py", {})
+    assert str(err.value) == (f"recipe {proj / 'r.py'} would upload your whole home folder {proj} (its project: no "
+                              "pyproject.toml, setup.py or .git nearer): move the recipe into a project folder")
+
+
 def test_booleans_are_no_numbers_and_a_large_integer_is_one():
     """`sft.trainer.total_steps=true` reached verl as trainer.total_training_steps=True; 10**23 steps was "not an
     integer" (float() had rounded it)."""

@@ -23,6 +23,9 @@ ENV_NAMES = ("CUDA_DEVICE_MAX_CONNECTIONS",)
 DEFAULT_EXCLUDES = (
     ".git", ".venv", "venv", "__pycache__", "*.egg-info", ".pytest_cache", "checkpoints",
     "*.safetensors", "*.pt", "*.pth", "*.bin", "wandb", "outputs",
+    # credentials a folder may hold (a job has its secrets from bridge-ray's 0600 file, never from its upload)
+    ".ssh", ".aws", ".azure", ".gnupg", ".docker", ".kube", ".netrc", ".git-credentials", ".pypirc", ".env",
+    ".cache", "/.config/gcloud", "*.pem", "*.key", "id_rsa*", "id_ecdsa*", "id_ed25519*",
 )
 RAY_PACKAGE_LIMIT = 100 * 1024 * 1024
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -88,6 +91,9 @@ def home_excludes(root: Path, recipe: Path) -> tuple[str, ...]:
         ConfigError: the project is the home or inside it, where no exclude could keep those files out.
     """
     home, project = home_dir().resolve(), root.resolve()
+    if project == Path.home().resolve():
+        raise ConfigError(f"recipe {recipe} would upload your whole home folder {project} (its project: no "
+                          "pyproject.toml, setup.py or .git nearer): move the recipe into a project folder")
     if project == home or home in project.parents:
         raise ConfigError(f"recipe {recipe} is inside the bridge-ray home {home}, which holds the clusters' auth tokens "
                           "and the jobs' secrets: its folder would be uploaded with it; move the recipe into a "
