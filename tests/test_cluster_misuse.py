@@ -248,11 +248,17 @@ def jobs_api():
 
 
 def test_registering_says_what_is_wrong_and_leaves_nothing_behind(home, tmp_path, jobs_api):
-    token, wrong = tmp_path / "token", tmp_path / "wrong"
+    token, wrong, passwd, binary = tmp_path / "token", tmp_path / "wrong", tmp_path / "passwd", tmp_path / "bin"
     token.write_text(_JobsApi.token)
     wrong.write_text("0" * 64)
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n")
+    binary.write_bytes(b"\xff\xfe\x00token")
     url = f"http://127.0.0.1:{dead_port()}"
     cases = {
+        (jobs_api, str(passwd)): f"error: {passwd} does not hold a Ray auth token (one word on one line): pass the "
+                                 "cluster's own token file (Ray writes it as ~/.ray/auth_token on its head)",
+        (jobs_api, str(binary)): f"error: {binary} does not hold a Ray auth token (one word on one line): pass the "
+                                 "cluster's own token file (Ray writes it as ~/.ray/auth_token on its head)",
         (url, str(token)): f"error: nothing answers at {url}: check the Jobs API address, e.g. http://HEAD:8265",
         (jobs_api, None): f"error: the cluster at {jobs_api} requires an auth token: pass its Ray auth token file "
                           "with --token-file FILE",

@@ -19,7 +19,7 @@ import urllib.parse
 from pathlib import Path
 
 from bridge_ray import runs
-from bridge_ray.cluster import records
+from bridge_ray.cluster import auth, records
 from bridge_ray.cluster import health, local
 from bridge_ray.cluster.records import DEFAULT_CLUSTER, ClusterRecord
 from bridge_ray.errors import AuthError, ClusterExists, ClusterRecordBroken, ConfigError, Interrupted, JobsRunning
@@ -226,6 +226,7 @@ def _register(name: str, address: str, token_file: str | None, python: str) -> C
         raise ConfigError(f"--token-file {token_file} {what}: pass the cluster's Ray auth token file")
     record = ClusterRecord(name=name, backend="address", gcs_address="", dashboard_url=url,
                            token_path=str(Path(token_file).resolve()) if token_file else None, python=python)
+    auth.read_token(record)  # a file that holds no token is said so, not taken for a head that does not answer
     try:
         alive = health.is_alive(record)
     except AuthError:

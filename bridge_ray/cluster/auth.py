@@ -33,12 +33,20 @@ def read_token(record: ClusterRecord) -> str | None:
     if not record.token_path:
         return None
     path = Path(record.token_path)
-    token = path.read_text().strip() if path.exists() else ""
+    try:
+        token = path.read_text().strip() if path.exists() else ""
+    except UnicodeDecodeError:
+        token = "\0"  # no text: not a token (below)
+    except OSError:
+        token = None
     if not token:
         raise AuthError(
             f"the auth token of cluster {record.name!r} is missing ({path}): "
             f"restore the file, or re-register with `bridge-ray up --name {record.name} --address ... --token-file FILE`"
         )
+    if len(token) > 4096 or not token.isprintable() or any(c.isspace() for c in token):
+        raise AuthError(f"{path} does not hold a Ray auth token (one word on one line): pass the cluster's own token "
+                        f"file (Ray writes it as ~/.ray/auth_token on its head)")
     return token
 
 
