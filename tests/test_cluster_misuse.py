@@ -422,6 +422,15 @@ def test_an_invalid_name_is_the_name_error_everywhere(home, args):
     assert not home.exists()
 
 
+def test_a_name_ending_in_json_is_refused(home):
+    """`up --name a.json` beside cluster `a` ran into a.json, the record file, and blamed the home's permissions."""
+    out = run_cli("up", "--name", "a.json")
+    assert (out.returncode, out.stderr.strip(), out.stdout) == (2, (
+        "error: cluster name 'a.json' is not valid: it may not end in '.json' (that is how records are named); use "
+        "e.g. a-json"), "")
+    assert not home.exists()
+
+
 # ---- 6. Ctrl-C or SIGTERM during `up`: everything it started is stopped --------------------------
 
 

@@ -96,6 +96,9 @@ def check_name(name: str) -> str:
             f"cluster name {name!r} is not valid: use letters, digits, '.', '_' or '-' "
             "(at most 63, starting with a letter or digit)"
         )
+    if name.endswith(".json"):  # cluster 'a' keeps its record in clusters/a.json, where 'a.json' keeps its folder
+        raise ConfigError(f"cluster name {name!r} is not valid: it may not end in '.json' (that is how records are "
+                          f"named); use e.g. {name[:-5] or 'c'}-json")
     return name
 
 
