@@ -470,6 +470,34 @@ def test_a_dead_head_is_one_line_everywhere_and_marks_its_runs(spare, tmp_path):
     assert local.pids(spare, by_open_files=True) == [] and listeners_on(spare.ports) == []  # the runtime-env agent too
 
 
+def test_jobs_that_ended_unseen_keep_their_end_and_log_when_the_head_dies(tmp_path):
+    """Submit, walk away, the head dies (a killed head, an ended allocation) before any command looked: every such
+    run was recorded FAILED (cluster lost) with no log, a job that had succeeded too. The driver now writes its
+    own end and a copy of its log into the run folder."""
+    assert run_cli("up", "--name", "unseen", "--num-cpus", "1").returncode == 0
+    try:
+        record = records.load("unseen")
+        ok = bridge_ray.submit(project(tmp_path, "quick", "print('quick job done', flush=True)\n"), cluster="unseen",
+                               env={"HF_TOKEN": "hf_unseen_secret"})
+        bad = bridge_ray.submit(project(tmp_path, "bad", "import sys\nprint('about to fail')\nsys.exit(3)\n"),
+                                cluster="unseen")
+        for job in (ok, bad):
+            wait_for(lambda: (runs.run_dir(job.submission_id) / runs.DRIVER_END).is_file(), f"{job} to end")
+        gcs = [p for p in local.pids(record) if b"gcs_server" in processes._read(Path(f"/proc/{p}/cmdline"))]
+        os.kill(gcs[0], signal.SIGKILL)
+        listed = run_cli("runs")
+        assert listed.returncode == 0, listed.stderr
+        done, failed = runs.load_run(ok.submission_id), runs.load_run(bad.submission_id)
+        assert (done.status, done.failure) == ("SUCCEEDED", None)
+        log = (runs.run_dir(ok.submission_id) / runs.JOB_LOG).read_text()
+        assert "quick job done" in log and "hf_unseen_secret" not in log
+        assert failed.status == "FAILED" and failed.failure != runs.CLUSTER_LOST
+        assert failed.message.startswith("ended with exit code 3 before its cluster went (")
+        assert "about to fail" in (runs.run_dir(bad.submission_id) / runs.JOB_LOG).read_text()
+    finally:
+        run_cli("down", "--name", "unseen", "--force")
+
+
 def test_a_paused_head_is_not_a_dead_one_its_runs_and_secrets_stay(spare, tmp_path):
     """A head that misses the 2 s probe (here its dashboard stopped with SIGSTOP; a busy machine does the same)
     had its running jobs recorded FAILED (cluster lost) and their secrets files removed while they ran on.

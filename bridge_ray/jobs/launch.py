@@ -215,6 +215,68 @@ def check(recipe: str, args: list[str]) -> int:
     return 0
 
 
+class _DriverLog:
+    """The driver's stdout and stderr, also copied line by line (secrets scrubbed) into its run folder's
+    ``driver.log``: the job's log then outlives its cluster (``runs.mark_lost``). Ray's own log is unchanged."""
+
+    def __init__(self, stream, file, scrub):
+        self.stream, self.file, self.scrub, self.pending = stream, file, scrub, ""
+
+    @classmethod
+    def install(cls) -> "_DriverLogs | None":
+        from bridge_ray import runs
+
+        folder = os.environ.get(runs.RUN_DIR_ENV)
+        if not folder or not Path(folder).is_dir():
+            return None
+        try:
+            file = os.fdopen(os.open(Path(folder) / runs.DRIVER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "w")
+        except OSError:
+            return None
+        secrets = runs.known_secrets()
+        scrub = lambda text: runs.scrub(text, secrets)  # noqa: E731
+        out, err = cls(sys.stdout, file, scrub), cls(sys.stderr, file, scrub)
+        sys.stdout, sys.stderr = out, err
+        return _DriverLogs(out, err)
+
+    def write(self, text: str) -> int:
+        written = self.stream.write(text)
+        self.pending += text
+        if "\n" in self.pending:
+            done, _, self.pending = self.pending.rpartition("\n")
+            self._copy(done + "\n")
+        return written
+
+    def _copy(self, text: str) -> None:
+        try:
+            self.file.write(self.scrub(text))
+            self.file.flush()
+        except (OSError, ValueError):
+            pass  # the copy is a spare: the job goes on without it
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):  # fileno, isatty, encoding, ...: the real stream's
+        return getattr(self.stream, name)
+
+
+class _DriverLogs:
+    def __init__(self, out: _DriverLog, err: _DriverLog):
+        self.out, self.err = out, err
+
+    def close(self) -> None:
+        for copy in (self.out, self.err):
+            if copy.pending:
+                copy._copy(copy.pending + "\n")
+                copy.pending = ""
+        sys.stdout, sys.stderr = self.out.stream, self.err.stream
+        try:
+            self.out.file.close()
+        except OSError:
+            pass
+
+
 def drive(recipe: str, args: list[str]) -> None:
     """A job's driver: the job's secrets into the environment, Ray's folders private, then the recipe."""
     from bridge_ray.jobs import credentials
@@ -224,11 +286,24 @@ def drive(recipe: str, args: list[str]) -> None:
     credentials.load()
     if os.environ.get(TEMP_DIR_ENV):
         make_private(Path(os.environ[TEMP_DIR_ENV]))
+    copied = _DriverLog.install()
+    code = 1
     try:
         _run(recipe, args)
+        code = 0
     except BridgeRayError as err:  # one line in the job's log, as on the submitting machine
         print(f"{err.prefix}{(str(err).strip().splitlines() or [''])[0]}", file=sys.stderr, flush=True)
+        code = err.exit_code
         sys.exit(err.exit_code)
+    except SystemExit as err:
+        code = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+        raise
+    finally:
+        if copied is not None:
+            copied.close()
+        from bridge_ray import runs
+
+        runs.record_driver_end(code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,9 @@ from bridge_ray.runs.record import (  # noqa: F401 - the reading side, re-export
 
 RUN_DIR_ENV = "BRIDGE_RAY_RUN_DIR"
 JOB_LOG = "job.log"  # the job's whole log, written when its end is recorded
+# Written by the job's driver itself (``jobs.launch.drive``), so that its end and log outlive the cluster: a job
+# that ended while nobody looked, on a head that died before anyone did (an allocation ended, a killed head).
+DRIVER_LOG, DRIVER_END = "driver.log", "driver_end.json"
 LOG_TAIL_LINES = 20
 PACKAGES = ("torch", "ray", "verl", "transformers", "vllm", "bridge-ray", "wandb", "huggingface_hub")
 COPIED_FILES = ("config.json", "metrics.json")
@@ -211,11 +214,48 @@ def mark_lost(cluster: str, cause: str) -> list[str]:
             continue
         if run.cluster != cluster or run.status in TERMINAL:
             continue
+        logs = _read_text(path.parent / DRIVER_LOG)
+        ended = _driver_end(path.parent)
+        if ended is not None:  # it ended before its cluster went: its own record of that end wins
+            code = ended["exit_code"]
+            finish_run(run.submission_id, "SUCCEEDED" if code == 0 else "FAILED",
+                       f"ended with exit code {code} before its cluster went ({cause})", logs, ended["ended_at"])
+            continue
         credentials.remove(cluster, run.submission_id)
+        if logs:  # what the driver printed before the cluster went
+            _write_private(path.parent / JOB_LOG, scrub(logs, known_secrets()))
         if update_fields(path.parent, {"status": "FAILED", "failure": CLUSTER_LOST, "message": cause,
                                        "end_time": time.time()}, unless=lambda data: data.get("status") in TERMINAL):
             lost.append(run.submission_id)
     return lost
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _driver_end(folder: Path) -> dict | None:
+    """What the job's driver wrote when it ended (``record_driver_end``), or None."""
+    try:
+        ended = json.loads((folder / DRIVER_END).read_text())
+    except (OSError, ValueError):
+        return None
+    valid = isinstance(ended, dict) and isinstance(ended.get("exit_code"), int) and isinstance(
+        ended.get("ended_at"), (int, float))
+    return ended if valid else None
+
+
+def record_driver_end(exit_code: int) -> None:
+    """In a job's driver: write its exit code and time into its run folder (``RUN_DIR_ENV``), for ``mark_lost``."""
+    folder = os.environ.get(RUN_DIR_ENV)
+    if folder and Path(folder).is_dir():
+        try:
+            _write_private(Path(folder) / DRIVER_END, json.dumps({"exit_code": exit_code, "ended_at": time.time()}))
+        except OSError:
+            pass  # a run folder the driver cannot write: the cluster's own record of the end is all there is
 
 
 def record_stopped(submission_id: str, message: str) -> None:
