@@ -241,3 +241,31 @@ def test_head_dying_later_shows_in_status():
     assert "STALE" in run_cli("status", "--name", "dies").stdout
     bridge_ray.down("dies")
     _assert_gone(record)
+
+
+def test_runs_of_a_cancelled_allocation_say_why_and_one_that_ended_keeps_its_end(tmp_path):
+    """Submit without --follow, walk away, the allocation ends (scancel here; its time limit the same): the
+    running job is lost, naming the allocation's end, and the job that had ended keeps its end and log."""
+    from bridge_ray import runs
+
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "quick.py").write_text("print('quick job done', flush=True)\n")
+    (tmp_path / "sleepy.py").write_text("import time\nprint('sleeping', flush=True)\ntime.sleep(900)\n")
+    record = bridge_ray.up("gone", slurm=dict(cpus_per_task=2))
+    quick = bridge_ray.submit(tmp_path / "quick.py", cluster="gone")
+    _wait_for(lambda: (runs.run_dir(quick.submission_id) / runs.DRIVER_END).is_file(), "the quick job to end")
+    sleepy = bridge_ray.submit(tmp_path / "sleepy.py", cluster="gone")
+    copy = runs.run_dir(sleepy.submission_id) / runs.DRIVER_LOG  # the driver's own copy of its log
+    _wait_for(lambda: copy.is_file() and "sleeping" in copy.read_text(), "the sleepy job to print")
+    job_id = record.slurm["job_id"]
+    subprocess.run(["scancel", job_id], check=True)
+    _wait_for(lambda: slurm.squeue(job_id)[0] not in slurm.ACTIVE, "the allocation to end")
+    assert run_cli("runs").returncode == 0
+    done, lost = runs.load_run(quick.submission_id), runs.load_run(sleepy.submission_id)
+    assert done.status == "SUCCEEDED"
+    assert "quick job done" in (runs.run_dir(quick.submission_id) / runs.JOB_LOG).read_text()
+    assert (lost.status, lost.failure) == ("FAILED", runs.CLUSTER_LOST)
+    assert lost.message.endswith(f"stopped answering (its SLURM allocation {job_id} ended: CANCELLED)"), lost.message
+    assert "sleeping" in (runs.run_dir(sleepy.submission_id) / runs.JOB_LOG).read_text()
+    bridge_ray.down("gone")
+    _assert_gone(record)

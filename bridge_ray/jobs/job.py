@@ -37,6 +37,13 @@ def _lost(record: ClusterRecord, doing: str) -> BridgeRayError:
     if not health.head_gone(record):
         return health.unresponsive_error(record, doing)
     cause = f"the head of cluster {record.name!r} at {record.dashboard_url} stopped answering"
+    if record.backend == "slurm":  # say why, when SLURM knows: the time limit, a cancel, a node failure
+        from bridge_ray.cluster import slurm as slurm_backend
+
+        state = slurm_backend.job_state(record).split(":")[0]
+        if slurm_backend.ended(state):
+            cause += f" (its SLURM allocation {record.slurm.get('job_id')} ended: {state}" + (
+                ", the time limit" if state == "TIMEOUT" else "") + ")"
     runs.mark_lost(record.name, cause)
     return ClusterLost(f"{cause} while {doing}; its unfinished runs are recorded FAILED ({runs.CLUSTER_LOST}): "
                        f"see `bridge-ray status{flag}`, then `bridge-ray down{flag}` and `bridge-ray up{flag}`")
