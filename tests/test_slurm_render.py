@@ -79,6 +79,9 @@ def test_render_rejects_bad_counts():
                                                   "(bridge-ray uses the value, not only SLURM)"),
     ({"sbatch_args": ("-pdebug",)}, "--sbatch-arg -pdebug: give it as `up --slurm --partition debug` instead "
                                     "(bridge-ray uses the value, not only SLURM)"),
+    ({"sbatch_args": ("--export=NONE",)}, "--sbatch-arg --export=NONE: each node starts Ray from the environment "
+                                          "`up` runs in (PATH, the Python it uses); keep it with "
+                                          "--export=ALL[,VAR=value], or leave the option out"),
     ({"sbatch_args": ("--gres=gpu:a100:4",)}, "--sbatch-arg --gres=gpu:a100:4 asks SLURM for GPUs, but Ray would be "
                                               "told of none: give --gpus-per-node N instead"),
 ])
@@ -92,7 +95,8 @@ def test_render_refuses_what_would_not_be_one_sbatch_line(options, problem):
 
 def test_render_keeps_sbatch_args_it_does_not_set_itself():
     text = slurm.render("c", gpus_per_node=2, sbatch_args=("--exclusive", "--qos=high", "--gres=gpu:a100:2",
-                                                           "--gres=nvme:1", "--mem=0", "--dependency=afterok:12"))
+                                                           "--gres=nvme:1", "--mem=0", "--dependency=afterok:12",
+                                                           "--export=ALL,MY_SETTING=1"))
     assert "#SBATCH --exclusive\n#SBATCH --qos=high\n#SBATCH --gres=gpu:a100:2\n#SBATCH --gres=nvme:1\n" in text
     assert slurm.render("c", sbatch_args=("--gres=nvme:1",)).count("#SBATCH --gres=nvme:1\n") == 1
 

@@ -115,6 +115,9 @@ def _check_sbatch_args(sbatch_args: tuple[str, ...] | list[str], gpus_per_node: 
             flag = _FLAGGED_SBATCH[name]
             problems.append(f"--sbatch-arg {arg}: give it as `up --slurm {flag} {value or '...'}` instead "
                             "(bridge-ray uses the value, not only SLURM)")
+        elif name == "--export" and not value.upper().startswith("ALL"):
+            problems.append(f"--sbatch-arg {arg}: each node starts Ray from the environment `up` runs in (PATH, "
+                            "the Python it uses); keep it with --export=ALL[,VAR=value], or leave the option out")
         elif name == "--gres" and "gpu" in value and not gpus_per_node:
             problems.append(f"--sbatch-arg {arg} asks SLURM for GPUs, but Ray would be told of none: give "
                             "--gpus-per-node N instead")
