@@ -168,6 +168,18 @@ def test_sft_and_rl_rows_carry_the_same_prompt(tmp_path):
     assert read_rows(tmp_path / "from_rl.parquet") == read_rows(paths["train"])
 
 
+def test_a_chat_prompt_that_ends_with_the_assistant_is_refused(tmp_path):
+    """Its response became a second assistant turn right after the first, without a word."""
+    rows = [{"prompt": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}], "answer": "#### 4"}]
+    source = write_jsonl(tmp_path / "chat.jsonl", rows)
+    with pytest.raises(ConfigError) as caught:
+        convert_to_messages(source, tmp_path / "out.parquet", "prompt", "answer")
+    assert str(caught.value) == (f'{source} row 0: "prompt" ends with an assistant turn, so "answer" would follow it '
+                                 "as a second one: end each prompt with the user's turn, or convert whole "
+                                 "conversations (a messages column)")
+    assert not (tmp_path / "out.parquet").exists()
+
+
 def test_flat_prompt_response_jsonl(tmp_path):
     source = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "2+2?", "response": "#### 4"}])
     assert check_sft_file(source, prompt_key="prompt", response_key="response").num_rows == 1

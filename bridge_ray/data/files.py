@@ -204,6 +204,9 @@ def _pair_problem(row: dict, prompt_key: str, response_key: str) -> str | None:
         problem = _messages_problem(prompt, prompt_key)
         if problem and "no assistant turn" not in problem:
             return problem
+        if isinstance(prompt[-1], dict) and prompt[-1].get("role") == "assistant":
+            return (f'"{prompt_key}" ends with an assistant turn, so "{response_key}" would follow it as a second '
+                    "one: end each prompt with the user's turn, or convert whole conversations (a messages column)")
     elif not isinstance(prompt, str) or not prompt.strip():
         return f'"{prompt_key}" must be a non-empty string or list of messages, but it is {_describe(prompt)}'
     response = lookup(row, response_key)
