@@ -107,7 +107,7 @@ def test_fused_log_probs_train_the_same_steps(run, assets, tmp_path):
 def test_too_little_text_for_one_batch(assets, local_ray, tmp_path):
     small = tmp_path / "small.jsonl"
     small.write_text('{"text": "Once upon a time."}\n')
-    cfg = tiny(assets, tmp_path / "run", f"data.train_files=[{small}]", "data.val_files=[]")
+    cfg = tiny(assets, tmp_path / "run", f"data.train_files=[{small}]", "data.val_files=[]", "trainer.test_freq=-1")
     with pytest.raises(ConfigError, match=r"^pretrain.data.train_files hold \d+ tokens, 0 sequences of 128: fewer "
                                           r"than one batch \(data.global_batch_size=8\); add text or lower the batch "
                                           r"or data.seq_len$"):
